@@ -1,0 +1,57 @@
+// Compiles the guest crates (built-in plugins, test guests, the SDK example) for
+// `wasm32-wasip2` with a nested cargo, the way wasmtime builds its test
+// programs. Kept out of `build.rs` so the pieces read on their own.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A guest crate: the package to build and the artifact it produces.
+pub struct Guest {
+    /// Identifier used for the generated constant and the copied file name.
+    pub name: &'static str,
+    pub package: &'static str,
+    /// Cargo's artifact stem (crate name with `_`, or the bin name).
+    pub artifact: &'static str,
+}
+
+/// Builds all guests in one cargo invocation (they share dependencies, so one
+/// build is much cheaper than one per crate) and copies them into `out_dir`.
+pub fn build_guests(workspace: &Path, out_dir: &Path, guests: &[&Guest]) -> Vec<(String, PathBuf)> {
+    let target_dir = out_dir.join("wasm-target");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(workspace)
+        .args(["build", "--profile", "wasm", "--target", "wasm32-wasip2"])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        // Flags meant for the host target must not leak into the guest build.
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_PROFILE_RELEASE_DEBUG")
+        // Under `cargo clippy` this would lint the guests as a side effect.
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("RUSTC_WRAPPER");
+    for guest in guests {
+        command.args(["-p", guest.package]);
+    }
+    let status = command.status().expect("failed to run cargo for the wasm guests");
+    assert!(
+        status.success(),
+        "building the wasm guests failed; is the target installed? `rustup target add wasm32-wasip2`"
+    );
+    guests
+        .iter()
+        .map(|guest| {
+            let built = target_dir
+                .join("wasm32-wasip2/wasm")
+                .join(format!("{}.wasm", guest.artifact));
+            let copied = out_dir.join(format!("{}.wasm", guest.name));
+            std::fs::copy(&built, &copied)
+                .unwrap_or_else(|e| panic!("missing guest artifact {}: {e}", built.display()));
+            (guest.name.to_string(), copied)
+        })
+        .collect()
+}

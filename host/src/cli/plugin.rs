@@ -1,0 +1,147 @@
+//! `host plugin ls | inspect | test`.
+
+use super::output::{print_json, print_table};
+use super::{OutputFormat, RuntimeArgs};
+use crate::plugins::{self, Registry};
+use crate::runtime::LoadedPlugin;
+use clap::Subcommand;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::process::ExitCode;
+
+#[derive(Subcommand)]
+pub enum PluginCommand {
+    /// List the plugins this host can run.
+    Ls {
+        #[arg(long, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+    /// Show everything a plugin's `describe` returns.
+    Inspect {
+        name: String,
+        #[arg(long, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+    /// Run the conformance suite against a loaded plugin or a `.wasm` file.
+    Test {
+        /// A plugin name, or a path to a component file.
+        plugin: String,
+        /// Capabilities to grant a plugin given as a file (repeatable).
+        #[arg(long = "grant")]
+        grants: Vec<String>,
+    },
+}
+
+pub async fn run(command: PluginCommand, args: &RuntimeArgs) -> anyhow::Result<ExitCode> {
+    let runtime = args.runtime()?;
+    match command {
+        PluginCommand::Ls { output } => {
+            let registry = Registry::load(&runtime, args.plugin_dir.as_deref()).await?;
+            ls(&registry, output)?;
+            for failure in registry.failures() {
+                eprintln!("warning: {failure}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PluginCommand::Inspect { name, output } => {
+            let registry = Registry::load(&runtime, args.plugin_dir.as_deref()).await?;
+            let plugin = registry.get(&name).ok_or_else(|| {
+                anyhow::anyhow!("no plugin named `{name}` (available: {})", registry.names().join(", "))
+            })?;
+            inspect(&plugin, output)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        PluginCommand::Test { plugin, grants } => {
+            if plugin.ends_with(".wasm") || Path::new(&plugin).is_file() {
+                let grants = plugins::parse_grants(&grants)?;
+                return test(&plugins::load_file(&runtime, Path::new(&plugin), grants).await?).await;
+            }
+            let registry = Registry::load(&runtime, args.plugin_dir.as_deref()).await?;
+            let found = registry.get(&plugin).ok_or_else(|| {
+                anyhow::anyhow!("no plugin named `{plugin}` (available: {})", registry.names().join(", "))
+            })?;
+            test(&found).await
+        }
+    }
+}
+
+fn ls(registry: &Registry, output: OutputFormat) -> anyhow::Result<()> {
+    let rows: Vec<Value> = registry.plugins().map(|p| summary(p)).collect();
+    if output == OutputFormat::Json {
+        return print_json(&rows);
+    }
+    let table: Vec<Vec<String>> = registry
+        .plugins()
+        .map(|p| {
+            vec![
+                p.name().to_string(),
+                p.info().version.clone(),
+                p.info().contract_version.clone(),
+                p.source().to_string(),
+                capabilities(p).join(", "),
+            ]
+        })
+        .collect();
+    print_table(&["NAME", "VERSION", "CONTRACT", "SOURCE", "CAPABILITIES"], &table);
+    Ok(())
+}
+
+fn capabilities(plugin: &LoadedPlugin) -> Vec<String> {
+    plugin.grants().iter().map(|c| c.name().to_string()).collect()
+}
+
+fn summary(plugin: &LoadedPlugin) -> Value {
+    json!({
+        "name": plugin.name(),
+        "version": plugin.info().version,
+        "contract_version": plugin.info().contract_version,
+        "source": plugin.source().to_string(),
+        "capabilities": capabilities(plugin),
+    })
+}
+
+fn inspect(plugin: &LoadedPlugin, output: OutputFormat) -> anyhow::Result<()> {
+    let info = plugin.info();
+    let template: Value = serde_json::from_str(&info.default_base_job_template)?;
+    let example: Value = serde_json::from_str(&info.example_variables)?;
+    if output == OutputFormat::Json {
+        let mut value = summary(plugin);
+        value["description"] = json!(info.description);
+        value["declared_capabilities"] = json!(info.capabilities);
+        value["default_base_job_template"] = template;
+        value["example_variables"] = example;
+        return print_json(&value);
+    }
+    println!("name:              {}", info.name);
+    println!("version:           {}", info.version);
+    println!("contract version:  {}", info.contract_version);
+    println!("description:       {}", info.description);
+    println!("source:            {}", plugin.source());
+    println!("capabilities:      {}", capabilities(plugin).join(", "));
+    println!("example variables: {example}");
+    println!("default base job template:");
+    println!("{}", serde_json::to_string_pretty(&template)?);
+    Ok(())
+}
+
+async fn test(plugin: &LoadedPlugin) -> anyhow::Result<ExitCode> {
+    println!("testing plugin `{}` ({})", plugin.name(), plugin.source());
+    let checks = crate::conformance::run(plugin).await;
+    let mut failed = Vec::new();
+    for check in &checks {
+        match &check.outcome {
+            Ok(detail) => println!("  ok      {:<26} {detail}", check.name),
+            Err(reason) => {
+                println!("  FAILED  {:<26} {reason}", check.name);
+                failed.push(check.name);
+            }
+        }
+    }
+    if failed.is_empty() {
+        println!("{} checks passed", checks.len());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("error: {} of {} checks failed: {}", failed.len(), checks.len(), failed.join(", "));
+        Ok(ExitCode::FAILURE)
+    }
+}

@@ -1,0 +1,12 @@
+//! Host-side bindings of the `host:infra` plugin world (see `wit/`).
+
+wasmtime::component::bindgen!({
+    world: "plugin",
+    path: "../wit",
+    imports: { default: async },
+    exports: { default: async },
+});
+
+pub use host::infra::types::{
+    ErrorKind, ExitStatus, Job, OutputStream, PluginError, PluginInfo, RunStatus,
+};

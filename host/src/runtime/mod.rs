@@ -1,0 +1,104 @@
+//! The plugin runtime: one wasmtime engine, a component cache, grants and
+//! per-call limits. Every call gets a fresh instance from an `InstancePre`; a
+//! trap, a spent CPU budget or a refused allocation becomes a [`CallError`] for
+//! that call, never a panic of the host.
+
+pub(crate) mod bindings;
+mod cache;
+mod limits;
+mod load;
+mod plugin;
+
+pub use bindings::{ErrorKind, ExitStatus, Job, OutputStream, PluginError, PluginInfo, RunStatus};
+pub use cache::{CacheOutcome, ComponentCache};
+pub use load::{Capability, Grants, LoadError};
+pub use plugin::{CallError, LoadedPlugin, PluginSource};
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::capabilities::ProcessTable;
+
+/// The contract this host speaks: `host:infra@0.1.x`.
+pub const CONTRACT_PACKAGE: &str = "host:infra";
+pub const CONTRACT_VERSION: &str = "0.1.0";
+
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Linear memory a plugin instance may use, in bytes.
+    pub memory_limit_bytes: usize,
+    /// Wasm instructions (wasmtime fuel) a call may execute. Time spent blocked in
+    /// host calls costs nothing, so a `wait` on a long-running workload is fine
+    /// while a guest spinning on its own runs out.
+    pub cpu_budget: u64,
+    /// Plugin instances alive at once (calls in flight, e.g. `wait`s).
+    pub max_instances: u32,
+    /// Where compiled components are cached; `None` compiles every time.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            memory_limit_bytes: 256 << 20,
+            cpu_budget: 10_000_000_000,
+            max_instances: 1000,
+            cache_dir: ComponentCache::default_dir(),
+        }
+    }
+}
+
+/// Shared by every plugin loaded in this process.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<RuntimeInner>,
+}
+
+struct RuntimeInner {
+    engine: Engine,
+    config: RuntimeConfig,
+    cache: ComponentCache,
+    processes: Arc<ProcessTable>,
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {
+        let mut pooling = PoolingAllocationConfig::default();
+        pooling
+            .total_component_instances(config.max_instances)
+            .total_core_instances(config.max_instances * 2)
+            .total_memories(config.max_instances)
+            .total_tables(config.max_instances * 2)
+            .max_memory_size(config.memory_limit_bytes);
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true)
+            .consume_fuel(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+        let engine = Engine::new(&wasm).map_err(|e| anyhow::anyhow!("cannot create the wasm engine: {e:#}"))?;
+        Ok(Runtime {
+            inner: Arc::new(RuntimeInner {
+                engine,
+                cache: ComponentCache::new(config.cache_dir.clone()),
+                config,
+                processes: Arc::new(ProcessTable::new()?),
+            }),
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.inner.config
+    }
+
+    pub(crate) fn cache(&self) -> &ComponentCache {
+        &self.inner.cache
+    }
+
+    pub(crate) fn processes(&self) -> &Arc<ProcessTable> {
+        &self.inner.processes
+    }
+}

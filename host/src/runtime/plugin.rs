@@ -1,0 +1,359 @@
+//! One loaded plugin: its pre-instantiated component and the typed calls of the
+//! `driver` interface, each in a fresh store with its own limits.
+
+use super::bindings::{Plugin, PluginPre};
+use super::limits::MemoryCap;
+use super::load::{self, Capability, Grants, LoadError};
+use super::{CacheOutcome, ErrorKind, ExitStatus, Job, PluginError, PluginInfo, RunStatus, Runtime};
+use crate::capabilities::{self, LogHost, OutputSink, ProcessHost};
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{Store, Trap};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+/// Where a plugin came from, for `host plugin ls`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginSource {
+    Builtin,
+    File(PathBuf),
+}
+
+impl std::fmt::Display for PluginSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PluginSource::Builtin => f.write_str("built-in"),
+            PluginSource::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// Why one call into a plugin failed. The host goes on after any of these.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// The plugin returned an error value: the contract working as meant.
+    #[error("{message}")]
+    Plugin { kind: ErrorKind, message: String },
+    #[error("plugin `{plugin}` trapped: {message}")]
+    Trap { plugin: String, message: String },
+    #[error("plugin `{plugin}` ran out of its CPU budget ({budget} instructions) without returning")]
+    CpuBudget { plugin: String, budget: u64 },
+    #[error("plugin `{plugin}` exceeded its memory limit of {limit_mib} MiB (it asked for {requested_mib} MiB)")]
+    Memory { plugin: String, limit_mib: usize, requested_mib: usize },
+    #[error("plugin `{plugin}` could not be instantiated: {message}")]
+    Instantiate { plugin: String, message: String },
+}
+
+impl CallError {
+    /// Worth trying the same call again later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, CallError::Plugin { kind: ErrorKind::Retryable, .. })
+    }
+}
+
+/// Everything one store holds. A store lives for one call.
+pub struct PluginState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    memory: MemoryCap,
+    stderr: MemoryOutputPipe,
+    log: LogHost,
+    process: ProcessHost,
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+type CallFuture<'a, R> = Pin<Box<dyn Future<Output = wasmtime::Result<R>> + Send + 'a>>;
+
+/// A plugin ready to be called: checked, compiled, linked against its grants.
+pub struct LoadedPlugin {
+    runtime: Runtime,
+    info: PluginInfo,
+    source: PluginSource,
+    grants: Grants,
+    pre: PluginPre<PluginState>,
+    cache_outcome: CacheOutcome,
+}
+
+/// Keeps a guest's stderr (panic messages) for error reports, bounded.
+const STDERR_CAPACITY: usize = 4096;
+
+impl LoadedPlugin {
+    /// Check, compile (or read from the cache), link and `describe` a plugin.
+    pub async fn load(
+        runtime: &Runtime,
+        source_name: &str,
+        source: PluginSource,
+        bytes: &[u8],
+        grants: Grants,
+    ) -> Result<LoadedPlugin, LoadError> {
+        load::check_header(source_name, bytes)?;
+        let engine = runtime.engine();
+        let (component, cache_outcome) = runtime
+            .cache()
+            .load(engine, bytes)
+            .map_err(|e| LoadError::Compile { source_name: source_name.into(), error: format!("{e:#}") })?;
+        load::check_component(engine, source_name, &component, &grants)?;
+        let linker = linker_for(runtime, &grants)
+            .map_err(|e| LoadError::Invalid { source_name: source_name.into(), message: format!("{e:#}") })?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .and_then(PluginPre::new)
+            .map_err(|e| LoadError::Invalid { source_name: source_name.into(), message: format!("{e:#}") })?;
+        let mut plugin = LoadedPlugin {
+            runtime: runtime.clone(),
+            info: placeholder_info(source_name),
+            source,
+            grants,
+            pre,
+            cache_outcome,
+        };
+        let info = plugin
+            .describe()
+            .await
+            .map_err(|e| LoadError::Describe { source_name: source_name.into(), error: e.to_string() })?;
+        validate_info(source_name, &info, &plugin.grants)?;
+        plugin.info = info;
+        Ok(plugin)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.info.name
+    }
+
+    /// What `describe` said when the plugin was loaded.
+    pub fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+
+    pub fn source(&self) -> &PluginSource {
+        &self.source
+    }
+
+    pub fn grants(&self) -> &Grants {
+        &self.grants
+    }
+
+    pub fn cache_outcome(&self) -> CacheOutcome {
+        self.cache_outcome
+    }
+
+    /// Calls `describe` in a fresh instance (the cached [`LoadedPlugin::info`]
+    /// is what callers normally want; this is for tests and benchmarks).
+    pub async fn describe(&self) -> Result<PluginInfo, CallError> {
+        self.call(capabilities::discard_output(), |p, s| Box::pin(p.host_infra_driver().call_describe(s)))
+            .await
+    }
+
+    pub async fn validate(&self, configuration: &str) -> Result<(), CallError> {
+        let configuration = configuration.to_string();
+        let result = self
+            .call(capabilities::discard_output(), move |p, s| {
+                Box::pin(async move { p.host_infra_driver().call_validate(s, &configuration).await })
+            })
+            .await?;
+        result.map_err(plugin_error)
+    }
+
+    pub async fn start(&self, job: Job) -> Result<String, CallError> {
+        let result = self
+            .call(capabilities::discard_output(), move |p, s| {
+                Box::pin(async move { p.host_infra_driver().call_start(s, &job).await })
+            })
+            .await?;
+        result.map_err(plugin_error)
+    }
+
+    /// Blocks until the infrastructure ends; its output goes to `sink`.
+    pub async fn wait(&self, handle: &str, sink: Arc<dyn OutputSink>) -> Result<ExitStatus, CallError> {
+        let handle = handle.to_string();
+        let result = self
+            .call(sink, move |p, s| Box::pin(async move { p.host_infra_driver().call_wait(s, &handle).await }))
+            .await?;
+        result.map_err(plugin_error)
+    }
+
+    pub async fn inspect(&self, handle: &str) -> Result<RunStatus, CallError> {
+        let handle = handle.to_string();
+        let result = self
+            .call(capabilities::discard_output(), move |p, s| {
+                Box::pin(async move { p.host_infra_driver().call_inspect(s, &handle).await })
+            })
+            .await?;
+        result.map_err(plugin_error)
+    }
+
+    pub async fn stop(&self, handle: &str, grace_seconds: u32) -> Result<(), CallError> {
+        let handle = handle.to_string();
+        let result = self
+            .call(capabilities::discard_output(), move |p, s| {
+                Box::pin(async move { p.host_infra_driver().call_stop(s, &handle, grace_seconds).await })
+            })
+            .await?;
+        result.map_err(plugin_error)
+    }
+
+    pub async fn destroy(&self, handle: &str) -> Result<(), CallError> {
+        let handle = handle.to_string();
+        let result = self
+            .call(capabilities::discard_output(), move |p, s| {
+                Box::pin(async move { p.host_infra_driver().call_destroy(s, &handle).await })
+            })
+            .await?;
+        result.map_err(plugin_error)
+    }
+
+    pub async fn recover(&self, handle: &str) -> Result<RunStatus, CallError> {
+        let handle = handle.to_string();
+        let result = self
+            .call(capabilities::discard_output(), move |p, s| {
+                Box::pin(async move { p.host_infra_driver().call_recover(s, &handle).await })
+            })
+            .await?;
+        result.map_err(plugin_error)
+    }
+
+    /// A fresh store and instance, one call, and the failure classified.
+    async fn call<R>(
+        &self,
+        sink: Arc<dyn OutputSink>,
+        f: impl for<'a> FnOnce(&'a Plugin, &'a mut Store<PluginState>) -> CallFuture<'a, R>,
+    ) -> Result<R, CallError> {
+        let config = self.runtime.config();
+        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+        let wasi = WasiCtxBuilder::new()
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let state = PluginState {
+            wasi,
+            table: ResourceTable::new(),
+            memory: MemoryCap::new(config.memory_limit_bytes),
+            stderr,
+            log: LogHost::new(self.info.name.clone(), sink),
+            process: ProcessHost::new(self.runtime.processes().clone()),
+        };
+        let mut store = Store::new(self.runtime.engine(), state);
+        store.limiter(|state| &mut state.memory);
+        let budget = config.cpu_budget;
+        let setup = store
+            .set_fuel(budget)
+            // Yield to tokio now and then, so a spinning guest shares the thread.
+            .and_then(|()| store.fuel_async_yield_interval(Some(1_000_000)));
+        if let Err(e) = setup {
+            return Err(self.instantiate_error(e));
+        }
+        let instance = match self.pre.instantiate_async(&mut store).await {
+            Ok(instance) => instance,
+            Err(e) => return Err(self.classify(&store, e)),
+        };
+        match f(&instance, &mut store).await {
+            Ok(value) => Ok(value),
+            Err(e) => Err(self.classify(&store, e)),
+        }
+    }
+
+    fn instantiate_error(&self, error: wasmtime::Error) -> CallError {
+        CallError::Instantiate { plugin: self.info.name.clone(), message: format!("{error:#}") }
+    }
+
+    fn classify(&self, store: &Store<PluginState>, error: wasmtime::Error) -> CallError {
+        let plugin = self.info.name.clone();
+        let state = store.data();
+        if let Some(requested) = state.memory.refused {
+            return CallError::Memory {
+                plugin,
+                limit_mib: state.memory.cap_bytes() >> 20,
+                requested_mib: requested >> 20,
+            };
+        }
+        match error.downcast_ref::<Trap>() {
+            Some(Trap::OutOfFuel) => CallError::CpuBudget { plugin, budget: self.runtime.config().cpu_budget },
+            Some(trap) => {
+                let said = String::from_utf8_lossy(&state.stderr.contents()).trim().to_string();
+                let message = match said.lines().rev().find(|l| !l.trim().is_empty()) {
+                    Some(last) => format!("{trap} (plugin said: {last})"),
+                    None => trap.to_string(),
+                };
+                CallError::Trap { plugin, message }
+            }
+            None => CallError::Trap { plugin, message: format!("{error:#}") },
+        }
+    }
+}
+
+fn plugin_error(error: PluginError) -> CallError {
+    CallError::Plugin { kind: error.kind, message: error.message }
+}
+
+fn linker_for(runtime: &Runtime, grants: &Grants) -> wasmtime::Result<Linker<PluginState>> {
+    use super::bindings::host::infra;
+    let mut linker: Linker<PluginState> = Linker::new(runtime.engine());
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    for capability in grants.iter() {
+        match capability {
+            Capability::Log => infra::log::add_to_linker::<_, HasSelf<LogHost>>(&mut linker, |s| &mut s.log)?,
+            Capability::Process => {
+                infra::process::add_to_linker::<_, HasSelf<ProcessHost>>(&mut linker, |s| &mut s.process)?
+            }
+            // Refused in `check_component` until the Docker capability lands.
+            Capability::ContainerRuntime => {}
+        }
+    }
+    infra::types::add_to_linker::<_, HasSelf<LogHost>>(&mut linker, |s| &mut s.log)?;
+    Ok(linker)
+}
+
+fn placeholder_info(source_name: &str) -> PluginInfo {
+    PluginInfo {
+        name: source_name.to_string(),
+        version: String::new(),
+        contract_version: String::new(),
+        description: String::new(),
+        default_base_job_template: String::new(),
+        capabilities: Vec::new(),
+        example_variables: String::new(),
+    }
+}
+
+/// What `describe` claims must agree with the contract and the grants.
+fn validate_info(source_name: &str, info: &PluginInfo, grants: &Grants) -> Result<(), LoadError> {
+    let invalid = |message: String| LoadError::Invalid { source_name: source_name.into(), message };
+    if !load::compatible(&info.contract_version) {
+        return Err(LoadError::IncompatibleContract {
+            source_name: source_name.into(),
+            found: format!("{}@{}", super::CONTRACT_PACKAGE, info.contract_version),
+        });
+    }
+    let valid_name = !info.name.is_empty()
+        && info.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !valid_name {
+        return Err(invalid(format!("describe: name {:?} must be lowercase letters, digits and '-'", info.name)));
+    }
+    for name in &info.capabilities {
+        let capability = Capability::parse(name)
+            .ok_or_else(|| invalid(format!("describe: unknown capability {name:?}")))?;
+        if !grants.contains(capability) {
+            return Err(LoadError::Ungranted { source_name: source_name.into(), capability });
+        }
+    }
+    let template: serde_json::Value = serde_json::from_str(&info.default_base_job_template)
+        .map_err(|e| invalid(format!("describe: default base job template is not JSON: {e}")))?;
+    if !template.get("job_configuration").is_some_and(|v| v.is_object())
+        || !template.get("variables").is_some_and(|v| v.is_object())
+    {
+        return Err(invalid(
+            "describe: default base job template needs `job_configuration` and `variables` objects".into(),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,79 @@
+//! The default base job template: `{"job_configuration": {...}, "variables": {...}}`.
+//!
+//! Each variable is a JSON Schema property; by default it also becomes a
+//! `"name": "{{ name }}"` entry of the job configuration, which is what a pool
+//! template almost always wants.
+
+use serde_json::{Map, Value, json};
+
+#[derive(Debug, Default, Clone)]
+pub struct Template {
+    configuration: Map<String, Value>,
+    properties: Map<String, Value>,
+    required: Vec<String>,
+}
+
+impl Template {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Declare a variable with its JSON Schema and map it into the configuration.
+    pub fn variable(mut self, name: &str, schema: Value) -> Self {
+        self.properties.insert(name.to_string(), schema);
+        self.configuration
+            .insert(name.to_string(), Value::String(format!("{{{{ {name} }}}}")));
+        self
+    }
+
+    /// Like [`Template::variable`], and the variable must be given.
+    pub fn required(mut self, name: &str, schema: Value) -> Self {
+        self.required.push(name.to_string());
+        self.variable(name, schema)
+    }
+
+    pub fn build(self) -> Value {
+        let mut variables = json!({ "type": "object", "properties": self.properties });
+        if !self.required.is_empty() {
+            variables["required"] = json!(self.required);
+        }
+        json!({ "job_configuration": self.configuration, "variables": variables })
+    }
+}
+
+/// `{"type": "string", "description": ...}` with an optional default.
+pub fn string(description: &str, default: Option<&str>) -> Value {
+    with_default(json!({"type": "string", "description": description}), default.map(Value::from))
+}
+
+/// An integer with a lower bound and an optional default.
+pub fn integer(description: &str, minimum: i64, default: Option<i64>) -> Value {
+    with_default(
+        json!({"type": "integer", "description": description, "minimum": minimum}),
+        default.map(Value::from),
+    )
+}
+
+/// A number in `[minimum, maximum]`.
+pub fn number(description: &str, minimum: f64, maximum: f64, default: Option<f64>) -> Value {
+    with_default(
+        json!({"type": "number", "description": description, "minimum": minimum, "maximum": maximum}),
+        default.map(Value::from),
+    )
+}
+
+pub fn boolean(description: &str, default: bool) -> Value {
+    json!({"type": "boolean", "description": description, "default": default})
+}
+
+/// A string-to-string map, like `env` or `labels`.
+pub fn string_map(description: &str) -> Value {
+    json!({"type": "object", "description": description, "additionalProperties": {"type": "string"}})
+}
+
+fn with_default(mut schema: Value, default: Option<Value>) -> Value {
+    if let Some(default) = default {
+        schema["default"] = default;
+    }
+    schema
+}
