@@ -21,6 +21,7 @@ const TEST_GUESTS: &[Guest] = &[
     Guest { name: "ungranted_capability", package: "guest-ungranted-capability", artifact: "guest_ungranted_capability" },
     Guest { name: "other_world", package: "guest-other-world", artifact: "guest-other-world" },
     Guest { name: "contract_v2", package: "guest-contract-v2", artifact: "guest_contract_v2" },
+    Guest { name: "nonconforming", package: "guest-nonconforming", artifact: "guest_nonconforming" },
     Guest { name: "hello_example", package: "hello-plugin", artifact: "hello_plugin" },
 ];
 
@@ -28,10 +29,11 @@ fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let workspace = manifest_dir.parent().expect("host/ lives in the workspace").to_path_buf();
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-    for watched in ["wit", "sdk", "plugins", "tests/guests", "Cargo.lock"] {
+    for watched in ["wit", "sdk", "plugins", "tests/guests", "Cargo.toml", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", workspace.join(watched).display());
     }
     println!("cargo:rerun-if-changed=build_wasm.rs");
+    println!("cargo:rerun-if-changed={}", workspace.join(".cargo/config.toml").display());
 
     let all: Vec<&Guest> = BUILTIN.iter().chain(TEST_GUESTS).collect();
     let built = build_guests(&workspace, &out_dir, &all);

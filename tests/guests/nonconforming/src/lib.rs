@@ -1,0 +1,31 @@
+//! Loads fine but breaks the contract twice: its example run fails and `stop`
+//! errors. `host plugin test` must name exactly those checks.
+use host_plugin_sdk::{Error, Exit, Info, Job, Plugin, Result, Status, export_plugin};
+
+struct Nonconforming;
+
+impl Plugin for Nonconforming {
+    type Config = serde_json::Value;
+    type Handle = serde_json::Value;
+
+    fn info() -> Info {
+        guest_common::info("nonconforming", &[])
+    }
+    fn start(_job: Job<Self::Config>) -> Result<Self::Handle> {
+        Ok(serde_json::json!({}))
+    }
+    fn wait(_handle: Self::Handle) -> Result<Exit> {
+        Ok(Exit::code(2))
+    }
+    fn inspect(_handle: Self::Handle) -> Result<Status> {
+        Ok(Status::Exited(Exit::code(2)))
+    }
+    fn stop(_handle: Self::Handle, _grace_seconds: u32) -> Result<()> {
+        Err(Error::fatal("stop is not implemented"))
+    }
+    fn destroy(_handle: Self::Handle) -> Result<()> {
+        Ok(())
+    }
+}
+
+export_plugin!(Nonconforming);
