@@ -10,30 +10,87 @@ mod build_wasm;
 use build_wasm::{Guest, build_guests};
 
 const BUILTIN: &[Guest] = &[
-    Guest { name: "process", package: "process-plugin", artifact: "process_plugin" },
-    Guest { name: "mock_serverless", package: "mock-serverless-plugin", artifact: "mock_serverless_plugin" },
+    Guest {
+        name: "process",
+        package: "process-plugin",
+        artifact: "process_plugin",
+    },
+    Guest {
+        name: "mock_serverless",
+        package: "mock-serverless-plugin",
+        artifact: "mock_serverless_plugin",
+    },
 ];
 
 const TEST_GUESTS: &[Guest] = &[
-    Guest { name: "trap_describe", package: "guest-trap-describe", artifact: "guest_trap_describe" },
-    Guest { name: "loop_forever", package: "guest-loop-forever", artifact: "guest_loop_forever" },
-    Guest { name: "alloc_1gib", package: "guest-alloc-1gib", artifact: "guest_alloc_1gib" },
-    Guest { name: "ungranted_capability", package: "guest-ungranted-capability", artifact: "guest_ungranted_capability" },
-    Guest { name: "other_world", package: "guest-other-world", artifact: "guest-other-world" },
-    Guest { name: "contract_v2", package: "guest-contract-v2", artifact: "guest_contract_v2" },
-    Guest { name: "nonconforming", package: "guest-nonconforming", artifact: "guest_nonconforming" },
-    Guest { name: "hello_example", package: "hello-plugin", artifact: "hello_plugin" },
+    Guest {
+        name: "trap_describe",
+        package: "guest-trap-describe",
+        artifact: "guest_trap_describe",
+    },
+    Guest {
+        name: "loop_forever",
+        package: "guest-loop-forever",
+        artifact: "guest_loop_forever",
+    },
+    Guest {
+        name: "alloc_1gib",
+        package: "guest-alloc-1gib",
+        artifact: "guest_alloc_1gib",
+    },
+    Guest {
+        name: "ungranted_capability",
+        package: "guest-ungranted-capability",
+        artifact: "guest_ungranted_capability",
+    },
+    Guest {
+        name: "other_world",
+        package: "guest-other-world",
+        artifact: "guest-other-world",
+    },
+    Guest {
+        name: "contract_v2",
+        package: "guest-contract-v2",
+        artifact: "guest_contract_v2",
+    },
+    Guest {
+        name: "nonconforming",
+        package: "guest-nonconforming",
+        artifact: "guest_nonconforming",
+    },
+    Guest {
+        name: "hello_example",
+        package: "hello-plugin",
+        artifact: "hello_plugin",
+    },
 ];
 
 fn main() {
-    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let workspace = manifest_dir.parent().expect("host/ lives in the workspace").to_path_buf();
+    let manifest_dir =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let workspace = manifest_dir
+        .parent()
+        .expect("host/ lives in the workspace")
+        .to_path_buf();
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-    for watched in ["wit", "sdk", "plugins", "tests/guests", "Cargo.toml", "Cargo.lock"] {
-        println!("cargo:rerun-if-changed={}", workspace.join(watched).display());
+    for watched in [
+        "wit",
+        "sdk",
+        "plugins",
+        "tests/guests",
+        "Cargo.toml",
+        "Cargo.lock",
+    ] {
+        println!(
+            "cargo:rerun-if-changed={}",
+            workspace.join(watched).display()
+        );
     }
     println!("cargo:rerun-if-changed=build_wasm.rs");
-    println!("cargo:rerun-if-changed={}", workspace.join(".cargo/config.toml").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        workspace.join(".cargo/config.toml").display()
+    );
 
     let all: Vec<&Guest> = BUILTIN.iter().chain(TEST_GUESTS).collect();
     let built = build_guests(&workspace, &out_dir, &all);
@@ -43,7 +100,11 @@ fn main() {
     for (name, path) in built {
         let upper = name.to_uppercase();
         if BUILTIN.iter().any(|g| g.name == name) {
-            writeln!(builtin, "pub const {upper}: &[u8] = include_bytes!({path:?});").expect("write to string");
+            writeln!(
+                builtin,
+                "pub const {upper}: &[u8] = include_bytes!({path:?});"
+            )
+            .expect("write to string");
         } else {
             writeln!(tests, "pub const {upper}: &str = {path:?};").expect("write to string");
         }

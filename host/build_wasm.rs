@@ -37,7 +37,9 @@ pub fn build_guests(workspace: &Path, out_dir: &Path, guests: &[&Guest]) -> Vec<
     for guest in guests {
         command.args(["-p", guest.package]);
     }
-    let status = command.status().expect("failed to run cargo for the wasm guests");
+    let status = command
+        .status()
+        .expect("failed to run cargo for the wasm guests");
     assert!(
         status.success(),
         "building the wasm guests failed; is the target installed? `rustup target add wasm32-wasip2`"

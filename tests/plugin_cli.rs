@@ -11,7 +11,9 @@ struct Host {
 
 impl Host {
     fn new() -> Self {
-        Host { cache: tempfile::tempdir().expect("tempdir") }
+        Host {
+            cache: tempfile::tempdir().expect("tempdir"),
+        }
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -39,12 +41,25 @@ fn plugin_ls_lists_the_builtins_with_their_capabilities() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(text.starts_with("NAME"), "{text}");
-    assert!(text.lines().any(|l| l.starts_with("process") && l.contains("log, process")), "{text}");
-    assert!(text.lines().any(|l| l.starts_with("mock-serverless") && l.contains("built-in")), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("process") && l.contains("log, process")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("mock-serverless") && l.contains("built-in")),
+        "{text}"
+    );
 
     let out = host.run(&["plugin", "ls", "--output", "json"]);
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    let names: Vec<&str> = rows.as_array().expect("array").iter().filter_map(|r| r["name"].as_str()).collect();
+    let names: Vec<&str> = rows
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
     assert_eq!(names, ["mock-serverless", "process"]);
     assert_eq!(rows[0]["contract_version"], "0.1.0");
 }
@@ -56,12 +71,20 @@ fn plugin_inspect_shows_the_default_base_job_template() {
     assert!(out.status.success(), "{}", stderr(&out));
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(info["name"], "process");
-    assert_eq!(info["default_base_job_template"]["job_configuration"]["command"], "{{ command }}");
-    assert!(info["default_base_job_template"]["variables"]["properties"]["working_dir"].is_object());
+    assert_eq!(
+        info["default_base_job_template"]["job_configuration"]["command"],
+        "{{ command }}"
+    );
+    assert!(
+        info["default_base_job_template"]["variables"]["properties"]["working_dir"].is_object()
+    );
 
     let out = host.run(&["plugin", "inspect", "no-such-plugin"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("no plugin named `no-such-plugin` (available: mock-serverless, process)"));
+    assert!(
+        stderr(&out)
+            .contains("no plugin named `no-such-plugin` (available: mock-serverless, process)")
+    );
 }
 
 #[test]
@@ -69,7 +92,12 @@ fn plugin_test_passes_for_the_builtins_and_the_sdk_example() {
     let host = Host::new();
     for target in ["process", "mock-serverless", guests::HELLO_EXAMPLE] {
         let out = host.run(&["plugin", "test", target]);
-        assert!(out.status.success(), "{target}: {}{}", stdout(&out), stderr(&out));
+        assert!(
+            out.status.success(),
+            "{target}: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
         assert!(stdout(&out).contains("checks passed"), "{}", stdout(&out));
     }
 }
@@ -81,19 +109,41 @@ fn plugin_test_fails_with_a_one_line_reason_for_bad_plugins() {
         (guests::TRAP_DESCRIBE, "trapped"),
         (guests::OTHER_WORLD, "not a host infrastructure plugin"),
         (guests::CONTRACT_V2, "host:infra@0.2.0"),
-        (guests::UNGRANTED_CAPABILITY, "imports capability `process`, which is not granted"),
+        (
+            guests::UNGRANTED_CAPABILITY,
+            "imports capability `process`, which is not granted",
+        ),
     ];
     for (file, reason) in cases {
         let out = host.run(&["plugin", "test", file]);
         assert_eq!(out.status.code(), Some(1), "{file}");
         let err = stderr(&out);
-        assert!(err.starts_with("error: ") && err.contains(reason), "{file}: {err}");
+        assert!(
+            err.starts_with("error: ") && err.contains(reason),
+            "{file}: {err}"
+        );
         assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
     }
-    let out = host.run(&["plugin", "test", guests::UNGRANTED_CAPABILITY, "--grant", "process"]);
+    let out = host.run(&[
+        "plugin",
+        "test",
+        guests::UNGRANTED_CAPABILITY,
+        "--grant",
+        "process",
+    ]);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
-    let out = host.run(&["plugin", "test", guests::HELLO_EXAMPLE, "--grant", "teleport"]);
-    assert!(stderr(&out).contains("unknown capability `teleport`"), "{}", stderr(&out));
+    let out = host.run(&[
+        "plugin",
+        "test",
+        guests::HELLO_EXAMPLE,
+        "--grant",
+        "teleport",
+    ]);
+    assert!(
+        stderr(&out).contains("unknown capability `teleport`"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -102,8 +152,17 @@ fn plugin_test_names_each_failed_check() {
     let out = host.run(&["plugin", "test", guests::NONCONFORMING]);
     assert_eq!(out.status.code(), Some(1));
     let text = stdout(&out);
-    assert!(text.contains("FAILED  start-wait-destroy") && text.contains("exited with code 2"), "{text}");
-    assert!(text.contains("FAILED  stop") && text.contains("stop is not implemented"), "{text}");
+    assert!(
+        text.contains("FAILED  start-wait-destroy") && text.contains("exited with code 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("FAILED  stop") && text.contains("stop is not implemented"),
+        "{text}"
+    );
     assert!(text.contains("ok      describe"), "{text}");
-    assert_eq!(stderr(&out).trim_end(), "error: 2 of 9 checks failed: start-wait-destroy, stop");
+    assert_eq!(
+        stderr(&out).trim_end(),
+        "error: 2 of 9 checks failed: start-wait-destroy, stop"
+    );
 }

@@ -5,7 +5,9 @@ mod common;
 use common::{guests, runtime, runtime_with};
 use host::capabilities::CollectOutput;
 use host::plugins::{self, Registry};
-use host::runtime::{CacheOutcome, CallError, Capability, ErrorKind, Grants, Job, LoadError, RunStatus};
+use host::runtime::{
+    CacheOutcome, CallError, Capability, ErrorKind, Grants, Job, LoadError, RunStatus,
+};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,11 +31,20 @@ async fn load_guest(path: &str, grants: Grants) -> Result<host::runtime::LoadedP
 #[tokio::test]
 async fn builtins_load_and_pass_the_conformance_suite() {
     let cache = tempfile::tempdir().expect("tempdir");
-    let registry = Registry::load(&runtime(cache.path()), None).await.expect("built-ins load");
-    assert_eq!(registry.names(), vec!["mock-serverless".to_string(), "process".to_string()]);
+    let registry = Registry::load(&runtime(cache.path()), None)
+        .await
+        .expect("built-ins load");
+    assert_eq!(
+        registry.names(),
+        vec!["mock-serverless".to_string(), "process".to_string()]
+    );
     for plugin in registry.plugins() {
         let checks = host::conformance::run(plugin).await;
-        let failed: Vec<_> = checks.iter().filter(|c| !c.passed()).map(|c| (c.name, &c.outcome)).collect();
+        let failed: Vec<_> = checks
+            .iter()
+            .filter(|c| !c.passed())
+            .map(|c| (c.name, &c.outcome))
+            .collect();
         assert!(failed.is_empty(), "{} failed: {failed:?}", plugin.name());
         assert!(checks.len() >= 8);
     }
@@ -43,9 +54,13 @@ async fn builtins_load_and_pass_the_conformance_suite() {
 async fn compiled_components_are_cached_on_disk() {
     let cache = tempfile::tempdir().expect("tempdir");
     let path = Path::new(guests::HELLO_EXAMPLE);
-    let first = plugins::load_file(&runtime(cache.path()), path, Grants::log_only()).await.expect("load");
+    let first = plugins::load_file(&runtime(cache.path()), path, Grants::log_only())
+        .await
+        .expect("load");
     assert_eq!(first.cache_outcome(), CacheOutcome::Compiled);
-    let second = plugins::load_file(&runtime(cache.path()), path, Grants::log_only()).await.expect("load");
+    let second = plugins::load_file(&runtime(cache.path()), path, Grants::log_only())
+        .await
+        .expect("load");
     assert_eq!(second.cache_outcome(), CacheOutcome::Hit);
     assert_eq!(second.describe().await.expect("describe").name, "hello");
 }
@@ -54,11 +69,15 @@ async fn compiled_components_are_cached_on_disk() {
 async fn a_corrupt_cache_entry_is_recompiled() {
     let cache = tempfile::tempdir().expect("tempdir");
     let path = Path::new(guests::HELLO_EXAMPLE);
-    plugins::load_file(&runtime(cache.path()), path, Grants::log_only()).await.expect("load");
+    plugins::load_file(&runtime(cache.path()), path, Grants::log_only())
+        .await
+        .expect("load");
     for entry in std::fs::read_dir(cache.path()).expect("cache dir") {
         std::fs::write(entry.expect("entry").path(), b"garbage").expect("corrupt");
     }
-    let again = plugins::load_file(&runtime(cache.path()), path, Grants::log_only()).await.expect("load");
+    let again = plugins::load_file(&runtime(cache.path()), path, Grants::log_only())
+        .await
+        .expect("load");
     assert_eq!(again.cache_outcome(), CacheOutcome::Compiled);
 }
 
@@ -67,9 +86,15 @@ async fn a_file_that_is_not_wasm_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("notes.wasm");
     std::fs::write(&path, "just some text").expect("write");
-    let error = load_guest(path.to_str().expect("utf-8"), Grants::log_only()).await.err().expect("refused");
+    let error = load_guest(path.to_str().expect("utf-8"), Grants::log_only())
+        .await
+        .err()
+        .expect("refused");
     assert!(matches!(error, LoadError::NotWasm { .. }), "{error}");
-    assert!(error.to_string().ends_with("not a WebAssembly file"), "{error}");
+    assert!(
+        error.to_string().ends_with("not a WebAssembly file"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -78,31 +103,52 @@ async fn a_core_module_is_refused_with_a_hint() {
     let path = dir.path().join("core.wasm");
     // The smallest valid core module: magic and version 1.
     std::fs::write(&path, b"\0asm\x01\0\0\0").expect("write");
-    let error = load_guest(path.to_str().expect("utf-8"), Grants::log_only()).await.err().expect("refused");
+    let error = load_guest(path.to_str().expect("utf-8"), Grants::log_only())
+        .await
+        .err()
+        .expect("refused");
     assert!(matches!(error, LoadError::CoreModule { .. }), "{error}");
     assert!(error.to_string().contains("wasm32-wasip2"), "{error}");
 }
 
 #[tokio::test]
 async fn a_component_of_another_world_is_refused() {
-    let error = load_guest(guests::OTHER_WORLD, Grants::log_only()).await.err().expect("refused");
+    let error = load_guest(guests::OTHER_WORLD, Grants::log_only())
+        .await
+        .err()
+        .expect("refused");
     assert!(matches!(error, LoadError::WrongWorld { .. }), "{error}");
-    assert!(error.to_string().contains("wasi:cli/run"), "names what it exports: {error}");
+    assert!(
+        error.to_string().contains("wasi:cli/run"),
+        "names what it exports: {error}"
+    );
 }
 
 #[tokio::test]
 async fn an_incompatible_contract_version_is_refused() {
-    let error = load_guest(guests::CONTRACT_V2, Grants::log_only()).await.err().expect("refused");
-    assert!(matches!(error, LoadError::IncompatibleContract { .. }), "{error}");
+    let error = load_guest(guests::CONTRACT_V2, Grants::log_only())
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(error, LoadError::IncompatibleContract { .. }),
+        "{error}"
+    );
     assert!(error.to_string().contains("host:infra@0.2.0"), "{error}");
 }
 
 #[tokio::test]
 async fn a_trap_in_describe_is_an_error_with_the_plugins_message() {
-    let error = load_guest(guests::TRAP_DESCRIBE, Grants::log_only()).await.err().expect("refused");
+    let error = load_guest(guests::TRAP_DESCRIBE, Grants::log_only())
+        .await
+        .err()
+        .expect("refused");
     let text = error.to_string();
     assert!(text.contains("trapped"), "{text}");
-    assert!(text.contains("deliberate trap in describe"), "the guest's panic message is kept: {text}");
+    assert!(
+        text.contains("deliberate trap in describe"),
+        "the guest's panic message is kept: {text}"
+    );
     assert_eq!(text.lines().count(), 1, "one line: {text}");
 }
 
@@ -120,26 +166,47 @@ async fn a_spinning_plugin_is_interrupted_and_the_host_carries_on() {
     .expect("refused");
     assert!(error.to_string().contains("CPU budget"), "{error}");
     // The same runtime still serves other plugins.
-    let hello = plugins::load_file(&rt, Path::new(guests::HELLO_EXAMPLE), Grants::log_only()).await.expect("load");
+    let hello = plugins::load_file(&rt, Path::new(guests::HELLO_EXAMPLE), Grants::log_only())
+        .await
+        .expect("load");
     assert_eq!(hello.describe().await.expect("describe").name, "hello");
 }
 
 #[tokio::test]
 async fn a_plugin_allocating_a_gibibyte_hits_the_memory_cap() {
-    let error = load_guest(guests::ALLOC_1GIB, Grants::log_only()).await.err().expect("refused");
+    let error = load_guest(guests::ALLOC_1GIB, Grants::log_only())
+        .await
+        .err()
+        .expect("refused");
     let text = error.to_string();
-    assert!(text.contains("exceeded its memory limit of 64 MiB"), "{text}");
+    assert!(
+        text.contains("exceeded its memory limit of 64 MiB"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
 async fn an_ungranted_capability_is_named_and_a_grant_lets_it_load() {
-    let error = load_guest(guests::UNGRANTED_CAPABILITY, Grants::log_only()).await.err().expect("refused");
+    let error = load_guest(guests::UNGRANTED_CAPABILITY, Grants::log_only())
+        .await
+        .err()
+        .expect("refused");
     assert!(
-        matches!(error, LoadError::Ungranted { capability: Capability::Process, .. }),
+        matches!(
+            error,
+            LoadError::Ungranted {
+                capability: Capability::Process,
+                ..
+            }
+        ),
         "{error}"
     );
     assert!(error.to_string().contains("`process`"), "{error}");
-    let granted = load_guest(guests::UNGRANTED_CAPABILITY, Grants::new([Capability::Process])).await;
+    let granted = load_guest(
+        guests::UNGRANTED_CAPABILITY,
+        Grants::new([Capability::Process]),
+    )
+    .await;
     assert!(granted.is_ok(), "{:?}", granted.err());
 }
 
@@ -149,11 +216,24 @@ async fn a_plugin_directory_loads_what_it_can_and_reports_the_rest() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::copy(guests::HELLO_EXAMPLE, dir.path().join("hello.wasm")).expect("copy");
     std::fs::copy(guests::TRAP_DESCRIBE, dir.path().join("trap.wasm")).expect("copy");
-    std::fs::copy(guests::UNGRANTED_CAPABILITY, dir.path().join("needs-process.wasm")).expect("copy");
-    std::fs::write(dir.path().join("grants.toml"), "[needs-process]\ncapabilities = [\"process\"]\n").expect("write");
-    let registry = Registry::load(&runtime(cache.path()), Some(dir.path())).await.expect("registry");
+    std::fs::copy(
+        guests::UNGRANTED_CAPABILITY,
+        dir.path().join("needs-process.wasm"),
+    )
+    .expect("copy");
+    std::fs::write(
+        dir.path().join("grants.toml"),
+        "[needs-process]\ncapabilities = [\"process\"]\n",
+    )
+    .expect("write");
+    let registry = Registry::load(&runtime(cache.path()), Some(dir.path()))
+        .await
+        .expect("registry");
     assert!(registry.get("hello").is_some());
-    assert!(registry.get("ungranted-capability").is_some(), "granted through grants.toml");
+    assert!(
+        registry.get("ungranted-capability").is_some(),
+        "granted through grants.toml"
+    );
     assert_eq!(registry.failures().len(), 1);
     assert!(registry.failures()[0].to_string().contains("trap.wasm"));
 }
@@ -161,10 +241,15 @@ async fn a_plugin_directory_loads_what_it_can_and_reports_the_rest() {
 #[tokio::test]
 async fn process_plugin_streams_output_and_reports_the_exit_code() {
     let cache = tempfile::tempdir().expect("tempdir");
-    let registry = Registry::load(&runtime(cache.path()), None).await.expect("built-ins");
+    let registry = Registry::load(&runtime(cache.path()), None)
+        .await
+        .expect("built-ins");
     let process = registry.get("process").expect("process");
     let handle = process
-        .start(job(serde_json::json!({}), &["sh", "-c", "echo \"$GREETING\"; echo oops >&2; exit 3"]))
+        .start(job(
+            serde_json::json!({}),
+            &["sh", "-c", "echo \"$GREETING\"; echo oops >&2; exit 3"],
+        ))
         .await
         .expect("start");
     let output = Arc::new(CollectOutput::default());
@@ -183,11 +268,16 @@ async fn process_plugin_streams_output_and_reports_the_exit_code() {
 #[tokio::test]
 async fn process_stop_terminates_the_whole_group_then_kills() {
     let cache = tempfile::tempdir().expect("tempdir");
-    let registry = Registry::load(&runtime(cache.path()), None).await.expect("built-ins");
+    let registry = Registry::load(&runtime(cache.path()), None)
+        .await
+        .expect("built-ins");
     let process = registry.get("process").expect("process");
     // Ignores SIGTERM, so only the SIGKILL after the grace period ends it.
     let handle = process
-        .start(job(serde_json::json!({"command": "trap '' TERM; echo ready; sleep 30 & wait"}), &[]))
+        .start(job(
+            serde_json::json!({"command": "trap '' TERM; echo ready; sleep 30 & wait"}),
+            &[],
+        ))
         .await
         .expect("start");
     let output = Arc::new(CollectOutput::default());
@@ -197,10 +287,20 @@ async fn process_stop_terminates_the_whole_group_then_kills() {
         let output = output.clone();
         tokio::spawn(async move { process.wait(&handle, output).await })
     };
-    assert!(common::wait_until(Duration::from_secs(10), || !output.lines().is_empty()).await, "started");
-    assert_eq!(process.inspect(&handle).await.expect("inspect"), RunStatus::Running);
+    assert!(
+        common::wait_until(Duration::from_secs(10), || !output.lines().is_empty()).await,
+        "started"
+    );
+    assert_eq!(
+        process.inspect(&handle).await.expect("inspect"),
+        RunStatus::Running
+    );
     process.stop(&handle, 1).await.expect("stop");
-    let exit = tokio::time::timeout(Duration::from_secs(10), waiter).await.expect("ends").expect("join").expect("wait");
+    let exit = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("ends")
+        .expect("join")
+        .expect("wait");
     assert_eq!(exit.signal, Some(9), "{exit:?}");
     process.destroy(&handle).await.expect("destroy");
 }
@@ -208,53 +308,95 @@ async fn process_stop_terminates_the_whole_group_then_kills() {
 #[tokio::test]
 async fn process_refuses_a_bad_configuration_cleanly() {
     let cache = tempfile::tempdir().expect("tempdir");
-    let registry = Registry::load(&runtime(cache.path()), None).await.expect("built-ins");
+    let registry = Registry::load(&runtime(cache.path()), None)
+        .await
+        .expect("built-ins");
     let process = registry.get("process").expect("process");
-    let error = process.validate(r#"{"working_dir": "relative/dir"}"#).await.err().expect("refused");
-    assert!(matches!(error, CallError::Plugin { kind: ErrorKind::Fatal, .. }));
+    let error = process
+        .validate(r#"{"working_dir": "relative/dir"}"#)
+        .await
+        .expect_err("refused");
+    assert!(matches!(
+        error,
+        CallError::Plugin {
+            kind: ErrorKind::Fatal,
+            ..
+        }
+    ));
     assert!(error.to_string().contains("working_dir"), "{error}");
-    let error = process.validate(r#"{"colour": "red"}"#).await.err().expect("refused");
-    assert!(error.to_string().contains("colour"), "names the unknown field: {error}");
-    let error = process.start(job(serde_json::json!({}), &["/definitely/not/here"])).await.err().expect("refused");
-    assert!(error.to_string().contains("/definitely/not/here"), "{error}");
+    let error = process
+        .validate(r#"{"colour": "red"}"#)
+        .await
+        .expect_err("refused");
+    assert!(
+        error.to_string().contains("colour"),
+        "names the unknown field: {error}"
+    );
+    let error = process
+        .start(job(serde_json::json!({}), &["/definitely/not/here"]))
+        .await
+        .expect_err("refused");
+    assert!(
+        error.to_string().contains("/definitely/not/here"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
 async fn mock_serverless_simulates_throttling_failures_and_crashes() {
     let cache = tempfile::tempdir().expect("tempdir");
-    let registry = Registry::load(&runtime(cache.path()), None).await.expect("built-ins");
+    let registry = Registry::load(&runtime(cache.path()), None)
+        .await
+        .expect("built-ins");
     let mock = registry.get("mock-serverless").expect("mock-serverless");
     let fast = serde_json::json!({"submit_latency_ms": 0, "cold_start_ms": 0, "duration_ms": 10, "log_lines": 2});
 
     let mut throttled = fast.clone();
     throttled["throttle_rate"] = 1.0.into();
-    let error = mock.start(job(throttled, &[])).await.err().expect("throttled");
+    let error = mock
+        .start(job(throttled, &[]))
+        .await
+        .expect_err("throttled");
     assert!(error.is_retryable(), "{error}");
 
     let mut failing = fast.clone();
     failing["failure_rate"] = 1.0.into();
     let handle = mock.start(job(failing, &[])).await.expect("start");
-    let exit = mock.wait(&handle, host::capabilities::discard_output()).await.expect("wait");
+    let exit = mock
+        .wait(&handle, host::capabilities::discard_output())
+        .await
+        .expect("wait");
     assert_eq!(exit.code, Some(1));
 
     let mut exit3 = fast.clone();
     exit3["exit_code"] = 3.into();
     let handle = mock.start(job(exit3, &[])).await.expect("start");
     let output = Arc::new(CollectOutput::default());
-    assert_eq!(mock.wait(&handle, output.clone()).await.expect("wait").code, Some(3));
+    assert_eq!(
+        mock.wait(&handle, output.clone()).await.expect("wait").code,
+        Some(3)
+    );
     assert_eq!(output.lines().len(), 2);
     // No state between calls: the same handle answers the same later.
-    assert!(matches!(mock.recover(&handle).await.expect("recover"), RunStatus::Exited(e) if e.code == Some(3)));
+    assert!(
+        matches!(mock.recover(&handle).await.expect("recover"), RunStatus::Exited(e) if e.code == Some(3))
+    );
 
     let mut crashing = fast.clone();
     crashing["duration_ms"] = 1000.into();
     crashing["crash_after_ms"] = 5.into();
     let handle = mock.start(job(crashing, &[])).await.expect("start");
-    let error = mock.wait(&handle, host::capabilities::discard_output()).await.err().expect("crash");
+    let error = mock
+        .wait(&handle, host::capabilities::discard_output())
+        .await
+        .expect_err("crash");
     assert!(error.to_string().contains("crashed"), "{error}");
 
     let mut slow = fast;
     slow["cold_start_ms"] = 60_000.into();
     let handle = mock.start(job(slow, &[])).await.expect("start");
-    assert_eq!(mock.inspect(&handle).await.expect("inspect"), RunStatus::Pending);
+    assert_eq!(
+        mock.inspect(&handle).await.expect("inspect"),
+        RunStatus::Pending
+    );
 }

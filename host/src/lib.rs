@@ -11,7 +11,14 @@
 
 pub mod capabilities;
 pub mod cli;
+pub mod client;
 pub mod conformance;
+pub mod control;
+pub mod error;
+pub mod model;
+pub mod orchestration;
 pub mod plugins;
 pub mod runtime;
+pub mod server;
+pub mod store;
 pub mod template;

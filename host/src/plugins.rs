@@ -19,8 +19,16 @@ pub struct Builtin {
 }
 
 pub const BUILTINS: &[Builtin] = &[
-    Builtin { name: "process", bytes: embedded::PROCESS, grants: &[Capability::Process] },
-    Builtin { name: "mock-serverless", bytes: embedded::MOCK_SERVERLESS, grants: &[] },
+    Builtin {
+        name: "process",
+        bytes: embedded::PROCESS,
+        grants: &[Capability::Process],
+    },
+    Builtin {
+        name: "mock-serverless",
+        bytes: embedded::MOCK_SERVERLESS,
+        grants: &[],
+    },
 ];
 
 /// The file in a plugin directory that grants capabilities, per file stem:
@@ -56,7 +64,9 @@ impl Registry {
                 Grants::new(builtin.grants.iter().copied()),
             )
             .await?;
-            registry.plugins.insert(plugin.name().to_string(), Arc::new(plugin));
+            registry
+                .plugins
+                .insert(plugin.name().to_string(), Arc::new(plugin));
         }
         if let Some(dir) = plugin_dir {
             registry.load_dir(runtime, dir).await?;
@@ -73,7 +83,10 @@ impl Registry {
             .collect();
         files.sort();
         for path in files {
-            let stem = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_default();
             let plugin_grants = grants.get(&stem).cloned().unwrap_or_else(Grants::log_only);
             match load_file(runtime, &path, plugin_grants).await {
                 Ok(plugin) if self.plugins.contains_key(plugin.name()) => {
@@ -83,7 +96,8 @@ impl Registry {
                     });
                 }
                 Ok(plugin) => {
-                    self.plugins.insert(plugin.name().to_string(), Arc::new(plugin));
+                    self.plugins
+                        .insert(plugin.name().to_string(), Arc::new(plugin));
                 }
                 Err(error) => {
                     tracing::warn!(%error, "skipping plugin");
@@ -112,10 +126,24 @@ impl Registry {
 }
 
 /// Load one plugin file with the given grants.
-pub async fn load_file(runtime: &Runtime, path: &Path, grants: Grants) -> Result<LoadedPlugin, LoadError> {
+pub async fn load_file(
+    runtime: &Runtime,
+    path: &Path,
+    grants: Grants,
+) -> Result<LoadedPlugin, LoadError> {
     let source_name = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|error| LoadError::Read { source_name: source_name.clone(), error })?;
-    LoadedPlugin::load(runtime, &source_name, PluginSource::File(path.to_path_buf()), &bytes, grants).await
+    let bytes = std::fs::read(path).map_err(|error| LoadError::Read {
+        source_name: source_name.clone(),
+        error,
+    })?;
+    LoadedPlugin::load(
+        runtime,
+        &source_name,
+        PluginSource::File(path.to_path_buf()),
+        &bytes,
+        grants,
+    )
+    .await
 }
 
 /// Parses a list of capability names, naming the first unknown one.
@@ -145,7 +173,8 @@ fn read_grants(dir: &Path) -> anyhow::Result<HashMap<String, Grants>> {
     entries
         .into_iter()
         .map(|(stem, entry)| {
-            let grants = parse_grants(&entry.capabilities).map_err(|e| anyhow::anyhow!("{}: [{stem}]: {e}", path.display()))?;
+            let grants = parse_grants(&entry.capabilities)
+                .map_err(|e| anyhow::anyhow!("{}: [{stem}]: {e}", path.display()))?;
             Ok((stem, grants))
         })
         .collect()

@@ -43,9 +43,11 @@ pub fn render(job_configuration: &Value, values: &Map<String, Value>) -> Value {
     match job_configuration {
         Value::String(s) => render_string(s, values),
         Value::Array(items) => Value::Array(items.iter().map(|v| render(v, values)).collect()),
-        Value::Object(map) => {
-            Value::Object(map.iter().map(|(k, v)| (k.clone(), render(v, values))).collect())
-        }
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), render(v, values)))
+                .collect(),
+        ),
         other => other.clone(),
     }
 }
@@ -81,7 +83,9 @@ fn scan(s: &str) -> Vec<(std::ops::Range<usize>, &str)> {
     let mut found = Vec::new();
     let mut from = 0;
     while let Some(open) = s[from..].find("{{").map(|i| i + from) {
-        let Some(close) = s[open + 2..].find("}}").map(|i| i + open + 2) else { break };
+        let Some(close) = s[open + 2..].find("}}").map(|i| i + open + 2) else {
+            break;
+        };
         let name = s[open + 2..close].trim();
         let valid = !name.is_empty()
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -103,6 +107,29 @@ fn visit_strings(value: &Value, f: &mut impl FnMut(&str)) {
     }
 }
 
+/// Job variables by precedence, lowest first (pool defaults, deployment, run).
+/// Whole keys replace, except `env`, which merges key by key; a `null` means
+/// "not set here" and never hides a lower level's value.
+pub fn merge_job_variables(layers: &[&Map<String, Value>]) -> Map<String, Value> {
+    let mut merged = Map::new();
+    for layer in layers {
+        for (key, value) in *layer {
+            if value.is_null() {
+                continue;
+            }
+            match (key.as_str(), merged.get_mut(key), value) {
+                ("env", Some(Value::Object(env)), Value::Object(more)) => {
+                    env.extend(more.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
+                _ => {
+                    merged.insert(key.clone(), value.clone());
+                }
+            }
+        }
+    }
+    merged
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,7 +139,10 @@ mod tests {
     fn whole_placeholder_keeps_the_json_type() {
         let config = json!({"n": "{{ n }}", "missing": "{{ gone }}", "text": "x-{{n}}-y"});
         let values = json!({"n": 3}).as_object().cloned().unwrap_or_default();
-        assert_eq!(render(&config, &values), json!({"n": 3, "missing": null, "text": "x-3-y"}));
+        assert_eq!(
+            render(&config, &values),
+            json!({"n": 3, "missing": null, "text": "x-3-y"})
+        );
     }
 
     #[test]
@@ -123,8 +153,24 @@ mod tests {
     }
 
     #[test]
+    fn env_merges_key_by_key_and_other_keys_replace() {
+        let pool = json!({"env": {"A": "pool", "B": "pool"}, "image": "base", "n": 1});
+        let deployment = json!({"env": {"B": "dep"}, "image": "dep-image", "n": null});
+        let run = json!({"env": {"C": "run"}});
+        let as_map = |v: &Value| v.as_object().cloned().unwrap_or_default();
+        let merged = merge_job_variables(&[&as_map(&pool), &as_map(&deployment), &as_map(&run)]);
+        assert_eq!(
+            Value::Object(merged),
+            json!({"env": {"A": "pool", "B": "dep", "C": "run"}, "image": "dep-image", "n": 1})
+        );
+    }
+
+    #[test]
     fn defaults_come_from_the_schema() {
         let variables = json!({"properties": {"a": {"default": 1}, "b": {}}});
-        assert_eq!(defaults(&variables), json!({"a": 1}).as_object().cloned().unwrap_or_default());
+        assert_eq!(
+            defaults(&variables),
+            json!({"a": 1}).as_object().cloned().unwrap_or_default()
+        );
     }
 }

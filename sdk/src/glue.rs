@@ -71,9 +71,12 @@ pub fn parse_config<C: DeserializeOwned>(configuration: &str) -> Result<C, Error
         .map_err(|e| Error::fatal(format!("invalid job configuration: {e}")))?;
     // serde would read a struct from an array too; a configuration is an object.
     if !value.is_object() {
-        return Err(Error::fatal("invalid job configuration: expected a JSON object"));
+        return Err(Error::fatal(
+            "invalid job configuration: expected a JSON object",
+        ));
     }
-    serde_json::from_value(value).map_err(|e| Error::fatal(format!("invalid job configuration: {e}")))
+    serde_json::from_value(value)
+        .map_err(|e| Error::fatal(format!("invalid job configuration: {e}")))
 }
 
 fn encode_handle<P: Plugin>(handle: &P::Handle) -> Result<String, Error> {

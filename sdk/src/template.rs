@@ -43,7 +43,10 @@ impl Template {
 
 /// `{"type": "string", "description": ...}` with an optional default.
 pub fn string(description: &str, default: Option<&str>) -> Value {
-    with_default(json!({"type": "string", "description": description}), default.map(Value::from))
+    with_default(
+        json!({"type": "string", "description": description}),
+        default.map(Value::from),
+    )
 }
 
 /// An integer with a lower bound and an optional default.

@@ -23,26 +23,40 @@ fn percentile(mut samples: Vec<Duration>, p: f64) -> Duration {
 }
 
 fn runtime(cache: Option<std::path::PathBuf>) -> Runtime {
-    Runtime::new(RuntimeConfig { cache_dir: cache, ..RuntimeConfig::default() }).expect("runtime")
+    Runtime::new(RuntimeConfig {
+        cache_dir: cache,
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime")
 }
 
 async fn load(rt: &Runtime, builtin: &host::plugins::Builtin) -> LoadedPlugin {
-    LoadedPlugin::load(rt, builtin.name, PluginSource::Builtin, builtin.bytes, Grants::new(builtin.grants.iter().copied()))
-        .await
-        .expect("built-in loads")
+    LoadedPlugin::load(
+        rt,
+        builtin.name,
+        PluginSource::Builtin,
+        builtin.bytes,
+        Grants::new(builtin.grants.iter().copied()),
+    )
+    .await
+    .expect("built-in loads")
 }
 
 #[tokio::main]
 async fn main() {
     let cache = tempfile::tempdir().expect("tempdir");
-    println!("{:<16} {:>14} {:>14} {:>16} {:>16}", "plugin", "cold compile", "warm load", "instance+call", "p99 inst+call");
+    println!(
+        "{:<16} {:>14} {:>14} {:>16} {:>16}",
+        "plugin", "cold compile", "warm load", "instance+call", "p99 inst+call"
+    );
     for builtin in BUILTINS {
         let uncached = runtime(None);
         let compile = median(
             (0..COMPILES)
                 .map(|_| {
                     let t = Instant::now();
-                    wasmtime::component::Component::new(uncached.engine(), builtin.bytes).expect("compiles");
+                    wasmtime::component::Component::new(uncached.engine(), builtin.bytes)
+                        .expect("compiles");
                     t.elapsed()
                 })
                 .collect(),
@@ -81,6 +95,9 @@ async fn main() {
         Registry::load(&rt, None).await.expect("registry");
         all.push(t.elapsed());
     }
-    println!("warm load of all built-ins (new engine + cache reads + describe): median {:?}", median(all));
+    println!(
+        "warm load of all built-ins (new engine + cache reads + describe): median {:?}",
+        median(all)
+    );
     println!("targets: instance+call median < 50us; warm load of all built-ins < 20ms");
 }

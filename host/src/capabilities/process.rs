@@ -42,7 +42,11 @@ impl ProcessTable {
     }
 
     pub fn with_temp_root(temp_root: PathBuf) -> std::io::Result<Self> {
-        Ok(ProcessTable { children: Mutex::new(HashMap::new()), temp_root, counter: AtomicU64::new(0) })
+        Ok(ProcessTable {
+            children: Mutex::new(HashMap::new()),
+            temp_root,
+            counter: AtomicU64::new(0),
+        })
     }
 
     fn child(&self, pid: u32) -> Result<Arc<Child>, String> {
@@ -59,7 +63,9 @@ impl ProcessTable {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let dir = self.temp_root.join(format!("run-{}-{nanos:x}-{n}", std::process::id()));
+        let dir = self
+            .temp_root
+            .join(format!("run-{}-{nanos:x}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         Ok(dir)
     }
@@ -70,7 +76,9 @@ impl ProcessTable {
         };
         let cwd = match request.cwd {
             Some(dir) => PathBuf::from(dir),
-            None => self.fresh_dir().map_err(|e| format!("cannot create a working directory: {e}"))?,
+            None => self
+                .fresh_dir()
+                .map_err(|e| format!("cannot create a working directory: {e}"))?,
         };
         let mut command = Command::new(program);
         command
@@ -94,7 +102,11 @@ impl ProcessTable {
         let pid = child.id().ok_or("process exited before its pid was read")?;
         let (lines_tx, lines_rx) = mpsc::channel(OUTPUT_BUFFER_LINES);
         if let Some(stdout) = child.stdout.take() {
-            tokio::spawn(forward_lines(stdout, OutputStream::Stdout, lines_tx.clone()));
+            tokio::spawn(forward_lines(
+                stdout,
+                OutputStream::Stdout,
+                lines_tx.clone(),
+            ));
         }
         if let Some(stderr) = child.stderr.take() {
             tokio::spawn(forward_lines(stderr, OutputStream::Stderr, lines_tx));
@@ -112,16 +124,26 @@ impl ProcessTable {
             };
             let _ = exit_tx.send(Some(status));
         });
-        let entry = Arc::new(Child { output: tokio::sync::Mutex::new(lines_rx), exit: exit_rx });
-        self.children.lock().map_err(|_| "process table poisoned".to_string())?.insert(pid, entry);
-        Ok(Spawned { pid, cwd: cwd.display().to_string() })
+        let entry = Arc::new(Child {
+            output: tokio::sync::Mutex::new(lines_rx),
+            exit: exit_rx,
+        });
+        self.children
+            .lock()
+            .map_err(|_| "process table poisoned".to_string())?
+            .insert(pid, entry);
+        Ok(Spawned {
+            pid,
+            cwd: cwd.display().to_string(),
+        })
     }
 
     async fn read_output(&self, pid: u32, max_wait_ms: u32) -> Result<OutputBatch, String> {
         let child = self.child(pid)?;
         let mut output = child.output.lock().await;
         let mut lines = Vec::new();
-        let first = tokio::time::timeout(Duration::from_millis(max_wait_ms.into()), output.recv()).await;
+        let first =
+            tokio::time::timeout(Duration::from_millis(max_wait_ms.into()), output.recv()).await;
         match first {
             Err(_elapsed) => return Ok(OutputBatch { lines, eof: false }),
             Ok(None) => return Ok(OutputBatch { lines, eof: true }),
@@ -131,7 +153,9 @@ impl ProcessTable {
             match output.try_recv() {
                 Ok(line) => lines.push(line),
                 Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => return Ok(OutputBatch { lines, eof: true }),
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    return Ok(OutputBatch { lines, eof: true });
+                }
             }
         }
         Ok(OutputBatch { lines, eof: false })
@@ -170,14 +194,22 @@ impl ProcessTable {
             return Ok(());
         }
         if !inside {
-            return Err(format!("refusing to remove {}: not a directory made by spawn", path.display()));
+            return Err(format!(
+                "refusing to remove {}: not a directory made by spawn",
+                path.display()
+            ));
         }
         std::fs::remove_dir_all(path).map_err(|e| format!("cannot remove {}: {e}", path.display()))
     }
 }
 
 fn unreachable_exit(pid: u32) -> ExitStatus {
-    ExitStatus { code: None, signal: None, oom_killed: false, message: format!("process {pid} status unknown") }
+    ExitStatus {
+        code: None,
+        signal: None,
+        oom_killed: false,
+        message: format!("process {pid} status unknown"),
+    }
 }
 
 #[allow(unsafe_code)]
@@ -210,7 +242,12 @@ fn exit_status(status: std::process::ExitStatus) -> ExitStatus {
             oom_killed: false,
             message: format!("killed by signal {signal}"),
         },
-        (None, None) => ExitStatus { code: None, signal: None, oom_killed: false, message: "ended".into() },
+        (None, None) => ExitStatus {
+            code: None,
+            signal: None,
+            oom_killed: false,
+            message: "ended".into(),
+        },
     }
 }
 
@@ -226,7 +263,9 @@ async fn forward_lines(
         match reader.read_until(b'\n', &mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(_) => {
-                let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string();
+                let line = String::from_utf8_lossy(&buf)
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string();
                 if tx.send((stream, line)).await.is_err() {
                     break;
                 }

@@ -1,8 +1,14 @@
 //! The `host` command line: one file per command group. Errors reach the edge as
 //! `anyhow` and leave as one line on stderr with a non-zero exit.
 
+mod deployment;
+mod flow_run;
 mod output;
 mod plugin;
+mod serve;
+mod work_pool;
+mod work_queue;
+mod worker;
 
 use crate::runtime::{Runtime, RuntimeConfig};
 use clap::{Parser, Subcommand};
@@ -10,12 +16,35 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "host", version, about = "Run flows on your own infrastructure through WebAssembly plugins")]
+#[command(
+    name = "host",
+    version,
+    about = "Run flows on your own infrastructure through WebAssembly plugins"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
     #[command(flatten)]
     runtime: RuntimeArgs,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+/// Where the server is, for every command that talks to it.
+#[derive(clap::Args, Clone)]
+pub struct ApiArgs {
+    /// The server's URL.
+    #[arg(long, global = true, env = "HOST_API_URL", default_value = crate::client::DEFAULT_API_URL)]
+    pub api_url: String,
+    /// The API token, when the server requires one.
+    #[arg(long, global = true, env = "HOST_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+}
+
+impl ApiArgs {
+    pub fn client(&self) -> crate::client::Client {
+        crate::client::Client::new(&self.api_url, self.api_token.clone())
+    }
 }
 
 /// Options of the plugin runtime, shared by every command that loads plugins.
@@ -28,10 +57,20 @@ pub struct RuntimeArgs {
     #[arg(long, global = true, env = "HOST_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
     /// Memory a plugin instance may use, in MiB.
-    #[arg(long, global = true, env = "HOST_PLUGIN_MEMORY_MIB", default_value_t = 256)]
+    #[arg(
+        long,
+        global = true,
+        env = "HOST_PLUGIN_MEMORY_MIB",
+        default_value_t = 256
+    )]
     pub plugin_memory_mib: usize,
     /// Wasm instructions one plugin call may execute (time blocked in host calls is free).
-    #[arg(long, global = true, env = "HOST_PLUGIN_CPU_BUDGET", default_value_t = 10_000_000_000)]
+    #[arg(
+        long,
+        global = true,
+        env = "HOST_PLUGIN_CPU_BUDGET",
+        default_value_t = 10_000_000_000
+    )]
     pub plugin_cpu_budget: u64,
 }
 
@@ -40,7 +79,10 @@ impl RuntimeArgs {
         Runtime::new(RuntimeConfig {
             memory_limit_bytes: self.plugin_memory_mib << 20,
             cpu_budget: self.plugin_cpu_budget,
-            cache_dir: self.cache_dir.clone().or_else(crate::runtime::ComponentCache::default_dir),
+            cache_dir: self
+                .cache_dir
+                .clone()
+                .or_else(crate::runtime::ComponentCache::default_dir),
             ..RuntimeConfig::default()
         })
     }
@@ -48,6 +90,23 @@ impl RuntimeArgs {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the API server (control plane).
+    Serve(serve::ServeArgs),
+    /// Create and manage work pools.
+    #[command(subcommand)]
+    WorkPool(work_pool::WorkPoolCommand),
+    /// Create and manage a pool's work queues.
+    #[command(subcommand)]
+    WorkQueue(work_queue::WorkQueueCommand),
+    /// Create, inspect and run deployments.
+    #[command(subcommand)]
+    Deployment(deployment::DeploymentCommand),
+    /// List, inspect, follow and cancel flow runs.
+    #[command(subcommand)]
+    FlowRun(flow_run::FlowRunCommand),
+    /// Workers of a pool.
+    #[command(subcommand)]
+    Worker(worker::WorkerCommand),
     /// List, inspect and test infrastructure plugins.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
@@ -64,7 +123,10 @@ pub enum OutputFormat {
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -73,6 +135,12 @@ pub fn run() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Serve(args) => serve::run(args, &cli.runtime, &cli.api).await,
+            Command::WorkPool(command) => work_pool::run(command, &cli.api).await,
+            Command::WorkQueue(command) => work_queue::run(command, &cli.api).await,
+            Command::Deployment(command) => deployment::run(command, &cli.api).await,
+            Command::FlowRun(command) => flow_run::run(command, &cli.api).await,
+            Command::Worker(command) => worker::run(command, &cli.api, &cli.runtime).await,
             Command::Plugin(command) => plugin::run(command, &cli.runtime).await,
         }
     });
@@ -88,5 +156,8 @@ pub fn run() -> ExitCode {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HOST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

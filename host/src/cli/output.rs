@@ -28,3 +28,46 @@ pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
+
+/// The wire name of an enum value (`NOT_READY`), for table cells.
+pub fn enum_text(value: &impl serde::Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(text)) => text,
+        Ok(other) => other.to_string(),
+        Err(_) => "?".into(),
+    }
+}
+
+/// Parses `key=value` pairs; the value is JSON when it parses as JSON, text
+/// otherwise. `env.KEY=value` sets one key of the `env` object.
+pub fn parse_pairs(
+    field: &str,
+    pairs: &[String],
+) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    let mut map = serde_json::Map::new();
+    for pair in pairs {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("{field}: expected key=value, got {pair:?}"))?;
+        if key.is_empty() {
+            anyhow::bail!("{field}: empty key in {pair:?}");
+        }
+        let value = serde_json::from_str(value)
+            .unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
+        match key.split_once('.') {
+            Some((outer, inner)) => {
+                let entry = map
+                    .entry(outer.to_string())
+                    .or_insert_with(|| serde_json::json!({}));
+                let object = entry.as_object_mut().ok_or_else(|| {
+                    anyhow::anyhow!("{field}: `{outer}` is both a value and an object")
+                })?;
+                object.insert(inner.to_string(), value);
+            }
+            None => {
+                map.insert(key.to_string(), value);
+            }
+        }
+    }
+    Ok(map)
+}

@@ -46,7 +46,10 @@ pub async fn run(command: PluginCommand, args: &RuntimeArgs) -> anyhow::Result<E
         PluginCommand::Inspect { name, output } => {
             let registry = Registry::load(&runtime, args.plugin_dir.as_deref()).await?;
             let plugin = registry.get(&name).ok_or_else(|| {
-                anyhow::anyhow!("no plugin named `{name}` (available: {})", registry.names().join(", "))
+                anyhow::anyhow!(
+                    "no plugin named `{name}` (available: {})",
+                    registry.names().join(", ")
+                )
             })?;
             inspect(&plugin, output)?;
             Ok(ExitCode::SUCCESS)
@@ -54,11 +57,15 @@ pub async fn run(command: PluginCommand, args: &RuntimeArgs) -> anyhow::Result<E
         PluginCommand::Test { plugin, grants } => {
             if plugin.ends_with(".wasm") || Path::new(&plugin).is_file() {
                 let grants = plugins::parse_grants(&grants)?;
-                return test(&plugins::load_file(&runtime, Path::new(&plugin), grants).await?).await;
+                return test(&plugins::load_file(&runtime, Path::new(&plugin), grants).await?)
+                    .await;
             }
             let registry = Registry::load(&runtime, args.plugin_dir.as_deref()).await?;
             let found = registry.get(&plugin).ok_or_else(|| {
-                anyhow::anyhow!("no plugin named `{plugin}` (available: {})", registry.names().join(", "))
+                anyhow::anyhow!(
+                    "no plugin named `{plugin}` (available: {})",
+                    registry.names().join(", ")
+                )
             })?;
             test(&found).await
         }
@@ -82,12 +89,19 @@ fn ls(registry: &Registry, output: OutputFormat) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    print_table(&["NAME", "VERSION", "CONTRACT", "SOURCE", "CAPABILITIES"], &table);
+    print_table(
+        &["NAME", "VERSION", "CONTRACT", "SOURCE", "CAPABILITIES"],
+        &table,
+    );
     Ok(())
 }
 
 fn capabilities(plugin: &LoadedPlugin) -> Vec<String> {
-    plugin.grants().iter().map(|c| c.name().to_string()).collect()
+    plugin
+        .grants()
+        .iter()
+        .map(|c| c.name().to_string())
+        .collect()
 }
 
 fn summary(plugin: &LoadedPlugin) -> Value {
@@ -141,7 +155,12 @@ async fn test(plugin: &LoadedPlugin) -> anyhow::Result<ExitCode> {
         println!("{} checks passed", checks.len());
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!("error: {} of {} checks failed: {}", failed.len(), checks.len(), failed.join(", "));
+        eprintln!(
+            "error: {} of {} checks failed: {}",
+            failed.len(),
+            checks.len(),
+            failed.join(", ")
+        );
         Ok(ExitCode::FAILURE)
     }
 }

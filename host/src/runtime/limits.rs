@@ -11,7 +11,10 @@ pub struct MemoryCap {
 
 impl MemoryCap {
     pub fn new(cap_bytes: usize) -> Self {
-        MemoryCap { cap_bytes, refused: None }
+        MemoryCap {
+            cap_bytes,
+            refused: None,
+        }
     }
 
     pub fn cap_bytes(&self) -> usize {

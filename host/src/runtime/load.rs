@@ -17,7 +17,11 @@ pub enum Capability {
 }
 
 impl Capability {
-    pub const ALL: [Capability; 3] = [Capability::Log, Capability::Process, Capability::ContainerRuntime];
+    pub const ALL: [Capability; 3] = [
+        Capability::Log,
+        Capability::Process,
+        Capability::ContainerRuntime,
+    ];
 
     /// The WIT interface name, as in `host:infra/<name>@0.1.0`.
     pub fn name(self) -> &'static str {
@@ -67,7 +71,10 @@ impl Grants {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("{source_name}: cannot read the file: {error}")]
-    Read { source_name: String, error: std::io::Error },
+    Read {
+        source_name: String,
+        error: std::io::Error,
+    },
     #[error("{source_name}: not a WebAssembly file")]
     NotWasm { source_name: String },
     #[error(
@@ -79,7 +86,10 @@ pub enum LoadError {
     #[error(
         "{source_name}: not a host infrastructure plugin: it exports [{exports}], expected {CONTRACT_PACKAGE}/driver@{CONTRACT_VERSION}"
     )]
-    WrongWorld { source_name: String, exports: String },
+    WrongWorld {
+        source_name: String,
+        exports: String,
+    },
     #[error(
         "{source_name}: built for contract {found}, this host speaks {CONTRACT_PACKAGE}@{CONTRACT_VERSION}; rebuild it against a compatible SDK"
     )]
@@ -87,15 +97,24 @@ pub enum LoadError {
     #[error(
         "{source_name}: imports capability `{capability}`, which is not granted to it (grant it in the plugin directory's grants.toml)"
     )]
-    Ungranted { source_name: String, capability: Capability },
+    Ungranted {
+        source_name: String,
+        capability: Capability,
+    },
     #[error("{source_name}: imports `{import}`, which this host does not provide")]
     UnknownImport { source_name: String, import: String },
     #[error("{source_name}: capability `{capability}` is not available in this build of host")]
-    Unavailable { source_name: String, capability: Capability },
+    Unavailable {
+        source_name: String,
+        capability: Capability,
+    },
     #[error("{source_name}: describe failed: {error}")]
     Describe { source_name: String, error: String },
     #[error("{source_name}: {message}")]
-    Invalid { source_name: String, message: String },
+    Invalid {
+        source_name: String,
+        message: String,
+    },
 }
 
 const CORE_MODULE_VERSION: [u8; 4] = [0x01, 0x00, 0x00, 0x00];
@@ -105,12 +124,18 @@ const COMPONENT_VERSION: [u8; 4] = [0x0d, 0x00, 0x01, 0x00];
 /// messages for these cases are long and puzzling.
 pub fn check_header(source_name: &str, bytes: &[u8]) -> Result<(), LoadError> {
     if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
-        return Err(LoadError::NotWasm { source_name: source_name.into() });
+        return Err(LoadError::NotWasm {
+            source_name: source_name.into(),
+        });
     }
     match <[u8; 4]>::try_from(&bytes[4..8]) {
         Ok(COMPONENT_VERSION) => Ok(()),
-        Ok(CORE_MODULE_VERSION) => Err(LoadError::CoreModule { source_name: source_name.into() }),
-        _ => Err(LoadError::NotWasm { source_name: source_name.into() }),
+        Ok(CORE_MODULE_VERSION) => Err(LoadError::CoreModule {
+            source_name: source_name.into(),
+        }),
+        _ => Err(LoadError::NotWasm {
+            source_name: source_name.into(),
+        }),
     }
 }
 
@@ -119,7 +144,10 @@ pub fn check_header(source_name: &str, bytes: &[u8]) -> Result<(), LoadError> {
 pub fn compatible(version: &str) -> bool {
     let major_minor = |v: &str| {
         let mut parts = v.split('.');
-        (parts.next().map(str::to_string), parts.next().map(str::to_string))
+        (
+            parts.next().map(str::to_string),
+            parts.next().map(str::to_string),
+        )
     };
     let (want_major, want_minor) = major_minor(CONTRACT_VERSION);
     let (major, minor) = major_minor(version);
@@ -170,7 +198,10 @@ pub fn check_component(
             continue;
         }
         let Some((iface, version)) = our_interface(import) else {
-            return Err(LoadError::UnknownImport { source_name: source_name.into(), import: import.into() });
+            return Err(LoadError::UnknownImport {
+                source_name: source_name.into(),
+                import: import.into(),
+            });
         };
         if !compatible(version) {
             return Err(LoadError::IncompatibleContract {
@@ -182,13 +213,22 @@ pub fn check_component(
             continue;
         }
         let Some(capability) = Capability::parse(iface) else {
-            return Err(LoadError::UnknownImport { source_name: source_name.into(), import: import.into() });
+            return Err(LoadError::UnknownImport {
+                source_name: source_name.into(),
+                import: import.into(),
+            });
         };
         if !grants.contains(capability) {
-            return Err(LoadError::Ungranted { source_name: source_name.into(), capability });
+            return Err(LoadError::Ungranted {
+                source_name: source_name.into(),
+                capability,
+            });
         }
         if capability == Capability::ContainerRuntime {
-            return Err(LoadError::Unavailable { source_name: source_name.into(), capability });
+            return Err(LoadError::Unavailable {
+                source_name: source_name.into(),
+                capability,
+            });
         }
     }
     Ok(())

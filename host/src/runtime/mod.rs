@@ -84,7 +84,8 @@ impl Runtime {
         wasm.wasm_component_model(true)
             .consume_fuel(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
-        let engine = Engine::new(&wasm).map_err(|e| anyhow::anyhow!("cannot create the wasm engine: {e:#}"))?;
+        let engine = Engine::new(&wasm)
+            .map_err(|e| anyhow::anyhow!("cannot create the wasm engine: {e:#}"))?;
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
                 engine,

@@ -4,7 +4,9 @@
 use super::bindings::{Plugin, PluginPre};
 use super::limits::MemoryCap;
 use super::load::{self, Capability, Grants, LoadError};
-use super::{CacheOutcome, ErrorKind, ExitStatus, Job, PluginError, PluginInfo, RunStatus, Runtime};
+use super::{
+    CacheOutcome, ErrorKind, ExitStatus, Job, PluginError, PluginInfo, RunStatus, Runtime,
+};
 use crate::capabilities::{self, LogHost, OutputSink, ProcessHost};
 use std::future::Future;
 use std::path::PathBuf;
@@ -39,10 +41,18 @@ pub enum CallError {
     Plugin { kind: ErrorKind, message: String },
     #[error("plugin `{plugin}` trapped: {message}")]
     Trap { plugin: String, message: String },
-    #[error("plugin `{plugin}` ran out of its CPU budget ({budget} instructions) without returning")]
+    #[error(
+        "plugin `{plugin}` ran out of its CPU budget ({budget} instructions) without returning"
+    )]
     CpuBudget { plugin: String, budget: u64 },
-    #[error("plugin `{plugin}` exceeded its memory limit of {limit_mib} MiB (it asked for {requested_mib} MiB)")]
-    Memory { plugin: String, limit_mib: usize, requested_mib: usize },
+    #[error(
+        "plugin `{plugin}` exceeded its memory limit of {limit_mib} MiB (it asked for {requested_mib} MiB)"
+    )]
+    Memory {
+        plugin: String,
+        limit_mib: usize,
+        requested_mib: usize,
+    },
     #[error("plugin `{plugin}` could not be instantiated: {message}")]
     Instantiate { plugin: String, message: String },
 }
@@ -50,7 +60,13 @@ pub enum CallError {
 impl CallError {
     /// Worth trying the same call again later.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, CallError::Plugin { kind: ErrorKind::Retryable, .. })
+        matches!(
+            self,
+            CallError::Plugin {
+                kind: ErrorKind::Retryable,
+                ..
+            }
+        )
     }
 }
 
@@ -66,7 +82,10 @@ pub struct PluginState {
 
 impl WasiView for PluginState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -98,17 +117,26 @@ impl LoadedPlugin {
     ) -> Result<LoadedPlugin, LoadError> {
         load::check_header(source_name, bytes)?;
         let engine = runtime.engine();
-        let (component, cache_outcome) = runtime
-            .cache()
-            .load(engine, bytes)
-            .map_err(|e| LoadError::Compile { source_name: source_name.into(), error: format!("{e:#}") })?;
+        let (component, cache_outcome) =
+            runtime
+                .cache()
+                .load(engine, bytes)
+                .map_err(|e| LoadError::Compile {
+                    source_name: source_name.into(),
+                    error: format!("{e:#}"),
+                })?;
         load::check_component(engine, source_name, &component, &grants)?;
-        let linker = linker_for(runtime, &grants)
-            .map_err(|e| LoadError::Invalid { source_name: source_name.into(), message: format!("{e:#}") })?;
+        let linker = linker_for(runtime, &grants).map_err(|e| LoadError::Invalid {
+            source_name: source_name.into(),
+            message: format!("{e:#}"),
+        })?;
         let pre = linker
             .instantiate_pre(&component)
             .and_then(PluginPre::new)
-            .map_err(|e| LoadError::Invalid { source_name: source_name.into(), message: format!("{e:#}") })?;
+            .map_err(|e| LoadError::Invalid {
+                source_name: source_name.into(),
+                message: format!("{e:#}"),
+            })?;
         let mut plugin = LoadedPlugin {
             runtime: runtime.clone(),
             info: placeholder_info(source_name),
@@ -117,10 +145,10 @@ impl LoadedPlugin {
             pre,
             cache_outcome,
         };
-        let info = plugin
-            .describe()
-            .await
-            .map_err(|e| LoadError::Describe { source_name: source_name.into(), error: e.to_string() })?;
+        let info = plugin.describe().await.map_err(|e| LoadError::Describe {
+            source_name: source_name.into(),
+            error: e.to_string(),
+        })?;
         validate_info(source_name, &info, &plugin.grants)?;
         plugin.info = info;
         Ok(plugin)
@@ -150,15 +178,19 @@ impl LoadedPlugin {
     /// Calls `describe` in a fresh instance (the cached [`LoadedPlugin::info`]
     /// is what callers normally want; this is for tests and benchmarks).
     pub async fn describe(&self) -> Result<PluginInfo, CallError> {
-        self.call(capabilities::discard_output(), |p, s| Box::pin(p.host_infra_driver().call_describe(s)))
-            .await
+        self.call(capabilities::discard_output(), |p, s| {
+            Box::pin(p.host_infra_driver().call_describe(s))
+        })
+        .await
     }
 
     pub async fn validate(&self, configuration: &str) -> Result<(), CallError> {
         let configuration = configuration.to_string();
         let result = self
             .call(capabilities::discard_output(), move |p, s| {
-                Box::pin(async move { p.host_infra_driver().call_validate(s, &configuration).await })
+                Box::pin(
+                    async move { p.host_infra_driver().call_validate(s, &configuration).await },
+                )
             })
             .await?;
         result.map_err(plugin_error)
@@ -174,10 +206,16 @@ impl LoadedPlugin {
     }
 
     /// Blocks until the infrastructure ends; its output goes to `sink`.
-    pub async fn wait(&self, handle: &str, sink: Arc<dyn OutputSink>) -> Result<ExitStatus, CallError> {
+    pub async fn wait(
+        &self,
+        handle: &str,
+        sink: Arc<dyn OutputSink>,
+    ) -> Result<ExitStatus, CallError> {
         let handle = handle.to_string();
         let result = self
-            .call(sink, move |p, s| Box::pin(async move { p.host_infra_driver().call_wait(s, &handle).await }))
+            .call(sink, move |p, s| {
+                Box::pin(async move { p.host_infra_driver().call_wait(s, &handle).await })
+            })
             .await?;
         result.map_err(plugin_error)
     }
@@ -196,7 +234,11 @@ impl LoadedPlugin {
         let handle = handle.to_string();
         let result = self
             .call(capabilities::discard_output(), move |p, s| {
-                Box::pin(async move { p.host_infra_driver().call_stop(s, &handle, grace_seconds).await })
+                Box::pin(async move {
+                    p.host_infra_driver()
+                        .call_stop(s, &handle, grace_seconds)
+                        .await
+                })
             })
             .await?;
         result.map_err(plugin_error)
@@ -267,7 +309,10 @@ impl LoadedPlugin {
     }
 
     fn instantiate_error(&self, error: wasmtime::Error) -> CallError {
-        CallError::Instantiate { plugin: self.info.name.clone(), message: format!("{error:#}") }
+        CallError::Instantiate {
+            plugin: self.info.name.clone(),
+            message: format!("{error:#}"),
+        }
     }
 
     fn classify(&self, store: &Store<PluginState>, error: wasmtime::Error) -> CallError {
@@ -281,25 +326,39 @@ impl LoadedPlugin {
             };
         }
         match error.downcast_ref::<Trap>() {
-            Some(Trap::OutOfFuel) => CallError::CpuBudget { plugin, budget: self.runtime.config().cpu_budget },
+            Some(Trap::OutOfFuel) => CallError::CpuBudget {
+                plugin,
+                budget: self.runtime.config().cpu_budget,
+            },
             Some(trap) => {
-                let said = String::from_utf8_lossy(&state.stderr.contents()).trim().to_string();
+                let said = String::from_utf8_lossy(&state.stderr.contents())
+                    .trim()
+                    .to_string();
                 // A Rust guest's panic prints "panicked at ..", its message, then a
                 // "note:" about backtraces; the message is the useful line.
-                let last = said.lines().rev().find(|l| !l.trim().is_empty() && !l.starts_with("note:"));
+                let last = said
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty() && !l.starts_with("note:"));
                 let message = match last {
                     Some(last) => format!("{trap} (plugin said: {last})"),
                     None => trap.to_string(),
                 };
                 CallError::Trap { plugin, message }
             }
-            None => CallError::Trap { plugin, message: format!("{error:#}") },
+            None => CallError::Trap {
+                plugin,
+                message: format!("{error:#}"),
+            },
         }
     }
 }
 
 fn plugin_error(error: PluginError) -> CallError {
-    CallError::Plugin { kind: error.kind, message: error.message }
+    CallError::Plugin {
+        kind: error.kind,
+        message: error.message,
+    }
 }
 
 fn linker_for(runtime: &Runtime, grants: &Grants) -> wasmtime::Result<Linker<PluginState>> {
@@ -308,9 +367,13 @@ fn linker_for(runtime: &Runtime, grants: &Grants) -> wasmtime::Result<Linker<Plu
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     for capability in grants.iter() {
         match capability {
-            Capability::Log => infra::log::add_to_linker::<_, HasSelf<LogHost>>(&mut linker, |s| &mut s.log)?,
+            Capability::Log => {
+                infra::log::add_to_linker::<_, HasSelf<LogHost>>(&mut linker, |s| &mut s.log)?
+            }
             Capability::Process => {
-                infra::process::add_to_linker::<_, HasSelf<ProcessHost>>(&mut linker, |s| &mut s.process)?
+                infra::process::add_to_linker::<_, HasSelf<ProcessHost>>(&mut linker, |s| {
+                    &mut s.process
+                })?
             }
             // Refused in `check_component` until the Docker capability lands.
             Capability::ContainerRuntime => {}
@@ -334,7 +397,10 @@ fn placeholder_info(source_name: &str) -> PluginInfo {
 
 /// What `describe` claims must agree with the contract and the grants.
 fn validate_info(source_name: &str, info: &PluginInfo, grants: &Grants) -> Result<(), LoadError> {
-    let invalid = |message: String| LoadError::Invalid { source_name: source_name.into(), message };
+    let invalid = |message: String| LoadError::Invalid {
+        source_name: source_name.into(),
+        message,
+    };
     if !load::compatible(&info.contract_version) {
         return Err(LoadError::IncompatibleContract {
             source_name: source_name.into(),
@@ -342,24 +408,40 @@ fn validate_info(source_name: &str, info: &PluginInfo, grants: &Grants) -> Resul
         });
     }
     let valid_name = !info.name.is_empty()
-        && info.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        && info
+            .name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if !valid_name {
-        return Err(invalid(format!("describe: name {:?} must be lowercase letters, digits and '-'", info.name)));
+        return Err(invalid(format!(
+            "describe: name {:?} must be lowercase letters, digits and '-'",
+            info.name
+        )));
     }
     for name in &info.capabilities {
         let capability = Capability::parse(name)
             .ok_or_else(|| invalid(format!("describe: unknown capability {name:?}")))?;
         if !grants.contains(capability) {
-            return Err(LoadError::Ungranted { source_name: source_name.into(), capability });
+            return Err(LoadError::Ungranted {
+                source_name: source_name.into(),
+                capability,
+            });
         }
     }
     let template: serde_json::Value = serde_json::from_str(&info.default_base_job_template)
-        .map_err(|e| invalid(format!("describe: default base job template is not JSON: {e}")))?;
-    if !template.get("job_configuration").is_some_and(|v| v.is_object())
+        .map_err(|e| {
+            invalid(format!(
+                "describe: default base job template is not JSON: {e}"
+            ))
+        })?;
+    if !template
+        .get("job_configuration")
+        .is_some_and(|v| v.is_object())
         || !template.get("variables").is_some_and(|v| v.is_object())
     {
         return Err(invalid(
-            "describe: default base job template needs `job_configuration` and `variables` objects".into(),
+            "describe: default base job template needs `job_configuration` and `variables` objects"
+                .into(),
         ));
     }
     Ok(())

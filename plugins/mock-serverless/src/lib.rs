@@ -85,7 +85,10 @@ impl Plugin for MockServerless {
     }
 
     fn validate(config: &Config) -> Result<()> {
-        for (field, rate) in [("throttle_rate", config.throttle_rate), ("failure_rate", config.failure_rate)] {
+        for (field, rate) in [
+            ("throttle_rate", config.throttle_rate),
+            ("failure_rate", config.failure_rate),
+        ] {
             if rate.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
                 return Err(Error::fatal(format!("{field}: must be between 0 and 1")));
             }
@@ -100,22 +103,38 @@ impl Plugin for MockServerless {
         // Throttling varies by the second so a retry a little later can succeed.
         let throttle_draw = unit_draw(&[seed, hash(&job.flow_run_id), now / 1000]);
         if throttle_draw < config.throttle_rate.unwrap_or(0.0) {
-            return Err(Error::retryable("ThrottlingException: rate of submissions exceeded, try again later"));
+            return Err(Error::retryable(
+                "ThrottlingException: rate of submissions exceeded, try again later",
+            ));
         }
-        sleep_ms(config.submit_latency_ms.unwrap_or(DEFAULT_SUBMIT_LATENCY_MS));
+        sleep_ms(
+            config
+                .submit_latency_ms
+                .unwrap_or(DEFAULT_SUBMIT_LATENCY_MS),
+        );
         let submitted_at_ms = now_ms();
         let running_at_ms = submitted_at_ms + config.cold_start_ms.unwrap_or(DEFAULT_COLD_START_MS);
         let ends_at_ms = running_at_ms + config.duration_ms.unwrap_or(DEFAULT_DURATION_MS);
         let fails = unit_draw(&[seed, hash(&job.flow_run_id)]) < config.failure_rate.unwrap_or(0.0);
-        let execution_id = format!("exec-{:016x}", hash(&format!("{}:{submitted_at_ms}", job.flow_run_id)));
-        log::info(&format!("submitted flow run {} as {execution_id}", job.flow_run_id));
+        let execution_id = format!(
+            "exec-{:016x}",
+            hash(&format!("{}:{submitted_at_ms}", job.flow_run_id))
+        );
+        log::info(&format!(
+            "submitted flow run {} as {execution_id}",
+            job.flow_run_id
+        ));
         Ok(Handle {
             execution_id,
             submitted_at_ms,
             running_at_ms,
             ends_at_ms,
             crash_at_ms: config.crash_after_ms.map(|after| running_at_ms + after),
-            exit_code: if fails { 1 } else { config.exit_code.unwrap_or(0) },
+            exit_code: if fails {
+                1
+            } else {
+                config.exit_code.unwrap_or(0)
+            },
             log_lines: config.log_lines.unwrap_or(DEFAULT_LOG_LINES),
         })
     }
@@ -133,7 +152,12 @@ impl Plugin for MockServerless {
             sleep_until(due);
             log::output(
                 OutputStream::Stdout,
-                &format!("[{}] log line {} of {}", handle.execution_id, i + 1, handle.log_lines),
+                &format!(
+                    "[{}] log line {} of {}",
+                    handle.execution_id,
+                    i + 1,
+                    handle.log_lines
+                ),
             );
         }
         sleep_until(stops_at);
@@ -151,7 +175,10 @@ impl Plugin for MockServerless {
             Status::Running
         } else {
             match handle.crash() {
-                Some(crash) => Status::Exited(Exit { message: crash, ..Exit::default() }),
+                Some(crash) => Status::Exited(Exit {
+                    message: crash,
+                    ..Exit::default()
+                }),
                 None => Status::Exited(Exit::code(handle.exit_code)),
             }
         })
@@ -170,7 +197,8 @@ impl Plugin for MockServerless {
 
 impl Handle {
     fn stops_at_ms(&self) -> u64 {
-        self.crash_at_ms.map_or(self.ends_at_ms, |crash| crash.min(self.ends_at_ms))
+        self.crash_at_ms
+            .map_or(self.ends_at_ms, |crash| crash.min(self.ends_at_ms))
     }
 
     fn crash(&self) -> Option<String> {
@@ -184,7 +212,9 @@ impl Handle {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn sleep_ms(ms: u64) {
@@ -199,7 +229,9 @@ fn sleep_until(unix_ms: u64) {
 
 /// FNV-1a: stable across builds, unlike `DefaultHasher`'s promise.
 fn hash(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// A deterministic draw in [0, 1) from the given words.

@@ -49,10 +49,28 @@ impl Plugin for ProcessPlugin {
             version: env!("CARGO_PKG_VERSION").into(),
             description: "Run each flow run as a local process on the worker's machine".into(),
             default_base_job_template: Template::new()
-                .variable("command", template::string("Shell command to run instead of the deployment's command", None))
-                .variable("working_dir", template::string("Working directory; a fresh temporary directory when unset", None))
-                .variable("env", template::string_map("Environment variables for the process"))
-                .variable("keep_working_dir", template::boolean("Keep the temporary working directory after the run", false))
+                .variable(
+                    "command",
+                    template::string(
+                        "Shell command to run instead of the deployment's command",
+                        None,
+                    ),
+                )
+                .variable(
+                    "working_dir",
+                    template::string(
+                        "Working directory; a fresh temporary directory when unset",
+                        None,
+                    ),
+                )
+                .variable(
+                    "env",
+                    template::string_map("Environment variables for the process"),
+                )
+                .variable(
+                    "keep_working_dir",
+                    template::boolean("Keep the temporary working directory after the run", false),
+                )
                 .build(),
             capabilities: vec!["process".into()],
             example_variables: serde_json::json!({"command": "echo hello from process"}),
@@ -60,10 +78,18 @@ impl Plugin for ProcessPlugin {
     }
 
     fn validate(config: &Config) -> Result<()> {
-        if config.command.as_deref().is_some_and(|c| c.trim().is_empty()) {
+        if config
+            .command
+            .as_deref()
+            .is_some_and(|c| c.trim().is_empty())
+        {
             return Err(Error::fatal("command: must not be empty"));
         }
-        if config.working_dir.as_deref().is_some_and(|d| !d.starts_with('/')) {
+        if config
+            .working_dir
+            .as_deref()
+            .is_some_and(|d| !d.starts_with('/'))
+        {
             return Err(Error::fatal("working_dir: must be an absolute path"));
         }
         Ok(())
@@ -75,7 +101,9 @@ impl Plugin for ProcessPlugin {
             None => job.command.clone(),
         };
         if argv.is_empty() {
-            return Err(Error::fatal("command: nothing to run (no command in the job or the configuration)"));
+            return Err(Error::fatal(
+                "command: nothing to run (no command in the job or the configuration)",
+            ));
         }
         let mut env = job.env;
         for (key, value) in job.config.env.unwrap_or_default() {
@@ -88,11 +116,15 @@ impl Plugin for ProcessPlugin {
             cwd: job.config.working_dir.clone(),
         })
         .map_err(Error::fatal)?;
-        log::info(&format!("flow run {} started as pid {}", job.flow_run_id, spawned.pid));
+        log::info(&format!(
+            "flow run {} started as pid {}",
+            job.flow_run_id, spawned.pid
+        ));
         Ok(Handle {
             pid: spawned.pid,
             cwd: spawned.cwd,
-            remove_cwd: job.config.working_dir.is_none() && !job.config.keep_working_dir.unwrap_or(false),
+            remove_cwd: job.config.working_dir.is_none()
+                && !job.config.keep_working_dir.unwrap_or(false),
         })
     }
 
@@ -126,7 +158,10 @@ impl Plugin for ProcessPlugin {
                 _ => return Ok(()),
             }
         }
-        log::warn(&format!("pid {} ignored SIGTERM for {grace_seconds}s; sending SIGKILL", handle.pid));
+        log::warn(&format!(
+            "pid {} ignored SIGTERM for {grace_seconds}s; sending SIGKILL",
+            handle.pid
+        ));
         process::signal(handle.pid, SIGKILL).map_err(Error::fatal)
     }
 

@@ -34,7 +34,10 @@ impl Plugin for Hello {
             description: "Greets instead of provisioning anything".into(),
             default_base_job_template: Template::new()
                 .variable("greeting", template::string("What to say", Some("hello")))
-                .variable("seconds", template::integer("How long saying it takes", 0, Some(0)))
+                .variable(
+                    "seconds",
+                    template::integer("How long saying it takes", 0, Some(0)),
+                )
                 .build(),
             capabilities: vec![],
             example_variables: serde_json::json!({"greeting": "hi", "seconds": 0}),
@@ -51,19 +54,29 @@ impl Plugin for Hello {
     fn start(job: Job<Config>) -> Result<Handle> {
         let seconds = job.config.seconds.unwrap_or(0);
         Ok(Handle {
-            greeting: format!("{}, {}", job.config.greeting.unwrap_or("hello".into()), job.flow_run_name),
+            greeting: format!(
+                "{}, {}",
+                job.config.greeting.unwrap_or("hello".into()),
+                job.flow_run_name
+            ),
             done_at_unix_ms: now_ms() + seconds * 1000,
         })
     }
 
     fn wait(handle: Handle) -> Result<Exit> {
-        std::thread::sleep(Duration::from_millis(handle.done_at_unix_ms.saturating_sub(now_ms())));
+        std::thread::sleep(Duration::from_millis(
+            handle.done_at_unix_ms.saturating_sub(now_ms()),
+        ));
         log::output(OutputStream::Stdout, &handle.greeting);
         Ok(Exit::code(0))
     }
 
     fn inspect(handle: Handle) -> Result<Status> {
-        Ok(if now_ms() < handle.done_at_unix_ms { Status::Running } else { Status::Exited(Exit::code(0)) })
+        Ok(if now_ms() < handle.done_at_unix_ms {
+            Status::Running
+        } else {
+            Status::Exited(Exit::code(0))
+        })
     }
 
     fn stop(_handle: Handle, _grace_seconds: u32) -> Result<()> {
@@ -76,7 +89,9 @@ impl Plugin for Hello {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 export_plugin!(Hello);

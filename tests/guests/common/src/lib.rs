@@ -30,11 +30,17 @@ macro_rules! guest_plugin {
             ) -> $crate::host_plugin_sdk::Result<Self::Handle> {
                 Ok($crate::host_plugin_sdk::serde_json::json!({}))
             }
-            fn wait(_h: Self::Handle) -> $crate::host_plugin_sdk::Result<$crate::host_plugin_sdk::Exit> {
+            fn wait(
+                _h: Self::Handle,
+            ) -> $crate::host_plugin_sdk::Result<$crate::host_plugin_sdk::Exit> {
                 Ok($crate::host_plugin_sdk::Exit::code(0))
             }
-            fn inspect(_h: Self::Handle) -> $crate::host_plugin_sdk::Result<$crate::host_plugin_sdk::Status> {
-                Ok($crate::host_plugin_sdk::Status::Exited($crate::host_plugin_sdk::Exit::code(0)))
+            fn inspect(
+                _h: Self::Handle,
+            ) -> $crate::host_plugin_sdk::Result<$crate::host_plugin_sdk::Status> {
+                Ok($crate::host_plugin_sdk::Status::Exited(
+                    $crate::host_plugin_sdk::Exit::code(0),
+                ))
             }
             fn stop(_h: Self::Handle, _grace: u32) -> $crate::host_plugin_sdk::Result<()> {
                 Ok(())

@@ -1,0 +1,214 @@
+//! `host flow-run ...`, and the follower behind `--watch` and `logs --follow`.
+
+use super::output::{print_json, print_table};
+use super::{ApiArgs, OutputFormat};
+use crate::client::Client;
+use crate::model::{FlowRun, StateType};
+use crate::server::LogPage;
+use crate::store::RunPage;
+use clap::Subcommand;
+use std::process::ExitCode;
+
+/// How long each follow request waits for news.
+const FOLLOW_WAIT_MS: u64 = 10_000;
+
+#[derive(Subcommand)]
+pub enum FlowRunCommand {
+    /// List flow runs, newest first.
+    Ls {
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        pool: Option<String>,
+        /// FLOW/NAME
+        #[arg(long)]
+        deployment: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// The cursor printed by a previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+    /// Show one flow run with its state history.
+    Inspect {
+        id: String,
+        #[arg(long, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+    /// Print a run's logs; with --follow, until it ends.
+    Logs {
+        id: String,
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Cancel a run (SCHEDULED at once; PENDING/RUNNING through its worker).
+    Cancel { id: String },
+}
+
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+pub async fn run(command: FlowRunCommand, api: &ApiArgs) -> anyhow::Result<ExitCode> {
+    let client = api.client();
+    match command {
+        FlowRunCommand::Ls {
+            state,
+            pool,
+            deployment,
+            limit,
+            cursor,
+            output,
+        } => {
+            let mut query = format!("limit={limit}");
+            for (key, value) in [
+                ("state", state),
+                ("pool", pool),
+                ("deployment", deployment),
+                ("cursor", cursor),
+            ] {
+                if let Some(value) = value {
+                    query.push_str(&format!("&{key}={}", encode(&value)));
+                }
+            }
+            let page: RunPage = client.get(&format!("/api/flow-runs?{query}")).await?;
+            if output == OutputFormat::Json {
+                return print_json(&page).map(|()| ExitCode::SUCCESS);
+            }
+            let rows: Vec<Vec<String>> = page
+                .runs
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.id.clone(),
+                        r.name.clone(),
+                        r.deployment.clone(),
+                        format!("{} ({})", r.state.state_type, r.state.name),
+                        r.scheduled_at.to_rfc3339(),
+                    ]
+                })
+                .collect();
+            print_table(&["ID", "NAME", "DEPLOYMENT", "STATE", "SCHEDULED"], &rows);
+            if let Some(cursor) = page.next_cursor.filter(|_| page.runs.len() == limit) {
+                println!("more: --cursor {}", encode(&cursor));
+            }
+        }
+        FlowRunCommand::Inspect { id, output } => {
+            let run: FlowRun = client.get(&format!("/api/flow-runs/{id}")).await?;
+            if output == OutputFormat::Json {
+                return print_json(&run).map(|()| ExitCode::SUCCESS);
+            }
+            println!("id:         {}", run.id);
+            println!("name:       {}", run.name);
+            println!("deployment: {}", run.deployment);
+            println!("pool/queue: {}/{}", run.pool, run.queue);
+            println!(
+                "state:      {} ({}){}",
+                run.state.state_type,
+                run.state.name,
+                message(&run.state.message)
+            );
+            println!("scheduled:  {}", run.scheduled_at.to_rfc3339());
+            if let Some(worker) = &run.worker {
+                println!("worker:     {worker}");
+            }
+            if let Some(code) = run.exit_code {
+                println!("exit code:  {code}");
+            }
+            println!("history:");
+            for state in run.history.iter().chain(std::iter::once(&run.state)) {
+                println!(
+                    "  {}  {} ({}){}",
+                    state.timestamp.to_rfc3339(),
+                    state.state_type,
+                    state.name,
+                    message(&state.message)
+                );
+            }
+        }
+        FlowRunCommand::Logs { id, follow } => {
+            let mut after: Option<u64> = None;
+            loop {
+                let wait = if follow { FOLLOW_WAIT_MS } else { 0 };
+                let page = logs_after(&client, &id, after, wait).await?;
+                for line in &page.lines {
+                    println!("{}", line.message);
+                    after = Some(line.seq);
+                }
+                let finished = page.state.is_terminal() && page.lines.is_empty();
+                if (!follow && page.lines.is_empty()) || finished {
+                    break;
+                }
+            }
+        }
+        FlowRunCommand::Cancel { id } => {
+            let run: FlowRun = client
+                .post(
+                    &format!("/api/flow-runs/{id}/cancel"),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            println!("Flow run `{}` is {}", run.name, run.state.state_type);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn message(text: &Option<String>) -> String {
+    text.as_ref().map(|m| format!(": {m}")).unwrap_or_default()
+}
+
+async fn logs_after(
+    client: &Client,
+    id: &str,
+    after: Option<u64>,
+    wait_ms: u64,
+) -> anyhow::Result<LogPage> {
+    let after = after.map(|seq| format!("&after={seq}")).unwrap_or_default();
+    Ok(client
+        .get(&format!(
+            "/api/flow-runs/{id}/logs?limit=1000&wait_ms={wait_ms}{after}"
+        ))
+        .await?)
+}
+
+/// Prints state changes and log lines until the run ends. Exit 0 only for COMPLETED.
+pub async fn watch(client: &Client, id: &str) -> anyhow::Result<ExitCode> {
+    let mut after: Option<u64> = None;
+    let mut last_state: Option<(StateType, String)> = None;
+    loop {
+        let page = logs_after(client, id, after, 1_000).await?;
+        for line in &page.lines {
+            println!("  | {}", line.message);
+            after = Some(line.seq);
+        }
+        let run: FlowRun = client.get(&format!("/api/flow-runs/{id}")).await?;
+        let now = (run.state.state_type, run.state.name.clone());
+        if last_state.as_ref() != Some(&now) {
+            println!(
+                "{} {} ({}){}",
+                run.updated.format("%H:%M:%S%.3f"),
+                now.0,
+                now.1,
+                message(&run.state.message)
+            );
+            last_state = Some(now);
+        }
+        if run.state.state_type.is_terminal() && page.lines.is_empty() {
+            return Ok(if run.state.state_type == StateType::Completed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! `host serve`.
+
+use super::{ApiArgs, RuntimeArgs};
+use crate::control::{Catalog, Control, ControlConfig};
+use crate::plugins::Registry;
+use crate::server::{AppState, router};
+use crate::store::Store;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 4200)]
+    port: u16,
+    /// Where the database lives (default: the user's data dir).
+    #[arg(long, env = "HOST_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// SCHEDULED runs this many seconds past their time are marked Late.
+    #[arg(long, default_value_t = 15)]
+    late_after_seconds: u64,
+    /// Runs of a worker OFFLINE this many seconds are marked CRASHED.
+    #[arg(long, default_value_t = 60)]
+    crash_offline_after_seconds: u64,
+}
+
+pub fn default_data_dir() -> PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("host")
+}
+
+pub async fn run(
+    args: ServeArgs,
+    runtime: &RuntimeArgs,
+    api: &ApiArgs,
+) -> anyhow::Result<ExitCode> {
+    let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
+    let db_path = data_dir.join("host.redb");
+    let store = Store::open(&db_path)
+        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", db_path.display()))?;
+    // The server only needs each plugin's description; the runtime is dropped
+    // after loading so it costs no memory while serving.
+    let catalog = {
+        let plugin_runtime = runtime.runtime()?;
+        let registry = Registry::load(&plugin_runtime, runtime.plugin_dir.as_deref()).await?;
+        for failure in registry.failures() {
+            tracing::warn!(%failure, "plugin not available");
+        }
+        Catalog::from_registry(&registry)
+    };
+    let control = Control::new(
+        store,
+        catalog,
+        ControlConfig {
+            late_after: Duration::from_secs(args.late_after_seconds),
+            crash_offline_after: Duration::from_secs(args.crash_offline_after_seconds),
+            ..ControlConfig::default()
+        },
+    );
+    let scheduler = control.spawn_scheduler();
+    let app = router(AppState::new(control, api.api_token.clone()));
+    let address = format!("{}:{}", args.host, args.port);
+    let listener = tokio::net::TcpListener::bind(&address)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?;
+    let local = listener.local_addr()?;
+    // Tests and scripts wait for this line to know the server is up.
+    println!(
+        "host serve: listening on http://{local} (data in {})",
+        db_path.display()
+    );
+    tracing::info!(%local, "listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    scheduler.abort();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}

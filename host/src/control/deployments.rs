@@ -1,0 +1,268 @@
+//! Deployments (created or updated by name) and the runs made from them.
+
+use super::names::{check_user_name, run_name};
+use super::scheduler::check_schedule;
+use super::schema::validate_job_variables;
+use super::{Control, now};
+use crate::error::ApiError;
+use crate::model::{Deployment, FlowRun, Schedule, State, StateType, Timestamp, WorkQueue};
+use crate::store::{Records, Writer};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentSpec {
+    pub flow: String,
+    pub name: String,
+    pub pool: String,
+    #[serde(default)]
+    pub queue: Option<String>,
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub parameters: Map<String, Value>,
+    #[serde(default)]
+    pub job_variables: Map<String, Value>,
+    #[serde(default)]
+    pub schedules: Vec<Schedule>,
+    #[serde(default)]
+    pub concurrency_limit: Option<u32>,
+    #[serde(default)]
+    pub paused: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpsertOutcome {
+    pub deployment: Deployment,
+    /// True when it did not exist before.
+    pub created: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    #[serde(default)]
+    pub parameters: Map<String, Value>,
+    #[serde(default)]
+    pub job_variables: Map<String, Value>,
+    #[serde(default)]
+    pub scheduled_at: Option<Timestamp>,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+fn deployment_not_found(name: &str) -> ApiError {
+    ApiError::not_found(format!("deployment `{name}` does not exist"))
+}
+
+/// A new SCHEDULED run of `deployment`.
+pub(super) fn new_run(
+    deployment: &Deployment,
+    id: String,
+    parameters: Map<String, Value>,
+    job_variables: Map<String, Value>,
+    scheduled_at: Timestamp,
+    now: Timestamp,
+) -> FlowRun {
+    let mut merged = deployment.parameters.clone();
+    merged.extend(parameters);
+    FlowRun {
+        name: run_name(&id),
+        id,
+        deployment_id: deployment.id.clone(),
+        deployment: deployment.full_name(),
+        pool: deployment.pool.clone(),
+        queue: deployment.queue.clone(),
+        parameters: merged,
+        job_variables,
+        scheduled_at,
+        state: State::new(StateType::Scheduled, now),
+        history: Vec::new(),
+        worker: None,
+        lease_until: None,
+        infrastructure_handle: None,
+        exit_code: None,
+        auto_scheduled: false,
+        transition_keys: Vec::new(),
+        created: now,
+        updated: now,
+    }
+}
+
+/// Drops the scheduler's future runs so it makes them again from the new schedules.
+fn clear_auto_scheduled(w: &mut Writer<'_>, deployment_id: &str) -> Result<(), ApiError> {
+    for (_, id) in w.auto_scheduled(deployment_id)? {
+        if let Some(run) = w.run(&id)? {
+            w.delete_run(&run)?;
+        }
+    }
+    Ok(())
+}
+
+impl Control {
+    pub async fn upsert_deployment(&self, spec: DeploymentSpec) -> Result<UpsertOutcome, ApiError> {
+        check_user_name("flow", &spec.flow)?;
+        check_user_name("name", &spec.name)?;
+        let queue = spec.queue.clone().unwrap_or_else(|| "default".into());
+        check_user_name("queue", &queue)
+            .or_else(|e| if queue == "default" { Ok(()) } else { Err(e) })?;
+        for (i, schedule) in spec.schedules.iter().enumerate() {
+            check_schedule(&format!("schedules[{i}]"), schedule)?;
+        }
+        if spec.command.iter().any(String::is_empty) && spec.command.len() == 1 {
+            return Err(ApiError::bad_request(
+                "command",
+                "command: must not be empty",
+            ));
+        }
+        let pool = self.store.read(|r| r.pool(&spec.pool))?.ok_or_else(|| {
+            ApiError::bad_request(
+                "pool",
+                format!("pool: work pool `{}` does not exist", spec.pool),
+            )
+        })?;
+        validate_job_variables(
+            "job_variables",
+            &spec.job_variables,
+            &pool.base_job_template["variables"],
+            &pool.name,
+        )?;
+        let now = now();
+        let outcome = self
+            .store
+            .write(move |w| {
+                let full_name = format!("{}/{}", spec.flow, spec.name);
+                let existing = w.deployment(&full_name)?;
+                if w.queue(&spec.pool, &queue)?.is_none() {
+                    let lowest = w
+                        .queues(&spec.pool)?
+                        .iter()
+                        .map(|q| q.priority)
+                        .max()
+                        .unwrap_or(0);
+                    w.put_queue(&WorkQueue {
+                        pool: spec.pool.clone(),
+                        name: queue.clone(),
+                        description: String::new(),
+                        priority: lowest + 1,
+                        concurrency_limit: None,
+                        paused: false,
+                        last_polled: None,
+                        created: now,
+                    })?;
+                }
+                let deployment = Deployment {
+                    id: existing
+                        .as_ref()
+                        .map_or_else(|| uuid::Uuid::new_v4().to_string(), |d| d.id.clone()),
+                    flow: spec.flow,
+                    name: spec.name,
+                    pool: spec.pool,
+                    queue,
+                    command: spec.command,
+                    image: spec.image,
+                    parameters: spec.parameters,
+                    job_variables: spec.job_variables,
+                    schedules: spec.schedules,
+                    concurrency_limit: spec.concurrency_limit,
+                    paused: spec.paused,
+                    created: existing.as_ref().map_or(now, |d| d.created),
+                    updated: now,
+                };
+                let reschedule = existing.as_ref().is_some_and(|old| {
+                    old.schedules != deployment.schedules
+                        || old.paused != deployment.paused
+                        || old.queue != deployment.queue
+                        || old.pool != deployment.pool
+                });
+                if reschedule {
+                    clear_auto_scheduled(w, &deployment.id)?;
+                }
+                w.put_deployment(&deployment)?;
+                Ok(UpsertOutcome {
+                    deployment,
+                    created: existing.is_none(),
+                })
+            })
+            .await?;
+        self.changed();
+        Ok(outcome)
+    }
+
+    pub fn deployments(&self) -> Result<Vec<Deployment>, ApiError> {
+        self.store.read(|r| r.deployments())
+    }
+
+    pub fn deployment(&self, full_name: &str) -> Result<Deployment, ApiError> {
+        self.store
+            .read(|r| r.deployment(full_name))?
+            .ok_or_else(|| deployment_not_found(full_name))
+    }
+
+    /// Deletes the deployment and its SCHEDULED runs; runs that started keep their history.
+    pub async fn delete_deployment(&self, full_name: &str) -> Result<(), ApiError> {
+        let full_name = full_name.to_string();
+        self.store
+            .write(move |w| {
+                let deployment = w
+                    .deployment(&full_name)?
+                    .ok_or_else(|| deployment_not_found(&full_name))?;
+                clear_auto_scheduled(w, &deployment.id)?;
+                w.delete_deployment(&full_name)
+            })
+            .await?;
+        self.changed();
+        Ok(())
+    }
+
+    /// `host deployment run`: a new SCHEDULED run, due now unless told otherwise.
+    pub async fn create_run(
+        &self,
+        full_name: &str,
+        request: RunRequest,
+    ) -> Result<FlowRun, ApiError> {
+        let deployment = self.deployment(full_name)?;
+        let pool = self
+            .store
+            .read(|r| r.pool(&deployment.pool))?
+            .ok_or_else(|| {
+                ApiError::conflict(format!("work pool `{}` no longer exists", deployment.pool))
+            })?;
+        validate_job_variables(
+            "job_variables",
+            &request.job_variables,
+            &pool.base_job_template["variables"],
+            &pool.name,
+        )?;
+        let now = now();
+        let id = uuid::Uuid::new_v4().to_string();
+        let mut run = new_run(
+            &deployment,
+            id,
+            request.parameters,
+            request.job_variables,
+            request.scheduled_at.unwrap_or(now),
+            now,
+        );
+        if let Some(name) = request.name {
+            super::names::check_name("name", &name)?;
+            run.name = name;
+        }
+        let stored = run.clone();
+        let deployment_id = deployment.id.clone();
+        self.store
+            .write(move |w| {
+                // The deployment may have been deleted since it was read.
+                match w.deployment(&stored.deployment)? {
+                    Some(d) if d.id == deployment_id => w.put_run(None, &stored),
+                    _ => Err(deployment_not_found(&stored.deployment)),
+                }
+            })
+            .await?;
+        self.changed();
+        Ok(run)
+    }
+}

@@ -1,0 +1,133 @@
+//! The control plane's operations: what the API does, independent of HTTP.
+//! Each write is one `Store::write` (one transaction); state changes of flow
+//! runs are decided by `orchestration` only.
+
+mod claim;
+mod deployments;
+pub mod names;
+mod pools;
+mod runs;
+pub mod scheduler;
+pub mod schema;
+
+pub use claim::{ClaimRequest, ClaimResponse};
+pub use deployments::{DeploymentSpec, RunRequest, UpsertOutcome};
+pub use pools::{
+    PoolPatch, PoolSpec, PoolView, QueuePatch, QueueSpec, QueueView, WorkerHeartbeat, WorkerView,
+};
+pub use runs::NewLogLine;
+
+use crate::error::ApiError;
+use crate::store::Store;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// What the control plane knows of each plugin: enough to validate pools.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    /// Pool type → default base job template.
+    pub templates: BTreeMap<String, Value>,
+}
+
+impl Catalog {
+    pub fn from_registry(registry: &crate::plugins::Registry) -> Catalog {
+        let templates = registry
+            .plugins()
+            .filter_map(|p| {
+                let template = serde_json::from_str(&p.info().default_base_job_template).ok()?;
+                Some((p.name().to_string(), template))
+            })
+            .collect();
+        Catalog { templates }
+    }
+
+    pub fn default_template(&self, pool_type: &str) -> Result<&Value, ApiError> {
+        self.templates.get(pool_type).ok_or_else(|| {
+            let known: Vec<&str> = self.templates.keys().map(String::as_str).collect();
+            ApiError::bad_request(
+                "type",
+                format!(
+                    "type: unknown pool type `{pool_type}` (known: {})",
+                    known.join(", ")
+                ),
+            )
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// SCHEDULED runs this long past their time are marked Late.
+    pub late_after: Duration,
+    /// Runs of a worker OFFLINE this long are marked CRASHED.
+    pub crash_offline_after: Duration,
+    /// How long a claim is held without news before it counts as abandoned.
+    pub lease: Duration,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            late_after: Duration::from_secs(15),
+            crash_offline_after: Duration::from_secs(60),
+            lease: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Control {
+    store: Store,
+    catalog: Arc<Catalog>,
+    config: Arc<ControlConfig>,
+    /// Bumped after every committed change to flow runs or their logs, so
+    /// long-polls (claim, log follow) wake at once instead of polling.
+    changes: Arc<watch::Sender<u64>>,
+}
+
+impl Control {
+    pub fn new(store: Store, catalog: Catalog, config: ControlConfig) -> Control {
+        Control {
+            store,
+            catalog: Arc::new(catalog),
+            config: Arc::new(config),
+            changes: Arc::new(watch::channel(0).0),
+        }
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn config(&self) -> &ControlConfig {
+        &self.config
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+}
+
+fn now() -> crate::model::Timestamp {
+    chrono::Utc::now()
+}
+
+/// For PATCH bodies: absent = leave alone, `null` = clear, value = set.
+pub fn double_option<'de, T, D>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: serde::Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    serde::Deserialize::deserialize(deserializer).map(Some)
+}

@@ -1,0 +1,181 @@
+//! Flow runs: listing, state transitions, cancellation and logs.
+
+use super::{Control, now};
+use crate::error::ApiError;
+use crate::model::{FlowRun, LogLine, Timestamp};
+use crate::orchestration::{self, Decision, Transition};
+use crate::store::{Records, RunFilter, RunPage};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Lines accepted in one append.
+const MAX_LOG_BATCH: usize = 5_000;
+/// Longest accepted line; longer ones are cut, not refused.
+const MAX_LINE_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewLogLine {
+    #[serde(default)]
+    pub timestamp: Option<Timestamp>,
+    #[serde(default)]
+    pub stream: Option<String>,
+    pub message: String,
+}
+
+fn run_not_found(id: &str) -> ApiError {
+    ApiError::not_found(format!("flow run `{id}` does not exist"))
+}
+
+impl Control {
+    pub fn runs(
+        &self,
+        filter: &RunFilter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<RunPage, ApiError> {
+        if limit == 0 || limit > 1000 {
+            return Err(ApiError::bad_request(
+                "limit",
+                "limit: must be between 1 and 1000",
+            ));
+        }
+        self.store.read(|r| r.runs_page(filter, cursor, limit))
+    }
+
+    pub fn run(&self, id: &str) -> Result<FlowRun, ApiError> {
+        self.store
+            .read(|r| r.run(id))?
+            .ok_or_else(|| run_not_found(id))
+    }
+
+    /// Applies a transition if orchestration allows it. Returns the run as it
+    /// now is and whether this request changed it.
+    pub async fn transition(
+        &self,
+        id: &str,
+        request: Transition,
+    ) -> Result<(FlowRun, bool), ApiError> {
+        let id = id.to_string();
+        let now = now();
+        let outcome = self
+            .store
+            .write(move |w| {
+                let run = w.run(&id)?.ok_or_else(|| run_not_found(&id))?;
+                match orchestration::decide(&run, &request, now)? {
+                    Decision::Apply(next) => {
+                        w.put_run(Some(&run), &next)?;
+                        Ok((*next, true))
+                    }
+                    Decision::Replay => Ok((run, false)),
+                }
+            })
+            .await?;
+        if outcome.1 {
+            self.changed();
+        }
+        Ok(outcome)
+    }
+
+    pub async fn cancel(&self, id: &str) -> Result<FlowRun, ApiError> {
+        let id = id.to_string();
+        let now = now();
+        let run = self
+            .store
+            .write(move |w| {
+                let run = w.run(&id)?.ok_or_else(|| run_not_found(&id))?;
+                match orchestration::cancel(&run, now)? {
+                    Decision::Apply(next) => {
+                        w.put_run(Some(&run), &next)?;
+                        Ok(*next)
+                    }
+                    Decision::Replay => Ok(run),
+                }
+            })
+            .await?;
+        self.changed();
+        Ok(run)
+    }
+
+    pub async fn append_logs(&self, id: &str, lines: Vec<NewLogLine>) -> Result<u64, ApiError> {
+        if lines.len() > MAX_LOG_BATCH {
+            return Err(ApiError::bad_request(
+                "lines",
+                format!("at most {MAX_LOG_BATCH} lines per request"),
+            ));
+        }
+        let now = now();
+        let lines: Vec<LogLine> = lines
+            .into_iter()
+            .map(|line| {
+                let mut message = line.message;
+                if message.len() > MAX_LINE_BYTES {
+                    let mut cut = MAX_LINE_BYTES;
+                    while !message.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    message.truncate(cut);
+                }
+                LogLine {
+                    seq: 0,
+                    timestamp: line.timestamp.unwrap_or(now),
+                    stream: line.stream.unwrap_or_else(|| "stdout".into()),
+                    message,
+                }
+            })
+            .collect();
+        let id = id.to_string();
+        let next = self
+            .store
+            .write(move |w| {
+                w.run(&id)?.ok_or_else(|| run_not_found(&id))?;
+                w.append_logs(&id, lines)
+            })
+            .await?;
+        self.changed();
+        Ok(next)
+    }
+
+    /// Lines after `after`; with `wait`, blocks until there are some or the run ended.
+    pub async fn logs(
+        &self,
+        id: &str,
+        after: Option<u64>,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<(Vec<LogLine>, FlowRun), ApiError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut changes = self.subscribe();
+        loop {
+            let (lines, run) = self.store.read(|r| {
+                let run = r.run(id)?.ok_or_else(|| run_not_found(id))?;
+                Ok((r.logs(id, after, limit.clamp(1, 10_000))?, run))
+            })?;
+            if !lines.is_empty()
+                || run.state.state_type.is_terminal()
+                || tokio::time::Instant::now() >= deadline
+            {
+                return Ok((lines, run));
+            }
+            let _ = tokio::time::timeout_at(deadline, changes.changed()).await;
+        }
+    }
+
+    /// Waits until the run changes from `seen` (or `wait` passes), for `--watch`.
+    pub async fn run_changes(
+        &self,
+        id: &str,
+        seen: Option<Timestamp>,
+        wait: Duration,
+    ) -> Result<FlowRun, ApiError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut changes = self.subscribe();
+        loop {
+            let run = self.run(id)?;
+            if seen.is_none_or(|t| run.updated > t) || tokio::time::Instant::now() >= deadline {
+                return Ok(run);
+            }
+            let _ = tokio::time::timeout_at(deadline, changes.changed()).await;
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! Background upkeep of the control plane, once a second:
+//! - keeps future runs of scheduled deployments created (at least
+//!   `MIN_RUNS` runs and `MIN_AHEAD` ahead, at most `MAX_RUNS` and `MAX_AHEAD`);
+//! - renames SCHEDULED runs Late when they wait `late_after` past their time;
+//! - marks CRASHED the runs of workers OFFLINE for `crash_offline_after`.
+//!
+//! It writes only when there is something to do, so an idle server is idle.
+
+use super::deployments::new_run;
+use super::{Control, now};
+use crate::error::ApiError;
+use crate::model::{Deployment, FlowRun, Schedule, Timestamp, WorkerStatus};
+use crate::orchestration;
+use crate::store::Records;
+use chrono::TimeZone;
+use sha2::{Digest, Sha256};
+use std::str::FromStr;
+use std::time::Duration;
+
+const MIN_RUNS: usize = 3;
+const MAX_RUNS: usize = 100;
+const MIN_AHEAD: chrono::Duration = chrono::Duration::hours(1);
+const MAX_AHEAD: chrono::Duration = chrono::Duration::days(100);
+const TICK: Duration = Duration::from_secs(1);
+/// Runs changed per upkeep transaction at most; the rest wait for the next tick.
+const MAX_CHANGES_PER_TICK: usize = 2_000;
+
+/// Checks a schedule as a deployment is created, naming the field.
+pub fn check_schedule(field: &str, schedule: &Schedule) -> Result<(), ApiError> {
+    match (&schedule.interval_seconds, &schedule.cron) {
+        (Some(_), Some(_)) | (None, None) => {
+            return Err(ApiError::bad_request(
+                field,
+                format!("{field}: give exactly one of interval_seconds and cron"),
+            ));
+        }
+        (Some(0), None) => {
+            return Err(ApiError::bad_request(
+                format!("{field}.interval_seconds"),
+                format!("{field}.interval_seconds: must be at least 1"),
+            ));
+        }
+        (None, Some(cron)) => {
+            croner::Cron::from_str(cron).map_err(|e| {
+                ApiError::bad_request(
+                    format!("{field}.cron"),
+                    format!("{field}.cron: {cron:?} is not a cron expression: {e}"),
+                )
+            })?;
+        }
+        (Some(_), None) => {}
+    }
+    schedule.timezone.parse::<chrono_tz::Tz>().map_err(|_| {
+        ApiError::bad_request(
+            format!("{field}.timezone"),
+            format!(
+                "{field}.timezone: unknown time zone {:?}",
+                schedule.timezone
+            ),
+        )
+    })?;
+    Ok(())
+}
+
+/// The first occurrence strictly after `after`.
+pub fn next_occurrence(schedule: &Schedule, after: Timestamp) -> Option<Timestamp> {
+    if let Some(interval) = schedule.interval_seconds {
+        let interval = i64::try_from(interval).ok()?.max(1);
+        let anchor = schedule
+            .anchor
+            .unwrap_or_else(|| chrono::Utc.timestamp_opt(0, 0).single().unwrap_or(after));
+        let elapsed = (after - anchor).num_seconds();
+        let steps = elapsed.div_euclid(interval) + 1;
+        return Some(anchor + chrono::Duration::seconds(steps * interval));
+    }
+    let cron = croner::Cron::from_str(schedule.cron.as_deref()?).ok()?;
+    let tz: chrono_tz::Tz = schedule.timezone.parse().ok()?;
+    let next = cron
+        .find_next_occurrence(&after.with_timezone(&tz), false)
+        .ok()?;
+    Some(next.with_timezone(&chrono::Utc))
+}
+
+/// The times the scheduler wants runs at, from `now`, in order.
+pub fn wanted_times(schedules: &[Schedule], now: Timestamp) -> Vec<Timestamp> {
+    let mut cursors: Vec<(Timestamp, &Schedule)> = schedules
+        .iter()
+        .filter(|s| s.active)
+        .filter_map(|s| Some((next_occurrence(s, now)?, s)))
+        .collect();
+    let mut times = Vec::new();
+    while times.len() < MAX_RUNS {
+        let Some((index, &(time, schedule))) =
+            cursors.iter().enumerate().min_by_key(|(_, (t, _))| *t)
+        else {
+            break;
+        };
+        if time > now + MAX_AHEAD || (times.len() >= MIN_RUNS && time > now + MIN_AHEAD) {
+            break;
+        }
+        if times.last() != Some(&time) {
+            times.push(time);
+        }
+        match next_occurrence(schedule, time) {
+            Some(next) => cursors[index].0 = next,
+            None => {
+                cursors.remove(index);
+            }
+        }
+    }
+    times
+}
+
+/// One id per deployment and time, so a run is never scheduled twice even if
+/// it was claimed or cancelled before the next tick.
+fn scheduled_run_id(deployment_id: &str, at: Timestamp) -> String {
+    let digest = Sha256::digest(format!("{deployment_id}@{}", at.timestamp_micros()).as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes)
+        .into_uuid()
+        .to_string()
+}
+
+/// What one tick should write.
+#[derive(Default)]
+struct Upkeep {
+    new_runs: Vec<FlowRun>,
+    updated_runs: Vec<(FlowRun, FlowRun)>,
+}
+
+impl Control {
+    /// Runs the upkeep loop until the returned task is dropped/aborted.
+    pub fn spawn_scheduler(&self) -> tokio::task::JoinHandle<()> {
+        let control = self.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(TICK);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                if let Err(error) = control.upkeep().await {
+                    tracing::warn!(%error, "scheduler upkeep failed; retrying next tick");
+                }
+            }
+        })
+    }
+
+    /// One pass of upkeep. Public so tests can drive it without waiting.
+    pub async fn upkeep(&self) -> Result<usize, ApiError> {
+        let now = now();
+        let plan = self.store.read(|r| {
+            let mut plan = Upkeep::default();
+            for deployment in r.deployments()? {
+                if deployment.paused || !deployment.schedules.iter().any(|s| s.active) {
+                    continue;
+                }
+                plan.new_runs
+                    .extend(self.missing_runs(r, &deployment, now)?);
+            }
+            let late_after = chrono::Duration::from_std(self.config.late_after)
+                .unwrap_or(chrono::Duration::seconds(15));
+            for id in r.late_candidates(now - late_after, MAX_CHANGES_PER_TICK)? {
+                if let Some(run) = r.run(&id)?
+                    && let Some(late) = orchestration::mark_late(&run, now, late_after)
+                {
+                    plan.updated_runs.push((run, late));
+                }
+            }
+            let grace = chrono::Duration::from_std(self.config.crash_offline_after)
+                .unwrap_or(chrono::Duration::seconds(60));
+            for worker in r.all_workers()? {
+                if worker.status(now) != WorkerStatus::Offline {
+                    continue;
+                }
+                let offline_since = worker.last_heartbeat
+                    + chrono::Duration::seconds(i64::from(
+                        worker.heartbeat_interval_seconds * crate::model::MISSED_HEARTBEATS_OFFLINE,
+                    ));
+                if now < offline_since + grace {
+                    continue;
+                }
+                let reason = format!(
+                    "worker `{}` stopped heartbeating at {} and did not come back",
+                    worker.name,
+                    worker.last_heartbeat.to_rfc3339()
+                );
+                for id in r.worker_runs(&worker.pool, &worker.name)? {
+                    if let Some(run) = r.run(&id)?
+                        && let Some(crashed) = orchestration::crash_abandoned(&run, &reason, now)
+                    {
+                        plan.updated_runs.push((run, crashed));
+                    }
+                }
+            }
+            Ok(plan)
+        })?;
+        let changes = plan.new_runs.len() + plan.updated_runs.len();
+        if changes == 0 {
+            return Ok(0);
+        }
+        self.store
+            .write(move |w| {
+                for run in plan.new_runs.into_iter().take(MAX_CHANGES_PER_TICK) {
+                    if w.run(&run.id)?.is_none() {
+                        w.put_run(None, &run)?;
+                    }
+                }
+                for (old, new) in plan.updated_runs {
+                    // Only if nobody changed it since the read.
+                    if w.run(&old.id)?.as_ref() == Some(&old) {
+                        w.put_run(Some(&old), &new)?;
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        self.changed();
+        Ok(changes)
+    }
+
+    fn missing_runs(
+        &self,
+        r: &crate::store::Snapshot,
+        deployment: &Deployment,
+        now: Timestamp,
+    ) -> Result<Vec<FlowRun>, ApiError> {
+        let mut runs = Vec::new();
+        for at in wanted_times(&deployment.schedules, now) {
+            let id = scheduled_run_id(&deployment.id, at);
+            if r.run(&id)?.is_none() {
+                let mut run = new_run(
+                    deployment,
+                    id,
+                    Default::default(),
+                    Default::default(),
+                    at,
+                    now,
+                );
+                run.auto_scheduled = true;
+                runs.push(run);
+            }
+        }
+        Ok(runs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn every(seconds: u64) -> Schedule {
+        Schedule {
+            interval_seconds: Some(seconds),
+            cron: None,
+            timezone: "UTC".into(),
+            anchor: None,
+            active: true,
+        }
+    }
+
+    #[test]
+    fn keeps_at_least_three_runs_and_an_hour_ahead() {
+        let now = chrono::Utc::now();
+        let hourly = wanted_times(&[every(3600)], now);
+        assert_eq!(hourly.len(), MIN_RUNS);
+        let minutely = wanted_times(&[every(60)], now);
+        assert_eq!(minutely.len(), 60, "an hour of minutely runs");
+        let secondly = wanted_times(&[every(1)], now);
+        assert_eq!(secondly.len(), MAX_RUNS, "bounded");
+        assert!(minutely.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn cron_is_evaluated_in_its_time_zone() {
+        let schedule = Schedule {
+            interval_seconds: None,
+            cron: Some("0 9 * * *".into()),
+            timezone: "America/New_York".into(),
+            anchor: None,
+            active: true,
+        };
+        let after = chrono::Utc
+            .with_ymd_and_hms(2026, 1, 15, 0, 0, 0)
+            .single()
+            .expect("date");
+        let next = next_occurrence(&schedule, after).expect("next");
+        // 09:00 in New York in January is 14:00 UTC.
+        assert_eq!(
+            next,
+            chrono::Utc
+                .with_ymd_and_hms(2026, 1, 15, 14, 0, 0)
+                .single()
+                .expect("date")
+        );
+    }
+
+    #[test]
+    fn bad_schedules_name_their_field() {
+        let mut bad = every(0);
+        assert_eq!(
+            check_schedule("schedules[0]", &bad)
+                .expect_err("refused")
+                .field
+                .as_deref(),
+            Some("schedules[0].interval_seconds")
+        );
+        bad = Schedule {
+            interval_seconds: None,
+            cron: Some("not cron".into()),
+            ..every(1)
+        };
+        assert_eq!(
+            check_schedule("schedules[0]", &bad)
+                .expect_err("refused")
+                .field
+                .as_deref(),
+            Some("schedules[0].cron")
+        );
+        bad = Schedule {
+            timezone: "Mars/Olympus".into(),
+            ..every(5)
+        };
+        assert_eq!(
+            check_schedule("schedules[0]", &bad)
+                .expect_err("refused")
+                .field
+                .as_deref(),
+            Some("schedules[0].timezone")
+        );
+    }
+}

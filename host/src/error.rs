@@ -1,0 +1,98 @@
+//! The one error type of the control plane: an HTTP status class, a one-line
+//! message, and the offending field when there is one. Serialised as
+//! `{"error": "...", "field": "..."}`.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    BadRequest,
+    Unauthorized,
+    NotFound,
+    Conflict,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorKind {
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorKind::BadRequest => 400,
+            ErrorKind::Unauthorized => 401,
+            ErrorKind::NotFound => 404,
+            ErrorKind::Conflict => 409,
+            ErrorKind::Unavailable => 503,
+            ErrorKind::Internal => 500,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    pub fn bad_request(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError {
+            kind: ErrorKind::BadRequest,
+            message: message.into(),
+            field: Some(field.into()),
+        }
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        ApiError {
+            kind: ErrorKind::NotFound,
+            message: message.into(),
+            field: None,
+        }
+    }
+    pub fn conflict(message: impl Into<String>) -> Self {
+        ApiError {
+            kind: ErrorKind::Conflict,
+            message: message.into(),
+            field: None,
+        }
+    }
+    pub fn conflict_on(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError {
+            kind: ErrorKind::Conflict,
+            message: message.into(),
+            field: Some(field.into()),
+        }
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        ApiError {
+            kind: ErrorKind::Internal,
+            message: message.into(),
+            field: None,
+        }
+    }
+    pub fn unauthorized() -> Self {
+        ApiError {
+            kind: ErrorKind::Unauthorized,
+            message: "missing or wrong API token (set HOST_API_TOKEN)".into(),
+            field: None,
+        }
+    }
+}
+
+/// The wire form.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl From<&ApiError> for ErrorBody {
+    fn from(e: &ApiError) -> Self {
+        ErrorBody {
+            error: e.message.clone(),
+            field: e.field.clone(),
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! The flow-run state machine. The only place that decides whether a state
+//! transition happens; `store` only records what this module returns.
+//!
+//! SCHEDULED (Scheduled | Late) → PENDING (claim only) → RUNNING →
+//! COMPLETED | FAILED | CRASHED; CANCELLING → CANCELLED from any non-terminal
+//! state. Terminal states are final. A transition carrying an idempotency key
+//! already applied to the run is a replay: the caller gets the current state.
+
+use crate::error::ApiError;
+use crate::model::{FlowRun, State, StateType, Timestamp};
+use serde::{Deserialize, Serialize};
+
+/// How many idempotency keys a run remembers.
+const KEPT_TRANSITION_KEYS: usize = 16;
+
+/// A request to move a run to another state (from a worker or a person).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Transition {
+    #[serde(rename = "type")]
+    pub to: Option<StateType>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+    /// The worker asking; must own the run while it is claimed.
+    #[serde(default)]
+    pub worker: Option<String>,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub infrastructure_handle: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Record this new version of the run.
+    Apply(Box<FlowRun>),
+    /// Already done (same idempotency key, or already in that state): nothing to write.
+    Replay,
+}
+
+fn allowed(from: StateType, to: StateType) -> bool {
+    use StateType::*;
+    match from {
+        Scheduled => matches!(to, Cancelled),
+        // A worker may hand back a claim it never started (PENDING → SCHEDULED).
+        Pending => matches!(
+            to,
+            Scheduled | Running | Failed | Crashed | Cancelling | Cancelled
+        ),
+        Running => matches!(to, Completed | Failed | Crashed | Cancelling | Cancelled),
+        Cancelling => matches!(to, Cancelled | Completed | Failed | Crashed),
+        Completed | Failed | Crashed | Cancelled => false,
+    }
+}
+
+/// Decide a transition requested through the API.
+pub fn decide(run: &FlowRun, request: &Transition, now: Timestamp) -> Result<Decision, ApiError> {
+    let to = request
+        .to
+        .ok_or_else(|| ApiError::bad_request("type", "type: the target state is required"))?;
+    if let Some(key) = &request.idempotency_key
+        && run.transition_keys.contains(key)
+    {
+        return Ok(Decision::Replay);
+    }
+    let from = run.state.state_type;
+    if from == to && to != StateType::Scheduled {
+        return Ok(Decision::Replay);
+    }
+    if from.is_terminal() {
+        return Err(ApiError::conflict(format!(
+            "flow run {} is {from}, which is final",
+            run.id
+        )));
+    }
+    if from == StateType::Scheduled && to == StateType::Pending {
+        return Err(ApiError::conflict_on(
+            "type",
+            "only a claim moves a SCHEDULED run to PENDING",
+        ));
+    }
+    if !allowed(from, to) {
+        return Err(ApiError::conflict_on(
+            "type",
+            format!("cannot move flow run {} from {from} to {to}", run.id),
+        ));
+    }
+    if let (Some(owner), Some(asking)) = (&run.worker, &request.worker)
+        && owner != asking
+    {
+        return Err(ApiError::conflict(format!(
+            "flow run {} is claimed by worker {owner}, not {asking}",
+            run.id
+        )));
+    }
+    let mut next = run.clone();
+    let mut state = State::new(to, now);
+    if let Some(name) = &request.name {
+        state.name = name.clone();
+    }
+    state.message = request.message.clone();
+    push_state(&mut next, state, now);
+    if let Some(key) = &request.idempotency_key {
+        remember_key(&mut next, key);
+    }
+    if request.exit_code.is_some() {
+        next.exit_code = request.exit_code;
+    }
+    if request.infrastructure_handle.is_some() {
+        next.infrastructure_handle = request.infrastructure_handle.clone();
+    }
+    if to == StateType::Scheduled {
+        // Handed back: no longer anyone's.
+        next.worker = None;
+        next.lease_until = None;
+    }
+    if to.is_terminal() {
+        next.lease_until = None;
+    }
+    Ok(Decision::Apply(Box::new(next)))
+}
+
+/// A claim: SCHEDULED → PENDING, owned by `worker` until `lease_until`.
+pub fn claim(
+    run: &FlowRun,
+    worker: &str,
+    lease_until: Timestamp,
+    now: Timestamp,
+) -> Option<FlowRun> {
+    if run.state.state_type != StateType::Scheduled {
+        return None;
+    }
+    let mut next = run.clone();
+    push_state(&mut next, State::new(StateType::Pending, now), now);
+    next.worker = Some(worker.to_string());
+    next.lease_until = Some(lease_until);
+    Some(next)
+}
+
+/// A person cancels: at once when nothing runs yet, through the worker otherwise.
+pub fn cancel(run: &FlowRun, now: Timestamp) -> Result<Decision, ApiError> {
+    let to = match run.state.state_type {
+        StateType::Scheduled => StateType::Cancelled,
+        StateType::Pending | StateType::Running => StateType::Cancelling,
+        StateType::Cancelling => return Ok(Decision::Replay),
+        terminal => {
+            return Err(ApiError::conflict(format!(
+                "flow run {} is {terminal}, which is final",
+                run.id
+            )));
+        }
+    };
+    let mut next = run.clone();
+    let mut state = State::new(to, now);
+    state.message = Some("cancelled by request".into());
+    push_state(&mut next, state, now);
+    Ok(Decision::Apply(Box::new(next)))
+}
+
+/// SCHEDULED runs still waiting `late_after` past their time are renamed Late.
+pub fn mark_late(run: &FlowRun, now: Timestamp, late_after: chrono::Duration) -> Option<FlowRun> {
+    let due = run.state.state_type == StateType::Scheduled && run.state.name == "Scheduled";
+    if !due || now < run.scheduled_at + late_after {
+        return None;
+    }
+    let mut next = run.clone();
+    let mut state = State::new(StateType::Scheduled, now);
+    state.name = "Late".into();
+    push_state(&mut next, state, now);
+    Some(next)
+}
+
+/// The worker holding a run went away: nothing will report on it any more.
+pub fn crash_abandoned(run: &FlowRun, reason: &str, now: Timestamp) -> Option<FlowRun> {
+    if !run.state.state_type.is_active() {
+        return None;
+    }
+    let to = if run.state.state_type == StateType::Cancelling {
+        StateType::Cancelled
+    } else {
+        StateType::Crashed
+    };
+    let mut next = run.clone();
+    let mut state = State::new(to, now);
+    state.message = Some(reason.to_string());
+    push_state(&mut next, state, now);
+    next.lease_until = None;
+    Some(next)
+}
+
+fn push_state(run: &mut FlowRun, state: State, now: Timestamp) {
+    let previous = std::mem::replace(&mut run.state, state);
+    run.history.push(previous);
+    run.updated = now;
+}
+
+fn remember_key(run: &mut FlowRun, key: &str) {
+    run.transition_keys.push(key.to_string());
+    if run.transition_keys.len() > KEPT_TRANSITION_KEYS {
+        run.transition_keys.remove(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(state: StateType) -> FlowRun {
+        let now = chrono::Utc::now();
+        FlowRun {
+            id: "r1".into(),
+            name: "n".into(),
+            deployment_id: "d".into(),
+            deployment: "f/d".into(),
+            pool: "p".into(),
+            queue: "default".into(),
+            parameters: Default::default(),
+            job_variables: Default::default(),
+            scheduled_at: now,
+            state: State::new(state, now),
+            history: vec![],
+            worker: Some("w1".into()),
+            lease_until: None,
+            infrastructure_handle: None,
+            exit_code: None,
+            auto_scheduled: false,
+            transition_keys: vec![],
+            created: now,
+            updated: now,
+        }
+    }
+
+    fn to(state: StateType) -> Transition {
+        Transition {
+            to: Some(state),
+            worker: Some("w1".into()),
+            ..Transition::default()
+        }
+    }
+
+    #[test]
+    fn terminal_states_are_final() {
+        let now = chrono::Utc::now();
+        for terminal in [
+            StateType::Completed,
+            StateType::Failed,
+            StateType::Crashed,
+            StateType::Cancelled,
+        ] {
+            assert!(decide(&run(terminal), &to(StateType::Running), now).is_err());
+            assert!(cancel(&run(terminal), now).is_err());
+        }
+    }
+
+    #[test]
+    fn only_a_claim_moves_scheduled_to_pending() {
+        let now = chrono::Utc::now();
+        assert!(decide(&run(StateType::Scheduled), &to(StateType::Pending), now).is_err());
+        let claimed = claim(&run(StateType::Scheduled), "w2", now, now).expect("claimable");
+        assert_eq!(claimed.state.state_type, StateType::Pending);
+        assert_eq!(claimed.worker.as_deref(), Some("w2"));
+        assert!(
+            claim(&claimed, "w3", now, now).is_none(),
+            "a claimed run cannot be claimed again"
+        );
+    }
+
+    #[test]
+    fn a_repeated_idempotency_key_is_a_replay() {
+        let now = chrono::Utc::now();
+        let mut request = to(StateType::Running);
+        request.idempotency_key = Some("k1".into());
+        let Ok(Decision::Apply(running)) = decide(&run(StateType::Pending), &request, now) else {
+            panic!("applies");
+        };
+        assert_eq!(decide(&running, &request, now), Ok(Decision::Replay));
+    }
+
+    #[test]
+    fn another_worker_cannot_move_a_claimed_run() {
+        let now = chrono::Utc::now();
+        let mut request = to(StateType::Running);
+        request.worker = Some("intruder".into());
+        assert!(decide(&run(StateType::Pending), &request, now).is_err());
+    }
+
+    #[test]
+    fn cancel_is_immediate_only_before_a_claim() {
+        let now = chrono::Utc::now();
+        let Ok(Decision::Apply(c)) = cancel(&run(StateType::Scheduled), now) else {
+            panic!()
+        };
+        assert_eq!(c.state.state_type, StateType::Cancelled);
+        let Ok(Decision::Apply(c)) = cancel(&run(StateType::Running), now) else {
+            panic!()
+        };
+        assert_eq!(c.state.state_type, StateType::Cancelling);
+    }
+}

@@ -1,0 +1,192 @@
+//! `host serve`: the HTTP API over the control plane. Handlers are thin: they
+//! parse, call `control`, and turn the answer into JSON. One file per resource.
+//!
+//! Bad input never reaches a 500: bodies are parsed here with the failing
+//! field named, and every error leaves as `{"error": ..., "field": ...}`.
+
+mod deployments;
+mod openapi;
+mod pools;
+mod runs;
+
+pub use runs::{Appended, LogPage, TransitionResponse};
+
+use crate::control::Control;
+use crate::error::{ApiError, ErrorBody, ErrorKind};
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub control: Control,
+    token: Option<Arc<str>>,
+}
+
+impl AppState {
+    pub fn new(control: Control, token: Option<String>) -> AppState {
+        AppState {
+            control,
+            token: token.filter(|t| !t.is_empty()).map(Arc::from),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if self.kind == ErrorKind::Internal {
+            tracing::error!(error = %self.message, "internal error");
+        }
+        (status, Json(ErrorBody::from(&self))).into_response()
+    }
+}
+
+/// A JSON body whose parse errors name the field (`limit`, `schedules[0].cron`).
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| {
+                ApiError::bad_request("body", format!("cannot read the request body: {e}"))
+            })?;
+        let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
+        serde_path_to_error::deserialize(&mut deserializer)
+            .map(Body)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let field = if path == "." {
+                    "body".to_string()
+                } else {
+                    path
+                };
+                ApiError::bad_request(&field, format!("{field}: {}", e.into_inner()))
+            })
+    }
+}
+
+/// Query strings, with the same kind of error.
+pub struct Params<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or("");
+        parse_query(query).map(Params)
+    }
+}
+
+/// Query values stay strings; numeric fields parse them with [`number`].
+fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
+    let mut object = serde_json::Map::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        object.insert(
+            percent_decode(key),
+            serde_json::Value::String(percent_decode(value)),
+        );
+    }
+    serde_path_to_error::deserialize(serde_json::Value::Object(object)).map_err(|e| {
+        let field = e.path().to_string();
+        ApiError::bad_request(&field, format!("{field}: {}", e.into_inner()))
+    })
+}
+
+/// `deserialize_with` for numbers that arrive as query-string text.
+pub fn number<'de, D, N>(deserializer: D) -> Result<N, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    N: std::str::FromStr,
+    N::Err: std::fmt::Display,
+{
+    let text: String = serde::Deserialize::deserialize(deserializer)?;
+    text.parse()
+        .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a number: {e}")))
+}
+
+/// Like [`number`], for optional parameters.
+pub fn optional_number<'de, D, N>(deserializer: D) -> Result<Option<N>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    N: std::str::FromStr,
+    N::Err: std::fmt::Display,
+{
+    number(deserializer).map(Some)
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(high), Some(low)) => {
+                    out.push((high * 16 + low) as u8);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn require_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(token) = &state.token {
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(token.as_ref()) {
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    next.run(request).await
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint; see /api/openapi.json")
+}
+
+/// The whole API. Everything but health needs the token when one is set.
+pub fn router(state: AppState) -> Router {
+    let protected = Router::new()
+        .merge(pools::routes())
+        .merge(deployments::routes())
+        .merge(runs::routes())
+        .route("/api/openapi.json", get(openapi::document))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/api/health", get(health))
+        .merge(protected)
+        .fallback(not_found)
+        .with_state(state)
+}

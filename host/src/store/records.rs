@@ -1,0 +1,430 @@
+//! Typed records over the raw tables, and the index upkeep of flow runs.
+
+use super::tables::{self, Def, Raw, prefix_end};
+use super::{Writer, storage};
+use crate::error::ApiError;
+use crate::model::{
+    Deployment, FlowRun, LogLine, StateType, Timestamp, WorkPool, WorkQueue, Worker,
+};
+use redb::TableHandle;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Index entries are bounded per scan so one request cannot read the world.
+const MAX_SCAN: usize = 100_000;
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::internal(format!("corrupt record: {e}")))
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec(value).map_err(storage)
+}
+
+/// Sortable text form of a time: zero-padded microseconds since the epoch.
+pub fn time_key(t: Timestamp) -> String {
+    format!("{:020}", t.timestamp_micros().max(0))
+}
+
+fn queue_key(pool: &str, queue: &str) -> String {
+    format!("{pool}\0{queue}")
+}
+
+/// Which flow runs to list; unset fields do not filter.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub pool: Option<String>,
+    pub deployment: Option<String>,
+    pub state: Option<StateType>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct RunPage {
+    pub runs: Vec<FlowRun>,
+    /// Pass back to get the next (older) page; none when this was the last.
+    pub next_cursor: Option<String>,
+}
+
+/// Reads, for snapshots and writers alike.
+pub trait Records: Raw {
+    fn get_json<T: DeserializeOwned>(&self, def: Def, key: &str) -> Result<Option<T>, ApiError> {
+        self.raw_get(def, key)?.map(|b| decode(&b)).transpose()
+    }
+
+    fn all_json<T: DeserializeOwned>(&self, def: Def, prefix: &str) -> Result<Vec<T>, ApiError> {
+        self.raw_range(def, prefix, &prefix_end(prefix), false, MAX_SCAN)?
+            .iter()
+            .map(|(_, v)| decode(v))
+            .collect()
+    }
+
+    fn pool(&self, name: &str) -> Result<Option<WorkPool>, ApiError> {
+        self.get_json(tables::POOLS, name)
+    }
+    fn pools(&self) -> Result<Vec<WorkPool>, ApiError> {
+        self.all_json(tables::POOLS, "")
+    }
+    fn queue(&self, pool: &str, name: &str) -> Result<Option<WorkQueue>, ApiError> {
+        self.get_json(tables::QUEUES, &queue_key(pool, name))
+    }
+    /// A pool's queues, highest priority (lowest number) first.
+    fn queues(&self, pool: &str) -> Result<Vec<WorkQueue>, ApiError> {
+        let mut queues: Vec<WorkQueue> = self.all_json(tables::QUEUES, &format!("{pool}\0"))?;
+        queues.sort_by_key(|q| q.priority);
+        Ok(queues)
+    }
+    fn worker(&self, pool: &str, name: &str) -> Result<Option<Worker>, ApiError> {
+        self.get_json(tables::WORKERS, &queue_key(pool, name))
+    }
+    fn workers(&self, pool: &str) -> Result<Vec<Worker>, ApiError> {
+        self.all_json(tables::WORKERS, &format!("{pool}\0"))
+    }
+    fn all_workers(&self) -> Result<Vec<Worker>, ApiError> {
+        self.all_json(tables::WORKERS, "")
+    }
+    fn deployment(&self, full_name: &str) -> Result<Option<Deployment>, ApiError> {
+        self.get_json(tables::DEPLOYMENTS, full_name)
+    }
+    fn deployments(&self) -> Result<Vec<Deployment>, ApiError> {
+        self.all_json(tables::DEPLOYMENTS, "")
+    }
+    fn run(&self, id: &str) -> Result<Option<FlowRun>, ApiError> {
+        self.get_json(tables::RUNS, id)
+    }
+
+    /// Newest first, through the most selective index for the filter.
+    fn runs_page(
+        &self,
+        filter: &RunFilter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<RunPage, ApiError> {
+        let (def, prefix) = if let Some(deployment) = &filter.deployment {
+            (tables::IDX_DEPLOYMENT, format!("{deployment}\0"))
+        } else if let Some(pool) = &filter.pool {
+            (tables::IDX_POOL, format!("{pool}\0"))
+        } else if let Some(state) = filter.state {
+            (tables::IDX_STATE, format!("{state}\0"))
+        } else {
+            (tables::IDX_CREATED, String::new())
+        };
+        let mut end = match cursor {
+            Some(cursor) if cursor.starts_with(&prefix) => cursor.to_string(),
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "cursor",
+                    "cursor: not from this listing",
+                ));
+            }
+            None => prefix_end(&prefix),
+        };
+        let mut runs = Vec::with_capacity(limit);
+        let mut scanned = 0;
+        while runs.len() < limit && scanned < MAX_SCAN {
+            let chunk = self.raw_range(def, &prefix, &end, true, (limit - runs.len()).max(64))?;
+            let Some((last_key, _)) = chunk.last() else {
+                return Ok(RunPage {
+                    runs,
+                    next_cursor: None,
+                });
+            };
+            end = last_key.clone();
+            scanned += chunk.len();
+            for (key, id) in &chunk {
+                let id = String::from_utf8_lossy(id);
+                let Some(run) = self.run(&id)? else { continue };
+                let keep = filter.pool.as_ref().is_none_or(|p| *p == run.pool)
+                    && filter
+                        .deployment
+                        .as_ref()
+                        .is_none_or(|d| *d == run.deployment)
+                    && filter.state.is_none_or(|s| s == run.state.state_type);
+                if keep {
+                    runs.push(run);
+                    if runs.len() == limit {
+                        return Ok(RunPage {
+                            runs,
+                            next_cursor: Some(key.clone()),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(RunPage {
+            runs,
+            next_cursor: Some(end),
+        })
+    }
+
+    /// SCHEDULED runs of one queue due at `now`, oldest first.
+    fn due_runs(
+        &self,
+        pool: &str,
+        queue: &str,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<String>, ApiError> {
+        let prefix = format!("{pool}\0{queue}\0");
+        let end = format!("{prefix}{}\u{10FFFF}", time_key(now));
+        Ok(self
+            .raw_range(tables::IDX_DUE, &prefix, &end, false, limit)?
+            .into_iter()
+            .map(|(_, id)| id_of(&id))
+            .collect())
+    }
+
+    /// When the next SCHEDULED run of a queue is due, if any.
+    fn next_due(&self, pool: &str, queue: &str) -> Result<Option<i64>, ApiError> {
+        let prefix = format!("{pool}\0{queue}\0");
+        let first = self.raw_range(tables::IDX_DUE, &prefix, &prefix_end(&prefix), false, 1)?;
+        Ok(first
+            .first()
+            .and_then(|(key, _)| key[prefix.len()..].split('\0').next()?.parse().ok()))
+    }
+
+    /// SCHEDULED runs whose time is before `before` and not yet marked Late.
+    fn late_candidates(&self, before: Timestamp, limit: usize) -> Result<Vec<String>, ApiError> {
+        let end = time_key(before);
+        Ok(self
+            .raw_range(tables::IDX_LATE, "", &end, false, limit)?
+            .into_iter()
+            .map(|(_, id)| id_of(&id))
+            .collect())
+    }
+
+    /// Active runs held by a worker.
+    fn worker_runs(&self, pool: &str, worker: &str) -> Result<Vec<String>, ApiError> {
+        let prefix = format!("{pool}\0{worker}\0");
+        Ok(self
+            .raw_range(
+                tables::IDX_WORKER,
+                &prefix,
+                &prefix_end(&prefix),
+                false,
+                MAX_SCAN,
+            )?
+            .into_iter()
+            .map(|(_, id)| id_of(&id))
+            .collect())
+    }
+
+    /// Future SCHEDULED runs the scheduler made for a deployment, by time.
+    fn auto_scheduled(&self, deployment_id: &str) -> Result<Vec<(i64, String)>, ApiError> {
+        let prefix = format!("{deployment_id}\0");
+        Ok(self
+            .raw_range(
+                tables::IDX_AUTO,
+                &prefix,
+                &prefix_end(&prefix),
+                false,
+                MAX_SCAN,
+            )?
+            .into_iter()
+            .filter_map(|(key, id)| {
+                Some((
+                    key[prefix.len()..].split('\0').next()?.parse().ok()?,
+                    id_of(&id),
+                ))
+            })
+            .collect())
+    }
+
+    /// Runs holding a slot (PENDING, RUNNING, CANCELLING) under a counter key.
+    fn active_count(&self, counter: &str) -> Result<u64, ApiError> {
+        Ok(self.raw_get(tables::COUNTERS, counter)?.map_or(0, |b| {
+            u64::from_le_bytes(b.as_slice().try_into().unwrap_or([0; 8]))
+        }))
+    }
+
+    /// Log lines after `after` (a sequence number), oldest first.
+    fn logs(
+        &self,
+        run_id: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<LogLine>, ApiError> {
+        let prefix = format!("{run_id}\0");
+        let start = match after {
+            Some(seq) => format!("{prefix}{:016x}", seq + 1),
+            None => prefix.clone(),
+        };
+        self.raw_range(tables::LOGS, &start, &prefix_end(&prefix), false, limit)?
+            .iter()
+            .map(|(_, v)| decode(v))
+            .collect()
+    }
+
+    fn last_log_seq(&self, run_id: &str) -> Result<Option<u64>, ApiError> {
+        let prefix = format!("{run_id}\0");
+        let last = self.raw_range(tables::LOGS, &prefix, &prefix_end(&prefix), true, 1)?;
+        Ok(last
+            .first()
+            .and_then(|(key, _)| u64::from_str_radix(&key[prefix.len()..], 16).ok()))
+    }
+}
+
+impl<T: Raw> Records for T {}
+
+fn id_of(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Counter keys a run holds a slot under while active.
+pub fn pool_counter(pool: &str) -> String {
+    format!("pool\0{pool}")
+}
+pub fn queue_counter(pool: &str, queue: &str) -> String {
+    format!("queue\0{pool}\0{queue}")
+}
+pub fn deployment_counter(deployment: &str) -> String {
+    format!("deployment\0{deployment}")
+}
+
+fn run_counters(run: &FlowRun) -> Vec<String> {
+    if !run.state.state_type.is_active() {
+        return Vec::new();
+    }
+    vec![
+        pool_counter(&run.pool),
+        queue_counter(&run.pool, &run.queue),
+        deployment_counter(&run.deployment),
+    ]
+}
+
+/// Every index entry a run should have in its current state.
+fn run_index_entries(run: &FlowRun) -> Vec<(Def, String)> {
+    let created = time_key(run.created);
+    let scheduled = time_key(run.scheduled_at);
+    let id = &run.id;
+    let state = run.state.state_type;
+    let mut entries = vec![
+        (tables::IDX_CREATED, format!("{created}\0{id}")),
+        (tables::IDX_STATE, format!("{state}\0{created}\0{id}")),
+        (tables::IDX_POOL, format!("{}\0{created}\0{id}", run.pool)),
+        (
+            tables::IDX_DEPLOYMENT,
+            format!("{}\0{created}\0{id}", run.deployment),
+        ),
+    ];
+    if state == StateType::Scheduled {
+        entries.push((
+            tables::IDX_DUE,
+            format!("{}\0{}\0{scheduled}\0{id}", run.pool, run.queue),
+        ));
+        if run.state.name == "Scheduled" {
+            entries.push((tables::IDX_LATE, format!("{scheduled}\0{id}")));
+        }
+        if run.auto_scheduled {
+            entries.push((
+                tables::IDX_AUTO,
+                format!("{}\0{scheduled}\0{id}", run.deployment_id),
+            ));
+        }
+    }
+    if state.is_active()
+        && let Some(worker) = &run.worker
+    {
+        entries.push((tables::IDX_WORKER, format!("{}\0{worker}\0{id}", run.pool)));
+    }
+    entries
+}
+
+impl Writer<'_> {
+    pub fn put_pool(&mut self, pool: &WorkPool) -> Result<(), ApiError> {
+        self.raw_put(tables::POOLS, &pool.name, &encode(pool)?)
+    }
+    pub fn delete_pool(&mut self, name: &str) -> Result<(), ApiError> {
+        for queue in self.queues(name)? {
+            self.delete_queue(name, &queue.name)?;
+        }
+        for worker in self.workers(name)? {
+            self.raw_delete(tables::WORKERS, &queue_key(name, &worker.name))?;
+        }
+        self.raw_delete(tables::POOLS, name)
+    }
+    pub fn put_queue(&mut self, queue: &WorkQueue) -> Result<(), ApiError> {
+        self.raw_put(
+            tables::QUEUES,
+            &queue_key(&queue.pool, &queue.name),
+            &encode(queue)?,
+        )
+    }
+    pub fn delete_queue(&mut self, pool: &str, name: &str) -> Result<(), ApiError> {
+        self.raw_delete(tables::QUEUES, &queue_key(pool, name))
+    }
+    pub fn put_worker(&mut self, worker: &Worker) -> Result<(), ApiError> {
+        self.raw_put(
+            tables::WORKERS,
+            &queue_key(&worker.pool, &worker.name),
+            &encode(worker)?,
+        )
+    }
+    pub fn put_deployment(&mut self, deployment: &Deployment) -> Result<(), ApiError> {
+        self.raw_put(
+            tables::DEPLOYMENTS,
+            &deployment.full_name(),
+            &encode(deployment)?,
+        )
+    }
+    pub fn delete_deployment(&mut self, full_name: &str) -> Result<(), ApiError> {
+        self.raw_delete(tables::DEPLOYMENTS, full_name)
+    }
+
+    /// Writes a run and brings its index entries and counters along.
+    pub fn put_run(&mut self, old: Option<&FlowRun>, new: &FlowRun) -> Result<(), ApiError> {
+        let before = old.map(run_index_entries).unwrap_or_default();
+        let after = run_index_entries(new);
+        let contains = |list: &[(Def, String)], (def, key): &(Def, String)| {
+            list.iter().any(|(d, k)| d.name() == def.name() && k == key)
+        };
+        for entry in before.iter().filter(|e| !contains(&after, e)) {
+            self.raw_delete(entry.0, &entry.1)?;
+        }
+        for entry in after.iter().filter(|e| !contains(&before, e)) {
+            self.raw_put(entry.0, &entry.1, new.id.as_bytes())?;
+        }
+        let old_counters = old.map(run_counters).unwrap_or_default();
+        let new_counters = run_counters(new);
+        for key in old_counters.iter().filter(|k| !new_counters.contains(k)) {
+            self.add_to_counter(key, -1)?;
+        }
+        for key in new_counters.iter().filter(|k| !old_counters.contains(k)) {
+            self.add_to_counter(key, 1)?;
+        }
+        self.raw_put(tables::RUNS, &new.id, &encode(new)?)
+    }
+
+    pub fn delete_run(&mut self, run: &FlowRun) -> Result<(), ApiError> {
+        for (def, key) in run_index_entries(run) {
+            self.raw_delete(def, &key)?;
+        }
+        for key in run_counters(run) {
+            self.add_to_counter(&key, -1)?;
+        }
+        self.raw_delete(tables::RUNS, &run.id)
+    }
+
+    fn add_to_counter(&mut self, key: &str, delta: i64) -> Result<(), ApiError> {
+        let value = self.active_count(key)?.saturating_add_signed(delta);
+        if value == 0 {
+            self.raw_delete(tables::COUNTERS, key)
+        } else {
+            self.raw_put(tables::COUNTERS, key, &value.to_le_bytes())
+        }
+    }
+
+    /// Appends lines, numbering them after the run's last line.
+    pub fn append_logs(&mut self, run_id: &str, lines: Vec<LogLine>) -> Result<u64, ApiError> {
+        let mut seq = self.last_log_seq(run_id)?.map_or(0, |s| s + 1);
+        for mut line in lines {
+            line.seq = seq;
+            self.raw_put(
+                tables::LOGS,
+                &format!("{run_id}\0{seq:016x}"),
+                &encode(&line)?,
+            )?;
+            seq += 1;
+        }
+        Ok(seq)
+    }
+}
