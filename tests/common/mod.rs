@@ -36,3 +36,149 @@ pub async fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) 
     }
     condition()
 }
+
+/// A control plane served in-process on a free loopback port.
+pub struct TestServer {
+    pub url: String,
+    pub control: host::control::Control,
+    pub dir: tempfile::TempDir,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(None, host::control::ControlConfig::default()).await
+    }
+
+    pub async fn start_with(
+        token: Option<&str>,
+        config: host::control::ControlConfig,
+    ) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rt = runtime(&dir.path().join("cache"));
+        let registry = host::plugins::Registry::load(&rt, None)
+            .await
+            .expect("built-ins");
+        let store = host::store::Store::open(&dir.path().join("host.redb")).expect("store");
+        let control = host::control::Control::new(
+            store,
+            host::control::Catalog::from_registry(&registry),
+            config,
+        );
+        let app = host::server::router(host::server::AppState::new(
+            control.clone(),
+            token.map(String::from),
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.expect("serve");
+        });
+        TestServer {
+            url,
+            control,
+            dir,
+            task,
+        }
+    }
+
+    pub fn client(&self) -> host::client::Client {
+        host::client::Client::new(&self.url, None)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Raw HTTP for status codes and bodies the typed client hides.
+pub async fn http(
+    method: &str,
+    url: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let client = reqwest::Client::new();
+    let mut request = client.request(
+        reqwest::Method::from_bytes(method.as_bytes()).expect("method"),
+        url,
+    );
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/json")
+            .body(body.to_string());
+    }
+    let response = request.send().await.expect("send");
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}
+
+/// A real `host serve` process on a free port.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub url: String,
+}
+
+impl ServerProcess {
+    pub fn start(data_dir: &Path, extra: &[&str]) -> ServerProcess {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_host"))
+            .args(["serve", "--port", "0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("HOST_CACHE_DIR", data_dir.join("cache"))
+            .env_remove("HOST_API_TOKEN")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("start host serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no URL in {line:?}"))
+            .to_string();
+        ServerProcess { child, url }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs the `host` binary against a server and returns (exit code, stdout, stderr).
+pub fn host_cli(url: &str, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_host"))
+        .args(args)
+        .env("HOST_API_URL", url)
+        .env_remove("HOST_API_TOKEN")
+        .output()
+        .expect("run host");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,730 @@
+//! The control plane over real HTTP, served in-process with a real redb file.
+
+mod common;
+
+use common::{TestServer, http};
+use host::control::ControlConfig;
+use serde_json::{Value, json};
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+async fn create_pool(s: &TestServer, body: Value) -> (u16, Value) {
+    http(
+        "POST",
+        &format!("{}/api/work-pools", s.url),
+        Some(&body.to_string()),
+        None,
+    )
+    .await
+}
+
+async fn deployment(s: &TestServer, body: Value) -> (u16, Value) {
+    http(
+        "PUT",
+        &format!("{}/api/deployments", s.url),
+        Some(&body.to_string()),
+        None,
+    )
+    .await
+}
+
+async fn run(s: &TestServer, name: &str, body: Value) -> (u16, Value) {
+    http(
+        "POST",
+        &format!("{}/api/deployments/{name}/runs", s.url),
+        Some(&body.to_string()),
+        None,
+    )
+    .await
+}
+
+async fn claim(s: &TestServer, pool: &str, body: Value) -> Value {
+    let (status, answer) = http(
+        "POST",
+        &format!("{}/api/work-pools/{pool}/claim", s.url),
+        Some(&body.to_string()),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    answer
+}
+
+async fn pool_count(s: &TestServer) -> usize {
+    http("GET", &format!("{}/api/work-pools", s.url), None, None)
+        .await
+        .1
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
+fn claimed_ids(answer: &Value) -> Vec<String> {
+    answer["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .map(|r| r["flow_run"]["id"].as_str().expect("id").to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn pools_validate_their_input_and_store_nothing_when_it_is_bad() {
+    let s = TestServer::start().await;
+    let (status, pool) = create_pool(&s, json!({"name": "p1", "type": "process"})).await;
+    assert_eq!(status, 201, "{pool}");
+    assert_eq!(pool["status"], "NOT_READY");
+    assert_eq!(
+        pool["base_job_template"]["job_configuration"]["command"], "{{ command }}",
+        "default template from the plugin"
+    );
+
+    let cases = [
+        (json!({"name": "p1", "type": "process"}), 409, "name"),
+        (json!({"name": "p2", "type": "kubernetes"}), 400, "type"),
+        (json!({"name": "bad name!", "type": "process"}), 400, "name"),
+        (
+            json!({"name": "host-internal", "type": "process"}),
+            400,
+            "name",
+        ),
+        (
+            json!({"name": "p3", "type": "process", "concurrency_limit": -1}),
+            400,
+            "concurrency_limit",
+        ),
+        (
+            json!({"name": "p4", "type": "process", "colour": "red"}),
+            400,
+            "body",
+        ),
+        (
+            json!({"name": "p5", "type": "process", "base_job_template": {"job_configuration": {"x": "{{ y }}"}, "variables": {"properties": {}}}}),
+            400,
+            "base_job_template",
+        ),
+    ];
+    for (body, status, field) in cases {
+        let (got, answer) = create_pool(&s, body.clone()).await;
+        assert_eq!(got, status, "{body} -> {answer}");
+        assert!(
+            answer["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{answer}"
+        );
+        if field != "body" {
+            assert_eq!(answer["field"], field, "{body} -> {answer}");
+        }
+    }
+    let (status, answer) = http(
+        "POST",
+        &format!("{}/api/work-pools", s.url),
+        Some("{not json"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(
+        pool_count(&s).await,
+        1,
+        "nothing stored by the bad requests"
+    );
+
+    let (status, queues) = http(
+        "GET",
+        &format!("{}/api/work-pools/p1/queues", s.url),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(queues[0]["name"], "default");
+
+    let (status, _) = http(
+        "POST",
+        &format!("{}/api/work-pools/p1/workers/heartbeat", s.url),
+        Some(r#"{"name": "w1", "heartbeat_interval_seconds": 5}"#),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        http("GET", &format!("{}/api/work-pools/p1", s.url), None, None)
+            .await
+            .1["status"],
+        "READY"
+    );
+    http(
+        "PATCH",
+        &format!("{}/api/work-pools/p1", s.url),
+        Some(r#"{"paused": true}"#),
+        None,
+    )
+    .await;
+    assert_eq!(
+        http("GET", &format!("{}/api/work-pools/p1", s.url), None, None)
+            .await
+            .1["status"],
+        "PAUSED"
+    );
+    let (status, _) = http(
+        "DELETE",
+        &format!("{}/api/work-pools/p1", s.url),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    assert_eq!(
+        http("GET", &format!("{}/api/work-pools/p1", s.url), None, None)
+            .await
+            .0,
+        404
+    );
+}
+
+#[tokio::test]
+async fn queue_priorities_stay_unique_by_shifting_the_others() {
+    let s = TestServer::start().await;
+    create_pool(&s, json!({"name": "p", "type": "process"})).await;
+    let url = format!("{}/api/work-pools/p/queues", s.url);
+    assert_eq!(
+        http("POST", &url, Some(r#"{"name": "low"}"#), None).await.1["priority"],
+        2
+    );
+    assert_eq!(
+        http(
+            "POST",
+            &url,
+            Some(r#"{"name": "urgent", "priority": 1}"#),
+            None
+        )
+        .await
+        .1["priority"],
+        1
+    );
+    let queues = http("GET", &url, None, None).await.1;
+    let order: Vec<(&str, u64)> = queues
+        .as_array()
+        .expect("queues")
+        .iter()
+        .map(|q| {
+            (
+                q["name"].as_str().expect("name"),
+                q["priority"].as_u64().expect("priority"),
+            )
+        })
+        .collect();
+    assert_eq!(order, [("urgent", 1), ("default", 2), ("low", 3)]);
+    let (status, answer) = http("DELETE", &format!("{url}/default"), None, None).await;
+    assert_eq!(status, 409, "{answer}");
+}
+
+#[tokio::test]
+async fn deployments_are_idempotent_and_validate_job_variables() {
+    let s = TestServer::start().await;
+    create_pool(&s, json!({"name": "mock", "type": "mock-serverless"})).await;
+    let spec = json!({"flow": "etl", "name": "daily", "pool": "mock", "command": ["echo", "hi"], "job_variables": {"duration_ms": 5}});
+    let (status, first) = deployment(&s, spec.clone()).await;
+    assert_eq!(status, 201, "{first}");
+    let (status, second) = deployment(&s, spec).await;
+    assert_eq!(status, 200);
+    assert_eq!(first["deployment"]["id"], second["deployment"]["id"]);
+    assert_eq!(second["created"], false);
+
+    let bad = [
+        (
+            json!({"flow": "etl", "name": "x", "pool": "mock", "job_variables": {"duration_ms": "long"}}),
+            "job_variables.duration_ms",
+        ),
+        (
+            json!({"flow": "etl", "name": "x", "pool": "mock", "job_variables": {"gpu": true}}),
+            "job_variables.gpu",
+        ),
+        (
+            json!({"flow": "etl", "name": "x", "pool": "nowhere"}),
+            "pool",
+        ),
+        (
+            json!({"flow": "etl", "name": "x", "pool": "mock", "schedules": [{"cron": "every day"}]}),
+            "schedules[0].cron",
+        ),
+        (
+            json!({"flow": "etl", "name": "x", "pool": "mock", "schedules": [{"interval_seconds": 60, "timezone": "Nowhere/Land"}]}),
+            "schedules[0].timezone",
+        ),
+    ];
+    for (body, field) in bad {
+        let (status, answer) = deployment(&s, body.clone()).await;
+        assert_eq!(status, 400, "{body} -> {answer}");
+        assert_eq!(answer["field"], field, "{answer}");
+    }
+    assert_eq!(
+        http("GET", &format!("{}/api/deployments", s.url), None, None)
+            .await
+            .1
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+
+    let (status, answer) = run(
+        &s,
+        "etl/daily",
+        json!({"job_variables": {"exit_code": "three"}}),
+    )
+    .await;
+    assert_eq!(
+        (status, answer["field"].as_str()),
+        (400, Some("job_variables.exit_code"))
+    );
+    let listed = http("GET", &format!("{}/api/flow-runs", s.url), None, None)
+        .await
+        .1;
+    assert_eq!(
+        listed["runs"].as_array().map(Vec::len),
+        Some(0),
+        "the refused run was not stored"
+    );
+
+    let (status, created) = run(&s, "etl/daily", json!({"parameters": {"day": "monday"}, "job_variables": {"exit_code": 3, "env": {"B": "run"}}})).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["state"]["type"], "SCHEDULED");
+    let answer = claim(&s, "mock", json!({"worker": "w1", "limit": 1})).await;
+    let claimed = &answer["runs"][0];
+    assert_eq!(claimed["flow_run"]["state"]["type"], "PENDING");
+    assert_eq!(
+        claimed["job_variables"]["duration_ms"], 5,
+        "deployment level"
+    );
+    assert_eq!(claimed["job_variables"]["exit_code"], 3, "run level wins");
+    assert_eq!(
+        claimed["job_variables"]["cold_start_ms"], 100,
+        "pool default"
+    );
+    assert_eq!(claimed["job_configuration"]["exit_code"], 3, "rendered");
+    assert_eq!(claimed["flow_run"]["parameters"]["day"], "monday");
+}
+
+#[tokio::test]
+async fn claims_follow_priority_then_time_within_limits() {
+    let s = TestServer::start().await;
+    create_pool(
+        &s,
+        json!({"name": "p", "type": "process", "concurrency_limit": 2}),
+    )
+    .await;
+    http(
+        "POST",
+        &format!("{}/api/work-pools/p/queues", s.url),
+        Some(r#"{"name": "urgent", "priority": 1}"#),
+        None,
+    )
+    .await;
+    deployment(&s, json!({"flow": "f", "name": "normal", "pool": "p"})).await;
+    deployment(
+        &s,
+        json!({"flow": "f", "name": "urgent", "pool": "p", "queue": "urgent"}),
+    )
+    .await;
+    let past =
+        |minutes: i64| (chrono::Utc::now() - chrono::Duration::minutes(minutes)).to_rfc3339();
+    let old_normal = run(&s, "f/normal", json!({"scheduled_at": past(10)}))
+        .await
+        .1["id"]
+        .clone();
+    let new_urgent = run(&s, "f/urgent", json!({"scheduled_at": past(1)}))
+        .await
+        .1["id"]
+        .clone();
+    let newer_normal = run(&s, "f/normal", json!({"scheduled_at": past(5)}))
+        .await
+        .1["id"]
+        .clone();
+    let future = run(
+        &s,
+        "f/normal",
+        json!({"scheduled_at": (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339()}),
+    )
+    .await
+    .1["id"]
+        .clone();
+
+    let answer = claim(&s, "p", json!({"worker": "w1", "limit": 10})).await;
+    assert_eq!(
+        claimed_ids(&answer),
+        [
+            new_urgent.as_str().expect("id"),
+            old_normal.as_str().expect("id")
+        ],
+        "priority, then time, pool limit 2"
+    );
+    let answer = claim(&s, "p", json!({"worker": "w1", "limit": 10})).await;
+    assert!(claimed_ids(&answer).is_empty(), "the pool is full");
+
+    // Finishing one frees a slot; the future run is not due.
+    let id = new_urgent.as_str().expect("id");
+    let url = format!("{}/api/flow-runs/{id}/state", s.url);
+    for state in ["RUNNING", "COMPLETED"] {
+        let (status, answer) = http(
+            "POST",
+            &url,
+            Some(&json!({"type": state, "worker": "w1"}).to_string()),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let answer = claim(&s, "p", json!({"worker": "w1", "limit": 10})).await;
+    assert_eq!(claimed_ids(&answer), [newer_normal.as_str().expect("id")]);
+    assert_ne!(future, Value::Null);
+}
+
+#[tokio::test]
+async fn a_long_poll_answers_as_soon_as_a_run_is_created() {
+    let s = TestServer::start().await;
+    create_pool(&s, json!({"name": "p", "type": "process"})).await;
+    deployment(&s, json!({"flow": "f", "name": "d", "pool": "p"})).await;
+    let poller = {
+        let url = s.url.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let body = json!({"worker": "w1", "limit": 1, "wait_ms": 30_000}).to_string();
+            let answer = http(
+                "POST",
+                &format!("{url}/api/work-pools/p/claim"),
+                Some(&body),
+                None,
+            )
+            .await
+            .1;
+            (answer, started.elapsed())
+        })
+    };
+    // Create the run only once the poll is waiting (its claim marked the queue polled).
+    let polled = common::wait_until(Duration::from_secs(10), || {
+        s.control
+            .queue("p", "default")
+            .is_ok_and(|q| q.queue.last_polled.is_some())
+    })
+    .await;
+    assert!(polled);
+    let (_, created) = run(&s, "f/d", json!({})).await;
+    let (answer, elapsed) = poller.await.expect("join");
+    assert_eq!(claimed_ids(&answer), [created["id"].as_str().expect("id")]);
+    assert!(
+        elapsed < Duration::from_secs(30),
+        "answered by the event, not the timeout"
+    );
+}
+
+#[tokio::test]
+async fn transitions_follow_the_rules_and_replays_are_harmless() {
+    let s = TestServer::start().await;
+    create_pool(&s, json!({"name": "p", "type": "process"})).await;
+    deployment(&s, json!({"flow": "f", "name": "d", "pool": "p"})).await;
+    let id = run(&s, "f/d", json!({})).await.1["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let url = format!("{}/api/flow-runs/{id}/state", s.url);
+    let (status, answer) = http("POST", &url, Some(r#"{"type": "PENDING"}"#), None).await;
+    assert_eq!(status, 409, "only a claim: {answer}");
+    claim(&s, "p", json!({"worker": "w1", "limit": 1})).await;
+    let (status, _) = http(
+        "POST",
+        &url,
+        Some(r#"{"type": "RUNNING", "worker": "intruder"}"#),
+        None,
+    )
+    .await;
+    assert_eq!(status, 409);
+    let running = json!({"type": "RUNNING", "worker": "w1", "idempotency_key": "k-1"}).to_string();
+    let (status, first) = http("POST", &url, Some(&running), None).await;
+    assert_eq!((status, first["applied"].as_bool()), (200, Some(true)));
+    let (status, replay) = http("POST", &url, Some(&running), None).await;
+    assert_eq!(
+        (status, replay["applied"].as_bool()),
+        (200, Some(false)),
+        "{replay}"
+    );
+    let done = json!({"type": "FAILED", "worker": "w1", "exit_code": 3}).to_string();
+    assert_eq!(http("POST", &url, Some(&done), None).await.0, 200);
+    let (status, answer) = http(
+        "POST",
+        &url,
+        Some(r#"{"type": "RUNNING", "worker": "w1"}"#),
+        None,
+    )
+    .await;
+    assert_eq!(status, 409, "terminal is final: {answer}");
+    let (_, answer) = http("POST", &url, Some(r#"{"type": "BOGUS"}"#), None).await;
+    assert_eq!(answer["field"], "type");
+    let stored = s.control.run(&id).expect("run");
+    assert_eq!(stored.exit_code, Some(3));
+    let states: Vec<String> = stored
+        .history
+        .iter()
+        .chain([&stored.state])
+        .map(|st| st.state_type.to_string())
+        .collect();
+    assert_eq!(states, ["SCHEDULED", "PENDING", "RUNNING", "FAILED"]);
+}
+
+#[tokio::test]
+async fn cancel_is_immediate_for_scheduled_and_reaches_the_worker_otherwise() {
+    let s = TestServer::start().await;
+    create_pool(&s, json!({"name": "p", "type": "process"})).await;
+    deployment(&s, json!({"flow": "f", "name": "d", "pool": "p"})).await;
+    let waiting = run(
+        &s,
+        "f/d",
+        json!({"scheduled_at": (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339()}),
+    )
+    .await
+    .1;
+    let (status, cancelled) = http(
+        "POST",
+        &format!(
+            "{}/api/flow-runs/{}/cancel",
+            s.url,
+            waiting["id"].as_str().expect("id")
+        ),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, cancelled["state"]["type"].as_str()),
+        (200, Some("CANCELLED"))
+    );
+
+    let id = run(&s, "f/d", json!({})).await.1["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    claim(&s, "p", json!({"worker": "w1", "limit": 1})).await;
+    let (_, cancelling) = http(
+        "POST",
+        &format!("{}/api/flow-runs/{id}/cancel", s.url),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(cancelling["state"]["type"], "CANCELLING");
+    let answer = claim(
+        &s,
+        "p",
+        json!({"worker": "w1", "limit": 1, "wait_ms": 5000}),
+    )
+    .await;
+    assert_eq!(
+        answer["cancelling"],
+        json!([id]),
+        "the worker hears of it on its next poll"
+    );
+}
+
+#[tokio::test]
+async fn an_api_token_guards_everything_but_health() {
+    let s = TestServer::start_with(Some("s3cret"), ControlConfig::default()).await;
+    assert_eq!(
+        http("GET", &format!("{}/api/health", s.url), None, None)
+            .await
+            .0,
+        200
+    );
+    let (status, answer) = http("GET", &format!("{}/api/work-pools", s.url), None, None).await;
+    assert_eq!(status, 401, "{answer}");
+    assert_eq!(
+        http(
+            "GET",
+            &format!("{}/api/work-pools", s.url),
+            None,
+            Some("wrong")
+        )
+        .await
+        .0,
+        401
+    );
+    assert_eq!(
+        http("GET", &format!("{}/api/openapi.json", s.url), None, None)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        http(
+            "GET",
+            &format!("{}/api/work-pools", s.url),
+            None,
+            Some("s3cret")
+        )
+        .await
+        .0,
+        200
+    );
+    let (status, doc) = http(
+        "GET",
+        &format!("{}/api/openapi.json", s.url),
+        None,
+        Some("s3cret"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(doc["paths"]["/api/work-pools/{pool}/claim"]["post"].is_object());
+}
+
+#[tokio::test]
+async fn bad_query_parameters_are_4xx_naming_the_field() {
+    let s = TestServer::start().await;
+    for (query, field) in [
+        ("limit=lots", "limit"),
+        ("state=DONE", "state"),
+        ("limit=0", "limit"),
+        ("colour=red", ""),
+    ] {
+        let (status, answer) = http(
+            "GET",
+            &format!("{}/api/flow-runs?{query}", s.url),
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(status, 400, "{query}: {answer}");
+        if !field.is_empty() {
+            assert_eq!(answer["field"], field, "{query}: {answer}");
+        }
+    }
+    assert_eq!(
+        http("GET", &format!("{}/api/flow-runs/nope", s.url), None, None)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        http("GET", &format!("{}/api/nothing-here", s.url), None, None)
+            .await
+            .0,
+        404
+    );
+}
+
+#[tokio::test]
+async fn the_scheduler_keeps_runs_ahead_and_marks_late_ones() {
+    let config = ControlConfig {
+        late_after: Duration::from_millis(1),
+        ..ControlConfig::default()
+    };
+    let s = TestServer::start_with(None, config).await;
+    create_pool(&s, json!({"name": "p", "type": "process"})).await;
+    deployment(&s, json!({"flow": "f", "name": "every-10-min", "pool": "p", "schedules": [{"interval_seconds": 600}]})).await;
+    s.control.upkeep().await.expect("upkeep");
+    let upcoming = http(
+        "GET",
+        &format!("{}/api/work-pools/p/upcoming?limit=100", s.url),
+        None,
+        None,
+    )
+    .await
+    .1;
+    let times: Vec<chrono::DateTime<chrono::Utc>> = upcoming
+        .as_array()
+        .expect("runs")
+        .iter()
+        .map(|r| {
+            r["scheduled_at"]
+                .as_str()
+                .expect("time")
+                .parse()
+                .expect("time")
+        })
+        .collect();
+    assert!(
+        times.len() >= 6,
+        "an hour of 10-minute runs: {}",
+        times.len()
+    );
+    assert!(*times.last().expect("last") >= chrono::Utc::now() + chrono::Duration::minutes(50));
+    s.control.upkeep().await.expect("upkeep again");
+    let again = http(
+        "GET",
+        &format!("{}/api/work-pools/p/upcoming?limit=100", s.url),
+        None,
+        None,
+    )
+    .await
+    .1;
+    assert_eq!(
+        again.as_array().map(Vec::len),
+        Some(times.len()),
+        "no duplicates"
+    );
+
+    deployment(&s, json!({"flow": "f", "name": "manual", "pool": "p"})).await;
+    let id = run(
+        &s,
+        "f/manual",
+        json!({"scheduled_at": (chrono::Utc::now() - chrono::Duration::seconds(5)).to_rfc3339()}),
+    )
+    .await
+    .1["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    s.control.upkeep().await.expect("upkeep");
+    let late = s.control.run(&id).expect("run");
+    assert_eq!(
+        (late.state.state_type.as_str(), late.state.name.as_str()),
+        ("SCHEDULED", "Late")
+    );
+    let answer = claim(&s, "p", json!({"worker": "w1", "limit": 1})).await;
+    assert_eq!(claimed_ids(&answer), [id], "Late runs are still claimable");
+}
+
+#[tokio::test]
+async fn concurrent_claimers_each_take_every_run_exactly_once() {
+    const RUNS: usize = 2_000;
+    const CLAIMERS: usize = 8;
+    let s = TestServer::start().await;
+    create_pool(&s, json!({"name": "p", "type": "process"})).await;
+    deployment(&s, json!({"flow": "f", "name": "d", "pool": "p"})).await;
+    let mut creators = Vec::new();
+    for _ in 0..8 {
+        let control = s.control.clone();
+        creators.push(tokio::spawn(async move {
+            for _ in 0..RUNS / 8 {
+                control
+                    .create_run("f/d", Default::default())
+                    .await
+                    .expect("create");
+            }
+        }));
+    }
+    for c in creators {
+        c.await.expect("join");
+    }
+    let mut claimers = Vec::new();
+    for i in 0..CLAIMERS {
+        let client = s.client();
+        claimers.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let request = json!({"worker": format!("w{i}"), "limit": 7});
+                let answer: host::control::ClaimResponse = client
+                    .post("/api/work-pools/p/claim", &request)
+                    .await
+                    .expect("claim");
+                if answer.runs.is_empty() {
+                    return mine;
+                }
+                mine.extend(answer.runs.into_iter().map(|r| r.flow_run.id));
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for c in claimers {
+        all.extend(c.await.expect("join"));
+    }
+    let unique: HashSet<&String> = all.iter().collect();
+    assert_eq!(all.len(), RUNS, "every run claimed");
+    assert_eq!(unique.len(), RUNS, "none twice");
+}

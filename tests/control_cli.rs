@@ -1,0 +1,231 @@
+//! The control-plane CLI against a real `host serve` process.
+
+mod common;
+
+use common::{ServerProcess, host_cli};
+
+fn ok(url: &str, args: &[&str]) -> String {
+    let (code, out, err) = host_cli(url, args);
+    assert_eq!(code, 0, "host {args:?} failed: {err}");
+    out
+}
+
+fn fails(url: &str, args: &[&str]) -> String {
+    let (code, _, err) = host_cli(url, args);
+    assert_ne!(code, 0, "host {args:?} should fail");
+    assert!(err.starts_with("error: "), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    err
+}
+
+#[test]
+fn the_seed_story_up_to_a_scheduled_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(dir.path(), &[]);
+    let url = server.url.as_str();
+
+    let out = ok(
+        url,
+        &["work-pool", "create", "--type", "process", "my-pool"],
+    );
+    assert!(out.contains("Created work pool `my-pool`"), "{out}");
+    let table = ok(url, &["work-pool", "ls"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("my-pool") && l.contains("process") && l.contains("NOT_READY")),
+        "{table}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(url, &["work-pool", "ls", "--output", "json"])).expect("json");
+    assert_eq!(json[0]["name"], "my-pool");
+    assert!(ok(url, &["work-pool", "inspect", "my-pool"]).contains("{{ command }}"));
+    let template: serde_json::Value = serde_json::from_str(&ok(
+        url,
+        &[
+            "work-pool",
+            "get-default-base-job-template",
+            "--type",
+            "mock-serverless",
+        ],
+    ))
+    .expect("json");
+    assert!(template["variables"]["properties"]["cold_start_ms"].is_object());
+
+    assert!(
+        fails(url, &["work-pool", "create", "--type", "teleporter", "p2"])
+            .contains("unknown pool type `teleporter`")
+    );
+    assert!(
+        fails(
+            url,
+            &["work-pool", "create", "--type", "process", "my-pool"]
+        )
+        .contains("already exists")
+    );
+    assert!(fails(url, &["work-pool", "inspect", "nope"]).contains("does not exist"));
+
+    ok(
+        url,
+        &[
+            "work-queue",
+            "create",
+            "urgent",
+            "--pool",
+            "my-pool",
+            "--priority",
+            "1",
+        ],
+    );
+    let queues = ok(url, &["work-queue", "ls", "--pool", "my-pool"]);
+    let names: Vec<&str> = queues
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(names, ["urgent", "default"]);
+
+    let out = ok(
+        url,
+        &[
+            "deployment",
+            "create",
+            "hello/demo",
+            "--pool",
+            "my-pool",
+            "--param",
+            "who=world",
+            "--job-variable",
+            "env.GREETING=hi",
+            "--",
+            "echo",
+            "hi",
+        ],
+    );
+    assert!(out.contains("Created deployment `hello/demo`"), "{out}");
+    let out = ok(
+        url,
+        &[
+            "deployment",
+            "create",
+            "hello/demo",
+            "--pool",
+            "my-pool",
+            "--",
+            "echo",
+            "hi",
+        ],
+    );
+    assert!(
+        out.contains("Updated deployment"),
+        "idempotent by name: {out}"
+    );
+    assert!(
+        fails(
+            url,
+            &[
+                "deployment",
+                "create",
+                "hello/bad",
+                "--pool",
+                "my-pool",
+                "--job-variable",
+                "colour=red"
+            ]
+        )
+        .contains("job_variables.colour")
+    );
+    assert!(
+        fails(
+            url,
+            &["deployment", "create", "no-slash", "--pool", "my-pool"]
+        )
+        .contains("FLOW/NAME")
+    );
+
+    let out = ok(url, &["deployment", "run", "hello/demo"]);
+    assert!(out.contains("Scheduled"), "{out}");
+    let runs = ok(url, &["flow-run", "ls"]);
+    assert!(
+        runs.lines()
+            .any(|l| l.contains("hello/demo") && l.contains("SCHEDULED")),
+        "{runs}"
+    );
+    let preview = ok(url, &["work-pool", "preview", "my-pool"]);
+    assert_eq!(preview.lines().count(), 2, "{preview}");
+    let id = runs
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .expect("run id")
+        .to_string();
+    assert!(ok(url, &["flow-run", "inspect", &id]).contains("SCHEDULED (Scheduled)"));
+    assert!(ok(url, &["flow-run", "cancel", &id]).contains("CANCELLED"));
+    assert!(fails(url, &["flow-run", "cancel", &id]).contains("final"));
+    assert!(ok(url, &["worker", "ls", "--pool", "my-pool"]).starts_with("NAME"));
+}
+
+#[test]
+fn acknowledged_writes_survive_kill_9() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = ServerProcess::start(dir.path(), &[]);
+    ok(
+        &server.url,
+        &[
+            "work-pool",
+            "create",
+            "--type",
+            "mock-serverless",
+            "durable",
+        ],
+    );
+    ok(
+        &server.url,
+        &[
+            "deployment",
+            "create",
+            "f/d",
+            "--pool",
+            "durable",
+            "--interval",
+            "3600",
+        ],
+    );
+    for _ in 0..5 {
+        ok(&server.url, &["deployment", "run", "f/d"]);
+    }
+    server.kill(); // SIGKILL: no graceful shutdown
+    let server = ServerProcess::start(dir.path(), &[]);
+    assert!(ok(&server.url, &["work-pool", "ls"]).contains("durable"));
+    assert!(ok(&server.url, &["deployment", "ls"]).contains("f/d"));
+    let page: serde_json::Value = serde_json::from_str(&ok(
+        &server.url,
+        &[
+            "flow-run",
+            "ls",
+            "--deployment",
+            "f/d",
+            "--limit",
+            "100",
+            "--output",
+            "json",
+        ],
+    ))
+    .expect("json");
+    let manual = page["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .filter(|r| r["auto_scheduled"] == false)
+        .count();
+    assert_eq!(manual, 5);
+}
+
+#[test]
+fn an_unreachable_server_is_a_clear_error() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    drop(listener);
+    let err = fails(&url, &["work-pool", "ls"]);
+    assert!(err.contains("cannot reach the server"), "{err}");
+}
