@@ -100,14 +100,10 @@ fn claim_once(
         queue.last_polled = Some(now);
         w.put_queue(queue)?;
     }
-    let mut response = ClaimResponse::default();
-    for id in w.worker_runs(pool_name, &request.worker)? {
-        if let Some(run) = w.run(&id)?
-            && run.state.state_type == StateType::Cancelling
-        {
-            response.cancelling.push(id);
-        }
-    }
+    let mut response = ClaimResponse {
+        cancelling: w.worker_cancelling(pool_name, &request.worker)?,
+        ..Default::default()
+    };
     if pool.paused {
         return Ok(response);
     }

@@ -208,6 +208,22 @@ pub trait Records: Raw {
             .collect())
     }
 
+    /// CANCELLING runs held by a worker.
+    fn worker_cancelling(&self, pool: &str, worker: &str) -> Result<Vec<String>, ApiError> {
+        let prefix = format!("{pool}\0{worker}\0");
+        Ok(self
+            .raw_range(
+                tables::IDX_CANCELLING,
+                &prefix,
+                &prefix_end(&prefix),
+                false,
+                MAX_SCAN,
+            )?
+            .into_iter()
+            .map(|(_, id)| id_of(&id))
+            .collect())
+    }
+
     /// Future SCHEDULED runs the scheduler made for a deployment, by time.
     fn auto_scheduled(&self, deployment_id: &str) -> Result<Vec<(i64, String)>, ApiError> {
         let prefix = format!("{deployment_id}\0");
@@ -325,6 +341,12 @@ fn run_index_entries(run: &FlowRun) -> Vec<(Def, String)> {
         && let Some(worker) = &run.worker
     {
         entries.push((tables::IDX_WORKER, format!("{}\0{worker}\0{id}", run.pool)));
+        if state == StateType::Cancelling {
+            entries.push((
+                tables::IDX_CANCELLING,
+                format!("{}\0{worker}\0{id}", run.pool),
+            ));
+        }
     }
     entries
 }

@@ -24,10 +24,12 @@ pub const IDX_POOL: Def = TableDefinition::new("idx_pool");
 pub const IDX_DEPLOYMENT: Def = TableDefinition::new("idx_deployment");
 /// Active runs by the worker holding them.
 pub const IDX_WORKER: Def = TableDefinition::new("idx_worker");
+/// CANCELLING runs by the worker holding them: what a claim reports back.
+pub const IDX_CANCELLING: Def = TableDefinition::new("idx_cancelling");
 /// SCHEDULED runs the scheduler made, by deployment id and time.
 pub const IDX_AUTO: Def = TableDefinition::new("idx_auto");
 
-const ALL: [Def; 15] = [
+const ALL: [Def; 16] = [
     POOLS,
     QUEUES,
     WORKERS,
@@ -42,6 +44,7 @@ const ALL: [Def; 15] = [
     IDX_POOL,
     IDX_DEPLOYMENT,
     IDX_WORKER,
+    IDX_CANCELLING,
     IDX_AUTO,
 ];
 

@@ -1,0 +1,166 @@
+//! Control-plane benchmark: `cargo bench --bench control`.
+//!
+//! One in-process `host serve` on loopback (real HTTP, real redb file with
+//! durable commits) and 16 concurrent clients: flow-run creation and claim
+//! throughput, claim latency, `flow-run ls` with 100,000 runs stored, and the
+//! idle RSS of a real `host serve` process.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use common::TestServer;
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const CLIENTS: usize = 16;
+const RUNS: usize = 4_000;
+const STORED: usize = 100_000;
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort();
+    samples[((samples.len() as f64 - 1.0) * p) as usize]
+}
+
+#[tokio::main]
+async fn main() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    let _: serde_json::Value = client
+        .post(
+            "/api/work-pools",
+            &json!({"name": "bench", "type": "process"}),
+        )
+        .await
+        .expect("pool");
+    let _: serde_json::Value = client
+        .put(
+            "/api/deployments",
+            &json!({"flow": "f", "name": "d", "pool": "bench"}),
+        )
+        .await
+        .expect("deployment");
+
+    // Creation: 16 clients, RUNS in all.
+    let started = Instant::now();
+    let remaining = Arc::new(AtomicUsize::new(RUNS));
+    let mut tasks = Vec::new();
+    for _ in 0..CLIENTS {
+        let (client, remaining) = (server.client(), remaining.clone());
+        tasks.push(tokio::spawn(async move {
+            while remaining
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                let _: serde_json::Value = client
+                    .post("/api/deployments/f/d/runs", &json!({}))
+                    .await
+                    .expect("create");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("join");
+    }
+    let create_rate = RUNS as f64 / started.elapsed().as_secs_f64();
+
+    // Claims: 16 workers taking one run per call until none are left.
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..CLIENTS {
+        let client = server.client();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let t = Instant::now();
+                let answer: host::control::ClaimResponse = client
+                    .post(
+                        "/api/work-pools/bench/claim",
+                        &json!({"worker": format!("w{i}"), "limit": 1}),
+                    )
+                    .await
+                    .expect("claim");
+                if answer.runs.is_empty() {
+                    return latencies;
+                }
+                latencies.push(t.elapsed());
+            }
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.expect("join"));
+    }
+    let claim_rate = latencies.len() as f64 / started.elapsed().as_secs_f64();
+    assert_eq!(latencies.len(), RUNS, "every run claimed once");
+    let (p50, p99) = (
+        percentile(&mut latencies, 0.5),
+        percentile(&mut latencies, 0.99),
+    );
+
+    println!(
+        "flow-run creation: {create_rate:.0}/s ({RUNS} runs, {CLIENTS} clients, durable commits)"
+    );
+    println!("claim:             {claim_rate:.0}/s; latency p50 {p50:?}, p99 {p99:?}");
+
+    // 100,000 stored runs, then `flow-run ls` (first page of 100, as the CLI asks).
+    let to_store = STORED - RUNS;
+    let remaining = Arc::new(AtomicUsize::new(to_store));
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let (control, remaining) = (server.control.clone(), remaining.clone());
+        tasks.push(tokio::spawn(async move {
+            while remaining
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                control
+                    .create_run("f/d", Default::default())
+                    .await
+                    .expect("create");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("join");
+    }
+    for (label, query) in [
+        ("flow-run ls (newest 100)", "limit=100"),
+        (
+            "flow-run ls --state COMPLETED (none match)",
+            "limit=100&state=COMPLETED",
+        ),
+        ("flow-run ls --pool bench", "limit=100&pool=bench"),
+    ] {
+        let mut samples = Vec::new();
+        for _ in 0..200 {
+            let t = Instant::now();
+            let page: serde_json::Value = client
+                .get(&format!("/api/flow-runs?{query}"))
+                .await
+                .expect("ls");
+            samples.push(t.elapsed());
+            assert!(page["runs"].is_array());
+        }
+        println!(
+            "{label} with {STORED} runs stored: p50 {:?}, p99 {:?}",
+            percentile(&mut samples, 0.5),
+            percentile(&mut samples, 0.99)
+        );
+    }
+    drop(server);
+
+    // Idle RSS of the real server binary.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let process = common::ServerProcess::start(dir.path(), &[]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", process.child.id()))
+        .expect("proc status");
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .unwrap_or("VmRSS: ?");
+    println!("idle host serve {rss}");
+    println!("targets: creation and claim >= 1000/s; ls p50 < 50ms; idle server RSS < 40 MB");
+}
