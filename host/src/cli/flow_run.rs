@@ -184,7 +184,7 @@ async fn logs_after(
 /// Prints state changes and log lines until the run ends. Exit 0 only for COMPLETED.
 pub async fn watch(client: &Client, id: &str) -> anyhow::Result<ExitCode> {
     let mut after: Option<u64> = None;
-    let mut last_state: Option<(StateType, String)> = None;
+    let mut states_seen = 0;
     loop {
         let page = logs_after(client, id, after, 1_000).await?;
         for line in &page.lines {
@@ -192,17 +192,22 @@ pub async fn watch(client: &Client, id: &str) -> anyhow::Result<ExitCode> {
             after = Some(line.seq);
         }
         let run: FlowRun = client.get(&format!("/api/flow-runs/{id}")).await?;
-        let now = (run.state.state_type, run.state.name.clone());
-        if last_state.as_ref() != Some(&now) {
+        // Every state since the last look, so quick ones are not skipped.
+        let states: Vec<_> = run
+            .history
+            .iter()
+            .chain(std::iter::once(&run.state))
+            .collect();
+        for state in states.iter().skip(states_seen) {
             println!(
                 "{} {} ({}){}",
-                run.updated.format("%H:%M:%S%.3f"),
-                now.0,
-                now.1,
-                message(&run.state.message)
+                state.timestamp.format("%H:%M:%S%.3f"),
+                state.state_type,
+                state.name,
+                message(&state.message)
             );
-            last_state = Some(now);
         }
+        states_seen = states.len();
         if run.state.state_type.is_terminal() && page.lines.is_empty() {
             return Ok(if run.state.state_type == StateType::Completed {
                 ExitCode::SUCCESS

@@ -154,8 +154,9 @@ pub fn run() -> ExitCode {
 }
 
 fn init_tracing() {
+    // Workers log one line per run transition by default; the rest stays quiet.
     let filter = tracing_subscriber::EnvFilter::try_from_env("HOST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,host::worker=info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -3,11 +3,15 @@
 use super::output::{enum_text, print_json, print_table};
 use super::{ApiArgs, OutputFormat, RuntimeArgs};
 use crate::control::WorkerView;
+use crate::worker::{WorkerConfig, default_name, run_worker};
 use clap::Subcommand;
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Subcommand)]
 pub enum WorkerCommand {
+    /// Start a worker that claims the pool's runs and provisions them.
+    Start(StartArgs),
     /// List a pool's workers and whether they are online.
     Ls {
         #[arg(long)]
@@ -17,13 +21,78 @@ pub enum WorkerCommand {
     },
 }
 
+#[derive(clap::Args)]
+pub struct StartArgs {
+    #[arg(long)]
+    pool: String,
+    /// Only claim from these queues (repeatable); all of the pool's by default.
+    #[arg(long = "work-queue", short = 'q')]
+    work_queues: Vec<String>,
+    /// Runs in flight at most.
+    #[arg(long, default_value_t = 10)]
+    limit: usize,
+    /// Defaults to HOSTNAME-POOL, stable across restarts so runs are recovered.
+    #[arg(long)]
+    name: Option<String>,
+    /// Create the pool with this type if it does not exist.
+    #[arg(long = "type")]
+    pool_type: Option<String>,
+    /// Claim once, run what was claimed, exit.
+    #[arg(long)]
+    run_once: bool,
+    /// Serve GET /health (503 when the worker has not polled recently).
+    #[arg(long)]
+    with_healthcheck: bool,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    healthcheck_address: std::net::SocketAddr,
+    #[arg(long, default_value_t = 10)]
+    heartbeat_interval_seconds: u64,
+    /// How long each claim long-poll waits for work.
+    #[arg(long, default_value_t = 10)]
+    poll_seconds: u64,
+    /// On SIGINT/SIGTERM, how long in-flight runs may finish before the worker
+    /// leaves them to recovery and exits.
+    #[arg(long, default_value_t = 30)]
+    shutdown_grace_seconds: u64,
+    /// Grace period `stop` gives a run on cancel or timeout.
+    #[arg(long, default_value_t = 10)]
+    stop_grace_seconds: u32,
+}
+
 pub async fn run(
     command: WorkerCommand,
     api: &ApiArgs,
-    _runtime: &RuntimeArgs,
+    runtime: &RuntimeArgs,
 ) -> anyhow::Result<ExitCode> {
     let client = api.client();
     match command {
+        WorkerCommand::Start(args) => {
+            if args.limit == 0 {
+                anyhow::bail!("--limit: must be at least 1");
+            }
+            let config = WorkerConfig {
+                name: args.name.unwrap_or_else(|| default_name(&args.pool)),
+                pool: args.pool,
+                queues: (!args.work_queues.is_empty()).then_some(args.work_queues),
+                limit: args.limit,
+                pool_type: args.pool_type,
+                run_once: args.run_once,
+                heartbeat_interval: Duration::from_secs(args.heartbeat_interval_seconds.max(1)),
+                poll_wait: Duration::from_secs(args.poll_seconds.clamp(1, 60)),
+                shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
+                stop_grace_seconds: args.stop_grace_seconds,
+                healthcheck: args.with_healthcheck.then_some(args.healthcheck_address),
+                plugin_dir: runtime.plugin_dir.clone(),
+                api_url: api.api_url.clone(),
+            };
+            run_worker(
+                client,
+                runtime.runtime()?,
+                config,
+                super::serve::shutdown_signal(),
+            )
+            .await?;
+        }
         WorkerCommand::Ls { pool, output } => {
             let workers: Vec<WorkerView> = client
                 .get(&format!("/api/work-pools/{pool}/workers"))

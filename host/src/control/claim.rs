@@ -25,7 +25,7 @@ pub struct ClaimRequest {
     /// Only these queues; all of the pool's when absent.
     #[serde(default)]
     pub queues: Option<Vec<String>>,
-    /// The worker's free slots.
+    /// The worker's free slots; 0 asks only for cancellations.
     pub limit: u32,
     #[serde(default)]
     pub wait_ms: u64,
@@ -237,7 +237,7 @@ impl Control {
                     return Ok(true);
                 }
             }
-            if p.paused {
+            if p.paused || request.limit == 0 {
                 return Ok(false);
             }
             for queue in r.queues(pool)? {
@@ -253,7 +253,9 @@ impl Control {
         })
     }
 
-    /// When the earliest future run of the polled queues becomes due.
+    /// When the earliest run of the polled queues that is not yet due becomes
+    /// due. Runs already due but held back by a limit wake us through a change
+    /// (a finished run), not through time, so they cannot make this spin.
     fn next_due(
         &self,
         pool: &str,
@@ -266,7 +268,7 @@ impl Control {
                     .queues
                     .as_ref()
                     .is_none_or(|q| q.contains(&queue.name))
-                    && let Some(due) = r.next_due(pool, &queue.name)?
+                    && let Some(due) = r.next_due_after(pool, &queue.name, now())?
                 {
                     earliest = Some(earliest.map_or(due, |e| e.min(due)));
                 }
@@ -277,5 +279,38 @@ impl Control {
             let wait = micros.saturating_sub(now().timestamp_micros()).max(0);
             tokio::time::Instant::now() + Duration::from_micros(wait as u64)
         }))
+    }
+}
+
+impl Control {
+    /// The active runs a worker holds, resolved as a claim would give them:
+    /// what a restarted worker needs to recover them.
+    pub fn held_runs(&self, pool: &str, worker: &str) -> Result<Vec<ClaimedRun>, ApiError> {
+        self.store.read(|r| {
+            let pool = r
+                .pool(pool)?
+                .ok_or_else(|| ApiError::not_found(format!("work pool `{pool}` does not exist")))?;
+            let mut held = Vec::new();
+            for id in r.worker_runs(&pool.name, worker)? {
+                let Some(run) = r.run(&id)? else { continue };
+                let Some(deployment) = r
+                    .deployment(&run.deployment)?
+                    .filter(|d| d.id == run.deployment_id)
+                else {
+                    continue;
+                };
+                let (job_variables, job_configuration) =
+                    resolve_job(&pool, &deployment, &run.job_variables);
+                held.push(ClaimedRun {
+                    flow_run: run,
+                    deployment,
+                    pool_type: pool.pool_type.clone(),
+                    base_job_template: pool.base_job_template.clone(),
+                    job_variables,
+                    job_configuration,
+                });
+            }
+            Ok(held)
+        })
     }
 }

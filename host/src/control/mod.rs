@@ -83,9 +83,12 @@ pub struct Control {
     store: Store,
     catalog: Arc<Catalog>,
     config: Arc<ControlConfig>,
-    /// Bumped after every committed change to flow runs or their logs, so
-    /// long-polls (claim, log follow) wake at once instead of polling.
+    /// Bumped after every committed change to flow runs, pools or queues, so
+    /// long-polls (claim, watch) wake at once instead of polling.
     changes: Arc<watch::Sender<u64>>,
+    /// Bumped after log lines are appended (kept apart so chatty runs do not
+    /// wake every claim long-poll).
+    log_changes: Arc<watch::Sender<u64>>,
 }
 
 impl Control {
@@ -95,6 +98,7 @@ impl Control {
             catalog: Arc::new(catalog),
             config: Arc::new(config),
             changes: Arc::new(watch::channel(0).0),
+            log_changes: Arc::new(watch::channel(0).0),
         }
     }
 
@@ -116,6 +120,10 @@ impl Control {
 
     fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    fn logs_changed(&self) {
+        self.log_changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 

@@ -132,7 +132,7 @@ impl Control {
                 w.append_logs(&id, lines)
             })
             .await?;
-        self.changed();
+        self.logs_changed();
         Ok(next)
     }
 
@@ -146,7 +146,10 @@ impl Control {
     ) -> Result<(Vec<LogLine>, FlowRun), ApiError> {
         let deadline = tokio::time::Instant::now() + wait;
         let mut changes = self.subscribe();
+        let mut log_changes = self.log_changes.subscribe();
         loop {
+            changes.borrow_and_update();
+            log_changes.borrow_and_update();
             let (lines, run) = self.store.read(|r| {
                 let run = r.run(id)?.ok_or_else(|| run_not_found(id))?;
                 Ok((r.logs(id, after, limit.clamp(1, 10_000))?, run))
@@ -171,6 +174,7 @@ impl Control {
         let deadline = tokio::time::Instant::now() + wait;
         let mut changes = self.subscribe();
         loop {
+            changes.borrow_and_update();
             let run = self.run(id)?;
             if seen.is_none_or(|t| run.updated > t) || tokio::time::Instant::now() >= deadline {
                 return Ok(run);

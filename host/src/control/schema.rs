@@ -5,8 +5,21 @@
 use crate::error::ApiError;
 use serde_json::{Map, Value};
 
+/// Job variables the worker itself acts on, valid for every pool type. They
+/// are not passed to the plugin unless its template uses them.
+pub fn host_variables() -> Value {
+    serde_json::json!({
+        "timeout_seconds": {
+            "type": "integer",
+            "minimum": 1,
+            "description": "Stop the run and mark it FAILED when it runs longer than this"
+        }
+    })
+}
+
 /// Checks job variables against a template's `variables` schema. Every key
-/// must be a declared variable; `null` always passes (it means "unset").
+/// must be a declared variable (or a host variable); `null` always passes
+/// (it means "unset").
 pub fn validate_job_variables(
     field: &str,
     values: &Map<String, Value>,
@@ -14,9 +27,13 @@ pub fn validate_job_variables(
     pool: &str,
 ) -> Result<(), ApiError> {
     let properties = variables.get("properties").and_then(Value::as_object);
+    let host = host_variables();
     for (name, value) in values {
         let path = format!("{field}.{name}");
-        let Some(schema) = properties.and_then(|p| p.get(name)) else {
+        let Some(schema) = properties
+            .and_then(|p| p.get(name))
+            .or_else(|| host.get(name))
+        else {
             let known: Vec<&str> = properties
                 .map(|p| p.keys().map(String::as_str).collect())
                 .unwrap_or_default();

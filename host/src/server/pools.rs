@@ -6,7 +6,7 @@ use crate::control::{
     WorkerHeartbeat, WorkerView,
 };
 use crate::error::ApiError;
-use crate::model::FlowRun;
+use crate::model::{ClaimedRun, FlowRun};
 use crate::store::{Records, RunFilter};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -32,6 +32,10 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/api/work-pools/{pool}/workers", get(list_workers))
         .route("/api/work-pools/{pool}/workers/heartbeat", post(heartbeat))
+        .route(
+            "/api/work-pools/{pool}/workers/{worker}/runs",
+            get(held_runs),
+        )
         .route("/api/work-pools/{pool}/claim", post(claim))
         .route("/api/pool-types", get(pool_types))
         .route(
@@ -164,6 +168,14 @@ async fn heartbeat(
     Body(beat): Body<WorkerHeartbeat>,
 ) -> Result<Json<WorkerView>, ApiError> {
     Ok(Json(s.control.heartbeat(&pool, beat).await?))
+}
+
+/// Runs a worker holds (PENDING, RUNNING, CANCELLING), for its recovery after a restart.
+async fn held_runs(
+    State(s): State<AppState>,
+    Path((pool, worker)): Path<(String, String)>,
+) -> Result<Json<Vec<ClaimedRun>>, ApiError> {
+    Ok(Json(s.control.held_runs(&pool, &worker)?))
 }
 
 async fn claim(

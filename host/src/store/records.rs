@@ -173,10 +173,16 @@ pub trait Records: Raw {
             .collect())
     }
 
-    /// When the next SCHEDULED run of a queue is due, if any.
-    fn next_due(&self, pool: &str, queue: &str) -> Result<Option<i64>, ApiError> {
+    /// When the first SCHEDULED run of a queue due after `now` is due, if any.
+    fn next_due_after(
+        &self,
+        pool: &str,
+        queue: &str,
+        now: Timestamp,
+    ) -> Result<Option<i64>, ApiError> {
         let prefix = format!("{pool}\0{queue}\0");
-        let first = self.raw_range(tables::IDX_DUE, &prefix, &prefix_end(&prefix), false, 1)?;
+        let start = format!("{prefix}{}", time_key(now));
+        let first = self.raw_range(tables::IDX_DUE, &start, &prefix_end(&prefix), false, 1)?;
         Ok(first
             .first()
             .and_then(|(key, _)| key[prefix.len()..].split('\0').next()?.parse().ok()))
