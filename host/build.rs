@@ -24,6 +24,11 @@ const BUILTIN: &[Guest] = &[
 
 const TEST_GUESTS: &[Guest] = &[
     Guest {
+        name: "misbehave",
+        package: "guest-misbehave",
+        artifact: "guest_misbehave",
+    },
+    Guest {
         name: "trap_describe",
         package: "guest-trap-describe",
         artifact: "guest_trap_describe",

@@ -115,7 +115,11 @@ pub async fn http(
             .header("content-type", "application/json")
             .body(body.to_string());
     }
-    let response = request.send().await.expect("send");
+    // Status 0: nothing answered (the server is down or not up yet).
+    let response = match request.send().await {
+        Ok(response) => response,
+        Err(error) => return (0, serde_json::Value::String(error.to_string())),
+    };
     let status = response.status().as_u16();
     let text = response.text().await.expect("body");
     (
@@ -134,8 +138,13 @@ impl ServerProcess {
     pub fn start(data_dir: &Path, extra: &[&str]) -> ServerProcess {
         use std::io::BufRead;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_host"))
-            .args(["serve", "--port", "0", "--data-dir"])
+            .args(["serve", "--data-dir"])
             .arg(data_dir)
+            .args(if extra.contains(&"--port") {
+                &[][..]
+            } else {
+                &["--port", "0"][..]
+            })
             .args(extra)
             .env("HOST_CACHE_DIR", data_dir.join("cache"))
             .env_remove("HOST_API_TOKEN")
@@ -181,4 +190,99 @@ pub fn host_cli(url: &str, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A real `host worker start` process.
+pub struct WorkerProcess {
+    pub child: std::process::Child,
+}
+
+impl WorkerProcess {
+    pub fn start(url: &str, cache: &Path, args: &[&str]) -> WorkerProcess {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_host"))
+            .args([
+                "worker",
+                "start",
+                "--heartbeat-interval-seconds",
+                "1",
+                "--poll-seconds",
+                "5",
+            ])
+            .args(args)
+            .env("HOST_API_URL", url)
+            .env("HOST_CACHE_DIR", cache)
+            .env("HOST_LOG", "warn")
+            .env_remove("HOST_API_TOKEN")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("start host worker");
+        WorkerProcess { child }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then the exit status.
+    #[allow(unsafe_code)]
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls the API until `check` holds for the JSON at `path`, or panics after `timeout`.
+pub async fn eventually(
+    url: &str,
+    path: &str,
+    timeout: Duration,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (status, value) = http("GET", &format!("{url}{path}"), None, None).await;
+        if status == 200 && check(&value) {
+            return value;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out waiting on {path}: last answer {status} {value}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// States of all runs of a deployment, by id.
+pub async fn run_states(url: &str, deployment: &str) -> Vec<(String, String)> {
+    let mut states = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = format!("{url}/api/flow-runs?limit=1000&deployment={deployment}");
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={}", c.replace('\0', "%00")));
+        }
+        let (_, page) = http("GET", &path, None, None).await;
+        for run in page["runs"].as_array().into_iter().flatten() {
+            states.push((
+                run["id"].as_str().unwrap_or("").to_string(),
+                run["state"]["type"].as_str().unwrap_or("").to_string(),
+            ));
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) if page["runs"].as_array().is_some_and(|r| r.len() == 1000) => {
+                cursor = Some(next.to_string())
+            }
+            _ => return states,
+        }
+    }
 }

@@ -174,14 +174,16 @@ pub async fn run_worker(
     let mut claims = tokio::spawn(claim_loop(shared.clone(), stop.clone()));
     let cancellations = tokio::spawn(cancel_loop(shared.clone(), stop));
     tokio::pin!(shutdown);
-    tokio::select! {
-        _ = &mut shutdown => {}
-        _ = &mut claims => {}
-    }
+    let claims_done = tokio::select! {
+        _ = &mut shutdown => false,
+        _ = &mut claims => true,
+    };
     let _ = stop_tx.send(true);
     // An in-flight claim long-poll finishes on its own (see the module docs),
     // and the runs it returns are started like any other.
-    let _ = claims.await;
+    if !claims_done {
+        let _ = claims.await;
+    }
     drain(&shared, &abandon_tx).await;
     cancellations.abort();
     heartbeats.abort();
