@@ -21,6 +21,9 @@ use tokio::sync::{mpsc, watch};
 const OUTPUT_BUFFER_LINES: usize = 4096;
 /// Lines returned by one `read-output` call at most.
 const BATCH_LINES: usize = 1024;
+/// Finished processes whose exit stays answerable (`try-wait`, `inspect`).
+/// Beyond this, the finished ones are forgotten when a new one starts.
+const KEPT_FINISHED: usize = 1024;
 
 struct Child {
     output: tokio::sync::Mutex<mpsc::Receiver<(OutputStream, String)>>,
@@ -128,10 +131,14 @@ impl ProcessTable {
             output: tokio::sync::Mutex::new(lines_rx),
             exit: exit_rx,
         });
-        self.children
+        let mut children = self
+            .children
             .lock()
-            .map_err(|_| "process table poisoned".to_string())?
-            .insert(pid, entry);
+            .map_err(|_| "process table poisoned".to_string())?;
+        if children.len() >= KEPT_FINISHED {
+            children.retain(|_, child| child.exit.borrow().is_none());
+        }
+        children.insert(pid, entry);
         Ok(Spawned {
             pid,
             cwd: cwd.display().to_string(),
