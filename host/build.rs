@@ -11,6 +11,11 @@ use build_wasm::{Guest, build_guests};
 
 const BUILTIN: &[Guest] = &[
     Guest {
+        name: "docker",
+        package: "docker-plugin",
+        artifact: "docker_plugin",
+    },
+    Guest {
         name: "process",
         package: "process-plugin",
         artifact: "process_plugin",

@@ -60,7 +60,7 @@ fn plugin_ls_lists_the_builtins_with_their_capabilities() {
         .iter()
         .filter_map(|r| r["name"].as_str())
         .collect();
-    assert_eq!(names, ["mock-serverless", "process"]);
+    assert_eq!(names, ["docker", "mock-serverless", "process"]);
     assert_eq!(rows[0]["contract_version"], "0.1.0");
 }
 
@@ -81,10 +81,9 @@ fn plugin_inspect_shows_the_default_base_job_template() {
 
     let out = host.run(&["plugin", "inspect", "no-such-plugin"]);
     assert!(!out.status.success());
-    assert!(
-        stderr(&out)
-            .contains("no plugin named `no-such-plugin` (available: mock-serverless, process)")
-    );
+    assert!(stderr(&out).contains(
+        "no plugin named `no-such-plugin` (available: docker, mock-serverless, process)"
+    ));
 }
 
 #[test]
@@ -153,7 +152,7 @@ fn plugin_test_names_each_failed_check() {
     assert_eq!(out.status.code(), Some(1));
     let text = stdout(&out);
     assert!(
-        text.contains("FAILED  start-wait-destroy") && text.contains("exited with code 2"),
+        text.contains("FAILED  start-wait") && text.contains("exited with code 2"),
         "{text}"
     );
     assert!(
@@ -163,6 +162,6 @@ fn plugin_test_names_each_failed_check() {
     assert!(text.contains("ok      describe"), "{text}");
     assert_eq!(
         stderr(&out).trim_end(),
-        "error: 2 of 9 checks failed: start-wait-destroy, stop"
+        "error: 2 of 10 checks failed: start-wait, stop"
     );
 }

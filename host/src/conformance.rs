@@ -95,7 +95,7 @@ pub async fn run(plugin: &LoadedPlugin) -> Vec<Check> {
 
     let mut finished_handle = None;
     checks.push(
-        check("start-wait-destroy", async {
+        check("start-wait", async {
             let handle = plugin
                 .start(job(&configuration, "run"))
                 .await
@@ -104,19 +104,12 @@ pub async fn run(plugin: &LoadedPlugin) -> Vec<Check> {
             let exit = plugin
                 .wait(&handle, output.clone())
                 .await
-                .map_err(|e| format!("wait: {e}"))?;
-            finished_handle = Some(handle.clone());
+                .map_err(|e| format!("wait: {e}"));
+            finished_handle = Some(handle);
+            let exit = exit?;
             if exit.code != Some(0) {
                 return Err(format!("the example run did not succeed: {}", exit.message));
             }
-            plugin
-                .destroy(&handle)
-                .await
-                .map_err(|e| format!("destroy: {e}"))?;
-            plugin
-                .destroy(&handle)
-                .await
-                .map_err(|e| format!("destroy is not idempotent: {e}"))?;
             Ok(format!(
                 "{}; {} output line(s)",
                 exit.message,
@@ -140,6 +133,20 @@ pub async fn run(plugin: &LoadedPlugin) -> Vec<Check> {
             check("recover", async {
                 let status = plugin.recover(&handle).await.map_err(|e| e.to_string())?;
                 Ok(status_text(&status))
+            })
+            .await,
+        );
+        checks.push(
+            check("destroy", async {
+                plugin
+                    .destroy(&handle)
+                    .await
+                    .map_err(|e| format!("destroy: {e}"))?;
+                plugin
+                    .destroy(&handle)
+                    .await
+                    .map_err(|e| format!("destroy is not idempotent: {e}"))?;
+                Ok("released, twice".into())
             })
             .await,
         );

@@ -20,6 +20,11 @@ pub struct Builtin {
 
 pub const BUILTINS: &[Builtin] = &[
     Builtin {
+        name: "docker",
+        bytes: embedded::DOCKER,
+        grants: &[Capability::ContainerRuntime],
+    },
+    Builtin {
         name: "process",
         bytes: embedded::PROCESS,
         grants: &[Capability::Process],

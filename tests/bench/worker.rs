@@ -21,15 +21,14 @@ const BULK: usize = 1_000;
 
 fn millis(run: &Value, state: &str) -> Option<f64> {
     let created: chrono::DateTime<chrono::Utc> = run["created"].as_str()?.parse().ok()?;
-    let states = run["history"]
+    let mut states = run["history"]
         .as_array()?
         .iter()
         .chain(std::iter::once(&run["state"]));
-    let at: chrono::DateTime<chrono::Utc> =
-        states.filter(|s| s["type"] == state).last()?["timestamp"]
-            .as_str()?
-            .parse()
-            .ok()?;
+    let at: chrono::DateTime<chrono::Utc> = states.rfind(|s| s["type"] == state)?["timestamp"]
+        .as_str()?
+        .parse()
+        .ok()?;
     Some((at - created).num_microseconds()? as f64 / 1000.0)
 }
 

@@ -8,6 +8,6 @@ wasmtime::component::bindgen!({
     additional_derives: [PartialEq],
 });
 
-pub use host::infra::types::{
+pub use self::host::infra::types::{
     ErrorKind, ExitStatus, Job, OutputStream, PluginError, PluginInfo, RunStatus,
 };

@@ -103,11 +103,6 @@ pub enum LoadError {
     },
     #[error("{source_name}: imports `{import}`, which this host does not provide")]
     UnknownImport { source_name: String, import: String },
-    #[error("{source_name}: capability `{capability}` is not available in this build of host")]
-    Unavailable {
-        source_name: String,
-        capability: Capability,
-    },
     #[error("{source_name}: describe failed: {error}")]
     Describe { source_name: String, error: String },
     #[error("{source_name}: {message}")]
@@ -220,12 +215,6 @@ pub fn check_component(
         };
         if !grants.contains(capability) {
             return Err(LoadError::Ungranted {
-                source_name: source_name.into(),
-                capability,
-            });
-        }
-        if capability == Capability::ContainerRuntime {
-            return Err(LoadError::Unavailable {
                 source_name: source_name.into(),
                 capability,
             });

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use crate::capabilities::ProcessTable;
+use crate::capabilities::{ContainerTable, ProcessTable};
 
 /// The contract this host speaks: `host:infra@0.1.x`.
 pub const CONTRACT_PACKAGE: &str = "host:infra";
@@ -64,6 +64,7 @@ struct RuntimeInner {
     config: RuntimeConfig,
     cache: ComponentCache,
     processes: Arc<ProcessTable>,
+    containers: Arc<ContainerTable>,
 }
 
 impl Runtime {
@@ -92,6 +93,7 @@ impl Runtime {
                 cache: ComponentCache::new(config.cache_dir.clone()),
                 config,
                 processes: Arc::new(ProcessTable::new()?),
+                containers: Arc::new(ContainerTable::new()),
             }),
         })
     }
@@ -110,5 +112,11 @@ impl Runtime {
 
     pub(crate) fn processes(&self) -> &Arc<ProcessTable> {
         &self.inner.processes
+    }
+
+    /// The Docker connection plugins with `container-runtime` use; also what
+    /// `host deploy` builds images with.
+    pub fn containers(&self) -> &Arc<ContainerTable> {
+        &self.inner.containers
     }
 }

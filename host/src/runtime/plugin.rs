@@ -7,7 +7,7 @@ use super::load::{self, Capability, Grants, LoadError};
 use super::{
     CacheOutcome, ErrorKind, ExitStatus, Job, PluginError, PluginInfo, RunStatus, Runtime,
 };
-use crate::capabilities::{self, LogHost, OutputSink, ProcessHost};
+use crate::capabilities::{self, ContainerHost, LogHost, OutputSink, ProcessHost};
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -78,6 +78,7 @@ pub struct PluginState {
     stderr: MemoryOutputPipe,
     log: LogHost,
     process: ProcessHost,
+    containers: ContainerHost,
 }
 
 impl WasiView for PluginState {
@@ -285,6 +286,7 @@ impl LoadedPlugin {
             stderr,
             log: LogHost::new(self.info.name.clone(), sink),
             process: ProcessHost::new(self.runtime.processes().clone()),
+            containers: ContainerHost::new(self.runtime.containers().clone()),
         };
         let mut store = Store::new(self.runtime.engine(), state);
         store.limiter(|state| &mut state.memory);
@@ -375,8 +377,10 @@ fn linker_for(runtime: &Runtime, grants: &Grants) -> wasmtime::Result<Linker<Plu
                     &mut s.process
                 })?
             }
-            // Refused in `check_component` until the Docker capability lands.
-            Capability::ContainerRuntime => {}
+            Capability::ContainerRuntime => infra::container_runtime::add_to_linker::<
+                _,
+                HasSelf<ContainerHost>,
+            >(&mut linker, |s| &mut s.containers)?,
         }
     }
     infra::types::add_to_linker::<_, HasSelf<LogHost>>(&mut linker, |s| &mut s.log)?;

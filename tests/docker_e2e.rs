@@ -1,0 +1,270 @@
+//! The docker plugin against a real daemon, through a real server and worker.
+//! Without a reachable daemon each test prints why it skips.
+
+mod common;
+
+use common::docker::{self, Cleanup, TEST_IMAGE};
+use common::{ServerProcess, WorkerProcess, eventually, host_cli, http};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(90);
+
+struct Setup {
+    _cleanup: Cleanup,
+    label: String,
+    dir: tempfile::TempDir,
+    server: ServerProcess,
+}
+
+impl Setup {
+    /// A server, a docker pool, and a deployment whose containers carry a
+    /// label unique to this test (so cleanup finds exactly them).
+    fn new(deployment: &str, command: &[&str]) -> Setup {
+        let label = uuid::Uuid::new_v4().to_string();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = ServerProcess::start(dir.path(), &[]);
+        let setup = Setup {
+            _cleanup: Cleanup(label.clone()),
+            label,
+            dir,
+            server,
+        };
+        setup.ok(&["work-pool", "create", "--type", "docker", "my-docker-pool"]);
+        let labels = format!("labels.host.test={}", setup.label);
+        let args = [
+            &[
+                "deployment",
+                "create",
+                deployment,
+                "--pool",
+                "my-docker-pool",
+                "--image",
+                TEST_IMAGE,
+            ][..],
+            &[
+                "--job-variable",
+                "image_pull_policy=Never",
+                "--job-variable",
+                &labels,
+                "--",
+            ][..],
+            command,
+        ]
+        .concat();
+        setup.ok(&args);
+        setup
+    }
+
+    fn url(&self) -> &str {
+        &self.server.url
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = host_cli(&self.server.url, args);
+        assert_eq!(code, 0, "host {args:?}: {out}{err}");
+        out
+    }
+
+    fn worker(&self, name: &str) -> WorkerProcess {
+        WorkerProcess::start(
+            self.url(),
+            &self.dir.path().join("cache"),
+            &[
+                "--pool",
+                "my-docker-pool",
+                "--name",
+                name,
+                "--stop-grace-seconds",
+                "2",
+            ],
+        )
+    }
+
+    async fn run(&self, deployment: &str, body: Value) -> String {
+        let (status, run) = http(
+            "POST",
+            &format!("{}/api/deployments/{deployment}/runs", self.url()),
+            Some(&body.to_string()),
+            None,
+        )
+        .await;
+        assert_eq!(status, 201, "{run}");
+        run["id"].as_str().expect("id").to_string()
+    }
+
+    async fn wait_state(&self, id: &str, states: &[&str]) -> Value {
+        eventually(self.url(), &format!("/api/flow-runs/{id}"), LONG, |r| {
+            states.contains(&r["state"]["type"].as_str().unwrap_or(""))
+        })
+        .await
+    }
+
+    async fn final_state(&self, id: &str) -> Value {
+        self.wait_state(id, &["COMPLETED", "FAILED", "CRASHED", "CANCELLED"])
+            .await
+    }
+
+    async fn logs(&self, id: &str) -> Vec<String> {
+        let (_, page) = http(
+            "GET",
+            &format!("{}/api/flow-runs/{id}/logs", self.url()),
+            None,
+            None,
+        )
+        .await;
+        page["lines"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l["message"].as_str().map(String::from))
+            .collect()
+    }
+
+    fn containers(&self) -> Vec<String> {
+        docker::containers_with_label("host.test", &self.label)
+    }
+}
+
+#[test]
+fn the_docker_plugin_passes_the_conformance_suite() {
+    let Some(()) = docker::ready("the_docker_plugin_passes_the_conformance_suite") else {
+        return;
+    };
+    let cache = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_host"))
+        .args(["plugin", "test", "docker"])
+        .env("HOST_CACHE_DIR", cache.path())
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn runs_in_containers_end_as_their_exit_code_says() {
+    let Some(()) = docker::ready("runs_in_containers_end_as_their_exit_code_says") else {
+        return;
+    };
+    let setup = Setup::new(
+        "repo-info/default",
+        &[
+            "sh",
+            "-c",
+            "echo hello from a container: $HOST_FLOW_RUN_NAME; echo to stderr >&2",
+        ],
+    );
+    let _worker = setup.worker("docker-worker");
+    eventually(setup.url(), "/api/work-pools/my-docker-pool", LONG, |p| {
+        p["status"] == "READY"
+    })
+    .await;
+
+    let (code, out, err) = host_cli(
+        setup.url(),
+        &["deployment", "run", "repo-info/default", "--watch"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("hello from a container")
+            && out.contains("to stderr")
+            && out.contains("COMPLETED"),
+        "{out}"
+    );
+
+    let id = setup
+        .run(
+            "repo-info/default",
+            json!({"job_variables": {"command": "sh -c 'echo failing; exit 3'"}}),
+        )
+        .await;
+    let run = setup.final_state(&id).await;
+    assert_eq!(
+        (run["state"]["type"].as_str(), run["exit_code"].as_i64()),
+        (Some("FAILED"), Some(3)),
+        "{run}"
+    );
+    assert!(setup.logs(&id).await.contains(&"failing".to_string()));
+
+    let id = setup
+        .run(
+            "repo-info/default",
+            json!({"job_variables": {"image": "host-test-missing:never"}}),
+        )
+        .await;
+    let run = setup.final_state(&id).await;
+    assert_eq!(run["state"]["type"], "CRASHED", "{run}");
+    assert!(
+        run["state"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("image_pull_policy is Never")),
+        "{run}"
+    );
+
+    assert!(
+        setup.containers().is_empty(),
+        "destroy removed every container: {:?}",
+        setup.containers()
+    );
+}
+
+#[tokio::test]
+async fn a_container_killed_from_outside_or_cancelled_is_reported() {
+    let Some(()) = docker::ready("a_container_killed_from_outside_or_cancelled_is_reported") else {
+        return;
+    };
+    let setup = Setup::new("slow/job", &["sleep", "60"]);
+    let _worker = setup.worker("docker-worker");
+
+    let id = setup.run("slow/job", json!({})).await;
+    setup.wait_state(&id, &["RUNNING"]).await;
+    let container = docker::containers_with_label("host.flow-run-id", &id)
+        .pop()
+        .expect("the run's container");
+    docker::kill(&container).expect("docker kill");
+    let run = setup.final_state(&id).await;
+    assert_eq!(run["state"]["type"], "FAILED", "{run}");
+    assert_eq!(run["exit_code"], 137);
+    assert!(
+        run["state"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("killed by signal 9")),
+        "{run}"
+    );
+
+    let id = setup.run("slow/job", json!({})).await;
+    setup.wait_state(&id, &["RUNNING"]).await;
+    setup.ok(&["flow-run", "cancel", &id]);
+    let run = setup.final_state(&id).await;
+    assert_eq!(run["state"]["type"], "CANCELLED", "{run}");
+    assert!(
+        docker::containers_with_label("host.flow-run-id", &id).is_empty(),
+        "stopped and removed"
+    );
+}
+
+#[tokio::test]
+async fn a_restarted_worker_reattaches_to_its_container() {
+    let Some(()) = docker::ready("a_restarted_worker_reattaches_to_its_container") else {
+        return;
+    };
+    let setup = Setup::new(
+        "slow/job",
+        &["sh", "-c", "echo started; sleep 4; echo finished"],
+    );
+    let mut worker = setup.worker("stable-name");
+    let id = setup.run("slow/job", json!({})).await;
+    setup.wait_state(&id, &["RUNNING"]).await;
+    worker.kill();
+    let _worker = setup.worker("stable-name");
+    let run = setup.final_state(&id).await;
+    assert_eq!(run["state"]["type"], "COMPLETED", "{run}");
+    let logs = setup.logs(&id).await;
+    assert!(logs.iter().any(|l| l.contains("re-attached")), "{logs:?}");
+    assert!(logs.contains(&"finished".to_string()), "{logs:?}");
+    assert!(setup.containers().is_empty(), "{:?}", setup.containers());
+}
