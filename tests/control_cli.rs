@@ -229,3 +229,55 @@ fn an_unreachable_server_is_a_clear_error() {
     let err = fails(&url, &["work-pool", "ls"]);
     assert!(err.contains("cannot reach the server"), "{err}");
 }
+
+#[test]
+fn host_deploy_creates_and_updates_from_a_project_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(dir.path(), &[]);
+    let url = server.url.as_str();
+    ok(url, &["work-pool", "create", "--type", "process", "local"]);
+    let file = dir.path().join("host.yaml");
+    std::fs::write(
+        &file,
+        "deployments:\n  - flow: etl\n    name: hourly\n    pool: local\n    command: echo hourly\n    schedules: [{interval_seconds: 3600}]\n  - flow: etl\n    name: adhoc\n    pool: local\n    command: [sh, -c, 'echo adhoc']\n    parameters: {day: monday}\n",
+    )
+    .expect("write");
+    let file = file.to_str().expect("utf-8");
+    let err = fails(url, &["deploy", "--file", file]);
+    assert!(
+        err.contains("several deployments (etl/hourly, etl/adhoc); pass --name or --all"),
+        "{err}"
+    );
+    let out = ok(url, &["deploy", "--file", file, "--name", "adhoc"]);
+    assert!(
+        out.contains("Created deployment `etl/adhoc`") && !out.contains("hourly"),
+        "{out}"
+    );
+    let out = ok(url, &["deploy", "--file", file, "--all", "--no-prompt"]);
+    assert!(
+        out.contains("Updated deployment `etl/adhoc`")
+            && out.contains("Created deployment `etl/hourly`"),
+        "{out}"
+    );
+    let deployment: serde_json::Value = serde_json::from_str(&ok(
+        url,
+        &["deployment", "inspect", "etl/hourly", "--output", "json"],
+    ))
+    .expect("json");
+    assert_eq!(deployment["command"], serde_json::json!(["echo", "hourly"]));
+    assert_eq!(deployment["schedules"][0]["interval_seconds"], 3600);
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "deployments:\n  - flow: etl\n    nme: typo\n",
+    )
+    .expect("write");
+    let err = fails(
+        url,
+        &[
+            "deploy",
+            "--file",
+            dir.path().join("bad.yaml").to_str().expect("utf-8"),
+        ],
+    );
+    assert!(err.contains("unknown field `nme`"), "{err}");
+}

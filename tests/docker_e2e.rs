@@ -268,3 +268,60 @@ async fn a_restarted_worker_reattaches_to_its_container() {
     assert!(logs.contains(&"finished".to_string()), "{logs:?}");
     assert!(setup.containers().is_empty(), "{:?}", setup.containers());
 }
+
+#[tokio::test]
+async fn host_deploy_builds_the_example_image_and_its_run_completes() {
+    let Some(()) = docker::ready("host_deploy_builds_the_example_image_and_its_run_completes")
+    else {
+        return;
+    };
+    let label = uuid::Uuid::new_v4().to_string();
+    let _cleanup = Cleanup(label.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(dir.path(), &[]);
+    let url = server.url.as_str();
+    let (code, out, err) = host_cli(
+        url,
+        &["work-pool", "create", "--type", "docker", "my-docker-pool"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/repo-info/host.yaml"
+    );
+    let (code, out, err) = host_cli(url, &["deploy", "--file", file, "--no-prompt"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("Built image repo-info:latest")
+            && out.contains("Created deployment `repo-info/default`"),
+        "{out}"
+    );
+    let _worker = WorkerProcess::start(
+        url,
+        &dir.path().join("cache"),
+        &["--pool", "my-docker-pool"],
+    );
+    let labels = format!("labels.host.test={label}");
+    let (code, out, err) = host_cli(
+        url,
+        &[
+            "deployment",
+            "run",
+            "repo-info/default",
+            "--watch",
+            "--job-variable",
+            &labels,
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("Repository: bytecodealliance/wasmtime") && out.contains("Stars: 16800"),
+        "{out}"
+    );
+    let (code, out, _) = host_cli(url, &["deploy", "--file", file, "--no-prompt"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("Updated deployment `repo-info/default`"),
+        "idempotent: {out}"
+    );
+}

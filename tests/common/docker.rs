@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::Command;
 
 /// The image the tests run: busybox imported from a rootfs they assemble.
-pub const TEST_IMAGE: &str = "host-test-busybox:latest";
+pub const TEST_IMAGE: &str = "host-test-busybox:2";
 
 fn docker(args: &[&str]) -> Result<String, String> {
     let out = Command::new("docker")

@@ -1,6 +1,7 @@
 //! The `host` command line: one file per command group. Errors reach the edge as
 //! `anyhow` and leave as one line on stderr with a non-zero exit.
 
+mod deploy;
 mod deployment;
 mod flow_run;
 mod output;
@@ -98,6 +99,8 @@ enum Command {
     /// Create and manage a pool's work queues.
     #[command(subcommand)]
     WorkQueue(work_queue::WorkQueueCommand),
+    /// Create or update the deployments of a project file (host.yaml), building its image.
+    Deploy(deploy::DeployArgs),
     /// Create, inspect and run deployments.
     #[command(subcommand)]
     Deployment(deployment::DeploymentCommand),
@@ -138,6 +141,7 @@ pub fn run() -> ExitCode {
             Command::Serve(args) => serve::run(args, &cli.runtime, &cli.api).await,
             Command::WorkPool(command) => work_pool::run(command, &cli.api).await,
             Command::WorkQueue(command) => work_queue::run(command, &cli.api).await,
+            Command::Deploy(args) => deploy::run(args, &cli.api, &cli.runtime).await,
             Command::Deployment(command) => deployment::run(command, &cli.api).await,
             Command::FlowRun(command) => flow_run::run(command, &cli.api).await,
             Command::Worker(command) => worker::run(command, &cli.api, &cli.runtime).await,
