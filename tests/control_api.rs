@@ -728,3 +728,77 @@ async fn concurrent_claimers_each_take_every_run_exactly_once() {
     assert_eq!(all.len(), RUNS, "every run claimed");
     assert_eq!(unique.len(), RUNS, "none twice");
 }
+
+#[tokio::test]
+async fn runs_of_a_worker_that_stays_offline_are_crashed_with_the_reason() {
+    let config = ControlConfig {
+        crash_offline_after: Duration::ZERO,
+        ..ControlConfig::default()
+    };
+    let s = TestServer::start_with(None, config).await;
+    create_pool(&s, json!({"name": "p", "type": "process"})).await;
+    deployment(&s, json!({"flow": "f", "name": "d", "pool": "p"})).await;
+    let id = run(&s, "f/d", json!({})).await.1["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let beat = json!({"name": "w1", "heartbeat_interval_seconds": 1}).to_string();
+    http(
+        "POST",
+        &format!("{}/api/work-pools/p/workers/heartbeat", s.url),
+        Some(&beat),
+        None,
+    )
+    .await;
+    claim(&s, "p", json!({"worker": "w1", "limit": 1})).await;
+    let url = format!("{}/api/flow-runs/{id}/state", s.url);
+    http(
+        "POST",
+        &url,
+        Some(r#"{"type": "RUNNING", "worker": "w1"}"#),
+        None,
+    )
+    .await;
+    s.control.upkeep().await.expect("upkeep");
+    assert_eq!(
+        s.control.run(&id).expect("run").state.state_type.as_str(),
+        "RUNNING",
+        "still online"
+    );
+    // Three missed 1-second heartbeats make the worker OFFLINE.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        s.control.upkeep().await.expect("upkeep");
+        let stored = s.control.run(&id).expect("run");
+        if stored.state.state_type.is_terminal() {
+            assert_eq!(stored.state.state_type.as_str(), "CRASHED");
+            assert!(
+                stored
+                    .state
+                    .message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("`w1` stopped heartbeating")),
+                "{:?}",
+                stored.state
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "never crashed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let workers = http(
+        "GET",
+        &format!("{}/api/work-pools/p/workers", s.url),
+        None,
+        None,
+    )
+    .await
+    .1;
+    assert_eq!(workers[0]["status"], "OFFLINE");
+    assert_eq!(
+        http("GET", &format!("{}/api/work-pools/p", s.url), None, None)
+            .await
+            .1["status"],
+        "NOT_READY"
+    );
+}

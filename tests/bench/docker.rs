@@ -39,24 +39,62 @@ async fn main() {
     let url = server.url.as_str();
     for args in [
         &["work-pool", "create", "--type", "docker", "bench"][..],
-        &["deployment", "create", "bench/true", "--pool", "bench", "--image", TEST_IMAGE, "--job-variable", "image_pull_policy=Never", "--", "true"][..],
+        &[
+            "deployment",
+            "create",
+            "bench/true",
+            "--pool",
+            "bench",
+            "--image",
+            TEST_IMAGE,
+            "--job-variable",
+            "image_pull_policy=Never",
+            "--",
+            "true",
+        ][..],
     ] {
         let (code, out, err) = host_cli(url, args);
         assert_eq!(code, 0, "{out}{err}");
     }
     let _worker = WorkerProcess::start(url, &dir.path().join("cache"), &["--pool", "bench"]);
-    common::eventually(url, "/api/work-pools/bench", Duration::from_secs(30), |p| p["status"] == "READY").await;
+    common::eventually(url, "/api/work-pools/bench", Duration::from_secs(30), |p| {
+        p["status"] == "READY"
+    })
+    .await;
     let mut through_host = Vec::new();
     for _ in 0..RUNS {
-        let (_, run) = http("POST", &format!("{url}/api/deployments/bench/true/runs"), Some("{}"), None).await;
+        let (_, run) = http(
+            "POST",
+            &format!("{url}/api/deployments/bench/true/runs"),
+            Some("{}"),
+            None,
+        )
+        .await;
         let id = run["id"].as_str().expect("id").to_string();
-        let run = common::eventually(url, &format!("/api/flow-runs/{id}"), Duration::from_secs(60), |r| r["state"]["type"] == "COMPLETED").await;
-        let created: chrono::DateTime<chrono::Utc> = run["created"].as_str().expect("created").parse().expect("time");
-        let done: chrono::DateTime<chrono::Utc> = run["state"]["timestamp"].as_str().expect("time").parse().expect("time");
+        let run = common::eventually(
+            url,
+            &format!("/api/flow-runs/{id}"),
+            Duration::from_secs(60),
+            |r| r["state"]["type"] == "COMPLETED",
+        )
+        .await;
+        let created: chrono::DateTime<chrono::Utc> = run["created"]
+            .as_str()
+            .expect("created")
+            .parse()
+            .expect("time");
+        let done: chrono::DateTime<chrono::Utc> = run["state"]["timestamp"]
+            .as_str()
+            .expect("time")
+            .parse()
+            .expect("time");
         through_host.push((done - created).num_microseconds().unwrap_or(0) as f64 / 1000.0);
     }
     let (bare, host) = (median(&mut bare), median(&mut through_host));
     println!("docker run --rm {TEST_IMAGE} true: median {bare:.0} ms ({RUNS} runs)");
     println!("host, docker plugin, created -> COMPLETED: median {host:.0} ms ({RUNS} runs)");
-    println!("overhead: {:+.0}% (target < 20%)", (host / bare - 1.0) * 100.0);
+    println!(
+        "overhead: {:+.0}% (target < 20%)",
+        (host / bare - 1.0) * 100.0
+    );
 }
