@@ -98,3 +98,32 @@ async fn ship(client: Client, run_id: String, mut receiver: mpsc::Receiver<NewLo
         .await;
     }
 }
+
+/// A run's log stream: the sink plugins write into and the task shipping it.
+pub struct RunLog {
+    shipper: std::sync::Arc<LogShipper>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunLog {
+    pub fn start(client: Client, run_id: String) -> RunLog {
+        let (shipper, task) = LogShipper::start(client, run_id);
+        RunLog { shipper, task }
+    }
+
+    /// What a plugin's `wait` writes the workload's output into.
+    pub fn sink(&self) -> std::sync::Arc<LogShipper> {
+        self.shipper.clone()
+    }
+
+    /// A line from the worker itself.
+    pub fn push(&self, stream: &str, message: String) {
+        self.shipper.push(stream, message);
+    }
+
+    /// Sends what is queued and waits until it is sent.
+    pub async fn close(self) {
+        self.shipper.close();
+        let _ = self.task.await;
+    }
+}

@@ -2,7 +2,7 @@
 //! how it ended, clean up. Every report is idempotent (keyed by run and step),
 //! so retrying one after a lost answer cannot move the run twice.
 
-use super::logs::LogShipper;
+use super::logs::RunLog;
 use super::{Shared, retry};
 use crate::model::{ClaimedRun, StateType};
 use crate::orchestration::Transition;
@@ -32,14 +32,12 @@ pub(super) async fn execute(
 ) {
     let run_id = claimed.flow_run.id.clone();
     tracing::info!(flow_run_id = %run_id, pool = %shared.config.pool, worker = %shared.config.name, "PENDING: claimed");
-    let (logs, shipper) = LogShipper::start(shared.client.clone(), run_id.clone());
+    let log = RunLog::start(shared.client.clone(), run_id.clone());
     let configuration = claimed.job_configuration.to_string();
     if let Err(error) = shared.plugin.validate(&configuration).await {
-        finish(
+        log.finish(
             shared,
             &run_id,
-            &logs,
-            shipper,
             StateType::Crashed,
             format!("invalid job configuration: {error}"),
             None,
@@ -48,11 +46,9 @@ pub(super) async fn execute(
         return;
     }
     if *cancel.borrow() {
-        finish(
+        log.finish(
             shared,
             &run_id,
-            &logs,
-            shipper,
             StateType::Cancelled,
             "cancelled before it started".into(),
             None,
@@ -64,11 +60,9 @@ pub(super) async fn execute(
     let handle = match start_with_retries(shared, &run_id, job).await {
         Ok(handle) => handle,
         Err(error) => {
-            finish(
+            log.finish(
                 shared,
                 &run_id,
-                &logs,
-                shipper,
                 StateType::Crashed,
                 format!("start failed: {error}"),
                 None,
@@ -77,7 +71,7 @@ pub(super) async fn execute(
             return;
         }
     };
-    logs.push(
+    log.push(
         "worker",
         format!(
             "started on worker {} through the {} plugin",
@@ -98,7 +92,7 @@ pub(super) async fn execute(
         .job_variables
         .get("timeout_seconds")
         .and_then(Value::as_u64);
-    watch_run(shared, &run_id, &handle, timeout, cancel, logs, shipper).await;
+    watch_run(shared, &run_id, &handle, timeout, cancel, log).await;
 }
 
 /// Monitors a started run to its end and reports it.
@@ -108,8 +102,7 @@ async fn watch_run(
     handle: &str,
     timeout: Option<u64>,
     mut cancel: watch::Receiver<bool>,
-    logs: Arc<LogShipper>,
-    shipper: tokio::task::JoinHandle<()>,
+    log: RunLog,
 ) {
     let mut abandon = shared.abandon.clone();
     let timer = async {
@@ -119,7 +112,7 @@ async fn watch_run(
         }
     };
     let outcome = tokio::select! {
-        exit = shared.plugin.wait(handle, logs.clone()) => Outcome::Exited(exit),
+        exit = shared.plugin.wait(handle, log.sink()) => Outcome::Exited(exit),
         _ = cancel.wait_for(|c| *c) => Outcome::Cancelled,
         _ = timer => Outcome::TimedOut(timeout.unwrap_or(0)),
         _ = abandon.wait_for(|a| *a) => Outcome::Abandoned,
@@ -154,13 +147,12 @@ async fn watch_run(
             )
         }
         Outcome::Abandoned => {
-            logs.close();
-            let _ = shipper.await;
+            log.close().await;
             tracing::info!(flow_run_id = run_id, "left running for recovery");
             return;
         }
     };
-    finish(shared, run_id, &logs, shipper, state, message, exit_code).await;
+    log.finish(shared, run_id, state, message, exit_code).await;
     if let Err(error) = shared.plugin.destroy(handle).await {
         tracing::warn!(flow_run_id = run_id, %error, "destroy failed");
     }
@@ -176,31 +168,31 @@ async fn stop(shared: &Shared, run_id: &str, handle: &str) {
     }
 }
 
-/// Flushes the run's logs, then records its final state.
-async fn finish(
-    shared: &Shared,
-    run_id: &str,
-    logs: &LogShipper,
-    shipper: tokio::task::JoinHandle<()>,
-    state: StateType,
-    message: String,
-    exit_code: Option<i32>,
-) {
-    if state != StateType::Completed {
-        logs.push("worker", format!("{state}: {message}"));
+impl RunLog {
+    /// Flushes the run's logs, then records its final state.
+    async fn finish(
+        self,
+        shared: &Shared,
+        run_id: &str,
+        state: StateType,
+        message: String,
+        exit_code: Option<i32>,
+    ) {
+        if state != StateType::Completed {
+            self.push("worker", format!("{state}: {message}"));
+        }
+        self.close().await;
+        let transition = Transition {
+            to: Some(state),
+            message: Some(message.clone()),
+            worker: Some(shared.config.name.clone()),
+            idempotency_key: Some(format!("{run_id}:final")),
+            exit_code,
+            ..Transition::default()
+        };
+        report(shared, run_id, transition).await;
+        tracing::info!(flow_run_id = run_id, pool = %shared.config.pool, worker = %shared.config.name, %message, "{state}");
     }
-    logs.close();
-    let _ = shipper.await;
-    let transition = Transition {
-        to: Some(state),
-        message: Some(message.clone()),
-        worker: Some(shared.config.name.clone()),
-        idempotency_key: Some(format!("{run_id}:final")),
-        exit_code,
-        ..Transition::default()
-    };
-    report(shared, run_id, transition).await;
-    tracing::info!(flow_run_id = run_id, pool = %shared.config.pool, worker = %shared.config.name, %message, "{state}");
 }
 
 async fn report(shared: &Shared, run_id: &str, transition: Transition) {
@@ -284,37 +276,27 @@ pub(super) async fn recover(
     cancel: watch::Receiver<bool>,
 ) {
     let run_id = claimed.flow_run.id.clone();
-    let (logs, shipper) = LogShipper::start(shared.client.clone(), run_id.clone());
+    let log = RunLog::start(shared.client.clone(), run_id.clone());
     let Some(handle) = claimed.flow_run.infrastructure_handle.clone() else {
         // Claimed but never recorded as started: whether `start` ran is unknown.
         let message =
             "the worker restarted before this run's infrastructure was recorded".to_string();
-        finish(
-            shared,
-            &run_id,
-            &logs,
-            shipper,
-            StateType::Crashed,
-            message,
-            None,
-        )
-        .await;
+        log.finish(shared, &run_id, StateType::Crashed, message, None)
+            .await;
         return;
     };
     let cancelling = claimed.flow_run.state.state_type == StateType::Cancelling;
     match shared.plugin.recover(&handle).await {
         Ok(RunStatus::Pending | RunStatus::Running) => {
-            logs.push(
+            log.push(
                 "worker",
                 format!("re-attached after worker {} restarted", shared.config.name),
             );
             if cancelling {
                 stop(shared, &run_id, &handle).await;
-                finish(
+                log.finish(
                     shared,
                     &run_id,
-                    &logs,
-                    shipper,
                     StateType::Cancelled,
                     "cancelled; infrastructure stopped".into(),
                     None,
@@ -326,7 +308,7 @@ pub(super) async fn recover(
                 .job_variables
                 .get("timeout_seconds")
                 .and_then(Value::as_u64);
-            watch_run(shared, &run_id, &handle, timeout, cancel, logs, shipper).await;
+            watch_run(shared, &run_id, &handle, timeout, cancel, log).await;
         }
         Ok(RunStatus::Exited(exit)) => {
             let (state, code) = if exit.code == Some(0) && !cancelling {
@@ -336,11 +318,9 @@ pub(super) async fn recover(
             } else {
                 (StateType::Failed, exit.code)
             };
-            finish(
+            log.finish(
                 shared,
                 &run_id,
-                &logs,
-                shipper,
                 state,
                 format!("ended while the worker was away: {}", exit.message),
                 code,
@@ -349,11 +329,9 @@ pub(super) async fn recover(
             let _ = shared.plugin.destroy(&handle).await;
         }
         Ok(RunStatus::NotFound(why)) => {
-            finish(
+            log.finish(
                 shared,
                 &run_id,
-                &logs,
-                shipper,
                 StateType::Crashed,
                 format!("infrastructure lost while the worker was away: {why}"),
                 None,
@@ -361,11 +339,9 @@ pub(super) async fn recover(
             .await;
         }
         Err(error) => {
-            finish(
+            log.finish(
                 shared,
                 &run_id,
-                &logs,
-                shipper,
                 StateType::Crashed,
                 format!("recover failed: {error}"),
                 None,
