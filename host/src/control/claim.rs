@@ -6,7 +6,7 @@
 
 use super::{Control, now};
 use crate::error::ApiError;
-use crate::model::{ClaimedRun, Deployment, StateType, Timestamp, WorkPool};
+use crate::model::{ClaimedRun, Deployment, Timestamp, WorkPool};
 use crate::orchestration;
 use crate::store::{Records, Writer};
 use crate::store::{deployment_counter, pool_counter, queue_counter};
@@ -230,14 +230,15 @@ impl Control {
             let Some(p) = r.pool(pool)? else {
                 return Ok(true);
             };
-            for id in r.worker_runs(pool, &request.worker)? {
-                if r.run(&id)?
-                    .is_some_and(|run| run.state.state_type == StateType::Cancelling)
-                {
-                    return Ok(true);
-                }
+            if !r.worker_cancelling(pool, &request.worker)?.is_empty() {
+                return Ok(true);
             }
-            if p.paused || request.limit == 0 {
+            // A due run held back by a full pool or queue is not claimable:
+            // without these checks every change would cost a write for nothing.
+            if p.paused
+                || request.limit == 0
+                || slots_left(p.concurrency_limit, r.active_count(&pool_counter(pool))?) == 0
+            {
                 return Ok(false);
             }
             for queue in r.queues(pool)? {
@@ -245,7 +246,14 @@ impl Control {
                     .queues
                     .as_ref()
                     .is_none_or(|q| q.contains(&queue.name));
-                if wanted && !queue.paused && !r.due_runs(pool, &queue.name, now, 1)?.is_empty() {
+                if wanted
+                    && !queue.paused
+                    && slots_left(
+                        queue.concurrency_limit,
+                        r.active_count(&queue_counter(pool, &queue.name))?,
+                    ) > 0
+                    && !r.due_runs(pool, &queue.name, now, 1)?.is_empty()
+                {
                     return Ok(true);
                 }
             }
