@@ -160,7 +160,7 @@ async fn a_trap_in_describe_is_an_error_with_the_plugins_message() {
 #[tokio::test]
 async fn a_spinning_plugin_is_interrupted_and_the_host_carries_on() {
     let cache = tempfile::tempdir().expect("tempdir");
-    let rt = runtime_with(cache.path(), 200_000_000);
+    let rt = runtime_with(cache.path(), Duration::from_millis(200));
     let error = tokio::time::timeout(
         Duration::from_secs(60),
         plugins::load_file(&rt, Path::new(guests::LOOP_FOREVER), Grants::log_only()),

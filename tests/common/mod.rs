@@ -17,7 +17,7 @@ pub fn runtime(cache: &Path) -> Runtime {
     runtime_with(cache, RuntimeConfig::default().cpu_budget)
 }
 
-pub fn runtime_with(cache: &Path, cpu_budget: u64) -> Runtime {
+pub fn runtime_with(cache: &Path, cpu_budget: Duration) -> Runtime {
     Runtime::new(RuntimeConfig {
         cache_dir: Some(cache.to_path_buf()),
         cpu_budget,

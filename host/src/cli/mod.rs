@@ -65,21 +65,24 @@ pub struct RuntimeArgs {
         default_value_t = 256
     )]
     pub plugin_memory_mib: usize,
-    /// Wasm instructions one plugin call may execute (time blocked in host calls is free).
+    /// Seconds a plugin may compute without calling the host before it is
+    /// interrupted (time blocked in host calls does not count).
     #[arg(
         long,
         global = true,
-        env = "HOST_PLUGIN_CPU_BUDGET",
-        default_value_t = 10_000_000_000
+        env = "HOST_PLUGIN_CPU_SECONDS",
+        default_value_t = 10.0
     )]
-    pub plugin_cpu_budget: u64,
+    pub plugin_cpu_seconds: f64,
 }
 
 impl RuntimeArgs {
     pub fn runtime(&self) -> anyhow::Result<Runtime> {
         Runtime::new(RuntimeConfig {
             memory_limit_bytes: self.plugin_memory_mib << 20,
-            cpu_budget: self.plugin_cpu_budget,
+            cpu_budget: std::time::Duration::try_from_secs_f64(self.plugin_cpu_seconds).map_err(
+                |_| anyhow::anyhow!("--plugin-cpu-seconds: must be a positive number of seconds"),
+            )?,
             cache_dir: self
                 .cache_dir
                 .clone()

@@ -16,6 +16,7 @@ pub use plugin::{CallError, LoadedPlugin, PluginSource};
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::capabilities::{ContainerTable, ProcessTable};
@@ -28,10 +29,10 @@ pub const CONTRACT_VERSION: &str = "0.1.0";
 pub struct RuntimeConfig {
     /// Linear memory a plugin instance may use, in bytes.
     pub memory_limit_bytes: usize,
-    /// Wasm instructions (wasmtime fuel) a call may execute. Time spent blocked in
-    /// host calls costs nothing, so a `wait` on a long-running workload is fine
-    /// while a guest spinning on its own runs out.
-    pub cpu_budget: u64,
+    /// How long a guest may run without calling the host before it is
+    /// interrupted. Time blocked in host calls does not count, so a `wait` on a
+    /// workload that runs for hours is fine while a spinning guest is stopped.
+    pub cpu_budget: Duration,
     /// Plugin instances alive at once (calls in flight, e.g. `wait`s).
     pub max_instances: u32,
     /// Where compiled components are cached; `None` compiles every time.
@@ -42,7 +43,7 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
             memory_limit_bytes: 256 << 20,
-            cpu_budget: 10_000_000_000,
+            cpu_budget: Duration::from_secs(10),
             max_instances: 1000,
             cache_dir: ComponentCache::default_dir(),
         }
@@ -52,6 +53,26 @@ impl Default for RuntimeConfig {
 /// Per pooled slot: enough for a typical plugin call's heap. Costs at most
 /// this much RSS per slot actually used, not per slot configured.
 const KEEP_RESIDENT_BYTES: usize = 256 << 10;
+
+/// How often the engine's epoch advances: the granularity of the CPU bound.
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Advances the epoch until the engine is dropped.
+fn spawn_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    let spawned = std::thread::Builder::new()
+        .name("wasm-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::error!(%error, "cannot start the epoch ticker; spinning plugins will not be interrupted");
+    }
+}
 
 /// Shared by every plugin loaded in this process.
 #[derive(Clone)]
@@ -83,10 +104,11 @@ impl Runtime {
             .async_stack_keep_resident(KEEP_RESIDENT_BYTES / 8);
         let mut wasm = Config::new();
         wasm.wasm_component_model(true)
-            .consume_fuel(true)
+            .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
         let engine = Engine::new(&wasm)
             .map_err(|e| anyhow::anyhow!("cannot create the wasm engine: {e:#}"))?;
+        spawn_epoch_ticker(&engine);
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
                 engine,

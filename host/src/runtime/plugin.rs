@@ -42,9 +42,9 @@ pub enum CallError {
     #[error("plugin `{plugin}` trapped: {message}")]
     Trap { plugin: String, message: String },
     #[error(
-        "plugin `{plugin}` ran out of its CPU budget ({budget} instructions) without returning"
+        "plugin `{plugin}` computed for {seconds}s without calling the host and was stopped (its CPU budget)"
     )]
-    CpuBudget { plugin: String, budget: u64 },
+    CpuBudget { plugin: String, seconds: f64 },
     #[error(
         "plugin `{plugin}` exceeded its memory limit of {limit_mib} MiB (it asked for {requested_mib} MiB)"
     )]
@@ -79,10 +79,19 @@ pub struct PluginState {
     log: LogHost,
     process: ProcessHost,
     containers: ContainerHost,
+    /// Calls into the host so far; the CPU bound restarts its count at each.
+    host_calls: u64,
+    /// `host_calls` when the epoch callback last looked.
+    seen_host_calls: u64,
+    /// Epoch ticks the guest has been running without a host call.
+    spinning_ticks: u64,
+    cpu_exceeded: bool,
 }
 
 impl WasiView for PluginState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
+        // Every WASI call goes through here: it counts as calling the host.
+        self.host_calls += 1;
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
@@ -101,8 +110,6 @@ pub struct LoadedPlugin {
     pre: PluginPre<PluginState>,
     cache_outcome: CacheOutcome,
 }
-
-const FUEL_YIELD_INTERVAL: u64 = 100_000_000;
 
 /// Keeps a guest's stderr (panic messages) for error reports, bounded.
 const STDERR_CAPACITY: usize = 4096;
@@ -287,19 +294,33 @@ impl LoadedPlugin {
             log: LogHost::new(self.info.name.clone(), sink),
             process: ProcessHost::new(self.runtime.processes().clone()),
             containers: ContainerHost::new(self.runtime.containers().clone()),
+            host_calls: 0,
+            seen_host_calls: 0,
+            spinning_ticks: 0,
+            cpu_exceeded: false,
         };
         let mut store = Store::new(self.runtime.engine(), state);
         store.limiter(|state| &mut state.memory);
-        let budget = config.cpu_budget;
-        let setup = store
-            .set_fuel(budget)
-            // Yield to tokio now and then (every ~50 ms of guest work), so a
-            // spinning guest shares the thread. Short intervals cost a lot:
-            // 1M made a `describe` call twice as slow.
-            .and_then(|()| store.fuel_async_yield_interval(Some(FUEL_YIELD_INTERVAL)));
-        if let Err(e) = setup {
-            return Err(self.instantiate_error(e));
-        }
+        let budget_ticks =
+            (config.cpu_budget.as_millis() / super::EPOCH_TICK.as_millis()).max(1) as u64;
+        // The deadline is checked only while guest code runs. Each expiry asks:
+        // has the guest called the host since the last tick? If not for
+        // `budget_ticks` ticks in a row, it is spinning: stop it. Either way,
+        // yield so a busy guest shares its tokio thread.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |mut context| {
+            let state = context.data_mut();
+            if state.host_calls != state.seen_host_calls {
+                state.seen_host_calls = state.host_calls;
+                state.spinning_ticks = 0;
+            }
+            state.spinning_ticks += 1;
+            if state.spinning_ticks > budget_ticks {
+                state.cpu_exceeded = true;
+                return Err(wasmtime::Error::msg("plugin exceeded its CPU budget"));
+            }
+            Ok(wasmtime::UpdateDeadline::Yield(1))
+        });
         let instance = match self.pre.instantiate_async(&mut store).await {
             Ok(instance) => instance,
             Err(e) => return Err(self.classify(&store, e)),
@@ -307,13 +328,6 @@ impl LoadedPlugin {
         match f(&instance, &mut store).await {
             Ok(value) => Ok(value),
             Err(e) => Err(self.classify(&store, e)),
-        }
-    }
-
-    fn instantiate_error(&self, error: wasmtime::Error) -> CallError {
-        CallError::Instantiate {
-            plugin: self.info.name.clone(),
-            message: format!("{error:#}"),
         }
     }
 
@@ -328,9 +342,9 @@ impl LoadedPlugin {
             };
         }
         match error.downcast_ref::<Trap>() {
-            Some(Trap::OutOfFuel) => CallError::CpuBudget {
+            _ if state.cpu_exceeded => CallError::CpuBudget {
                 plugin,
-                budget: self.runtime.config().cpu_budget,
+                seconds: self.runtime.config().cpu_budget.as_secs_f64(),
             },
             Some(trap) => {
                 let said = String::from_utf8_lossy(&state.stderr.contents())
@@ -370,7 +384,10 @@ fn linker_for(runtime: &Runtime, grants: &Grants) -> wasmtime::Result<Linker<Plu
     for capability in grants.iter() {
         match capability {
             Capability::Log => {
-                infra::log::add_to_linker::<_, HasSelf<LogHost>>(&mut linker, |s| &mut s.log)?
+                infra::log::add_to_linker::<_, HasSelf<LogHost>>(&mut linker, |s| {
+                    s.host_calls += 1;
+                    &mut s.log
+                })?
             }
             Capability::Process => {
                 infra::process::add_to_linker::<_, HasSelf<ProcessHost>>(&mut linker, |s| {
@@ -380,10 +397,16 @@ fn linker_for(runtime: &Runtime, grants: &Grants) -> wasmtime::Result<Linker<Plu
             Capability::ContainerRuntime => infra::container_runtime::add_to_linker::<
                 _,
                 HasSelf<ContainerHost>,
-            >(&mut linker, |s| &mut s.containers)?,
+            >(&mut linker, |s| {
+                s.host_calls += 1;
+                &mut s.containers
+            })?,
         }
     }
-    infra::types::add_to_linker::<_, HasSelf<LogHost>>(&mut linker, |s| &mut s.log)?;
+    infra::types::add_to_linker::<_, HasSelf<LogHost>>(&mut linker, |s| {
+        s.host_calls += 1;
+        &mut s.log
+    })?;
     Ok(linker)
 }
 
