@@ -107,12 +107,12 @@ impl Control {
         check_user_name("flow", &spec.flow)?;
         check_user_name("name", &spec.name)?;
         let queue = spec.queue.clone().unwrap_or_else(|| "default".into());
-        check_user_name("queue", &queue)
-            .or_else(|e| if queue == "default" { Ok(()) } else { Err(e) })?;
+        check_user_name("queue", &queue)?;
         for (i, schedule) in spec.schedules.iter().enumerate() {
             check_schedule(&format!("schedules[{i}]"), schedule)?;
         }
-        if spec.command.iter().any(String::is_empty) && spec.command.len() == 1 {
+        // `-- ""` is a mistake; an empty argument among others may be meant.
+        if spec.command == [String::new()] {
             return Err(ApiError::bad_request(
                 "command",
                 "command: must not be empty",
