@@ -19,14 +19,12 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tokio::sync::mpsc;
 
-const OUTPUT_BUFFER_LINES: usize = 4096;
+use super::OUTPUT_BUFFER_LINES;
 
 /// The receiving end of one container's output follow.
 type Follow = Arc<tokio::sync::Mutex<mpsc::Receiver<(OutputStream, String)>>>;
-const BATCH_LINES: usize = 1024;
 
 /// The daemon connection and the live output follows.
 pub struct ContainerTable {
@@ -234,28 +232,7 @@ impl ContainerTable {
 
     pub async fn read_output(&self, id: &str, max_wait_ms: u32) -> Result<OutputBatch, String> {
         let follow = self.follow(id)?;
-        let mut output = follow.lock().await;
-        let mut lines = Vec::new();
-        let eof =
-            match tokio::time::timeout(Duration::from_millis(max_wait_ms.into()), output.recv())
-                .await
-            {
-                Err(_elapsed) => false,
-                Ok(None) => true,
-                Ok(Some(line)) => {
-                    lines.push(line);
-                    loop {
-                        if lines.len() >= BATCH_LINES {
-                            break false;
-                        }
-                        match output.try_recv() {
-                            Ok(line) => lines.push(line),
-                            Err(mpsc::error::TryRecvError::Empty) => break false,
-                            Err(mpsc::error::TryRecvError::Disconnected) => break true,
-                        }
-                    }
-                }
-            };
+        let (lines, eof) = super::next_batch(&mut *follow.lock().await, max_wait_ms).await;
         if eof && let Ok(mut follows) = self.follows.lock() {
             follows.remove(id);
         }

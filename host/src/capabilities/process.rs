@@ -12,15 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 use tokio::sync::{mpsc, watch};
 
-/// Lines buffered per process before readers wait for the plugin to drain them.
-const OUTPUT_BUFFER_LINES: usize = 4096;
-/// Lines returned by one `read-output` call at most.
-const BATCH_LINES: usize = 1024;
+use super::OUTPUT_BUFFER_LINES;
 /// Finished processes whose exit stays answerable (`try-wait`, `inspect`).
 /// Beyond this, the finished ones are forgotten when a new one starts.
 const KEPT_FINISHED: usize = 1024;
@@ -147,25 +143,8 @@ impl ProcessTable {
 
     async fn read_output(&self, pid: u32, max_wait_ms: u32) -> Result<OutputBatch, String> {
         let child = self.child(pid)?;
-        let mut output = child.output.lock().await;
-        let mut lines = Vec::new();
-        let first =
-            tokio::time::timeout(Duration::from_millis(max_wait_ms.into()), output.recv()).await;
-        match first {
-            Err(_elapsed) => return Ok(OutputBatch { lines, eof: false }),
-            Ok(None) => return Ok(OutputBatch { lines, eof: true }),
-            Ok(Some(line)) => lines.push(line),
-        }
-        while lines.len() < BATCH_LINES {
-            match output.try_recv() {
-                Ok(line) => lines.push(line),
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => {
-                    return Ok(OutputBatch { lines, eof: true });
-                }
-            }
-        }
-        Ok(OutputBatch { lines, eof: false })
+        let (lines, eof) = super::next_batch(&mut *child.output.lock().await, max_wait_ms).await;
+        Ok(OutputBatch { lines, eof })
     }
 
     async fn wait(&self, pid: u32) -> Result<ExitStatus, String> {
