@@ -26,8 +26,9 @@ pub fn time_key(t: Timestamp) -> String {
     format!("{:020}", t.timestamp_micros().max(0))
 }
 
-fn queue_key(pool: &str, queue: &str) -> String {
-    format!("{pool}\0{queue}")
+/// Key of a record that belongs to a pool: a queue or a worker.
+fn pool_member_key(pool: &str, name: &str) -> String {
+    format!("{pool}\0{name}")
 }
 
 /// Which flow runs to list; unset fields do not filter.
@@ -58,6 +59,21 @@ pub trait Records: Raw {
             .collect()
     }
 
+    /// The run ids an index holds for keys in `[start, end)`, in key order.
+    fn index_ids(
+        &self,
+        def: Def,
+        start: &str,
+        end: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, ApiError> {
+        Ok(self
+            .raw_range(def, start, end, false, limit)?
+            .into_iter()
+            .map(|(_, id)| id_of(&id))
+            .collect())
+    }
+
     fn pool(&self, name: &str) -> Result<Option<WorkPool>, ApiError> {
         self.get_json(tables::POOLS, name)
     }
@@ -65,7 +81,7 @@ pub trait Records: Raw {
         self.all_json(tables::POOLS, "")
     }
     fn queue(&self, pool: &str, name: &str) -> Result<Option<WorkQueue>, ApiError> {
-        self.get_json(tables::QUEUES, &queue_key(pool, name))
+        self.get_json(tables::QUEUES, &pool_member_key(pool, name))
     }
     /// A pool's queues, highest priority (lowest number) first.
     fn queues(&self, pool: &str) -> Result<Vec<WorkQueue>, ApiError> {
@@ -74,7 +90,7 @@ pub trait Records: Raw {
         Ok(queues)
     }
     fn worker(&self, pool: &str, name: &str) -> Result<Option<Worker>, ApiError> {
-        self.get_json(tables::WORKERS, &queue_key(pool, name))
+        self.get_json(tables::WORKERS, &pool_member_key(pool, name))
     }
     fn workers(&self, pool: &str) -> Result<Vec<Worker>, ApiError> {
         self.all_json(tables::WORKERS, &format!("{pool}\0"))
@@ -166,11 +182,7 @@ pub trait Records: Raw {
     ) -> Result<Vec<String>, ApiError> {
         let prefix = format!("{pool}\0{queue}\0");
         let end = format!("{prefix}{}\u{10FFFF}", time_key(now));
-        Ok(self
-            .raw_range(tables::IDX_DUE, &prefix, &end, false, limit)?
-            .into_iter()
-            .map(|(_, id)| id_of(&id))
-            .collect())
+        self.index_ids(tables::IDX_DUE, &prefix, &end, limit)
     }
 
     /// When the first SCHEDULED run of a queue due after `now` is due, if any.
@@ -190,44 +202,24 @@ pub trait Records: Raw {
 
     /// SCHEDULED runs whose time is before `before` and not yet marked Late.
     fn late_candidates(&self, before: Timestamp, limit: usize) -> Result<Vec<String>, ApiError> {
-        let end = time_key(before);
-        Ok(self
-            .raw_range(tables::IDX_LATE, "", &end, false, limit)?
-            .into_iter()
-            .map(|(_, id)| id_of(&id))
-            .collect())
+        self.index_ids(tables::IDX_LATE, "", &time_key(before), limit)
     }
 
     /// Active runs held by a worker.
     fn worker_runs(&self, pool: &str, worker: &str) -> Result<Vec<String>, ApiError> {
         let prefix = format!("{pool}\0{worker}\0");
-        Ok(self
-            .raw_range(
-                tables::IDX_WORKER,
-                &prefix,
-                &prefix_end(&prefix),
-                false,
-                MAX_SCAN,
-            )?
-            .into_iter()
-            .map(|(_, id)| id_of(&id))
-            .collect())
+        self.index_ids(tables::IDX_WORKER, &prefix, &prefix_end(&prefix), MAX_SCAN)
     }
 
     /// CANCELLING runs held by a worker.
     fn worker_cancelling(&self, pool: &str, worker: &str) -> Result<Vec<String>, ApiError> {
         let prefix = format!("{pool}\0{worker}\0");
-        Ok(self
-            .raw_range(
-                tables::IDX_CANCELLING,
-                &prefix,
-                &prefix_end(&prefix),
-                false,
-                MAX_SCAN,
-            )?
-            .into_iter()
-            .map(|(_, id)| id_of(&id))
-            .collect())
+        self.index_ids(
+            tables::IDX_CANCELLING,
+            &prefix,
+            &prefix_end(&prefix),
+            MAX_SCAN,
+        )
     }
 
     /// Future SCHEDULED runs the scheduler made for a deployment, by time.
@@ -366,24 +358,24 @@ impl Writer<'_> {
             self.delete_queue(name, &queue.name)?;
         }
         for worker in self.workers(name)? {
-            self.raw_delete(tables::WORKERS, &queue_key(name, &worker.name))?;
+            self.raw_delete(tables::WORKERS, &pool_member_key(name, &worker.name))?;
         }
         self.raw_delete(tables::POOLS, name)
     }
     pub fn put_queue(&mut self, queue: &WorkQueue) -> Result<(), ApiError> {
         self.raw_put(
             tables::QUEUES,
-            &queue_key(&queue.pool, &queue.name),
+            &pool_member_key(&queue.pool, &queue.name),
             &encode(queue)?,
         )
     }
     pub fn delete_queue(&mut self, pool: &str, name: &str) -> Result<(), ApiError> {
-        self.raw_delete(tables::QUEUES, &queue_key(pool, name))
+        self.raw_delete(tables::QUEUES, &pool_member_key(pool, name))
     }
     pub fn put_worker(&mut self, worker: &Worker) -> Result<(), ApiError> {
         self.raw_put(
             tables::WORKERS,
-            &queue_key(&worker.pool, &worker.name),
+            &pool_member_key(&worker.pool, &worker.name),
             &encode(worker)?,
         )
     }
