@@ -5,9 +5,7 @@ mod common;
 use common::{ServerProcess, host_cli};
 
 fn ok(url: &str, args: &[&str]) -> String {
-    let (code, out, err) = host_cli(url, args);
-    assert_eq!(code, 0, "host {args:?} failed: {err}");
-    out
+    common::host_ok(url, args)
 }
 
 fn fails(url: &str, args: &[&str]) -> String {

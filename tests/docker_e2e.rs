@@ -4,7 +4,7 @@
 mod common;
 
 use common::docker::{self, Cleanup, TEST_IMAGE};
-use common::{ServerProcess, WorkerProcess, eventually, host_cli, http};
+use common::{ServerProcess, WorkerProcess, eventually, host_cli};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -61,9 +61,7 @@ impl Setup {
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let (code, out, err) = host_cli(&self.server.url, args);
-        assert_eq!(code, 0, "host {args:?}: {out}{err}");
-        out
+        common::host_ok(&self.server.url, args)
     }
 
     fn worker(&self, name: &str) -> WorkerProcess {
@@ -82,43 +80,19 @@ impl Setup {
     }
 
     async fn run(&self, deployment: &str, body: Value) -> String {
-        let (status, run) = http(
-            "POST",
-            &format!("{}/api/deployments/{deployment}/runs", self.url()),
-            Some(&body.to_string()),
-            None,
-        )
-        .await;
-        assert_eq!(status, 201, "{run}");
-        run["id"].as_str().expect("id").to_string()
+        common::create_run(self.url(), deployment, body).await
     }
 
     async fn wait_state(&self, id: &str, states: &[&str]) -> Value {
-        eventually(self.url(), &format!("/api/flow-runs/{id}"), LONG, |r| {
-            states.contains(&r["state"]["type"].as_str().unwrap_or(""))
-        })
-        .await
+        common::run_in_state(self.url(), id, states, LONG).await
     }
 
     async fn final_state(&self, id: &str) -> Value {
-        self.wait_state(id, &["COMPLETED", "FAILED", "CRASHED", "CANCELLED"])
-            .await
+        common::final_run(self.url(), id, LONG).await
     }
 
     async fn logs(&self, id: &str) -> Vec<String> {
-        let (_, page) = http(
-            "GET",
-            &format!("{}/api/flow-runs/{id}/logs", self.url()),
-            None,
-            None,
-        )
-        .await;
-        page["lines"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|l| l["message"].as_str().map(String::from))
-            .collect()
+        common::run_logs(self.url(), id).await
     }
 
     fn containers(&self) -> Vec<String> {

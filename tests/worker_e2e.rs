@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{ServerProcess, WorkerProcess, eventually, host_cli, http, run_states};
+use common::{
+    ServerProcess, WorkerProcess, create_run, eventually, host_cli, run_logs, run_states,
+};
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::path::Path;
@@ -13,39 +15,11 @@ use std::time::Duration;
 const LONG: Duration = Duration::from_secs(60);
 
 fn ok(url: &str, args: &[&str]) -> String {
-    let (code, out, err) = host_cli(url, args);
-    assert_eq!(code, 0, "host {args:?} failed: {out}{err}");
-    out
-}
-
-async fn create_run(url: &str, deployment: &str, body: Value) -> String {
-    let (status, run) = http(
-        "POST",
-        &format!("{url}/api/deployments/{deployment}/runs"),
-        Some(&body.to_string()),
-        None,
-    )
-    .await;
-    assert_eq!(status, 201, "{run}");
-    run["id"].as_str().expect("id").to_string()
+    common::host_ok(url, args)
 }
 
 async fn final_run(url: &str, id: &str) -> Value {
-    eventually(url, &format!("/api/flow-runs/{id}"), LONG, |r| {
-        ["COMPLETED", "FAILED", "CRASHED", "CANCELLED"]
-            .contains(&r["state"]["type"].as_str().unwrap_or(""))
-    })
-    .await
-}
-
-async fn logs(url: &str, id: &str) -> Vec<String> {
-    let (_, page) = http("GET", &format!("{url}/api/flow-runs/{id}/logs"), None, None).await;
-    page["lines"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|l| l["message"].as_str().map(String::from))
-        .collect()
+    common::final_run(url, id, LONG).await
 }
 
 fn free_port() -> u16 {
@@ -289,7 +263,7 @@ async fn a_killed_worker_recovers_its_runs_on_restart() {
         let run = final_run(url, id).await;
         assert_eq!(run["state"]["type"], "COMPLETED", "re-attached: {run}");
         assert!(
-            logs(url, id)
+            run_logs(url, id)
                 .await
                 .iter()
                 .any(|l| l.contains("re-attached"))

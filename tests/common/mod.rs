@@ -288,3 +288,53 @@ pub async fn run_states(url: &str, deployment: &str) -> Vec<(String, String)> {
         }
     }
 }
+
+/// Runs the `host` binary and returns its stdout, failing the test on a non-zero exit.
+pub fn host_ok(url: &str, args: &[&str]) -> String {
+    let (code, out, err) = host_cli(url, args);
+    assert_eq!(code, 0, "host {args:?} failed: {out}{err}");
+    out
+}
+
+/// Creates a run of `deployment` (FLOW/NAME) through the API; returns its id.
+pub async fn create_run(url: &str, deployment: &str, body: serde_json::Value) -> String {
+    let path = format!("{url}/api/deployments/{deployment}/runs");
+    let (status, run) = http("POST", &path, Some(&body.to_string()), None).await;
+    assert_eq!(status, 201, "{run}");
+    run["id"].as_str().expect("id").to_string()
+}
+
+/// The run once it is in one of `states`; panics after `timeout`.
+pub async fn run_in_state(
+    url: &str,
+    id: &str,
+    states: &[&str],
+    timeout: Duration,
+) -> serde_json::Value {
+    eventually(url, &format!("/api/flow-runs/{id}"), timeout, |r| {
+        states.contains(&r["state"]["type"].as_str().unwrap_or(""))
+    })
+    .await
+}
+
+/// The run once it reached a terminal state; panics after `timeout`.
+pub async fn final_run(url: &str, id: &str, timeout: Duration) -> serde_json::Value {
+    run_in_state(
+        url,
+        id,
+        &["COMPLETED", "FAILED", "CRASHED", "CANCELLED"],
+        timeout,
+    )
+    .await
+}
+
+/// The messages of a run's log lines.
+pub async fn run_logs(url: &str, id: &str) -> Vec<String> {
+    let (_, page) = http("GET", &format!("{url}/api/flow-runs/{id}/logs"), None, None).await;
+    page["lines"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["message"].as_str().map(String::from))
+        .collect()
+}
