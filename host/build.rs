@@ -69,6 +69,36 @@ const TEST_GUESTS: &[Guest] = &[
         artifact: "guest_nonconforming",
     },
     Guest {
+        name: "describe_flood",
+        package: "guest-describe-flood",
+        artifact: "guest_describe_flood",
+    },
+    Guest {
+        name: "hostile",
+        package: "guest-hostile",
+        artifact: "guest_hostile",
+    },
+    Guest {
+        name: "broken_stop",
+        package: "guest-broken-stop",
+        artifact: "guest_broken_stop",
+    },
+    Guest {
+        name: "broken_destroy",
+        package: "guest-broken-destroy",
+        artifact: "guest_broken_destroy",
+    },
+    Guest {
+        name: "broken_output",
+        package: "guest-broken-output",
+        artifact: "guest_broken_output",
+    },
+    Guest {
+        name: "broken_describe",
+        package: "guest-broken-describe",
+        artifact: "guest_broken_describe",
+    },
+    Guest {
         name: "hello_example",
         package: "hello-plugin",
         artifact: "hello_plugin",

@@ -12,9 +12,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The flow run every job here is for: the capabilities' scope.
+const RUN: &str = "11111111-2222-4333-8444-555555555555";
+
 fn job(configuration: serde_json::Value, command: &[&str]) -> Job {
     Job {
-        flow_run_id: "11111111-2222-4333-8444-555555555555".into(),
+        flow_run_id: RUN.into(),
         flow_run_name: "test-run".into(),
         configuration: configuration.to_string(),
         env: vec![("GREETING".into(), "hi there".into())],
@@ -258,7 +261,7 @@ async fn process_plugin_streams_output_and_reports_the_exit_code() {
         .await
         .expect("start");
     let output = Arc::new(CollectOutput::default());
-    let exit = process.wait(&handle, output.clone()).await.expect("wait");
+    let exit = process.wait(RUN, &handle, output.clone()).await.expect("wait");
     assert_eq!(exit.code, Some(3));
     let lines: Vec<String> = output.lines().into_iter().map(|(_, line)| line).collect();
     assert!(lines.contains(&"hi there".to_string()), "{lines:?}");
@@ -266,7 +269,7 @@ async fn process_plugin_streams_output_and_reports_the_exit_code() {
     let cwd: serde_json::Value = serde_json::from_str(&handle).expect("handle is JSON");
     let cwd = cwd["cwd"].as_str().expect("cwd").to_string();
     assert!(Path::new(&cwd).is_dir());
-    process.destroy(&handle).await.expect("destroy");
+    process.destroy(RUN, &handle).await.expect("destroy");
     assert!(!Path::new(&cwd).exists(), "destroy removes the temp dir");
 }
 
@@ -290,24 +293,24 @@ async fn process_stop_terminates_the_whole_group_then_kills() {
         let process = process.clone();
         let handle = handle.clone();
         let output = output.clone();
-        tokio::spawn(async move { process.wait(&handle, output).await })
+        tokio::spawn(async move { process.wait(RUN, &handle, output).await })
     };
     assert!(
         common::wait_until(Duration::from_secs(10), || !output.lines().is_empty()).await,
         "started"
     );
     assert_eq!(
-        process.inspect(&handle).await.expect("inspect"),
+        process.inspect(RUN, &handle).await.expect("inspect"),
         RunStatus::Running
     );
-    process.stop(&handle, 1).await.expect("stop");
+    process.stop(RUN, &handle, 1).await.expect("stop");
     let exit = tokio::time::timeout(Duration::from_secs(10), waiter)
         .await
         .expect("ends")
         .expect("join")
         .expect("wait");
     assert_eq!(exit.signal, Some(9), "{exit:?}");
-    process.destroy(&handle).await.expect("destroy");
+    process.destroy(RUN, &handle).await.expect("destroy");
 }
 
 #[tokio::test]
@@ -368,7 +371,7 @@ async fn mock_serverless_simulates_throttling_failures_and_crashes() {
     failing["failure_rate"] = 1.0.into();
     let handle = mock.start(job(failing, &[])).await.expect("start");
     let exit = mock
-        .wait(&handle, host::capabilities::discard_output())
+        .wait(RUN, &handle, host::capabilities::discard_output())
         .await
         .expect("wait");
     assert_eq!(exit.code, Some(1));
@@ -378,13 +381,13 @@ async fn mock_serverless_simulates_throttling_failures_and_crashes() {
     let handle = mock.start(job(exit3, &[])).await.expect("start");
     let output = Arc::new(CollectOutput::default());
     assert_eq!(
-        mock.wait(&handle, output.clone()).await.expect("wait").code,
+        mock.wait(RUN, &handle, output.clone()).await.expect("wait").code,
         Some(3)
     );
     assert_eq!(output.lines().len(), 2);
     // No state between calls: the same handle answers the same later.
     assert!(
-        matches!(mock.recover(&handle).await.expect("recover"), RunStatus::Exited(e) if e.code == Some(3))
+        matches!(mock.recover(RUN, &handle).await.expect("recover"), RunStatus::Exited(e) if e.code == Some(3))
     );
 
     let mut crashing = fast.clone();
@@ -392,7 +395,7 @@ async fn mock_serverless_simulates_throttling_failures_and_crashes() {
     crashing["crash_after_ms"] = 5.into();
     let handle = mock.start(job(crashing, &[])).await.expect("start");
     let error = mock
-        .wait(&handle, host::capabilities::discard_output())
+        .wait(RUN, &handle, host::capabilities::discard_output())
         .await
         .expect_err("crash");
     assert!(error.to_string().contains("crashed"), "{error}");
@@ -401,7 +404,7 @@ async fn mock_serverless_simulates_throttling_failures_and_crashes() {
     slow["cold_start_ms"] = 60_000.into();
     let handle = mock.start(job(slow, &[])).await.expect("start");
     assert_eq!(
-        mock.inspect(&handle).await.expect("inspect"),
+        mock.inspect(RUN, &handle).await.expect("inspect"),
         RunStatus::Pending
     );
 }

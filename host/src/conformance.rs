@@ -1,8 +1,13 @@
 //! The conformance suite behind `host plugin test`: what every infrastructure
-//! plugin must do, checked against the plugin's own example.
+//! plugin must do, checked against the plugin's own examples.
+//!
+//! The suite does not take the plugin's word: the host knows what a plugin
+//! created through its capabilities, so "stop stopped it" and "destroy left
+//! nothing behind" are checked against those records, and the capabilities
+//! `describe` lists against the component's real imports.
 
 use crate::capabilities::CollectOutput;
-use crate::runtime::{CallError, ErrorKind, Job, LoadedPlugin, RunStatus};
+use crate::runtime::{CallError, Capability, ErrorKind, Job, LoadedPlugin, RunStatus};
 use crate::template;
 use serde_json::{Map, Value};
 use std::future::Future;
@@ -11,6 +16,8 @@ use std::time::Duration;
 
 /// How long one check may take before it counts as hung.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the long-running example gets to come up before it is stopped.
+const STARTUP: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct Check {
@@ -26,25 +33,11 @@ impl Check {
 }
 
 pub async fn run(plugin: &LoadedPlugin) -> Vec<Check> {
-    let mut checks = Vec::new();
-    let info = plugin.info().clone();
-
-    checks.push(
-        check("describe", async {
-            let again = plugin.describe().await.map_err(|e| e.to_string())?;
-            if again.name != info.name
-                || again.default_base_job_template != info.default_base_job_template
-            {
-                return Err("describe answers differently from one call to the next".into());
-            }
-            Ok(format!(
-                "{} {} (contract {})",
-                info.name, info.version, info.contract_version
-            ))
-        })
-        .await,
-    );
-
+    let mut checks = vec![
+        check("describe", describe(plugin)).await,
+        check("capabilities", capabilities_match_imports(plugin)).await,
+    ];
+    let info = plugin.info();
     let configuration =
         example_configuration(&info.default_base_job_template, &info.example_variables);
     checks.push(
@@ -56,142 +49,236 @@ pub async fn run(plugin: &LoadedPlugin) -> Vec<Check> {
     let Ok(configuration) = configuration else {
         return checks;
     };
+    checks.push(check("validate-example", validate_example(plugin, &configuration)).await);
+    checks.push(check("reject-bad-configuration", reject_bad_configuration(plugin)).await);
+    checks.extend(example_run(plugin, &configuration).await);
+    checks.push(check("stop", stop_a_running_job(plugin)).await);
+    checks.push(check("foreign-handle", foreign_handle(plugin)).await);
+    checks
+}
 
-    checks.push(
-        check("validate-example", async {
-            plugin
-                .validate(&configuration)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok("the example configuration is accepted".into())
-        })
-        .await,
-    );
+async fn describe(plugin: &LoadedPlugin) -> Result<String, String> {
+    let info = plugin.info();
+    let again = plugin.describe().await.map_err(|e| e.to_string())?;
+    if again.name != info.name || again.default_base_job_template != info.default_base_job_template
+    {
+        return Err("describe answers differently from one call to the next".into());
+    }
+    Ok(format!(
+        "{} {} (contract {})",
+        info.name, info.version, info.contract_version
+    ))
+}
 
-    checks.push(
-        check("reject-bad-configuration", async {
-            for bad in ["not json", "[1, 2, 3]"] {
-                match plugin.validate(bad).await {
-                    Err(CallError::Plugin {
-                        kind: ErrorKind::Fatal,
-                        ..
-                    }) => {}
-                    Err(CallError::Plugin {
-                        kind: ErrorKind::Retryable,
-                        ..
-                    }) => {
-                        return Err(format!(
-                            "{bad:?} was refused as retryable; bad configuration is fatal"
-                        ));
-                    }
-                    Err(other) => return Err(format!("{bad:?} was not refused cleanly: {other}")),
-                    Ok(()) => return Err(format!("{bad:?} was accepted")),
-                }
+/// `describe` must list exactly the capabilities the component imports: the
+/// list is what an operator grants from.
+async fn capabilities_match_imports(plugin: &LoadedPlugin) -> Result<String, String> {
+    let imported: Vec<&str> = plugin
+        .imports()
+        .iter()
+        .filter(|c| **c != Capability::Log)
+        .map(|c| c.name())
+        .collect();
+    let mut declared: Vec<&str> = plugin
+        .info()
+        .capabilities
+        .iter()
+        .map(String::as_str)
+        .filter(|c| *c != "log")
+        .collect();
+    declared.sort_unstable();
+    if declared != imported {
+        return Err(format!(
+            "describe lists [{}] but the component imports [{}]",
+            declared.join(", "),
+            imported.join(", ")
+        ));
+    }
+    Ok(format!("[{}], as imported", imported.join(", ")))
+}
+
+async fn validate_example(plugin: &LoadedPlugin, configuration: &str) -> Result<String, String> {
+    plugin
+        .validate(configuration)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok("the example configuration is accepted".into())
+}
+
+async fn reject_bad_configuration(plugin: &LoadedPlugin) -> Result<String, String> {
+    for bad in ["not json", "[1, 2, 3]"] {
+        match plugin.validate(bad).await {
+            Err(CallError::Plugin {
+                kind: ErrorKind::Fatal,
+                ..
+            }) => {}
+            Err(CallError::Plugin {
+                kind: ErrorKind::Retryable,
+                ..
+            }) => {
+                return Err(format!(
+                    "{bad:?} was refused as retryable; bad configuration is fatal"
+                ));
             }
-            Ok("malformed configurations are refused with a fatal error".into())
-        })
-        .await,
-    );
+            Err(other) => return Err(format!("{bad:?} was not refused cleanly: {other}")),
+            Ok(()) => return Err(format!("{bad:?} was accepted")),
+        }
+    }
+    Ok("malformed configurations are refused with a fatal error".into())
+}
 
-    let mut finished_handle = None;
+/// The example job from start to destroy: it succeeds, its output arrives,
+/// the later calls answer for it, and destroy leaves nothing behind.
+async fn example_run(plugin: &LoadedPlugin, configuration: &str) -> Vec<Check> {
+    let job = job(configuration, "run");
+    let run = job.flow_run_id.clone();
+    let started = plugin.start(job).await;
+    let mut checks = Vec::new();
+    let handle = match started {
+        Ok(handle) => handle,
+        Err(error) => {
+            let _ = plugin.release(&run).await;
+            checks.push(Check {
+                name: "start-wait",
+                outcome: Err(format!("start: {error}")),
+            });
+            return checks;
+        }
+    };
+    let output = Arc::new(CollectOutput::default());
+    checks.push(check("start-wait", wait_for_success(plugin, &run, &handle, &output)).await);
     checks.push(
-        check("start-wait", async {
-            let handle = plugin
-                .start(job(&configuration, "run"))
-                .await
-                .map_err(|e| format!("start: {e}"))?;
-            let output = Arc::new(CollectOutput::default());
-            let exit = plugin
-                .wait(&handle, output.clone())
-                .await
-                .map_err(|e| format!("wait: {e}"));
-            finished_handle = Some(handle);
-            let exit = exit?;
-            if exit.code != Some(0) {
-                return Err(format!("the example run did not succeed: {}", exit.message));
+        check("output", async {
+            match output.lines().len() {
+                0 => Err("the example run's output never reached log.output".into()),
+                n => Ok(format!("{n} line(s) forwarded")),
             }
-            Ok(format!(
-                "{}; {} output line(s)",
-                exit.message,
-                output.lines().len()
-            ))
         })
         .await,
     );
+    checks.push(
+        check("inspect-after-exit", async {
+            match plugin.inspect(&run, &handle).await.map_err(|e| e.to_string())? {
+                RunStatus::Exited(exit) => Ok(format!("exited: {}", exit.message)),
+                other => Err(format!("expected exited, got {}", status_text(&other))),
+            }
+        })
+        .await,
+    );
+    checks.push(
+        check("recover", async {
+            let status = plugin.recover(&run, &handle).await.map_err(|e| e.to_string())?;
+            Ok(status_text(&status))
+        })
+        .await,
+    );
+    checks.push(check("destroy", destroy_leaves_nothing(plugin, &run, &handle)).await);
+    checks
+}
 
-    if let Some(handle) = finished_handle {
-        checks.push(
-            check("inspect-after-exit", async {
-                match plugin.inspect(&handle).await.map_err(|e| e.to_string())? {
-                    RunStatus::Exited(exit) => Ok(format!("exited: {}", exit.message)),
-                    other => Err(format!("expected exited, got {}", status_text(&other))),
-                }
-            })
-            .await,
-        );
-        checks.push(
-            check("recover", async {
-                let status = plugin.recover(&handle).await.map_err(|e| e.to_string())?;
-                Ok(status_text(&status))
-            })
-            .await,
-        );
-        checks.push(
-            check("destroy", async {
-                plugin
-                    .destroy(&handle)
-                    .await
-                    .map_err(|e| format!("destroy: {e}"))?;
-                plugin
-                    .destroy(&handle)
-                    .await
-                    .map_err(|e| format!("destroy is not idempotent: {e}"))?;
-                Ok("released, twice".into())
-            })
-            .await,
+async fn wait_for_success(
+    plugin: &LoadedPlugin,
+    run: &str,
+    handle: &str,
+    output: &Arc<CollectOutput>,
+) -> Result<String, String> {
+    let exit = plugin
+        .wait(run, handle, output.clone())
+        .await
+        .map_err(|e| format!("wait: {e}"))?;
+    if exit.code != Some(0) {
+        return Err(format!("the example run did not succeed: {}", exit.message));
+    }
+    Ok(exit.message)
+}
+
+async fn destroy_leaves_nothing(
+    plugin: &LoadedPlugin,
+    run: &str,
+    handle: &str,
+) -> Result<String, String> {
+    plugin
+        .destroy(run, handle)
+        .await
+        .map_err(|e| format!("destroy: {e}"))?;
+    plugin
+        .destroy(run, handle)
+        .await
+        .map_err(|e| format!("destroy is not idempotent: {e}"))?;
+    let left = plugin.release(run).await;
+    if !left.is_empty() {
+        return Err(format!("after destroy: {}", left.join("; ")));
+    }
+    Ok("released, twice, and nothing was left behind".into())
+}
+
+/// `stop` on a job that is still running, checked through the capabilities.
+async fn stop_a_running_job(plugin: &LoadedPlugin) -> Result<String, String> {
+    let info = plugin.info();
+    if info.long_running_variables.trim().is_empty() {
+        return Err(
+            "the plugin offers no long-running example (Plugin::long_running_example), so stop cannot be checked"
+                .into(),
         );
     }
-
-    checks.push(
-        check("stop", async {
-            let handle = plugin
-                .start(job(&configuration, "stop"))
-                .await
-                .map_err(|e| format!("start: {e}"))?;
-            plugin
-                .stop(&handle, 2)
-                .await
-                .map_err(|e| format!("stop: {e}"))?;
-            plugin
-                .stop(&handle, 2)
-                .await
-                .map_err(|e| format!("stop is not idempotent: {e}"))?;
-            plugin
-                .destroy(&handle)
-                .await
-                .map_err(|e| format!("destroy after stop: {e}"))?;
-            Ok("stopped and destroyed".into())
-        })
-        .await,
-    );
-
-    checks.push(
-        check("foreign-handle", async {
-            match plugin.inspect("not a handle").await {
-                Err(CallError::Plugin { .. }) => Ok("an unknown handle is an error value".into()),
-                Err(other) => Err(format!(
-                    "an unknown handle was not refused cleanly: {other}"
-                )),
-                Ok(status) => Err(format!(
-                    "an unknown handle was accepted: {}",
-                    status_text(&status)
-                )),
+    let configuration =
+        example_configuration(&info.default_base_job_template, &info.long_running_variables)
+            .map_err(|e| format!("long-running example: {e}"))?;
+    let job = job(&configuration, "stop");
+    let run = job.flow_run_id.clone();
+    let outcome = async {
+        let handle = plugin.start(job).await.map_err(|e| format!("start: {e}"))?;
+        let deadline = tokio::time::Instant::now() + STARTUP;
+        loop {
+            match plugin.inspect(&run, &handle).await.map_err(|e| format!("inspect: {e}"))? {
+                RunStatus::Running => break,
+                RunStatus::Pending if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => {
+                    return Err(format!(
+                        "the long-running example is not running: {}",
+                        status_text(&other)
+                    ));
+                }
             }
-        })
-        .await,
-    );
+        }
+        plugin
+            .stop(&run, &handle, 2)
+            .await
+            .map_err(|e| format!("stop: {e}"))?;
+        let left = plugin.still_running(&run).await;
+        if !left.is_empty() {
+            return Err(format!("after stop, still running: {}", left.join(", ")));
+        }
+        plugin
+            .stop(&run, &handle, 2)
+            .await
+            .map_err(|e| format!("stop is not idempotent: {e}"))?;
+        plugin
+            .destroy(&run, &handle)
+            .await
+            .map_err(|e| format!("destroy after stop: {e}"))?;
+        Ok("a running job was stopped: nothing of it still runs".to_string())
+    }
+    .await;
+    // Whatever happened, nothing of the check may outlive it.
+    let _ = plugin.release(&run).await;
+    outcome
+}
 
-    checks
+async fn foreign_handle(plugin: &LoadedPlugin) -> Result<String, String> {
+    let run = uuid::Uuid::new_v4().to_string();
+    match plugin.inspect(&run, "not a handle").await {
+        Err(CallError::Plugin { .. }) => Ok("an unknown handle is an error value".into()),
+        Err(other) => Err(format!(
+            "an unknown handle was not refused cleanly: {other}"
+        )),
+        Ok(status) => Err(format!(
+            "an unknown handle was accepted: {}",
+            status_text(&status)
+        )),
+    }
 }
 
 async fn check(name: &'static str, body: impl Future<Output = Result<String, String>>) -> Check {
@@ -205,7 +292,7 @@ async fn check(name: &'static str, body: impl Future<Output = Result<String, Str
     Check { name, outcome }
 }
 
-/// The default template rendered with its defaults and the plugin's example.
+/// The default template rendered with its defaults and `example_json`.
 fn example_configuration(template_json: &str, example_json: &str) -> Result<String, String> {
     let template: Value = serde_json::from_str(template_json)
         .map_err(|e| format!("default template is not JSON: {e}"))?;
@@ -234,8 +321,9 @@ fn example_configuration(template_json: &str, example_json: &str) -> Result<Stri
     Ok(template::render(job_configuration, &values).to_string())
 }
 
+/// A job of its own run (so of its own capability scope) for each check.
 fn job(configuration: &str, purpose: &str) -> Job {
-    let id = format!("00000000-0000-4000-8000-{:012x}", std::process::id());
+    let id = uuid::Uuid::new_v4().to_string();
     Job {
         flow_run_id: id.clone(),
         flow_run_name: format!("conformance-{purpose}"),

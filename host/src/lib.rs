@@ -1,18 +1,23 @@
 //! `host`: a WebAssembly-plugin worker platform.
 //!
 //! # Layout
+//! - [`contract`]: the host-side bindings of the WIT world, below both
+//!   [`runtime`] and [`capabilities`].
 //! - [`runtime`]: the wasmtime engine, component cache, grants and per-call
 //!   limits; [`runtime::LoadedPlugin`] is the typed plugin contract.
 //! - [`capabilities`]: host interfaces plugins import (`log`, `process`).
 //! - [`plugins`]: the registry of built-in and plugin-directory plugins.
 //! - [`conformance`]: the checks behind `host plugin test`.
 //! - [`template`]: `{{ placeholder }}` rendering of base job templates.
+//! - [`supervisor`]: `host __supervise`, which holds one process run and
+//!   outlives its worker.
 //! - [`cli`]: one file per command group; `main.rs` only calls [`cli::run`].
 
 pub mod capabilities;
 pub mod cli;
 pub mod client;
 pub mod conformance;
+pub mod contract;
 pub mod control;
 pub mod error;
 pub mod model;
@@ -21,5 +26,6 @@ pub mod plugins;
 pub mod runtime;
 pub mod server;
 pub mod store;
+pub mod supervisor;
 pub mod template;
 pub mod worker;

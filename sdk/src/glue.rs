@@ -114,6 +114,9 @@ pub fn describe<P: Plugin>() -> wit::PluginInfo {
         default_base_job_template: to_json_string(&info.default_base_job_template),
         capabilities: info.capabilities,
         example_variables: to_json_string(&info.example_variables),
+        long_running_variables: P::long_running_example()
+            .map(|v| to_json_string(&v))
+            .unwrap_or_default(),
     }
 }
 

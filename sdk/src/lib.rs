@@ -147,6 +147,13 @@ pub trait Plugin {
     fn stop(handle: Self::Handle, grace_seconds: u32) -> Result<()>;
     fn destroy(handle: Self::Handle) -> Result<()>;
 
+    /// Job variables for a run that lasts until it is stopped (a minute or
+    /// more): `host plugin test` checks `stop` on it. `None` leaves `stop`
+    /// unchecked.
+    fn long_running_example() -> Option<serde_json::Value> {
+        None
+    }
+
     /// Re-attach after a worker restart. The default asks `inspect`.
     fn recover(handle: Self::Handle) -> Result<Status> {
         Self::inspect(handle)

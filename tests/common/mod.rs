@@ -22,6 +22,8 @@ pub fn runtime_with(cache: &Path, cpu_budget: Duration) -> Runtime {
         cache_dir: Some(cache.to_path_buf()),
         cpu_budget,
         memory_limit_bytes: 64 << 20,
+        // Tests run in the test harness: process runs need the real binary.
+        supervisor: Some(env!("CARGO_BIN_EXE_host").into()),
         ..RuntimeConfig::default()
     })
     .expect("runtime")

@@ -4,10 +4,10 @@
 //! Like processes, output follows live in a table shared by all calls, since
 //! each plugin call is a fresh instance.
 
-use crate::runtime::bindings::host::infra::container_runtime::{
+use crate::contract::host::infra::container_runtime::{
     ContainerSpec, ContainerState, Host, OutputBatch,
 };
-use crate::runtime::{ExitStatus, OutputStream};
+use crate::contract::{ExitStatus, OutputStream};
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
@@ -30,6 +30,8 @@ type Follow = Arc<tokio::sync::Mutex<mpsc::Receiver<(OutputStream, String)>>>;
 pub struct ContainerTable {
     docker: Result<Docker, String>,
     follows: Mutex<HashMap<String, Follow>>,
+    /// Which flow run each container known here belongs to (by id and name).
+    owners: Mutex<HashMap<String, String>>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> String {
@@ -79,6 +81,7 @@ impl ContainerTable {
         ContainerTable {
             docker: Docker::connect_with_local_defaults().map_err(unavailable),
             follows: Mutex::new(HashMap::new()),
+            owners: Mutex::new(HashMap::new()),
         }
     }
 
@@ -355,14 +358,134 @@ impl Default for ContainerTable {
     }
 }
 
-/// Per-call view of the table for the generated bindings.
+/// The label that ties a container to the flow run it was created for.
+pub const SCOPE_LABEL: &str = "host.run-scope";
+
+impl ContainerTable {
+    /// Does container `id` (an id or a name) belong to `scope`?
+    async fn belongs(&self, scope: &str, id: &str) -> Result<bool, String> {
+        if let Some(owner) = self.owners.lock().ok().and_then(|o| o.get(id).cloned()) {
+            return Ok(owner == scope);
+        }
+        let Some(state) = self.inspect(id).await? else {
+            return Ok(false);
+        };
+        let owner = state
+            .labels
+            .iter()
+            .find(|(k, _)| k == SCOPE_LABEL)
+            .map(|(_, v)| v.clone());
+        if let (Some(owner), Ok(mut owners)) = (&owner, self.owners.lock()) {
+            owners.insert(state.id.clone(), owner.clone());
+            owners.insert(id.to_string(), owner.clone());
+        }
+        Ok(owner.as_deref() == Some(scope))
+    }
+
+    async fn of_scope(&self, scope: &str) -> Result<Vec<ContainerState>, String> {
+        self.list_by_label(SCOPE_LABEL, scope).await
+    }
+
+    /// Containers of `scope` that still run.
+    pub async fn running(&self, scope: &str) -> Vec<String> {
+        match self.of_scope(scope).await {
+            Ok(states) => states
+                .into_iter()
+                .filter(|s| s.running)
+                .map(|s| format!("container {}", s.name))
+                .collect(),
+            Err(e) => vec![format!("cannot list the containers: {e}")],
+        }
+    }
+
+    /// Forgets `scope`, after its `destroy`: removes what the plugin left.
+    pub async fn release(&self, scope: &str) -> Vec<String> {
+        let mut left = Vec::new();
+        if let Ok(states) = self.of_scope(scope).await {
+            for state in states {
+                let _ = self.remove(&state.id, true).await;
+                left.push(format!("container {} was left behind: removed", state.name));
+            }
+        }
+        if let Ok(mut owners) = self.owners.lock() {
+            owners.retain(|_, owner| owner != scope);
+        }
+        left
+    }
+}
+
+/// What a grant lets a plugin ask of the container runtime.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerPolicy {
+    /// Refuse `privileged: true`.
+    pub deny_privileged: bool,
+    /// When set, host paths that may be mounted (each mount's source must be
+    /// one of these or below one).
+    pub mount_sources: Option<Vec<std::path::PathBuf>>,
+}
+
+impl ContainerPolicy {
+    fn check(&self, spec: &ContainerSpec) -> Result<(), String> {
+        if spec.privileged && self.deny_privileged {
+            return Err("privileged containers are not allowed by this plugin's grant".into());
+        }
+        if let Some(allowed) = &self.mount_sources {
+            for mount in &spec.mounts {
+                let source = std::path::Path::new(mount.split(':').next().unwrap_or(""));
+                let inside = source.is_absolute()
+                    && !source.components().any(|c| c == std::path::Component::ParentDir)
+                    && allowed.iter().any(|a| source.starts_with(a));
+                if !inside {
+                    return Err(format!(
+                        "mount {mount:?} is not allowed by this plugin's grant (allowed sources: {})",
+                        allowed
+                            .iter()
+                            .map(|a| a.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Per-call view of the table for the generated bindings: the flow run the
+/// call is for, and what the plugin's grant allows.
 pub struct ContainerHost {
     table: Arc<ContainerTable>,
+    scope: Option<String>,
+    policy: ContainerPolicy,
 }
 
 impl ContainerHost {
-    pub fn new(table: Arc<ContainerTable>) -> Self {
-        ContainerHost { table }
+    pub fn new(table: Arc<ContainerTable>, scope: Option<String>, policy: ContainerPolicy) -> Self {
+        ContainerHost {
+            table,
+            scope,
+            policy,
+        }
+    }
+
+    fn scope(&self) -> Result<&str, String> {
+        self.scope.as_deref().ok_or_else(|| {
+            "the container runtime serves only calls for a flow run (not describe or validate)"
+                .to_string()
+        })
+    }
+
+    /// `id`, when it is a container of this call's flow run.
+    async fn ours(&self, id: &str) -> Result<bool, String> {
+        self.table.belongs(self.scope()?, id).await
+    }
+
+    async fn require(&self, id: &str) -> Result<(), String> {
+        if self.ours(id).await? {
+            Ok(())
+        } else {
+            Err(format!("no container {id} was created for this flow run"))
+        }
     }
 }
 
@@ -375,33 +498,60 @@ impl Host for ContainerHost {
     }
     async fn build_image(
         &mut self,
-        context_dir: String,
-        dockerfile: String,
+        _context_dir: String,
+        _dockerfile: String,
         tag: String,
     ) -> Result<(), String> {
-        self.table
-            .build_image(&context_dir, &dockerfile, &tag)
-            .await
+        // A build context is any host directory: `host deploy` builds images,
+        // plugins do not.
+        Err(format!(
+            "build-image ({tag}): plugins may not build images; use `host deploy`"
+        ))
     }
-    async fn create(&mut self, spec: ContainerSpec) -> Result<String, String> {
-        self.table.create(spec).await
+    async fn create(&mut self, mut spec: ContainerSpec) -> Result<String, String> {
+        let scope = self.scope()?.to_string();
+        self.policy.check(&spec)?;
+        spec.labels.retain(|(k, _)| k != SCOPE_LABEL);
+        spec.labels.push((SCOPE_LABEL.into(), scope.clone()));
+        let name = spec.name.clone();
+        let id = self.table.create(spec).await?;
+        if let Ok(mut owners) = self.table.owners.lock() {
+            owners.insert(id.clone(), scope.clone());
+            if let Some(name) = name {
+                owners.insert(name, scope);
+            }
+        }
+        Ok(id)
     }
     async fn start(&mut self, id: String) -> Result<(), String> {
+        self.require(&id).await?;
         self.table.start(&id).await
     }
     async fn read_output(&mut self, id: String, max_wait_ms: u32) -> Result<OutputBatch, String> {
+        self.require(&id).await?;
         self.table.read_output(&id, max_wait_ms).await
     }
     async fn wait(&mut self, id: String) -> Result<ExitStatus, String> {
+        self.require(&id).await?;
         self.table.wait(&id).await
     }
     async fn inspect(&mut self, id: String) -> Result<Option<ContainerState>, String> {
+        if !self.ours(&id).await? {
+            return Ok(None);
+        }
         self.table.inspect(&id).await
     }
     async fn stop(&mut self, id: String, timeout_seconds: u32) -> Result<(), String> {
+        // Another run's container is as good as absent: stopping it is a no-op.
+        if !self.ours(&id).await? {
+            return Ok(());
+        }
         self.table.stop(&id, timeout_seconds).await
     }
     async fn remove(&mut self, id: String, force: bool) -> Result<(), String> {
+        if !self.ours(&id).await? {
+            return Ok(());
+        }
         self.table.remove(&id, force).await
     }
     async fn list_by_label(
@@ -409,6 +559,11 @@ impl Host for ContainerHost {
         key: String,
         value: String,
     ) -> Result<Vec<ContainerState>, String> {
-        self.table.list_by_label(&key, &value).await
+        let scope = self.scope()?.to_string();
+        let states = self.table.list_by_label(&key, &value).await?;
+        Ok(states
+            .into_iter()
+            .filter(|s| s.labels.iter().any(|(k, v)| k == SCOPE_LABEL && *v == scope))
+            .collect())
     }
 }

@@ -5,16 +5,18 @@ mod container_runtime;
 mod log;
 mod process;
 
-pub use container_runtime::{ContainerHost, ContainerTable};
-pub use log::{CollectOutput, DiscardOutput, LogHost, OutputSink, discard_output};
-pub use process::{ProcessHost, ProcessTable};
+pub use container_runtime::{ContainerHost, ContainerPolicy, ContainerTable, SCOPE_LABEL};
+pub use log::{
+    CollectOutput, DiscardOutput, LogHost, MAX_LINE_BYTES, OutputSink, discard_output, truncate,
+};
+pub use process::{OutputLimits, ProcessHost, ProcessTable};
 
-use crate::runtime::OutputStream;
+use crate::contract::OutputStream;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// Lines buffered per process or container before its reader waits for the
-/// plugin to drain them.
+/// Lines buffered per container before its reader waits for the plugin to
+/// drain them.
 const OUTPUT_BUFFER_LINES: usize = 4096;
 /// Lines returned by one `read-output` call at most.
 const BATCH_LINES: usize = 1024;
@@ -22,8 +24,7 @@ const BATCH_LINES: usize = 1024;
 type OutputLine = (OutputStream, String);
 
 /// The lines waiting in `output` (blocking up to `max_wait_ms` for the first),
-/// and whether the stream has ended: what `read-output` answers for a process
-/// and for a container alike.
+/// and whether the stream has ended: what a container's `read-output` answers.
 async fn next_batch(
     output: &mut mpsc::Receiver<OutputLine>,
     max_wait_ms: u32,

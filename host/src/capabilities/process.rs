@@ -1,209 +1,497 @@
 //! `host:infra/process`: local processes for the `process` plugin.
 //!
-//! Processes belong to the worker process, not to a plugin instance (each call
-//! is a fresh instance), so they live in a [`ProcessTable`] shared by all calls.
-//! Each runs in its own process group so a stop reaches its children too.
+//! Each process is held by a supervisor (`host __supervise`, see
+//! [`crate::supervisor`]) that writes its output and exit into a directory
+//! under this worker's root, and outlives the worker. So the table is a cache
+//! of what is on disk: a restarted worker finds a process again by its id.
+//!
+//! Every call is for one flow run (its scope) and sees only the processes and
+//! directories spawned for that run.
 
-use crate::runtime::bindings::host::infra::process::{Host, OutputBatch, SpawnRequest, Spawned};
-use crate::runtime::{ExitStatus, OutputStream};
+use crate::contract::host::infra::process::{Host, OutputBatch, SpawnRequest, Spawned};
+use crate::contract::{ExitStatus, OutputStream};
+use crate::supervisor::{RecordedExit, RunFiles, Spec};
 use std::collections::HashMap;
-use std::os::unix::process::ExitStatusExt;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::process::Command;
-use tokio::sync::{mpsc, watch};
+use std::time::Duration;
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::watch;
 
-use super::OUTPUT_BUFFER_LINES;
-/// Finished processes whose exit stays answerable (`try-wait`, `inspect`).
-/// Beyond this, the finished ones are forgotten when a new one starts.
-const KEPT_FINISHED: usize = 1024;
+/// Bytes of output one `read-output` returns at most.
+const BATCH_BYTES: usize = 256 << 10;
+/// How long a supervisor may take to say it started the process.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a re-attached `wait` looks for the exit.
+const ADOPTED_POLL: Duration = Duration::from_millis(50);
 
-struct Child {
-    output: tokio::sync::Mutex<mpsc::Receiver<(OutputStream, String)>>,
-    exit: watch::Receiver<Option<ExitStatus>>,
+/// Limits on what a process may leave in its output.
+#[derive(Debug, Clone, Copy)]
+pub struct OutputLimits {
+    pub max_line_bytes: usize,
+    pub max_output_bytes: u64,
 }
 
-/// Every process spawned through the capability in this host process.
+impl Default for OutputLimits {
+    fn default() -> Self {
+        OutputLimits {
+            max_line_bytes: 16 << 10,
+            max_output_bytes: 64 << 20,
+        }
+    }
+}
+
+struct Proc {
+    id: u64,
+    scope: String,
+    files: RunFiles,
+    child_pid: i32,
+    supervisor_pid: i32,
+    cwd: PathBuf,
+    made_cwd: bool,
+    /// Set when this worker started the supervisor: turns true once it exited.
+    /// After a restart the supervisor is someone else's child: see `alive`.
+    supervisor_exited: Option<watch::Receiver<bool>>,
+    /// Bytes of `output` read so far.
+    read: tokio::sync::Mutex<u64>,
+}
+
+impl Proc {
+    fn exit(&self) -> Option<RecordedExit> {
+        self.files.read_exit()
+    }
+
+    fn supervisor_alive(&self) -> bool {
+        match &self.supervisor_exited {
+            Some(exited) => !*exited.borrow(),
+            None => process_runs(self.supervisor_pid, &self.files.dir),
+        }
+    }
+
+    fn lost(&self) -> String {
+        // Nothing may run on unowned: kill what the supervisor held.
+        let _ = signal_group(self.child_pid, libc::SIGKILL);
+        format!(
+            "the supervisor of process {} (pid {}) was killed before it ended; its outcome is unknown",
+            self.id, self.child_pid
+        )
+    }
+
+    /// The exit once recorded; `Err` when it never will be.
+    fn try_exit(&self) -> Result<Option<RecordedExit>, String> {
+        if let Some(exit) = self.exit() {
+            return Ok(Some(exit));
+        }
+        if self.supervisor_alive() {
+            return Ok(None);
+        }
+        // It may have written the exit just before it ended.
+        match self.exit() {
+            Some(exit) => Ok(Some(exit)),
+            None => Err(self.lost()),
+        }
+    }
+
+    async fn supervisor_ended(&self) {
+        match &self.supervisor_exited {
+            Some(exited) => {
+                let _ = exited.clone().wait_for(|e| *e).await;
+            }
+            None => {
+                while process_runs(self.supervisor_pid, &self.files.dir) {
+                    tokio::time::sleep(ADOPTED_POLL).await;
+                }
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("process {} (pid {})", self.id, self.child_pid)
+    }
+}
+
+/// Is `pid` alive and the supervisor of `dir` (not a reused pid)?
+fn process_runs(pid: i32, dir: &Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let dir = dir.as_os_str().as_encoded_bytes();
+    cmdline.windows(dir.len()).any(|w| w == dir)
+}
+
+/// Every process spawned through the capability by this worker, past and present.
 pub struct ProcessTable {
-    children: Mutex<HashMap<u32, Arc<Child>>>,
-    /// Fresh working directories are made under here; `remove-dir` refuses
-    /// anything outside it.
-    temp_root: PathBuf,
-    counter: AtomicU64,
+    /// This worker's own directory: one subdirectory per process.
+    root: PathBuf,
+    /// The program re-executed as the supervisor (the `host` binary).
+    supervisor: PathBuf,
+    limits: OutputLimits,
+    procs: Mutex<HashMap<u64, Arc<Proc>>>,
+    last_id: Mutex<u64>,
 }
 
 impl ProcessTable {
-    pub fn new() -> std::io::Result<Self> {
-        Self::with_temp_root(std::env::temp_dir().join("host-runs"))
+    pub fn new(root: PathBuf, supervisor: PathBuf, limits: OutputLimits) -> Self {
+        ProcessTable {
+            root,
+            supervisor,
+            limits,
+            procs: Mutex::new(HashMap::new()),
+            last_id: Mutex::new(0),
+        }
     }
 
-    pub fn with_temp_root(temp_root: PathBuf) -> std::io::Result<Self> {
-        Ok(ProcessTable {
-            children: Mutex::new(HashMap::new()),
-            temp_root,
-            counter: AtomicU64::new(0),
-        })
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
-    fn child(&self, pid: u32) -> Result<Arc<Child>, String> {
-        self.children
-            .lock()
-            .map_err(|_| "process table poisoned".to_string())?
-            .get(&pid)
-            .cloned()
-            .ok_or_else(|| format!("no process {pid} was started by this worker"))
-    }
-
-    fn fresh_dir(&self) -> std::io::Result<PathBuf> {
-        let nanos = std::time::SystemTime::now()
+    /// Nanoseconds since the epoch, strictly increasing: unique in this
+    /// worker's root across restarts too.
+    fn next_id(&self) -> u64 {
+        let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let dir = self
-            .temp_root
-            .join(format!("run-{}-{nanos:x}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        Ok(dir)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let mut last = self.last_id.lock().unwrap_or_else(|p| p.into_inner());
+        *last = now.max(*last + 1);
+        *last
     }
 
-    async fn spawn(&self, request: SpawnRequest) -> Result<Spawned, String> {
-        let Some((program, args)) = request.argv.split_first() else {
-            return Err("spawn: empty argv".into());
-        };
-        let cwd = match request.cwd {
-            Some(dir) => PathBuf::from(dir),
-            None => self
-                .fresh_dir()
-                .map_err(|e| format!("cannot create a working directory: {e}"))?,
-        };
-        let mut command = Command::new(program);
-        command
-            .args(args)
-            .env_clear()
-            .envs(request.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .current_dir(&cwd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(false);
-        if !request.env.iter().any(|(k, _)| k == "PATH")
-            && let Some(path) = std::env::var_os("PATH")
-        {
-            command.env("PATH", path);
-        }
-        let mut child = command
-            .spawn()
-            .map_err(|e| format!("cannot start {program:?} in {}: {e}", cwd.display()))?;
-        let pid = child.id().ok_or("process exited before its pid was read")?;
-        let (lines_tx, lines_rx) = mpsc::channel(OUTPUT_BUFFER_LINES);
-        if let Some(stdout) = child.stdout.take() {
-            tokio::spawn(forward_lines(
-                stdout,
-                OutputStream::Stdout,
-                lines_tx.clone(),
-            ));
-        }
-        if let Some(stderr) = child.stderr.take() {
-            tokio::spawn(forward_lines(stderr, OutputStream::Stderr, lines_tx));
-        }
-        let (exit_tx, exit_rx) = watch::channel(None);
-        tokio::spawn(async move {
-            let status = match child.wait().await {
-                Ok(status) => exit_status(status),
-                Err(e) => ExitStatus {
-                    code: None,
-                    signal: None,
-                    oom_killed: false,
-                    message: format!("lost track of the process: {e}"),
-                },
-            };
-            let _ = exit_tx.send(Some(status));
-        });
-        let entry = Arc::new(Child {
-            output: tokio::sync::Mutex::new(lines_rx),
-            exit: exit_rx,
-        });
-        let mut children = self
-            .children
+    /// A process of `scope`, from memory or, after a restart, from disk.
+    fn get(&self, scope: &str, id: u64) -> Result<Arc<Proc>, String> {
+        let missing = || format!("no process {id} was spawned for this flow run");
+        let mut procs = self
+            .procs
             .lock()
             .map_err(|_| "process table poisoned".to_string())?;
-        if children.len() >= KEPT_FINISHED {
-            children.retain(|_, child| child.exit.borrow().is_none());
+        if let Some(proc) = procs.get(&id) {
+            return if proc.scope == scope {
+                Ok(proc.clone())
+            } else {
+                Err(missing())
+            };
         }
-        children.insert(pid, entry);
+        let files = RunFiles::new(self.root.join(id.to_string()));
+        let spec = files.read_spec().map_err(|_| missing())?;
+        if spec.scope != scope {
+            return Err(missing());
+        }
+        let (Some(child_pid), Some(supervisor_pid)) = (
+            RunFiles::read_pid(&files.child_pid()),
+            RunFiles::read_pid(&files.supervisor_pid()),
+        ) else {
+            return Err(missing());
+        };
+        let read = std::fs::read_to_string(files.read_offset())
+            .ok()
+            .and_then(|r| r.trim().parse().ok())
+            .unwrap_or(0);
+        let proc = Arc::new(Proc {
+            id,
+            scope: spec.scope,
+            files,
+            child_pid,
+            supervisor_pid,
+            cwd: spec.cwd,
+            made_cwd: spec.made_cwd,
+            supervisor_exited: None,
+            read: tokio::sync::Mutex::new(read),
+        });
+        procs.insert(id, proc.clone());
+        Ok(proc)
+    }
+
+    fn of_scope(&self, scope: &str) -> Vec<Arc<Proc>> {
+        self.procs
+            .lock()
+            .map(|procs| {
+                procs
+                    .values()
+                    .filter(|p| p.scope == scope)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    async fn spawn(&self, scope: &str, request: SpawnRequest) -> Result<Spawned, String> {
+        if request.argv.is_empty() {
+            return Err("spawn: empty argv".into());
+        }
+        let id = self.next_id();
+        let files = RunFiles::new(self.root.join(id.to_string()));
+        let (cwd, made_cwd) = match request.cwd {
+            Some(dir) => (PathBuf::from(dir), false),
+            None => (files.work(), true),
+        };
+        let spec = Spec {
+            scope: scope.to_string(),
+            argv: request.argv,
+            env: request.env,
+            cwd: cwd.clone(),
+            made_cwd,
+            max_line_bytes: self.limits.max_line_bytes,
+            max_output_bytes: self.limits.max_output_bytes,
+        };
+        let prepared = make_private_dir(&files.dir)
+            .and_then(|()| if made_cwd { std::fs::create_dir(&cwd) } else { Ok(()) })
+            .and_then(|()| {
+                let text = serde_json::to_vec(&spec).map_err(std::io::Error::other)?;
+                std::fs::write(files.spec(), text)
+            });
+        if let Err(e) = prepared {
+            let _ = std::fs::remove_dir_all(&files.dir);
+            return Err(format!("cannot prepare {}: {e}", files.dir.display()));
+        }
+        let started = self.start_supervisor(&files).await;
+        let (child_pid, supervisor_pid, exited) = match started {
+            Ok(started) => started,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&files.dir);
+                return Err(e);
+            }
+        };
+        let proc = Arc::new(Proc {
+            id,
+            scope: scope.to_string(),
+            files,
+            child_pid,
+            supervisor_pid,
+            cwd: cwd.clone(),
+            made_cwd,
+            supervisor_exited: Some(exited),
+            read: tokio::sync::Mutex::new(0),
+        });
+        self.procs
+            .lock()
+            .map_err(|_| "process table poisoned".to_string())?
+            .insert(id, proc);
         Ok(Spawned {
-            pid,
+            id,
+            pid: child_pid as u32,
             cwd: cwd.display().to_string(),
         })
     }
 
-    async fn read_output(&self, pid: u32, max_wait_ms: u32) -> Result<OutputBatch, String> {
-        let child = self.child(pid)?;
-        let (lines, eof) = super::next_batch(&mut *child.output.lock().await, max_wait_ms).await;
-        Ok(OutputBatch { lines, eof })
+    /// Starts `host __supervise DIR` and reads how the start went.
+    async fn start_supervisor(
+        &self,
+        files: &RunFiles,
+    ) -> Result<(i32, i32, watch::Receiver<bool>), String> {
+        let mut supervisor = tokio::process::Command::new(&self.supervisor)
+            .arg(crate::supervisor::SUBCOMMAND)
+            .arg(&files.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|e| {
+                format!(
+                    "cannot start the process supervisor {}: {e}",
+                    self.supervisor.display()
+                )
+            })?;
+        let supervisor_pid = supervisor.id().map_or(0, |p| p as i32);
+        let mut first = String::new();
+        if let Some(stdout) = supervisor.stdout.take() {
+            let mut stdout = tokio::io::BufReader::new(stdout);
+            let _ = tokio::time::timeout(START_TIMEOUT, stdout.read_line(&mut first)).await;
+        }
+        let (exited_tx, exited) = watch::channel(false);
+        // Reaped here, so it never lingers as a zombie.
+        tokio::spawn(async move {
+            let _ = supervisor.wait().await;
+            let _ = exited_tx.send(true);
+        });
+        let first = first.trim();
+        if let Some(pid) = first.strip_prefix("started ") {
+            let child_pid = pid
+                .parse()
+                .map_err(|_| format!("the process supervisor said {first:?}"))?;
+            return Ok((child_pid, supervisor_pid, exited));
+        }
+        if let Some(message) = first.strip_prefix("failed ") {
+            return Err(message.to_string());
+        }
+        Err(format!(
+            "the process supervisor did not start the process (it said {first:?})"
+        ))
     }
 
-    async fn wait(&self, pid: u32) -> Result<ExitStatus, String> {
-        let mut exit = self.child(pid)?.exit.clone();
-        let status = exit
-            .wait_for(Option::is_some)
-            .await
-            .map_err(|_| format!("lost track of process {pid}"))?;
-        Ok(status.clone().unwrap_or_else(|| unreachable_exit(pid)))
+    async fn read_output(&self, scope: &str, id: u64, max_wait_ms: u32) -> Result<OutputBatch, String> {
+        let proc = self.get(scope, id)?;
+        let mut read = proc.read.lock().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(max_wait_ms.into());
+        let mut pause = Duration::from_millis(1);
+        loop {
+            // Looked at before reading: every record is written before the exit.
+            let exited = proc.exit().is_some();
+            let lines = read_records(&proc.files.output(), &mut read)
+                .map_err(|e| format!("cannot read the output of process {id}: {e}"))?;
+            if !lines.is_empty() {
+                let _ = std::fs::write(proc.files.read_offset(), read.to_string());
+                return Ok(OutputBatch { lines, eof: false });
+            }
+            if exited {
+                return Ok(OutputBatch {
+                    lines,
+                    eof: true,
+                });
+            }
+            if !proc.supervisor_alive() && proc.exit().is_none() {
+                return Err(proc.lost());
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(OutputBatch { lines, eof: false });
+            }
+            let nap = pause.min(deadline - now);
+            tokio::select! {
+                _ = tokio::time::sleep(nap) => {}
+                _ = proc.supervisor_ended() => {}
+            }
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
     }
 
-    fn try_wait(&self, pid: u32) -> Result<Option<ExitStatus>, String> {
-        Ok(self.child(pid)?.exit.borrow().clone())
+    async fn wait(&self, scope: &str, id: u64) -> Result<ExitStatus, String> {
+        let proc = self.get(scope, id)?;
+        loop {
+            if let Some(exit) = proc.try_exit()? {
+                return Ok(exit_status(exit));
+            }
+            tokio::select! {
+                _ = proc.supervisor_ended() => {}
+                _ = tokio::time::sleep(ADOPTED_POLL) => {}
+            }
+        }
     }
 
-    fn signal(&self, pid: u32, signal: i32) -> Result<(), String> {
-        // Only our own children: a plugin must not signal arbitrary processes.
-        let child = self.child(pid)?;
-        if child.exit.borrow().is_some() {
+    fn try_wait(&self, scope: &str, id: u64) -> Result<Option<ExitStatus>, String> {
+        Ok(self.get(scope, id)?.try_exit()?.map(exit_status))
+    }
+
+    fn signal(&self, scope: &str, id: u64, signal: i32) -> Result<(), String> {
+        let proc = self.get(scope, id)?;
+        if proc.exit().is_some() {
             return Ok(());
         }
-        signal_group(pid, signal)
+        signal_group(proc.child_pid, signal)
     }
 
-    fn remove_dir(&self, path: &str) -> Result<(), String> {
+    fn remove_dir(&self, scope: &str, path: &str) -> Result<(), String> {
+        let refuse = || {
+            format!("refusing to remove {path}: not a working directory spawned for this flow run")
+        };
+        // A directory made by spawn is ROOT/ID/work.
         let path = Path::new(path);
-        let inside = path
-            .canonicalize()
+        let id = path
+            .strip_prefix(&self.root)
             .ok()
-            .zip(self.temp_root.canonicalize().ok())
-            .is_some_and(|(path, root)| path.starts_with(&root) && path != root);
-        if !path.exists() {
-            return Ok(());
+            .and_then(|rest| rest.components().next())
+            .and_then(|first| first.as_os_str().to_str()?.parse::<u64>().ok())
+            .ok_or_else(refuse)?;
+        let proc = self.get(scope, id).map_err(|_| refuse())?;
+        if !proc.made_cwd || proc.cwd != path {
+            return Err(refuse());
         }
-        if !inside {
-            return Err(format!(
-                "refusing to remove {}: not a directory made by spawn",
-                path.display()
-            ));
+        match std::fs::remove_dir_all(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("cannot remove {}: {e}", path.display())),
         }
-        std::fs::remove_dir_all(path).map_err(|e| format!("cannot remove {}: {e}", path.display()))
+    }
+
+    /// What of `scope` still runs.
+    pub fn running(&self, scope: &str) -> Vec<String> {
+        self.of_scope(scope)
+            .iter()
+            .filter(|p| matches!(p.try_exit(), Ok(None)))
+            .map(|p| p.describe())
+            .collect()
+    }
+
+    /// Forgets `scope`, after its `destroy`: kills what still runs, removes the
+    /// supervisors' files, and says what the plugin had left behind.
+    pub async fn release(&self, scope: &str) -> Vec<String> {
+        let mut left = Vec::new();
+        for proc in self.of_scope(scope) {
+            if matches!(proc.try_exit(), Ok(None)) {
+                left.push(format!("{} was still running: killed", proc.describe()));
+                let _ = signal_group(proc.child_pid, libc::SIGKILL);
+                let _ = tokio::time::timeout(Duration::from_secs(2), proc.supervisor_ended()).await;
+            }
+            if proc.made_cwd && proc.cwd.exists() {
+                left.push(format!("working directory {} was left behind", proc.cwd.display()));
+            }
+            for file in [
+                proc.files.spec(),
+                proc.files.output(),
+                proc.files.exit(),
+                proc.files.read_offset(),
+                proc.files.child_pid(),
+                proc.files.supervisor_pid(),
+            ] {
+                let _ = std::fs::remove_file(file);
+            }
+            // Removed only when empty: a kept working directory stays.
+            let _ = std::fs::remove_dir(&proc.files.dir);
+            if let Ok(mut procs) = self.procs.lock() {
+                procs.remove(&proc.id);
+            }
+        }
+        left
     }
 }
 
-fn unreachable_exit(pid: u32) -> ExitStatus {
-    ExitStatus {
-        code: None,
-        signal: None,
-        oom_killed: false,
-        message: format!("process {pid} status unknown"),
+fn make_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Complete records of `output` after `offset` (moved past them), up to
+/// [`BATCH_BYTES`].
+fn read_records(path: &Path, offset: &mut u64) -> std::io::Result<Vec<(OutputStream, String)>> {
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    file.seek(SeekFrom::Start(*offset))?;
+    let mut buffer = Vec::new();
+    file.take(BATCH_BYTES as u64).read_to_end(&mut buffer)?;
+    let mut lines = Vec::new();
+    let mut consumed = 0;
+    while let Some(end) = buffer[consumed..].iter().position(|b| *b == b'\n') {
+        let record = &buffer[consumed..consumed + end];
+        consumed += end + 1;
+        let Some((tag, line)) = record.split_first() else {
+            continue;
+        };
+        let stream = if *tag == b'e' {
+            OutputStream::Stderr
+        } else {
+            OutputStream::Stdout
+        };
+        lines.push((stream, String::from_utf8_lossy(line).into_owned()));
     }
+    *offset += consumed as u64;
+    Ok(lines)
 }
 
 #[allow(unsafe_code)]
-fn signal_group(pid: u32, signal: i32) -> Result<(), String> {
-    let pgid = i32::try_from(pid).map_err(|_| format!("pid {pid} out of range"))?;
+fn signal_group(pid: i32, signal: i32) -> Result<(), String> {
+    if pid <= 1 {
+        return Err(format!("refusing to signal pid {pid}"));
+    }
     // SAFETY: kill(2) has no memory effects; a negative pid targets the group
-    // the child leads (it was spawned with process_group(0)).
-    let rc = unsafe { libc::kill(-pgid, signal) };
+    // the child leads (the supervisor starts it with process_group(0)).
+    let rc = unsafe { libc::kill(-pid, signal) };
     if rc == 0 {
         return Ok(());
     }
@@ -214,80 +502,52 @@ fn signal_group(pid: u32, signal: i32) -> Result<(), String> {
     Err(format!("cannot signal process group {pid}: {error}"))
 }
 
-fn exit_status(status: std::process::ExitStatus) -> ExitStatus {
-    match (status.code(), status.signal()) {
-        (Some(code), _) => ExitStatus {
-            code: Some(code),
-            signal: None,
-            oom_killed: false,
-            message: format!("exited with code {code}"),
-        },
-        (None, Some(signal)) => ExitStatus {
-            code: None,
-            signal: Some(signal),
-            oom_killed: false,
-            message: format!("killed by signal {signal}"),
-        },
-        (None, None) => ExitStatus {
-            code: None,
-            signal: None,
-            oom_killed: false,
-            message: "ended".into(),
-        },
+fn exit_status(exit: RecordedExit) -> ExitStatus {
+    ExitStatus {
+        code: exit.code,
+        signal: exit.signal,
+        oom_killed: false,
+        message: exit.message,
     }
 }
 
-async fn forward_lines(
-    reader: impl AsyncRead + Unpin,
-    stream: OutputStream,
-    tx: mpsc::Sender<(OutputStream, String)>,
-) {
-    let mut reader = BufReader::new(reader);
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {
-                let line = String::from_utf8_lossy(&buf)
-                    .trim_end_matches(['\n', '\r'])
-                    .to_string();
-                if tx.send((stream, line)).await.is_err() {
-                    break;
-                }
-            }
-        }
-    }
-}
-
-/// Per-call view of the table, as the generated bindings want a `&mut` host.
+/// Per-call view of the table: the generated bindings want a `&mut` host,
+/// and each call knows the flow run it is for.
 pub struct ProcessHost {
     table: Arc<ProcessTable>,
+    scope: Option<String>,
 }
 
 impl ProcessHost {
-    pub fn new(table: Arc<ProcessTable>) -> Self {
-        ProcessHost { table }
+    pub fn new(table: Arc<ProcessTable>, scope: Option<String>) -> Self {
+        ProcessHost { table, scope }
+    }
+
+    fn scope(&self) -> Result<&str, String> {
+        self.scope.as_deref().ok_or_else(|| {
+            "the process capability serves only calls for a flow run (not describe or validate)"
+                .to_string()
+        })
     }
 }
 
 impl Host for ProcessHost {
     async fn spawn(&mut self, request: SpawnRequest) -> Result<Spawned, String> {
-        self.table.spawn(request).await
+        self.table.spawn(self.scope()?, request).await
     }
-    async fn read_output(&mut self, pid: u32, max_wait_ms: u32) -> Result<OutputBatch, String> {
-        self.table.read_output(pid, max_wait_ms).await
+    async fn read_output(&mut self, id: u64, max_wait_ms: u32) -> Result<OutputBatch, String> {
+        self.table.read_output(self.scope()?, id, max_wait_ms).await
     }
-    async fn wait(&mut self, pid: u32) -> Result<ExitStatus, String> {
-        self.table.wait(pid).await
+    async fn wait(&mut self, id: u64) -> Result<ExitStatus, String> {
+        self.table.wait(self.scope()?, id).await
     }
-    async fn try_wait(&mut self, pid: u32) -> Result<Option<ExitStatus>, String> {
-        self.table.try_wait(pid)
+    async fn try_wait(&mut self, id: u64) -> Result<Option<ExitStatus>, String> {
+        self.table.try_wait(self.scope()?, id)
     }
-    async fn signal(&mut self, pid: u32, signal: i32) -> Result<(), String> {
-        self.table.signal(pid, signal)
+    async fn signal(&mut self, id: u64, signal: i32) -> Result<(), String> {
+        self.table.signal(self.scope()?, id, signal)
     }
     async fn remove_dir(&mut self, path: String) -> Result<(), String> {
-        self.table.remove_dir(&path)
+        self.table.remove_dir(self.scope()?, &path)
     }
 }

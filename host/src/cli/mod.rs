@@ -74,11 +74,29 @@ pub struct RuntimeArgs {
         default_value_t = 10.0
     )]
     pub plugin_cpu_seconds: f64,
+    /// Deadline of the plugin calls that must not block (describe, validate,
+    /// inspect, recover), in seconds.
+    #[arg(long, global = true, env = "HOST_PLUGIN_QUICK_CALL_SECONDS", default_value_t = 5)]
+    pub plugin_quick_call_seconds: u64,
+    /// Deadline of `start` and `destroy` (and of `stop`, on top of its grace), in seconds.
+    #[arg(long, global = true, env = "HOST_PLUGIN_SLOW_CALL_SECONDS", default_value_t = 60)]
+    pub plugin_slow_call_seconds: u64,
 }
 
 impl RuntimeArgs {
     pub fn runtime(&self) -> anyhow::Result<Runtime> {
+        self.runtime_in(None)
+    }
+
+    /// A runtime whose process runs live under `work_dir`.
+    pub fn runtime_in(&self, work_dir: Option<PathBuf>) -> anyhow::Result<Runtime> {
+        if self.plugin_quick_call_seconds == 0 || self.plugin_slow_call_seconds == 0 {
+            anyhow::bail!("--plugin-quick-call-seconds and --plugin-slow-call-seconds: must be at least 1");
+        }
         Runtime::new(RuntimeConfig {
+            quick_call: std::time::Duration::from_secs(self.plugin_quick_call_seconds),
+            slow_call: std::time::Duration::from_secs(self.plugin_slow_call_seconds),
+            work_dir,
             memory_limit_bytes: self.plugin_memory_mib << 20,
             cpu_budget: std::time::Duration::try_from_secs_f64(self.plugin_cpu_seconds).map_err(
                 |_| anyhow::anyhow!("--plugin-cpu-seconds: must be a positive number of seconds"),
@@ -116,6 +134,9 @@ enum Command {
     /// List, inspect and test infrastructure plugins.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Holds one process run (started by the `process` capability).
+    #[command(name = crate::supervisor::SUBCOMMAND, hide = true)]
+    Supervise { dir: PathBuf },
 }
 
 /// `--output json` for scripts, tables for people.
@@ -128,6 +149,10 @@ pub enum OutputFormat {
 
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Supervise { dir } = &cli.command {
+        // No async runtime and no logging: it only copies bytes and waits.
+        return crate::supervisor::main(dir);
+    }
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -149,6 +174,7 @@ pub fn run() -> ExitCode {
             Command::FlowRun(command) => flow_run::run(command, &cli.api).await,
             Command::Worker(command) => worker::run(command, &cli.api, &cli.runtime).await,
             Command::Plugin(command) => plugin::run(command, &cli.runtime).await,
+            Command::Supervise { .. } => Ok(ExitCode::FAILURE),
         }
     });
     match result {

@@ -3,7 +3,7 @@
 use super::output::{enum_text, print_json, print_table};
 use super::{ApiArgs, OutputFormat, RuntimeArgs};
 use crate::control::WorkerView;
-use crate::worker::{WorkerConfig, default_name, run_worker};
+use crate::worker::{LogLimits, WorkerConfig, default_name, default_work_dir, run_worker};
 use clap::Subcommand;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -57,6 +57,16 @@ pub struct StartArgs {
     /// Grace period `stop` gives a run on cancel or timeout.
     #[arg(long, default_value_t = 10)]
     stop_grace_seconds: u32,
+    /// Output lines one run may keep; past it, one notice says how many were dropped.
+    #[arg(long, default_value_t = LogLimits::default().max_lines)]
+    max_log_lines_per_run: u64,
+    /// Output bytes one run may keep.
+    #[arg(long, default_value_t = LogLimits::default().max_bytes)]
+    max_log_bytes_per_run: u64,
+    /// This worker's directory for process runs (their supervisors' files and
+    /// working directories); default: TMPDIR/host-runs/POOL/NAME.
+    #[arg(long, env = "HOST_WORK_DIR")]
+    work_dir: Option<std::path::PathBuf>,
 }
 
 pub async fn run(
@@ -70,8 +80,12 @@ pub async fn run(
             if args.limit == 0 {
                 anyhow::bail!("--limit: must be at least 1");
             }
+            let name = args.name.unwrap_or_else(|| default_name(&args.pool));
+            let work_dir = args
+                .work_dir
+                .unwrap_or_else(|| default_work_dir(&args.pool, &name));
             let config = WorkerConfig {
-                name: args.name.unwrap_or_else(|| default_name(&args.pool)),
+                name,
                 pool: args.pool,
                 queues: (!args.work_queues.is_empty()).then_some(args.work_queues),
                 limit: args.limit,
@@ -84,10 +98,14 @@ pub async fn run(
                 healthcheck: args.with_healthcheck.then_some(args.healthcheck_address),
                 plugin_dir: runtime.plugin_dir.clone(),
                 api_url: api.api_url.clone(),
+                log_limits: LogLimits {
+                    max_lines: args.max_log_lines_per_run,
+                    max_bytes: args.max_log_bytes_per_run,
+                },
             };
             run_worker(
                 client,
-                runtime.runtime()?,
+                runtime.runtime_in(Some(work_dir))?,
                 config,
                 super::serve::shutdown_signal(),
             )

@@ -180,10 +180,11 @@ impl Control {
         request: ClaimRequest,
     ) -> Result<ClaimResponse, ApiError> {
         super::names::check_name("worker", &request.worker)?;
-        if request.limit == 0 || request.limit > MAX_CLAIM {
+        // 0 is the cancellation long-poll of a worker whose slots are all busy.
+        if request.limit > MAX_CLAIM {
             return Err(ApiError::bad_request(
                 "limit",
-                format!("limit: must be between 1 and {MAX_CLAIM}"),
+                format!("limit: must be between 0 and {MAX_CLAIM}"),
             ));
         }
         if request.wait_ms > MAX_WAIT_MS {

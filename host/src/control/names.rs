@@ -46,6 +46,14 @@ pub fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
             format!("{field}: {name:?} may only use letters, digits, '-', '_' and '.'"),
         ));
     }
+    // `.` and `..` are path segments, not names: a URL or a CLI argument
+    // holding one addresses the parent or nothing.
+    if name.chars().all(|c| c == '.') {
+        return Err(ApiError::bad_request(
+            field,
+            format!("{field}: {name:?} is not a usable name (dots only)"),
+        ));
+    }
     Ok(())
 }
 

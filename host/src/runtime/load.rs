@@ -3,6 +3,7 @@
 //! capabilities? Each refusal names what is wrong in one line.
 
 use super::{CONTRACT_PACKAGE, CONTRACT_VERSION};
+use crate::capabilities::ContainerPolicy;
 use std::collections::BTreeSet;
 use std::fmt;
 use wasmtime::Engine;
@@ -43,15 +44,31 @@ impl fmt::Display for Capability {
     }
 }
 
-/// The capabilities one plugin may use.
+/// The capabilities one plugin may use, and how far.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Grants(BTreeSet<Capability>);
+pub struct Grants {
+    capabilities: BTreeSet<Capability>,
+    container: ContainerPolicy,
+}
 
 impl Grants {
     pub fn new(capabilities: impl IntoIterator<Item = Capability>) -> Self {
         let mut set: BTreeSet<Capability> = capabilities.into_iter().collect();
         set.insert(Capability::Log);
-        Grants(set)
+        Grants {
+            capabilities: set,
+            container: ContainerPolicy::default(),
+        }
+    }
+
+    /// Narrows what `container-runtime` may do for this plugin.
+    pub fn with_container_policy(mut self, policy: ContainerPolicy) -> Self {
+        self.container = policy;
+        self
+    }
+
+    pub fn container_policy(&self) -> &ContainerPolicy {
+        &self.container
     }
 
     /// Only `log`: what a plugin from a directory gets unless configured.
@@ -60,11 +77,11 @@ impl Grants {
     }
 
     pub fn contains(&self, capability: Capability) -> bool {
-        self.0.contains(&capability)
+        self.capabilities.contains(&capability)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = Capability> + '_ {
-        self.0.iter().copied()
+        self.capabilities.iter().copied()
     }
 }
 
@@ -158,13 +175,15 @@ fn our_interface(name: &str) -> Option<(&str, &str)> {
     rest.split_once('@')
 }
 
-/// Checks exports and imports against the contract and the grants.
+/// Checks exports and imports against the contract and the grants; returns
+/// the capabilities the component imports.
 pub fn check_component(
     engine: &Engine,
     source_name: &str,
     component: &Component,
     grants: &Grants,
-) -> Result<(), LoadError> {
+) -> Result<BTreeSet<Capability>, LoadError> {
+    let mut imported = BTreeSet::new();
     let ty = component.component_type();
     let exports: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
     let driver = exports
@@ -219,6 +238,7 @@ pub fn check_component(
                 capability,
             });
         }
+        imported.insert(capability);
     }
-    Ok(())
+    Ok(imported)
 }

@@ -3,23 +3,24 @@
 //! trap, a spent CPU budget or a refused allocation becomes a [`CallError`] for
 //! that call, never a panic of the host.
 
-pub(crate) mod bindings;
 mod cache;
 mod limits;
 mod load;
 mod plugin;
 
-pub use bindings::{ErrorKind, ExitStatus, Job, OutputStream, PluginError, PluginInfo, RunStatus};
+pub use crate::contract::{ErrorKind, ExitStatus, Job, OutputStream, PluginError, PluginInfo, RunStatus};
 pub use cache::{CacheOutcome, ComponentCache};
 pub use load::{Capability, Grants, LoadError};
-pub use plugin::{CallError, LoadedPlugin, PluginSource};
+pub use plugin::{
+    Call, CallError, LoadedPlugin, MAX_HANDLE_BYTES, MAX_MESSAGE_BYTES, PluginSource,
+};
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use crate::capabilities::{ContainerTable, ProcessTable};
+use crate::capabilities::{ContainerTable, OutputLimits, ProcessTable};
 
 /// The contract this host speaks: `host:infra@0.1.x`.
 pub const CONTRACT_PACKAGE: &str = "host:infra";
@@ -37,6 +38,18 @@ pub struct RuntimeConfig {
     pub max_instances: u32,
     /// Where compiled components are cached; `None` compiles every time.
     pub cache_dir: Option<PathBuf>,
+    /// Deadline of the calls that are pure or non-blocking by contract:
+    /// `describe`, `validate`, `inspect`, `recover`.
+    pub quick_call: Duration,
+    /// Deadline of `start` and `destroy`; `stop` gets this plus its grace.
+    pub slow_call: Duration,
+    /// This runtime's own directory for process runs (one per worker, so no
+    /// two workers share one); `None`: a fresh one under the temp dir.
+    pub work_dir: Option<PathBuf>,
+    /// The program that supervises process runs (`host __supervise`); `None`:
+    /// this executable.
+    pub supervisor: Option<PathBuf>,
+    pub output_limits: OutputLimits,
 }
 
 impl Default for RuntimeConfig {
@@ -46,6 +59,11 @@ impl Default for RuntimeConfig {
             cpu_budget: Duration::from_secs(10),
             max_instances: 1000,
             cache_dir: ComponentCache::default_dir(),
+            quick_call: Duration::from_secs(5),
+            slow_call: Duration::from_secs(60),
+            work_dir: None,
+            supervisor: None,
+            output_limits: OutputLimits::default(),
         }
     }
 }
@@ -109,12 +127,26 @@ impl Runtime {
         let engine = Engine::new(&wasm)
             .map_err(|e| anyhow::anyhow!("cannot create the wasm engine: {e:#}"))?;
         spawn_epoch_ticker(&engine);
+        let work_dir = config.work_dir.clone().unwrap_or_else(|| {
+            std::env::temp_dir()
+                .join("host-runs")
+                .join(uuid::Uuid::new_v4().to_string())
+        });
+        let supervisor = match &config.supervisor {
+            Some(program) => program.clone(),
+            None => std::env::current_exe()
+                .map_err(|e| anyhow::anyhow!("cannot find this program's path: {e}"))?,
+        };
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
                 engine,
                 cache: ComponentCache::new(config.cache_dir.clone()),
+                processes: Arc::new(ProcessTable::new(
+                    work_dir,
+                    supervisor,
+                    config.output_limits,
+                )),
                 config,
-                processes: Arc::new(ProcessTable::new()?),
                 containers: Arc::new(ContainerTable::new()),
             }),
         })

@@ -1,17 +1,19 @@
 //! One loaded plugin: its pre-instantiated component and the typed calls of the
 //! `driver` interface, each in a fresh store with its own limits.
 
-use super::bindings::{Plugin, PluginPre};
+use crate::contract::{Plugin, PluginPre};
 use super::limits::MemoryCap;
 use super::load::{self, Capability, Grants, LoadError};
 use super::{
     CacheOutcome, ErrorKind, ExitStatus, Job, PluginError, PluginInfo, RunStatus, Runtime,
 };
 use crate::capabilities::{self, ContainerHost, LogHost, OutputSink, ProcessHost};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{Store, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
@@ -55,7 +57,53 @@ pub enum CallError {
     },
     #[error("plugin `{plugin}` could not be instantiated: {message}")]
     Instantiate { plugin: String, message: String },
+    #[error("plugin `{plugin}` did not answer `{call}` within {seconds}s and was stopped")]
+    Deadline {
+        plugin: String,
+        call: &'static str,
+        seconds: u64,
+    },
+    /// The plugin answered with a value the contract does not allow.
+    #[error("plugin `{plugin}` broke the contract in `{call}`: {message}")]
+    Contract {
+        plugin: String,
+        call: &'static str,
+        message: String,
+    },
 }
+
+/// The calls of the contract, for deadlines and messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    Describe,
+    Validate,
+    Start,
+    Wait,
+    Inspect,
+    Stop,
+    Destroy,
+    Recover,
+}
+
+impl Call {
+    pub fn name(self) -> &'static str {
+        match self {
+            Call::Describe => "describe",
+            Call::Validate => "validate",
+            Call::Start => "start",
+            Call::Wait => "wait",
+            Call::Inspect => "inspect",
+            Call::Stop => "stop",
+            Call::Destroy => "destroy",
+            Call::Recover => "recover",
+        }
+    }
+}
+
+/// A handle is stored on the flow run and sent with every later call.
+pub const MAX_HANDLE_BYTES: usize = 16 << 10;
+/// Error and exit messages are one line for people.
+pub const MAX_MESSAGE_BYTES: usize = 2 << 10;
 
 impl CallError {
     /// Worth trying the same call again later.
@@ -107,6 +155,8 @@ pub struct LoadedPlugin {
     info: PluginInfo,
     source: PluginSource,
     grants: Grants,
+    /// The capability interfaces the component imports.
+    imports: BTreeSet<Capability>,
     pre: PluginPre<PluginState>,
     cache_outcome: CacheOutcome,
 }
@@ -133,7 +183,7 @@ impl LoadedPlugin {
                     source_name: source_name.into(),
                     error: format!("{e:#}"),
                 })?;
-        load::check_component(engine, source_name, &component, &grants)?;
+        let imports = load::check_component(engine, source_name, &component, &grants)?;
         let linker = linker_for(runtime, &grants).map_err(|e| LoadError::Invalid {
             source_name: source_name.into(),
             message: format!("{e:#}"),
@@ -150,6 +200,7 @@ impl LoadedPlugin {
             info: placeholder_info(source_name),
             source,
             grants,
+            imports,
             pre,
             cache_outcome,
         };
@@ -179,6 +230,12 @@ impl LoadedPlugin {
         &self.grants
     }
 
+    /// The capability interfaces the component really imports (whatever
+    /// `describe` says).
+    pub fn imports(&self) -> &BTreeSet<Capability> {
+        &self.imports
+    }
+
     pub fn cache_outcome(&self) -> CacheOutcome {
         self.cache_outcome
     }
@@ -186,16 +243,17 @@ impl LoadedPlugin {
     /// Calls `describe` in a fresh instance (the cached [`LoadedPlugin::info`]
     /// is what callers normally want; this is for tests and benchmarks).
     pub async fn describe(&self) -> Result<PluginInfo, CallError> {
-        self.call(capabilities::discard_output(), |p, s| {
+        self.call(Call::Describe, None, discard(), |p, s| {
             Box::pin(p.host_infra_driver().call_describe(s))
         })
         .await
     }
 
+    /// Pure by contract: no capability serves it.
     pub async fn validate(&self, configuration: &str) -> Result<(), CallError> {
         let configuration = configuration.to_string();
         let result = self
-            .call(capabilities::discard_output(), move |p, s| {
+            .call(Call::Validate, None, discard(), move |p, s| {
                 Box::pin(
                     async move { p.host_infra_driver().call_validate(s, &configuration).await },
                 )
@@ -204,77 +262,169 @@ impl LoadedPlugin {
         result.map_err(plugin_error)
     }
 
+    /// The capabilities serve this call, and every later one for the same
+    /// run, as the run `job.flow_run_id`.
     pub async fn start(&self, job: Job) -> Result<String, CallError> {
+        let run = job.flow_run_id.clone();
         let result = self
-            .call(capabilities::discard_output(), move |p, s| {
+            .call(Call::Start, Some(run), discard(), move |p, s| {
                 Box::pin(async move { p.host_infra_driver().call_start(s, &job).await })
             })
             .await?;
-        result.map_err(plugin_error)
+        let handle = result.map_err(plugin_error)?;
+        if handle.len() > MAX_HANDLE_BYTES {
+            return Err(CallError::Contract {
+                plugin: self.info.name.clone(),
+                call: Call::Start.name(),
+                message: format!(
+                    "it returned a handle of {} bytes; the limit is {MAX_HANDLE_BYTES}",
+                    handle.len()
+                ),
+            });
+        }
+        Ok(handle)
     }
 
-    /// Blocks until the infrastructure ends; its output goes to `sink`.
+    /// Blocks until the infrastructure ends; its output goes to `sink`. No
+    /// deadline: the caller drops the future to stop waiting.
     pub async fn wait(
         &self,
+        run: &str,
         handle: &str,
         sink: Arc<dyn OutputSink>,
     ) -> Result<ExitStatus, CallError> {
         let handle = handle.to_string();
         let result = self
-            .call(sink, move |p, s| {
+            .call(Call::Wait, Some(run.into()), sink, move |p, s| {
                 Box::pin(async move { p.host_infra_driver().call_wait(s, &handle).await })
             })
             .await?;
-        result.map_err(plugin_error)
+        result.map(bounded_exit).map_err(plugin_error)
     }
 
-    pub async fn inspect(&self, handle: &str) -> Result<RunStatus, CallError> {
+    pub async fn inspect(&self, run: &str, handle: &str) -> Result<RunStatus, CallError> {
         let handle = handle.to_string();
         let result = self
-            .call(capabilities::discard_output(), move |p, s| {
+            .call(Call::Inspect, Some(run.into()), discard(), move |p, s| {
                 Box::pin(async move { p.host_infra_driver().call_inspect(s, &handle).await })
             })
             .await?;
-        result.map_err(plugin_error)
+        result.map(bounded_status).map_err(plugin_error)
     }
 
-    pub async fn stop(&self, handle: &str, grace_seconds: u32) -> Result<(), CallError> {
+    pub async fn stop(&self, run: &str, handle: &str, grace_seconds: u32) -> Result<(), CallError> {
         let handle = handle.to_string();
         let result = self
-            .call(capabilities::discard_output(), move |p, s| {
-                Box::pin(async move {
-                    p.host_infra_driver()
-                        .call_stop(s, &handle, grace_seconds)
-                        .await
-                })
-            })
+            .call_within(
+                Call::Stop,
+                self.runtime.config().slow_call + Duration::from_secs(grace_seconds.into()),
+                Some(run.into()),
+                discard(),
+                move |p, s| {
+                    Box::pin(async move {
+                        p.host_infra_driver()
+                            .call_stop(s, &handle, grace_seconds)
+                            .await
+                    })
+                },
+            )
             .await?;
         result.map_err(plugin_error)
     }
 
-    pub async fn destroy(&self, handle: &str) -> Result<(), CallError> {
+    pub async fn destroy(&self, run: &str, handle: &str) -> Result<(), CallError> {
         let handle = handle.to_string();
         let result = self
-            .call(capabilities::discard_output(), move |p, s| {
+            .call(Call::Destroy, Some(run.into()), discard(), move |p, s| {
                 Box::pin(async move { p.host_infra_driver().call_destroy(s, &handle).await })
             })
             .await?;
         result.map_err(plugin_error)
     }
 
-    pub async fn recover(&self, handle: &str) -> Result<RunStatus, CallError> {
+    pub async fn recover(&self, run: &str, handle: &str) -> Result<RunStatus, CallError> {
         let handle = handle.to_string();
         let result = self
-            .call(capabilities::discard_output(), move |p, s| {
+            .call(Call::Recover, Some(run.into()), discard(), move |p, s| {
                 Box::pin(async move { p.host_infra_driver().call_recover(s, &handle).await })
             })
             .await?;
-        result.map_err(plugin_error)
+        result.map(bounded_status).map_err(plugin_error)
     }
 
-    /// A fresh store and instance, one call, and the failure classified.
+    /// What the capabilities created for `run` that still runs: after a
+    /// `stop`, this should be nothing.
+    pub async fn still_running(&self, run: &str) -> Vec<String> {
+        let mut running = Vec::new();
+        if self.grants.contains(Capability::Process) {
+            running.extend(self.runtime.processes().running(run));
+        }
+        if self.grants.contains(Capability::ContainerRuntime) {
+            running.extend(self.runtime.containers().running(run).await);
+        }
+        running
+    }
+
+    /// Ends the host's part in `run`, after its `destroy`: kills and removes
+    /// whatever the plugin left, and says what that was (nothing, when the
+    /// plugin kept its promises).
+    pub async fn release(&self, run: &str) -> Vec<String> {
+        let mut left = Vec::new();
+        if self.grants.contains(Capability::Process) {
+            left.extend(self.runtime.processes().release(run).await);
+        }
+        if self.grants.contains(Capability::ContainerRuntime) {
+            left.extend(self.runtime.containers().release(run).await);
+        }
+        left
+    }
+
     async fn call<R>(
         &self,
+        call: Call,
+        scope: Option<String>,
+        sink: Arc<dyn OutputSink>,
+        f: impl for<'a> FnOnce(&'a Plugin, &'a mut Store<PluginState>) -> CallFuture<'a, R>,
+    ) -> Result<R, CallError> {
+        let config = self.runtime.config();
+        let deadline = match call {
+            Call::Describe | Call::Validate | Call::Inspect | Call::Recover => config.quick_call,
+            Call::Start | Call::Stop | Call::Destroy => config.slow_call,
+            Call::Wait => Duration::MAX,
+        };
+        self.call_within(call, deadline, scope, sink, f).await
+    }
+
+    /// A fresh store and instance, one call bounded by `deadline` (wall
+    /// clock), and the failure classified.
+    async fn call_within<R>(
+        &self,
+        call: Call,
+        deadline: Duration,
+        scope: Option<String>,
+        sink: Arc<dyn OutputSink>,
+        f: impl for<'a> FnOnce(&'a Plugin, &'a mut Store<PluginState>) -> CallFuture<'a, R>,
+    ) -> Result<R, CallError> {
+        let work = self.call_unbounded(scope, sink, f);
+        if deadline == Duration::MAX {
+            return work.await;
+        }
+        // The epoch callback yields at every tick, so even a guest that never
+        // calls the host gives the timer its turn; dropping the future drops
+        // the store and its instance.
+        match tokio::time::timeout(deadline, work).await {
+            Ok(result) => result,
+            Err(_) => Err(CallError::Deadline {
+                plugin: self.info.name.clone(),
+                call: call.name(),
+                seconds: deadline.as_secs_f64().ceil() as u64,
+            }),
+        }
+    }
+
+    async fn call_unbounded<R>(
+        &self,
+        scope: Option<String>,
         sink: Arc<dyn OutputSink>,
         f: impl for<'a> FnOnce(&'a Plugin, &'a mut Store<PluginState>) -> CallFuture<'a, R>,
     ) -> Result<R, CallError> {
@@ -292,8 +442,12 @@ impl LoadedPlugin {
             memory: MemoryCap::new(config.memory_limit_bytes),
             stderr,
             log: LogHost::new(self.info.name.clone(), sink),
-            process: ProcessHost::new(self.runtime.processes().clone()),
-            containers: ContainerHost::new(self.runtime.containers().clone()),
+            process: ProcessHost::new(self.runtime.processes().clone(), scope.clone()),
+            containers: ContainerHost::new(
+                self.runtime.containers().clone(),
+                scope,
+                self.grants.container_policy().clone(),
+            ),
             host_calls: 0,
             seen_host_calls: 0,
             spinning_ticks: 0,
@@ -370,15 +524,34 @@ impl LoadedPlugin {
     }
 }
 
+fn discard() -> Arc<dyn OutputSink> {
+    capabilities::discard_output()
+}
+
 fn plugin_error(error: PluginError) -> CallError {
     CallError::Plugin {
         kind: error.kind,
-        message: error.message,
+        message: capabilities::truncate(error.message, MAX_MESSAGE_BYTES),
+    }
+}
+
+fn bounded_exit(mut exit: ExitStatus) -> ExitStatus {
+    exit.message = capabilities::truncate(exit.message, MAX_MESSAGE_BYTES);
+    exit
+}
+
+fn bounded_status(status: RunStatus) -> RunStatus {
+    match status {
+        RunStatus::Exited(exit) => RunStatus::Exited(bounded_exit(exit)),
+        RunStatus::NotFound(why) => {
+            RunStatus::NotFound(capabilities::truncate(why, MAX_MESSAGE_BYTES))
+        }
+        other => other,
     }
 }
 
 fn linker_for(runtime: &Runtime, grants: &Grants) -> wasmtime::Result<Linker<PluginState>> {
-    use super::bindings::host::infra;
+    use crate::contract::host::infra;
     let mut linker: Linker<PluginState> = Linker::new(runtime.engine());
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     for capability in grants.iter() {
@@ -391,6 +564,7 @@ fn linker_for(runtime: &Runtime, grants: &Grants) -> wasmtime::Result<Linker<Plu
             }
             Capability::Process => {
                 infra::process::add_to_linker::<_, HasSelf<ProcessHost>>(&mut linker, |s| {
+                    s.host_calls += 1;
                     &mut s.process
                 })?
             }
@@ -419,6 +593,7 @@ fn placeholder_info(source_name: &str) -> PluginInfo {
         default_base_job_template: String::new(),
         capabilities: Vec::new(),
         example_variables: String::new(),
+        long_running_variables: String::new(),
     }
 }
 
@@ -433,6 +608,31 @@ fn validate_info(source_name: &str, info: &PluginInfo, grants: &Grants) -> Resul
             source_name: source_name.into(),
             found: format!("{}@{}", super::CONTRACT_PACKAGE, info.contract_version),
         });
+    }
+    let sizes = [
+        ("name", info.name.len(), 64),
+        ("version", info.version.len(), 64),
+        ("contract_version", info.contract_version.len(), 64),
+        ("description", info.description.len(), 4 << 10),
+        (
+            "default_base_job_template",
+            info.default_base_job_template.len(),
+            256 << 10,
+        ),
+        ("example_variables", info.example_variables.len(), 64 << 10),
+        (
+            "long_running_variables",
+            info.long_running_variables.len(),
+            64 << 10,
+        ),
+        ("capabilities", info.capabilities.len(), 16),
+    ];
+    for (field, size, limit) in sizes {
+        if size > limit {
+            return Err(invalid(format!(
+                "describe: {field} is {size} long; the limit is {limit}"
+            )));
+        }
     }
     let valid_name = !info.name.is_empty()
         && info

@@ -11,6 +11,8 @@ mod health;
 mod logs;
 mod run;
 
+pub use logs::LogLimits;
+
 use crate::client::{Client, ClientError};
 use crate::control::{ClaimResponse, PoolSpec, PoolView, WorkerHeartbeat};
 use crate::model::ClaimedRun;
@@ -46,6 +48,14 @@ pub struct WorkerConfig {
     pub plugin_dir: Option<PathBuf>,
     /// Injected into each run's environment as HOST_API_URL.
     pub api_url: String,
+    /// What one run may keep in the server's log.
+    pub log_limits: LogLimits,
+}
+
+/// The worker's own directory for process runs: stable across its restarts
+/// (so it re-attaches to them), shared with no other worker.
+pub fn default_work_dir(pool: &str, name: &str) -> PathBuf {
+    std::env::temp_dir().join("host-runs").join(pool).join(name)
 }
 
 /// The default worker name: stable across restarts on one machine, so a
@@ -108,8 +118,8 @@ impl Shared {
 }
 
 /// Retries a call while the server is unreachable or failing (5xx), with
-/// backoff; gives up on a 4xx, which retrying cannot fix.
-pub(crate) async fn retry<T, F, Fut>(what: &str, run_id: &str, mut call: F) -> Option<T>
+/// backoff; gives up on a 4xx, which retrying cannot fix, and returns it.
+pub(crate) async fn retry<T, F, Fut>(what: &str, run_id: &str, mut call: F) -> Result<T, ClientError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, ClientError>>,
@@ -117,10 +127,10 @@ where
     let mut delay = Duration::from_millis(100);
     loop {
         match call().await {
-            Ok(value) => return Some(value),
+            Ok(value) => return Ok(value),
             Err(error) if error.status().is_some_and(|s| s < 500) => {
                 tracing::warn!(flow_run_id = run_id, %error, "{what} refused");
-                return None;
+                return Err(error);
             }
             Err(error) => {
                 tracing::warn!(flow_run_id = run_id, %error, "{what} failed; retrying in {delay:?}");
@@ -403,7 +413,7 @@ async fn recover(shared: &Arc<Shared>) {
         "/api/work-pools/{}/workers/{}/runs",
         shared.config.pool, shared.config.name
     );
-    let Some(held) = retry("list held runs", "-", || {
+    let Ok(held) = retry("list held runs", "-", || {
         shared.client.get::<Vec<ClaimedRun>>(&path)
     })
     .await

@@ -1,6 +1,9 @@
 //! One flow run on this worker: start it through the plugin, watch it, report
 //! how it ended, clean up. Every report is idempotent (keyed by run and step),
 //! so retrying one after a lost answer cannot move the run twice.
+//!
+//! Cancel, `timeout_seconds` and worker shutdown win over every plugin call,
+//! not only `wait`: each call is raced against them ([`Stops::race`]).
 
 use super::logs::RunLog;
 use super::{Shared, retry};
@@ -8,6 +11,7 @@ use crate::model::{ClaimedRun, StateType};
 use crate::orchestration::Transition;
 use crate::runtime::{CallError, ExitStatus, Job, RunStatus};
 use serde_json::Value;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -16,13 +20,55 @@ use tokio::sync::watch;
 const START_ATTEMPTS: u32 = 5;
 const START_BACKOFF: Duration = Duration::from_millis(250);
 
-/// How monitoring ended.
-enum Outcome {
-    Exited(Result<ExitStatus, CallError>),
+/// What ended a call before it answered.
+#[derive(Debug, Clone, Copy)]
+enum Stopped {
     Cancelled,
     TimedOut(u64),
     /// The worker is shutting down: leave the infrastructure for recovery.
     Abandoned,
+}
+
+/// The things that may end a run's calls early.
+struct Stops {
+    cancel: watch::Receiver<bool>,
+    abandon: watch::Receiver<bool>,
+    timeout: Option<(u64, tokio::time::Instant)>,
+}
+
+impl Stops {
+    fn new(shared: &Shared, cancel: watch::Receiver<bool>, claimed: &ClaimedRun) -> Stops {
+        let timeout = claimed
+            .job_variables
+            .get("timeout_seconds")
+            .and_then(Value::as_u64)
+            .map(|s| (s, tokio::time::Instant::now() + Duration::from_secs(s)));
+        Stops {
+            cancel,
+            abandon: shared.abandon.clone(),
+            timeout,
+        }
+    }
+
+    /// `work`, unless a cancel, the timeout or shutdown comes first (then
+    /// `work` is dropped, and with it the plugin's instance).
+    async fn race<T>(&mut self, work: impl Future<Output = T>) -> Result<T, Stopped> {
+        let timeout = self.timeout;
+        let timer = async move {
+            match timeout {
+                Some((_, at)) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let seconds = timeout.map_or(0, |(s, _)| s);
+        tokio::select! {
+            biased;
+            _ = self.cancel.wait_for(|c| *c) => Err(Stopped::Cancelled),
+            _ = self.abandon.wait_for(|a| *a) => Err(Stopped::Abandoned),
+            _ = timer => Err(Stopped::TimedOut(seconds)),
+            value = work => Ok(value),
+        }
+    }
 }
 
 pub(super) async fn execute(
@@ -32,43 +78,29 @@ pub(super) async fn execute(
 ) {
     let run_id = claimed.flow_run.id.clone();
     tracing::info!(flow_run_id = %run_id, pool = %shared.config.pool, worker = %shared.config.name, "PENDING: claimed");
-    let log = RunLog::start(shared.client.clone(), run_id.clone());
+    let log = RunLog::start(shared, run_id.clone());
+    let mut stops = Stops::new(shared, cancel, &claimed);
     let configuration = claimed.job_configuration.to_string();
-    if let Err(error) = shared.plugin.validate(&configuration).await {
-        log.finish(
-            shared,
-            &run_id,
-            StateType::Crashed,
-            format!("invalid job configuration: {error}"),
-            None,
-        )
-        .await;
-        return;
-    }
-    if *cancel.borrow() {
-        log.finish(
-            shared,
-            &run_id,
-            StateType::Cancelled,
-            "cancelled before it started".into(),
-            None,
-        )
-        .await;
-        return;
+    match stops.race(shared.plugin.validate(&configuration)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            let message = format!("invalid job configuration: {error}");
+            return log.finish(shared, &run_id, StateType::Crashed, message, None).await;
+        }
+        Err(stopped) => return end_unstarted(shared, &run_id, log, stopped, "validating").await,
     }
     let job = job_for(shared, &claimed, configuration);
-    let handle = match start_with_retries(shared, &run_id, job).await {
-        Ok(handle) => handle,
-        Err(error) => {
-            log.finish(
-                shared,
-                &run_id,
-                StateType::Crashed,
-                format!("start failed: {error}"),
-                None,
-            )
-            .await;
-            return;
+    let handle = match stops.race(start_with_retries(shared, &run_id, job)).await {
+        Ok(Ok(handle)) => handle,
+        Ok(Err(error)) => {
+            release(shared, &run_id, &log).await;
+            let message = format!("start failed: {error}");
+            return log.finish(shared, &run_id, StateType::Crashed, message, None).await;
+        }
+        Err(stopped) => {
+            // Whatever `start` made so far has no handle: the host removes it.
+            release(shared, &run_id, &log).await;
+            return end_unstarted(shared, &run_id, log, stopped, "starting").await;
         }
     };
     log.push(
@@ -86,13 +118,42 @@ pub(super) async fn execute(
         infrastructure_handle: Some(handle.clone()),
         ..Transition::default()
     };
-    report(shared, &run_id, running).await;
+    if let Err(refused) = report(shared, &run_id, running).await {
+        // The run ended meanwhile (cancelled before the report, say): nothing
+        // may run on for it.
+        tracing::warn!(flow_run_id = %run_id, %refused, "RUNNING refused; stopping the infrastructure");
+        stop(shared, &run_id, &handle).await;
+        cleanup(shared, &run_id, &handle).await;
+        log.close().await;
+        return;
+    }
     tracing::info!(flow_run_id = %run_id, "RUNNING");
-    let timeout = claimed
-        .job_variables
-        .get("timeout_seconds")
-        .and_then(Value::as_u64);
-    watch_run(shared, &run_id, &handle, timeout, cancel, log).await;
+    watch_run(shared, &run_id, &handle, stops, log).await;
+}
+
+/// Ends a run whose infrastructure never started.
+async fn end_unstarted(
+    shared: &Arc<Shared>,
+    run_id: &str,
+    log: RunLog,
+    stopped: Stopped,
+    doing: &str,
+) {
+    let (state, message) = match stopped {
+        Stopped::Cancelled => (StateType::Cancelled, format!("cancelled while {doing}")),
+        Stopped::TimedOut(seconds) => (
+            StateType::Failed,
+            format!("timed out after {seconds}s (timeout_seconds) while {doing}"),
+        ),
+        Stopped::Abandoned => (
+            StateType::Crashed,
+            format!(
+                "worker {} shut down while {doing}; nothing was left running",
+                shared.config.name
+            ),
+        ),
+    };
+    log.finish(shared, run_id, state, message, None).await;
 }
 
 /// Monitors a started run to its end and reports it.
@@ -100,76 +161,100 @@ async fn watch_run(
     shared: &Arc<Shared>,
     run_id: &str,
     handle: &str,
-    timeout: Option<u64>,
-    mut cancel: watch::Receiver<bool>,
+    mut stops: Stops,
     log: RunLog,
 ) {
-    let mut abandon = shared.abandon.clone();
-    let timer = async {
-        match timeout {
-            Some(seconds) => tokio::time::sleep(Duration::from_secs(seconds)).await,
-            None => std::future::pending().await,
-        }
-    };
-    let outcome = tokio::select! {
-        exit = shared.plugin.wait(handle, log.sink()) => Outcome::Exited(exit),
-        _ = cancel.wait_for(|c| *c) => Outcome::Cancelled,
-        _ = timer => Outcome::TimedOut(timeout.unwrap_or(0)),
-        _ = abandon.wait_for(|a| *a) => Outcome::Abandoned,
-    };
-    let (state, message, exit_code) = match outcome {
-        Outcome::Exited(Ok(exit)) if exit.code == Some(0) => {
-            (StateType::Completed, exit.message, Some(0))
-        }
-        Outcome::Exited(Ok(exit)) => {
-            let message = if exit.oom_killed {
-                format!("{} (killed: out of memory)", exit.message)
-            } else {
-                exit.message
-            };
-            (StateType::Failed, message, exit.code)
-        }
-        Outcome::Exited(Err(error)) => (StateType::Crashed, error.to_string(), None),
-        Outcome::Cancelled => {
-            stop(shared, run_id, handle).await;
-            (
-                StateType::Cancelled,
-                "cancelled; infrastructure stopped".into(),
-                None,
-            )
-        }
-        Outcome::TimedOut(seconds) => {
-            stop(shared, run_id, handle).await;
-            (
-                StateType::Failed,
-                format!("timed out after {seconds}s (timeout_seconds)"),
-                None,
-            )
-        }
-        Outcome::Abandoned => {
+    let waited = stops
+        .race(shared.plugin.wait(run_id, handle, log.sink()))
+        .await;
+    let (state, message, exit_code) = match waited {
+        Ok(Ok(exit)) => exit_outcome(exit),
+        Ok(Err(error)) => (StateType::Crashed, error.to_string(), None),
+        Err(Stopped::Abandoned) => {
             log.close().await;
             tracing::info!(flow_run_id = run_id, "left running for recovery");
             return;
         }
+        Err(Stopped::Cancelled) => (
+            StateType::Cancelled,
+            format!("cancelled; {}", stop_and_verify(shared, run_id, handle).await),
+            None,
+        ),
+        Err(Stopped::TimedOut(seconds)) => (
+            StateType::Failed,
+            format!(
+                "timed out after {seconds}s (timeout_seconds); {}",
+                stop_and_verify(shared, run_id, handle).await
+            ),
+            None,
+        ),
     };
     log.finish(shared, run_id, state, message, exit_code).await;
-    if let Err(error) = shared.plugin.destroy(handle).await {
-        tracing::warn!(flow_run_id = run_id, %error, "destroy failed");
+    cleanup(shared, run_id, handle).await;
+}
+
+fn exit_outcome(exit: ExitStatus) -> (StateType, String, Option<i32>) {
+    if exit.code == Some(0) {
+        return (StateType::Completed, exit.message, Some(0));
     }
+    let message = if exit.oom_killed {
+        format!("{} (killed: out of memory)", exit.message)
+    } else {
+        exit.message
+    };
+    (StateType::Failed, message, exit.code)
+}
+
+/// Stops the infrastructure, then checks through the capabilities' records
+/// that nothing of the run still runs, rather than trusting the plugin.
+async fn stop_and_verify(shared: &Shared, run_id: &str, handle: &str) -> String {
+    stop(shared, run_id, handle).await;
+    let left = shared.plugin.still_running(run_id).await;
+    if left.is_empty() {
+        return "infrastructure stopped".into();
+    }
+    let killed = shared.plugin.release(run_id).await;
+    tracing::warn!(flow_run_id = run_id, ?left, "stop left the run's infrastructure running");
+    format!(
+        "the plugin's stop left {} running; the host killed it ({})",
+        left.join(", "),
+        killed.join("; ")
+    )
 }
 
 async fn stop(shared: &Shared, run_id: &str, handle: &str) {
     if let Err(error) = shared
         .plugin
-        .stop(handle, shared.config.stop_grace_seconds)
+        .stop(run_id, handle, shared.config.stop_grace_seconds)
         .await
     {
         tracing::warn!(flow_run_id = run_id, %error, "stop failed");
     }
 }
 
+/// `destroy`, then the host's own clean-up of what the plugin left behind.
+async fn cleanup(shared: &Shared, run_id: &str, handle: &str) {
+    if let Err(error) = shared.plugin.destroy(run_id, handle).await {
+        tracing::warn!(flow_run_id = run_id, %error, "destroy failed");
+    }
+    let left = shared.plugin.release(run_id).await;
+    if !left.is_empty() {
+        tracing::warn!(flow_run_id = run_id, ?left, "destroy left things behind; cleaned up");
+    }
+}
+
+/// The host's clean-up for a run that has no handle.
+async fn release(shared: &Shared, run_id: &str, log: &RunLog) {
+    let left = shared.plugin.release(run_id).await;
+    if !left.is_empty() {
+        log.push("worker", format!("cleaned up: {}", left.join("; ")));
+    }
+}
+
 impl RunLog {
-    /// Flushes the run's logs, then records its final state.
+    /// Flushes the run's logs, then records its final state. A final state the
+    /// server refuses (it should not) is replaced by CRASHED with the reason,
+    /// so the run never stays unfinished.
     async fn finish(
         self,
         shared: &Shared,
@@ -190,17 +275,37 @@ impl RunLog {
             exit_code,
             ..Transition::default()
         };
-        report(shared, run_id, transition).await;
+        if let Err(refused) = report(shared, run_id, transition).await {
+            let crashed = Transition {
+                to: Some(StateType::Crashed),
+                message: Some(format!(
+                    "the server refused this run's final state ({state}): {refused}"
+                )),
+                worker: Some(shared.config.name.clone()),
+                idempotency_key: Some(format!("{run_id}:final-refused")),
+                ..Transition::default()
+            };
+            let _ = report(shared, run_id, crashed).await;
+        }
         tracing::info!(flow_run_id = run_id, pool = %shared.config.pool, worker = %shared.config.name, %message, "{state}");
     }
 }
 
-async fn report(shared: &Shared, run_id: &str, transition: Transition) {
+/// Sends a transition until the server answers; `Err` when it refused it.
+async fn report(
+    shared: &Shared,
+    run_id: &str,
+    mut transition: Transition,
+) -> Result<(), crate::client::ClientError> {
+    transition.message = transition
+        .message
+        .map(|m| crate::capabilities::truncate(m, crate::runtime::MAX_MESSAGE_BYTES));
     let path = format!("/api/flow-runs/{run_id}/state");
     retry("report state", run_id, || {
         shared.client.post::<_, Value>(&path, &transition)
     })
-    .await;
+    .await
+    .map(|_| ())
 }
 
 async fn start_with_retries(shared: &Shared, run_id: &str, job: Job) -> Result<String, CallError> {
@@ -269,64 +374,61 @@ fn job_for(shared: &Shared, claimed: &ClaimedRun, configuration: String) -> Job 
 }
 
 /// A run held before a restart: re-attach through `recover` where the plugin
-/// can, or end it with what is known.
+/// can, or end it with what is known. Never an invented outcome: an exit the
+/// infrastructure really had, or CRASHED with why it is unknown.
 pub(super) async fn recover(
     shared: &Arc<Shared>,
     claimed: ClaimedRun,
     cancel: watch::Receiver<bool>,
 ) {
     let run_id = claimed.flow_run.id.clone();
-    let log = RunLog::start(shared.client.clone(), run_id.clone());
+    let log = RunLog::start(shared, run_id.clone());
     let Some(handle) = claimed.flow_run.infrastructure_handle.clone() else {
-        // Claimed but never recorded as started: whether `start` ran is unknown.
+        // Claimed but never recorded as started: whatever `start` made is
+        // unknown to the server, but known to the capabilities.
+        release(shared, &run_id, &log).await;
         let message =
-            "the worker restarted before this run's infrastructure was recorded".to_string();
-        log.finish(shared, &run_id, StateType::Crashed, message, None)
-            .await;
-        return;
+            "the worker restarted before this run's infrastructure was recorded; its outcome is unknown"
+                .to_string();
+        return log.finish(shared, &run_id, StateType::Crashed, message, None).await;
     };
+    let mut stops = Stops::new(shared, cancel, &claimed);
     let cancelling = claimed.flow_run.state.state_type == StateType::Cancelling;
-    match shared.plugin.recover(&handle).await {
+    let recovered = match stops.race(shared.plugin.recover(&run_id, &handle)).await {
+        Ok(recovered) => recovered,
+        Err(Stopped::Abandoned) => return log.close().await,
+        // Cancelled or timed out before we even know where it stands: stop it.
+        Err(_) => Ok(RunStatus::Running),
+    };
+    match recovered {
         Ok(RunStatus::Pending | RunStatus::Running) => {
             log.push(
                 "worker",
                 format!("re-attached after worker {} restarted", shared.config.name),
             );
             if cancelling {
-                stop(shared, &run_id, &handle).await;
-                log.finish(
-                    shared,
-                    &run_id,
-                    StateType::Cancelled,
-                    "cancelled; infrastructure stopped".into(),
-                    None,
-                )
-                .await;
-                return;
+                let message = format!("cancelled; {}", stop_and_verify(shared, &run_id, &handle).await);
+                log.finish(shared, &run_id, StateType::Cancelled, message, None)
+                    .await;
+                return cleanup(shared, &run_id, &handle).await;
             }
-            let timeout = claimed
-                .job_variables
-                .get("timeout_seconds")
-                .and_then(Value::as_u64);
-            watch_run(shared, &run_id, &handle, timeout, cancel, log).await;
+            watch_run(shared, &run_id, &handle, stops, log).await;
         }
         Ok(RunStatus::Exited(exit)) => {
-            let (state, code) = if exit.code == Some(0) && !cancelling {
-                (StateType::Completed, Some(0))
-            } else if cancelling {
-                (StateType::Cancelled, exit.code)
+            let (state, message, code) = if cancelling {
+                (StateType::Cancelled, exit.message, exit.code)
             } else {
-                (StateType::Failed, exit.code)
+                exit_outcome(exit)
             };
             log.finish(
                 shared,
                 &run_id,
                 state,
-                format!("ended while the worker was away: {}", exit.message),
+                format!("ended while the worker was away: {message}"),
                 code,
             )
             .await;
-            let _ = shared.plugin.destroy(&handle).await;
+            cleanup(shared, &run_id, &handle).await;
         }
         Ok(RunStatus::NotFound(why)) => {
             log.finish(
@@ -337,16 +439,18 @@ pub(super) async fn recover(
                 None,
             )
             .await;
+            cleanup(shared, &run_id, &handle).await;
         }
         Err(error) => {
             log.finish(
                 shared,
                 &run_id,
                 StateType::Crashed,
-                format!("recover failed: {error}"),
+                format!("recover failed, so the outcome is unknown: {error}"),
                 None,
             )
             .await;
+            cleanup(shared, &run_id, &handle).await;
         }
     }
 }
@@ -363,5 +467,5 @@ pub(super) async fn cancel_unheld(shared: &Shared, run_id: &str) {
         idempotency_key: Some(format!("{run_id}:final")),
         ..Transition::default()
     };
-    report(shared, run_id, transition).await;
+    let _ = report(shared, run_id, transition).await;
 }

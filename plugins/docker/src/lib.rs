@@ -91,6 +91,10 @@ impl Plugin for DockerPlugin {
         }
     }
 
+    fn long_running_example() -> Option<serde_json::Value> {
+        Some(json!({"image": "busybox:latest", "command": "sleep 300"}))
+    }
+
     fn validate(config: &Config) -> Result<()> {
         if config.image.as_deref().is_none_or(|i| i.trim().is_empty()) {
             return Err(Error::fatal(

@@ -84,6 +84,10 @@ impl Plugin for MockServerless {
         }
     }
 
+    fn long_running_example() -> Option<serde_json::Value> {
+        Some(serde_json::json!({"cold_start_ms": 0, "duration_ms": 300_000}))
+    }
+
     fn validate(config: &Config) -> Result<()> {
         for (field, rate) in [
             ("throttle_rate", config.throttle_rate),

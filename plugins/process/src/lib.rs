@@ -33,6 +33,9 @@ pub struct Config {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Handle {
+    /// The capability's id of the process: never reused, unlike `pid`.
+    id: u64,
+    /// For people reading the handle.
     pid: u32,
     cwd: String,
     /// Only a directory we created is removed by `destroy`.
@@ -75,6 +78,10 @@ impl Plugin for ProcessPlugin {
             capabilities: vec!["process".into()],
             example_variables: serde_json::json!({"command": "echo hello from process"}),
         }
+    }
+
+    fn long_running_example() -> Option<serde_json::Value> {
+        Some(serde_json::json!({"command": "sleep 300"}))
     }
 
     fn validate(config: &Config) -> Result<()> {
@@ -121,6 +128,7 @@ impl Plugin for ProcessPlugin {
             job.flow_run_id, spawned.pid
         ));
         Ok(Handle {
+            id: spawned.id,
             pid: spawned.pid,
             cwd: spawned.cwd,
             remove_cwd: job.config.working_dir.is_none()
@@ -130,7 +138,7 @@ impl Plugin for ProcessPlugin {
 
     fn wait(handle: Handle) -> Result<Exit> {
         loop {
-            let batch = process::read_output(handle.pid, 1_000).map_err(Error::fatal)?;
+            let batch = process::read_output(handle.id, 1_000).map_err(Error::fatal)?;
             for (stream, line) in &batch.lines {
                 log::output(*stream, line);
             }
@@ -138,11 +146,11 @@ impl Plugin for ProcessPlugin {
                 break;
             }
         }
-        Ok(process::wait(handle.pid).map_err(Error::fatal)?.into())
+        Ok(process::wait(handle.id).map_err(Error::fatal)?.into())
     }
 
     fn inspect(handle: Handle) -> Result<Status> {
-        match process::try_wait(handle.pid) {
+        match process::try_wait(handle.id) {
             Ok(None) => Ok(Status::Running),
             Ok(Some(exit)) => Ok(Status::Exited(exit.into())),
             Err(why) => Ok(Status::NotFound(why)),
@@ -150,10 +158,10 @@ impl Plugin for ProcessPlugin {
     }
 
     fn stop(handle: Handle, grace_seconds: u32) -> Result<()> {
-        process::signal(handle.pid, SIGTERM).map_err(Error::fatal)?;
+        process::signal(handle.id, SIGTERM).map_err(Error::fatal)?;
         let deadline = Instant::now() + Duration::from_secs(grace_seconds.into());
         while Instant::now() < deadline {
-            match process::try_wait(handle.pid) {
+            match process::try_wait(handle.id) {
                 Ok(None) => std::thread::sleep(Duration::from_millis(20)),
                 _ => return Ok(()),
             }
@@ -162,7 +170,7 @@ impl Plugin for ProcessPlugin {
             "pid {} ignored SIGTERM for {grace_seconds}s; sending SIGKILL",
             handle.pid
         ));
-        process::signal(handle.pid, SIGKILL).map_err(Error::fatal)
+        process::signal(handle.id, SIGKILL).map_err(Error::fatal)
     }
 
     fn destroy(handle: Handle) -> Result<()> {

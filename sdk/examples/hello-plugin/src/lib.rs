@@ -44,6 +44,10 @@ impl Plugin for Hello {
         }
     }
 
+    fn long_running_example() -> Option<serde_json::Value> {
+        Some(serde_json::json!({"greeting": "hi", "seconds": 300}))
+    }
+
     fn validate(config: &Config) -> Result<()> {
         match &config.greeting {
             Some(g) if g.trim().is_empty() => Err(Error::fatal("greeting: must not be empty")),

@@ -1,0 +1,315 @@
+//! Plugin containment: every call bounded, every value bounded, every resource
+//! scoped to its run, and a conformance suite that catches broken promises.
+//! The attackers are the project's own guests under tests/guests/.
+
+mod common;
+
+use common::{ServerProcess, WorkerProcess, create_run, guests, run_logs};
+use host::capabilities::CollectOutput;
+use host::plugins::{self, Registry};
+use host::runtime::{CallError, Capability, Grants, Job, Runtime, RuntimeConfig};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn quick_runtime(cache: &Path) -> Runtime {
+    Runtime::new(RuntimeConfig {
+        cache_dir: Some(cache.to_path_buf()),
+        memory_limit_bytes: 256 << 20,
+        quick_call: Duration::from_secs(1),
+        slow_call: Duration::from_secs(2),
+        supervisor: Some(env!("CARGO_BIN_EXE_host").into()),
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime")
+}
+
+fn hostile_grants() -> Grants {
+    Grants::new([Capability::Process, Capability::ContainerRuntime])
+}
+
+/// A plugin directory holding `guest` as `name.wasm`, with `grants` lines.
+fn plugin_dir(root: &Path, name: &str, guest: &str, grants: &str) -> std::path::PathBuf {
+    let dir = root.join("plugins");
+    std::fs::create_dir_all(&dir).expect("plugin dir");
+    std::fs::copy(guest, dir.join(format!("{name}.wasm"))).expect("copy guest");
+    std::fs::write(dir.join("grants.toml"), grants).expect("grants");
+    dir
+}
+
+fn job(run: &str, configuration: Value) -> Job {
+    Job {
+        flow_run_id: run.into(),
+        flow_run_name: "attack".into(),
+        configuration: configuration.to_string(),
+        env: vec![],
+        command: vec![],
+        labels: vec![],
+    }
+}
+
+#[tokio::test]
+async fn a_plugin_calling_the_host_forever_in_describe_is_skipped_and_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plugins = plugin_dir(dir.path(), "chatty", guests::DESCRIBE_FLOOD, "");
+    let started = Instant::now();
+    let registry = Registry::load(&quick_runtime(&dir.path().join("cache")), Some(&plugins))
+        .await
+        .expect("the built-ins still load");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(registry.get("process").is_some());
+    let failures: Vec<String> = registry.failures().iter().map(|f| f.to_string()).collect();
+    assert!(
+        failures
+            .iter()
+            .any(|f| f.contains("chatty.wasm") && f.contains("describe")),
+        "{failures:?}"
+    );
+
+    // The server and the CLI stay usable with that file in the directory.
+    let server = ServerProcess::start(
+        dir.path(),
+        &[
+            "--plugin-dir",
+            plugins.to_str().expect("utf-8"),
+            "--plugin-quick-call-seconds",
+            "1",
+        ],
+    );
+    let (status, _) = common::http("GET", &format!("{}/api/health", server.url), None, None).await;
+    assert_eq!(status, 200);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_host"))
+        .args(["plugin", "ls", "--plugin-quick-call-seconds", "1", "--plugin-dir"])
+        .arg(&plugins)
+        .env("HOST_CACHE_DIR", dir.path().join("cache"))
+        .output()
+        .expect("host plugin ls");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("process"), "{stdout}{stderr}");
+    assert!(stderr.contains("chatty.wasm"), "{stdout}{stderr}");
+}
+
+/// A server that knows the hostile plugin's pool type.
+fn hostile_server(root: &Path) -> ServerProcess {
+    let plugins = plugin_dir(
+        root,
+        "hostile",
+        guests::HOSTILE,
+        "[hostile]\ncapabilities = [\"process\", \"container-runtime\"]\n",
+    );
+    ServerProcess::start(root, &["--plugin-dir", plugins.to_str().expect("utf-8")])
+}
+
+/// A pool, a deployment and a worker for the hostile plugin.
+fn hostile_setup(url: &str, root: &Path, extra: &[&str]) -> WorkerProcess {
+    let plugins = root.join("plugins");
+    common::host_ok(url, &["work-pool", "create", "--type", "hostile", "hostile"]);
+    common::host_ok(url, &["deployment", "create", "f/attack", "--pool", "hostile"]);
+    let mut args = vec![
+        "--pool",
+        "hostile",
+        "--plugin-dir",
+        plugins.to_str().expect("utf-8"),
+        "--stop-grace-seconds",
+        "1",
+        "--shutdown-grace-seconds",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    WorkerProcess::start(url, &root.join("cache"), &args)
+}
+
+async fn attack(url: &str, variables: Value) -> (String, Value) {
+    let id = create_run(url, "f/attack", json!({"job_variables": variables})).await;
+    let run = common::final_run(url, &id, LONG).await;
+    (id, run)
+}
+
+fn message(run: &Value) -> String {
+    run["state"]["message"].as_str().unwrap_or("").to_string()
+}
+
+#[tokio::test]
+async fn calls_that_never_return_and_values_that_never_end_each_crash_one_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = hostile_server(dir.path());
+    let url = server.url.as_str();
+    let _worker = hostile_setup(
+        url,
+        dir.path(),
+        &[
+            "--plugin-quick-call-seconds",
+            "1",
+            "--plugin-slow-call-seconds",
+            "2",
+        ],
+    );
+    for (mode, call) in [("validate-flood", "validate"), ("start-flood", "start")] {
+        let (_, run) = attack(url, json!({"mode": mode})).await;
+        assert_eq!(run["state"]["type"], "CRASHED", "{mode}: {run}");
+        assert!(message(&run).contains(&format!("`{call}`")), "{mode}: {run}");
+    }
+    let (_, run) = attack(url, json!({"mode": "big-handle"})).await;
+    assert_eq!(run["state"]["type"], "CRASHED", "{run}");
+    assert!(message(&run).contains("handle"), "{run}");
+    for (mode, state) in [("big-error", "CRASHED"), ("big-exit", "FAILED")] {
+        let (id, run) = attack(url, json!({"mode": mode})).await;
+        assert_eq!(run["state"]["type"], state, "{mode}: {run}");
+        assert!(message(&run).len() < 4096, "{mode}: {} bytes", message(&run).len());
+        assert!(message(&run).contains("truncated"), "{mode}");
+        assert!(run_logs(url, &id).await.iter().all(|l| l.len() < 20_000));
+    }
+    // And the worker carries on.
+    let (_, run) = attack(url, json!({"mode": "ok"})).await;
+    assert_eq!(run["state"]["type"], "COMPLETED", "{run}");
+}
+
+#[tokio::test]
+async fn cancel_and_shutdown_win_over_a_call_that_does_not_return() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = hostile_server(dir.path());
+    let url = server.url.as_str();
+    // `start` may take a minute: only the cancel can end it sooner.
+    let mut worker = hostile_setup(url, dir.path(), &["--plugin-slow-call-seconds", "60"]);
+    let id = create_run(url, "f/attack", json!({"job_variables": {"mode": "start-flood"}})).await;
+    common::run_in_state(url, &id, &["PENDING"], LONG).await;
+    common::host_ok(url, &["flow-run", "cancel", &id]);
+    let run = common::final_run(url, &id, Duration::from_secs(20)).await;
+    assert_eq!(run["state"]["type"], "CANCELLED", "{run}");
+    assert!(message(&run).contains("starting"), "{run}");
+
+    let id = create_run(url, "f/attack", json!({"job_variables": {"mode": "start-flood"}})).await;
+    common::run_in_state(url, &id, &["PENDING"], LONG).await;
+    let (exited, status) = {
+        let child = &mut worker.child;
+        #[allow(unsafe_code)]
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let exited = common::wait_until(Duration::from_secs(30), || {
+            matches!(child.try_wait(), Ok(Some(_)))
+        })
+        .await;
+        (exited, child.try_wait())
+    };
+    assert!(exited, "SIGTERM ends the worker within its grace: {status:?}");
+    let run = common::final_run(url, &id, Duration::from_secs(10)).await;
+    assert_eq!(run["state"]["type"], "CRASHED", "{run}");
+    assert!(message(&run).contains("shut down"), "{run}");
+}
+
+#[tokio::test]
+async fn an_output_flood_keeps_the_run_limits_and_says_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = hostile_server(dir.path());
+    let url = server.url.as_str();
+    let _worker = hostile_setup(url, dir.path(), &["--max-log-lines-per-run", "2000"]);
+    let (id, run) = attack(url, json!({"mode": "flood", "seconds": 3})).await;
+    assert_eq!(run["state"]["type"], "COMPLETED", "{run}");
+    let mut lines = Vec::new();
+    let mut after = 0;
+    loop {
+        let (_, page) = common::http(
+            "GET",
+            &format!("{url}/api/flow-runs/{id}/logs?after={after}&limit=1000"),
+            None,
+            None,
+        )
+        .await;
+        let batch = page["lines"].as_array().cloned().unwrap_or_default();
+        let Some(last) = batch.last() else { break };
+        after = last["seq"].as_u64().expect("seq");
+        lines.extend(batch);
+    }
+    let output = lines.iter().filter(|l| l["stream"] == "stdout").count();
+    assert_eq!(output, 2000, "the limit, exactly");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"].as_str().is_some_and(|m| m.contains("not kept"))),
+        "one notice says what was dropped"
+    );
+}
+
+#[tokio::test]
+async fn a_run_cannot_touch_another_runs_processes_or_directories() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = quick_runtime(&dir.path().join("cache"));
+    let registry = Registry::load(&runtime, None).await.expect("built-ins");
+    let process = registry.get("process").expect("process");
+    let hostile = plugins::load_file(&runtime, Path::new(guests::HOSTILE), hostile_grants())
+        .await
+        .expect("hostile loads");
+
+    let victim = "aaaaaaaa-0000-4000-8000-000000000001";
+    let handle = process
+        .start(job(victim, json!({"command": "sleep 30"})))
+        .await
+        .expect("victim starts");
+    let handle: Value = serde_json::from_str(&handle).expect("json");
+    let (id, cwd) = (
+        handle["id"].as_u64().expect("id").to_string(),
+        handle["cwd"].as_str().expect("cwd").to_string(),
+    );
+    let attacker = "bbbbbbbb-0000-4000-8000-000000000002";
+    for (mode, target) in [("signal", &id), ("remove-dir", &cwd)] {
+        let h = hostile
+            .start(job(attacker, json!({"mode": mode, "target": target})))
+            .await
+            .expect("start");
+        let exit = hostile
+            .wait(attacker, &h, Arc::new(CollectOutput::default()))
+            .await
+            .expect("wait");
+        assert_eq!(exit.code, Some(0), "{mode} was refused: {}", exit.message);
+    }
+    assert!(Path::new(&cwd).is_dir(), "the victim's directory is there");
+    assert!(
+        process.still_running(victim).await.len() == 1,
+        "the victim still runs"
+    );
+    // The host's records: stopping and releasing the victim leaves nothing.
+    let left = process.release(victim).await;
+    assert!(left.iter().any(|l| l.contains("killed")), "{left:?}");
+    assert!(process.still_running(victim).await.is_empty());
+}
+
+#[tokio::test]
+async fn the_conformance_suite_fails_each_broken_promise_by_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = quick_runtime(&dir.path().join("cache"));
+    let process_only = Grants::new([Capability::Process]);
+    for (guest, broken) in [
+        (guests::BROKEN_STOP, "stop"),
+        (guests::BROKEN_DESTROY, "destroy"),
+        (guests::BROKEN_OUTPUT, "output"),
+        (guests::BROKEN_DESCRIBE, "capabilities"),
+    ] {
+        let plugin = plugins::load_file(&runtime, Path::new(guest), process_only.clone())
+            .await
+            .expect("loads");
+        let checks = host::conformance::run(&plugin).await;
+        let failed: Vec<&str> = checks.iter().filter(|c| !c.passed()).map(|c| c.name).collect();
+        assert_eq!(failed, vec![broken], "{}: {checks:?}", plugin.name());
+    }
+}
+
+#[tokio::test]
+async fn a_handle_beyond_the_limit_is_refused_at_the_boundary() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = quick_runtime(&dir.path().join("cache"));
+    let hostile = plugins::load_file(&runtime, Path::new(guests::HOSTILE), hostile_grants())
+        .await
+        .expect("hostile loads");
+    let error = hostile
+        .start(job("cccccccc-0000-4000-8000-000000000003", json!({"mode": "big-handle"})))
+        .await
+        .expect_err("refused");
+    assert!(matches!(error, CallError::Contract { .. }), "{error}");
+    assert!(error.to_string().len() < 400, "{error}");
+}

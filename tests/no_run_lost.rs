@@ -1,0 +1,290 @@
+//! No run lost or mis-reported: bursts, silent runs, cancels on a full worker,
+//! process runs that outlive their worker, refused reports, bad names.
+
+mod common;
+
+use common::{ServerProcess, WorkerProcess, create_run, eventually, run_logs, run_states};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn ok(url: &str, args: &[&str]) -> String {
+    common::host_ok(url, args)
+}
+
+async fn final_run(url: &str, id: &str) -> Value {
+    common::final_run(url, id, LONG).await
+}
+
+async fn running(url: &str, id: &str) -> Value {
+    common::run_in_state(url, id, &["RUNNING"], LONG).await
+}
+
+fn process_alive(pid: i32) -> bool {
+    // A zombie still answers kill(0); look at its state instead.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z"),
+        Err(_) => false,
+    }
+}
+
+fn parent_of(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    stat.rsplit(')')
+        .next()
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .and_then(|ppid| ppid.parse().ok())
+        .expect("ppid")
+}
+
+fn handle_pid(run: &Value) -> i32 {
+    let handle: Value =
+        serde_json::from_str(run["infrastructure_handle"].as_str().expect("handle")).expect("json");
+    handle["pid"].as_i64().expect("pid") as i32
+}
+
+fn process_deployment(url: &str, pool: &str, name: &str, script: &str) {
+    ok(url, &["work-pool", "create", "--type", "process", pool]);
+    ok(
+        url,
+        &[
+            "deployment",
+            "create",
+            name,
+            "--pool",
+            pool,
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+    );
+}
+
+#[tokio::test]
+async fn a_cancel_reaches_a_worker_whose_slots_are_all_busy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(dir.path(), &[]);
+    let url = server.url.as_str();
+    process_deployment(url, "full", "f/sleep", "sleep 120");
+    let _worker = WorkerProcess::start(
+        url,
+        &dir.path().join("cache"),
+        &["--pool", "full", "--limit", "1"],
+    );
+    let id = create_run(url, "f/sleep", json!({})).await;
+    let pid = handle_pid(&running(url, &id).await);
+    ok(url, &["flow-run", "cancel", &id]);
+    // Well inside the 120 s the run would otherwise take.
+    let run = common::final_run(url, &id, Duration::from_secs(15)).await;
+    assert_eq!(run["state"]["type"], "CANCELLED", "{run}");
+    assert!(
+        common::wait_until(Duration::from_secs(5), || !process_alive(pid)).await,
+        "the process is gone"
+    );
+}
+
+#[tokio::test]
+async fn a_silent_run_is_not_taken_for_a_spinning_plugin() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(dir.path(), &[]);
+    let url = server.url.as_str();
+    process_deployment(url, "quiet", "f/quiet", "sleep 4");
+    // 30 ms without a host call is "spinning"; the run is silent for 4 s.
+    let _worker = WorkerProcess::start(
+        url,
+        &dir.path().join("cache"),
+        &["--pool", "quiet", "--plugin-cpu-seconds", "0.03"],
+    );
+    let id = create_run(url, "f/quiet", json!({})).await;
+    let run = final_run(url, &id).await;
+    assert_eq!(run["state"]["type"], "COMPLETED", "{run}");
+}
+
+#[tokio::test]
+async fn a_burst_of_ten_thousand_runs_all_complete() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(dir.path(), &[]);
+    let url = server.url.as_str();
+    process_deployment(url, "burst", "f/burst", "true");
+    let client = reqwest::Client::new();
+    let runs = 10_000;
+    // Created before the worker starts: the worst burst it can meet.
+    let path = format!("{url}/api/deployments/f/burst/runs");
+    let mut created = 0;
+    while created < runs {
+        let mut batch = tokio::task::JoinSet::new();
+        for _ in 0..100 {
+            batch.spawn(client.post(&path).json(&json!({})).send());
+        }
+        while let Some(response) = batch.join_next().await {
+            let response = response.expect("task").expect("create");
+            assert_eq!(response.status().as_u16(), 201);
+            created += 1;
+        }
+    }
+    let _worker = WorkerProcess::start(
+        url,
+        &dir.path().join("cache"),
+        &["--pool", "burst", "--limit", "100"],
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    loop {
+        let states = run_states(url, "f/burst").await;
+        assert_eq!(states.len(), runs);
+        let done = states
+            .iter()
+            .filter(|(_, s)| ["COMPLETED", "FAILED", "CRASHED", "CANCELLED"].contains(&s.as_str()))
+            .count();
+        if done == runs {
+            let not_completed: Vec<_> = states.iter().filter(|(_, s)| s != "COMPLETED").collect();
+            assert!(
+                not_completed.is_empty(),
+                "{} of {runs} not COMPLETED, e.g. {:?}",
+                not_completed.len(),
+                not_completed.first()
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{done} of {runs} done"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_process_run_survives_its_worker_and_completes_with_all_its_output() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("cache");
+    let server = ServerProcess::start(dir.path(), &[]);
+    let url = server.url.as_str();
+    process_deployment(
+        url,
+        "local",
+        "f/outlive",
+        "echo before; sleep 3; echo after; exit 0",
+    );
+    let args = ["--pool", "local", "--name", "outliver"];
+    let mut worker = WorkerProcess::start(url, &cache, &args);
+    let id = create_run(url, "f/outlive", json!({})).await;
+    let pid = handle_pid(&running(url, &id).await);
+    eventually(url, &format!("/api/flow-runs/{id}/logs"), LONG, |page| {
+        page["lines"]
+            .as_array()
+            .is_some_and(|lines| lines.iter().any(|l| l["message"] == "before"))
+    })
+    .await;
+    worker.kill();
+    assert!(process_alive(pid), "the run outlives its worker");
+    let _worker = WorkerProcess::start(url, &cache, &args);
+    let run = final_run(url, &id).await;
+    assert_eq!(run["state"]["type"], "COMPLETED", "{run}");
+    let logs = run_logs(url, &id).await;
+    for line in ["before", "after"] {
+        assert_eq!(
+            logs.iter().filter(|l| *l == line).count(),
+            1,
+            "{line} once in {logs:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_killed_supervisor_ends_the_run_crashed_and_leaves_nothing_running() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("cache");
+    let server = ServerProcess::start(dir.path(), &[]);
+    let url = server.url.as_str();
+    process_deployment(url, "local", "f/orphan", "sleep 120");
+    let _worker = WorkerProcess::start(url, &cache, &["--pool", "local"]);
+    let id = create_run(url, "f/orphan", json!({})).await;
+    let pid = handle_pid(&running(url, &id).await);
+    let supervisor = parent_of(pid);
+    assert_ne!(supervisor, std::process::id() as i32);
+    #[allow(unsafe_code)]
+    // SAFETY: kill(2) on a process this test started (through the worker).
+    unsafe {
+        libc::kill(supervisor, libc::SIGKILL);
+    }
+    let run = common::final_run(url, &id, Duration::from_secs(30)).await;
+    assert_eq!(run["state"]["type"], "CRASHED", "{run}");
+    assert!(
+        run["state"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("supervisor")),
+        "{run}"
+    );
+    assert!(
+        common::wait_until(Duration::from_secs(5), || !process_alive(pid)).await,
+        "nothing is left running"
+    );
+}
+
+#[tokio::test]
+async fn long_lines_and_long_messages_never_strand_a_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(dir.path(), &[]);
+    let url = server.url.as_str();
+    // 3,000 lines of 3,000 bytes, then one line of 1 MiB.
+    process_deployment(
+        url,
+        "chatty",
+        "f/chatty",
+        "line=$(head -c 3000 /dev/zero | tr '\\0' x); \
+         for i in $(seq 1 3000); do echo \"$i $line\"; done; \
+         head -c 1048576 /dev/zero | tr '\\0' y; echo; echo done",
+    );
+    let _worker = WorkerProcess::start(url, &dir.path().join("cache"), &["--pool", "chatty"]);
+    let id = create_run(url, "f/chatty", json!({})).await;
+    let run = final_run(url, &id).await;
+    assert_eq!(run["state"]["type"], "COMPLETED", "{run}");
+    let mut lines = Vec::new();
+    let mut after = 0;
+    loop {
+        let (_, page) = common::http(
+            "GET",
+            &format!("{url}/api/flow-runs/{id}/logs?after={after}&limit=1000"),
+            None,
+            None,
+        )
+        .await;
+        let batch = page["lines"].as_array().cloned().unwrap_or_default();
+        if batch.is_empty() {
+            break;
+        }
+        after = batch.last().and_then(|l| l["seq"].as_u64()).expect("seq");
+        lines.extend(batch);
+    }
+    let texts: Vec<&str> = lines.iter().filter_map(|l| l["message"].as_str()).collect();
+    assert!(texts.iter().any(|l| l.starts_with("3000 xxx")), "every ordinary line arrives");
+    assert!(texts.contains(&"done"));
+    let long = texts
+        .iter()
+        .find(|l| l.starts_with("yyy"))
+        .expect("the long line, truncated");
+    assert!(long.len() < 100_000 && long.contains("truncated"), "{}", long.len());
+}
+
+#[tokio::test]
+async fn names_made_of_dots_are_refused() {
+    let server = common::TestServer::start().await;
+    for name in [".", "..", "..."] {
+        let body = json!({"name": name, "type": "process"}).to_string();
+        let (status, error) = common::http(
+            "POST",
+            &format!("{}/api/work-pools", server.url),
+            Some(&body),
+            None,
+        )
+        .await;
+        assert_eq!(status, 400, "{name}: {error}");
+        assert_eq!(error["field"], "name", "{error}");
+    }
+}
