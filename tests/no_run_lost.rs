@@ -288,3 +288,165 @@ async fn names_made_of_dots_are_refused() {
         assert_eq!(error["field"], "name", "{error}");
     }
 }
+
+#[tokio::test]
+async fn a_schedule_that_outruns_its_workers_stops_at_a_bound() {
+    let server = common::TestServer::start().await;
+    let url = server.url.as_str();
+    let (status, _) = common::http(
+        "POST",
+        &format!("{url}/api/work-pools"),
+        Some(&json!({"name": "idle", "type": "process"}).to_string()),
+        None,
+    )
+    .await;
+    assert_eq!(status, 201);
+    let body = json!({"flow": "f", "name": "secondly", "pool": "idle", "command": ["true"],
+        "schedules": [{"interval_seconds": 1}]});
+    let (status, body) = common::http(
+        "PUT",
+        &format!("{url}/api/deployments"),
+        Some(&body.to_string()),
+        None,
+    )
+    .await;
+    assert!(status == 200 || status == 201, "{body}");
+    server.control.upkeep().await.expect("upkeep");
+    let first = run_states(url, "f/secondly").await.len();
+    assert_eq!(first, 100, "a count ahead");
+    // Some of them become due, with no worker to take them.
+    let started = std::time::Instant::now();
+    common::wait_until(Duration::from_secs(10), || {
+        started.elapsed() > Duration::from_secs(3)
+    })
+    .await;
+    server.control.upkeep().await.expect("upkeep");
+    assert_eq!(
+        run_states(url, "f/secondly").await.len(),
+        100,
+        "waiting runs, Late ones included, stay bounded"
+    );
+}
+
+/// `host serve` on `data_dir`, expected to refuse to start: (code, stderr).
+fn serve_refused(data_dir: &std::path::Path) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_host"))
+        .args(["serve", "--port", "0", "--data-dir"])
+        .arg(data_dir)
+        .env("HOST_CACHE_DIR", data_dir.join("cache"))
+        .output()
+        .expect("run host serve");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_damaged_or_empty_database_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = ServerProcess::start(dir.path(), &[]);
+    ok(&server.url, &["work-pool", "create", "--type", "process", "kept"]);
+    server.kill();
+    let db = dir.path().join("host.redb");
+    let whole = std::fs::read(&db).expect("db");
+    for (what, bytes) in [("truncated", &whole[..whole.len() / 2]), ("empty", &[][..])] {
+        std::fs::write(&db, bytes).expect("damage");
+        let (code, stderr) = serve_refused(dir.path());
+        assert_eq!(code, Some(1), "{what}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{what}: one line: {stderr}");
+        assert!(stderr.contains("host.redb") && stderr.contains("untouched"), "{what}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+        assert_eq!(std::fs::read(&db).expect("db"), bytes, "{what}: the file is untouched");
+    }
+}
+
+/// A small tmpfs for the data dir, unmounted on drop.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(megabytes: u32) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            eprintln!(
+                "SKIPPED the disk-full test: cannot mount a tmpfs ({}); it needs root",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return None;
+        }
+        Some(SmallDisk { dir })
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Writes a file until the disk refuses more.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.path().join("filler");
+        let mut file = std::fs::File::create(&path).expect("filler");
+        let chunk = vec![0u8; 64 << 10];
+        while file.write_all(&chunk).is_ok() {}
+        let _ = file.sync_all();
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_refuses_writes_keeps_reads_and_recovers_by_itself() {
+    let Some(disk) = SmallDisk::mount(64) else {
+        return;
+    };
+    // 0: no reserve, so the database itself runs into ENOSPC mid-commit.
+    for reserve in ["0", "8"] {
+        let data = disk.path().join(format!("data-{reserve}"));
+        let server = ServerProcess::start(&data, &["--min-free-disk-mb", reserve]);
+        let url = server.url.as_str();
+        ok(url, &["work-pool", "create", "--type", "process", "before"]);
+        let filler = disk.fill();
+        let mut refused = None;
+        // A few writes may still fit in pages the database already has.
+        for n in 0..200 {
+            let body = json!({"name": format!("during-{n}"), "type": "process"}).to_string();
+            let (status, error) =
+                common::http("POST", &format!("{url}/api/work-pools"), Some(&body), None).await;
+            if status != 201 {
+                refused = Some((status, error));
+                break;
+            }
+        }
+        let (status, error) = refused.expect("writes are refused once the disk is full");
+        assert_eq!(status, 507, "reserve {reserve}: {error}");
+        assert!(error["error"].as_str().is_some_and(|e| e.contains("disk is full")), "{error}");
+        let (status, pools) =
+            common::http("GET", &format!("{url}/api/work-pools"), None, None).await;
+        assert_eq!(status, 200, "reads still work: {pools}");
+        assert!(pools.to_string().contains("before"));
+        let (_, health) = common::http("GET", &format!("{url}/api/health"), None, None).await;
+        assert_eq!(health["status"], "degraded", "{health}");
+
+        std::fs::remove_file(filler).expect("free the space");
+        ok(url, &["work-pool", "create", "--type", "process", "after"]);
+        let (_, health) = common::http("GET", &format!("{url}/api/health"), None, None).await;
+        assert_eq!(health["status"], "ok", "{health}");
+        let (_, pools) = common::http("GET", &format!("{url}/api/work-pools"), None, None).await;
+        assert!(pools.to_string().contains("after"));
+    }
+}

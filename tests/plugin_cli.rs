@@ -162,6 +162,6 @@ fn plugin_test_names_each_failed_check() {
     assert!(text.contains("ok      describe"), "{text}");
     assert_eq!(
         stderr(&out).trim_end(),
-        "error: 2 of 10 checks failed: start-wait, stop"
+        "error: 2 of 12 checks failed: start-wait, stop"
     );
 }

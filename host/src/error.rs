@@ -11,6 +11,8 @@ pub enum ErrorKind {
     NotFound,
     Conflict,
     Unavailable,
+    /// The server's disk is too full to write.
+    InsufficientStorage,
     Internal,
 }
 
@@ -22,6 +24,7 @@ impl ErrorKind {
             ErrorKind::NotFound => 404,
             ErrorKind::Conflict => 409,
             ErrorKind::Unavailable => 503,
+            ErrorKind::InsufficientStorage => 507,
             ErrorKind::Internal => 500,
         }
     }
@@ -67,6 +70,20 @@ impl ApiError {
     pub fn internal(message: impl Into<String>) -> Self {
         ApiError {
             kind: ErrorKind::Internal,
+            message: message.into(),
+            field: None,
+        }
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        ApiError {
+            kind: ErrorKind::Unavailable,
+            message: message.into(),
+            field: None,
+        }
+    }
+    pub fn insufficient_storage(message: impl Into<String>) -> Self {
+        ApiError {
+            kind: ErrorKind::InsufficientStorage,
             message: message.into(),
             field: None,
         }

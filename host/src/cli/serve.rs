@@ -24,6 +24,10 @@ pub struct ServeArgs {
     /// Runs of a worker OFFLINE this many seconds are marked CRASHED.
     #[arg(long, default_value_t = 60)]
     crash_offline_after_seconds: u64,
+    /// Writes are refused (HTTP 507) while the data dir's disk has less free
+    /// space than this, so the database never fills the disk mid-commit.
+    #[arg(long, default_value_t = crate::store::DEFAULT_MIN_FREE_BYTES >> 20)]
+    min_free_disk_mb: u64,
 }
 
 pub fn default_data_dir() -> PathBuf {
@@ -41,8 +45,8 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
     let db_path = data_dir.join("host.redb");
-    let store = Store::open(&db_path)
-        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", db_path.display()))?;
+    let store = Store::open_with(&db_path, args.min_free_disk_mb << 20)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     // The server only needs each plugin's description; the runtime is dropped
     // after loading so it costs no memory while serving.
     let catalog = {

@@ -92,6 +92,13 @@ pub struct Control {
 }
 
 impl Control {
+    /// How the store is doing: reads may work while writes are refused.
+    pub fn storage_health(&self) -> crate::store::Health {
+        self.store.health()
+    }
+}
+
+impl Control {
     pub fn new(store: Store, catalog: Catalog, config: ControlConfig) -> Control {
         Control {
             store,

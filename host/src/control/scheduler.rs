@@ -1,6 +1,9 @@
 //! Background upkeep of the control plane, once a second:
 //! - keeps future runs of scheduled deployments created (at least
-//!   `MIN_RUNS` runs and `MIN_AHEAD` ahead, at most `MAX_RUNS` and `MAX_AHEAD`);
+//!   `MIN_RUNS` runs and `MIN_AHEAD` ahead, at most `MAX_AHEAD`), and never
+//!   more than `MAX_RUNS` waiting per deployment, Late ones included: a
+//!   schedule that outruns its workers stops at that count instead of piling
+//!   up runs;
 //! - renames SCHEDULED runs Late when they wait `late_after` past their time;
 //! - marks CRASHED the runs of workers OFFLINE for `crash_offline_after`.
 //!
@@ -225,7 +228,12 @@ impl Control {
         now: Timestamp,
     ) -> Result<Vec<FlowRun>, ApiError> {
         let mut runs = Vec::new();
+        let waiting = r.auto_scheduled(&deployment.id)?.len();
+        let room = MAX_RUNS.saturating_sub(waiting);
         for at in wanted_times(&deployment.schedules, now) {
+            if runs.len() >= room {
+                break;
+            }
             let id = scheduled_run_id(&deployment.id, at);
             if r.run(&id)?.is_none() {
                 let mut run = new_run(

@@ -168,8 +168,15 @@ async fn require_token(
     next.run(request).await
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+/// `ok`, or `degraded` with why (reads work, writes are refused).
+async fn health(State(s): State<AppState>) -> Json<serde_json::Value> {
+    let version = env!("CARGO_PKG_VERSION");
+    Json(match s.control.storage_health() {
+        crate::store::Health::Ok => serde_json::json!({"status": "ok", "version": version}),
+        crate::store::Health::Degraded(reason) => {
+            serde_json::json!({"status": "degraded", "reason": reason, "version": version})
+        }
+    })
 }
 
 async fn not_found() -> ApiError {

@@ -11,14 +11,18 @@ impl Plugin for Nonconforming {
     fn info() -> Info {
         guest_common::info("nonconforming", &[])
     }
-    fn start(_job: Job<Self::Config>) -> Result<Self::Handle> {
-        Ok(serde_json::json!({}))
+    fn long_running_example() -> Option<serde_json::Value> {
+        guest_common::long_running()
     }
-    fn wait(_handle: Self::Handle) -> Result<Exit> {
+    fn start(job: Job<Self::Config>) -> Result<Self::Handle> {
+        Ok(guest_common::start(&job.config))
+    }
+    fn wait(handle: Self::Handle) -> Result<Exit> {
+        guest_common::wait(&handle);
         Ok(Exit::code(2))
     }
-    fn inspect(_handle: Self::Handle) -> Result<Status> {
-        Ok(Status::Exited(Exit::code(2)))
+    fn inspect(handle: Self::Handle) -> Result<Status> {
+        Ok(guest_common::inspect(&handle, Exit::code(2)))
     }
     fn stop(_handle: Self::Handle, _grace_seconds: u32) -> Result<()> {
         Err(Error::fatal("stop is not implemented"))
