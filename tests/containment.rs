@@ -82,7 +82,13 @@ async fn a_plugin_calling_the_host_forever_in_describe_is_skipped_and_named() {
     let (status, _) = common::http("GET", &format!("{}/api/health", server.url), None, None).await;
     assert_eq!(status, 200);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_host"))
-        .args(["plugin", "ls", "--plugin-quick-call-seconds", "1", "--plugin-dir"])
+        .args([
+            "plugin",
+            "ls",
+            "--plugin-quick-call-seconds",
+            "1",
+            "--plugin-dir",
+        ])
         .arg(&plugins)
         .env("HOST_CACHE_DIR", dir.path().join("cache"))
         .output()
@@ -107,8 +113,14 @@ fn hostile_server(root: &Path) -> ServerProcess {
 /// A pool, a deployment and a worker for the hostile plugin.
 fn hostile_setup(url: &str, root: &Path, extra: &[&str]) -> WorkerProcess {
     let plugins = root.join("plugins");
-    common::host_ok(url, &["work-pool", "create", "--type", "hostile", "hostile"]);
-    common::host_ok(url, &["deployment", "create", "f/attack", "--pool", "hostile"]);
+    common::host_ok(
+        url,
+        &["work-pool", "create", "--type", "hostile", "hostile"],
+    );
+    common::host_ok(
+        url,
+        &["deployment", "create", "f/attack", "--pool", "hostile"],
+    );
     let mut args = vec![
         "--pool",
         "hostile",
@@ -151,7 +163,10 @@ async fn calls_that_never_return_and_values_that_never_end_each_crash_one_run() 
     for (mode, call) in [("validate-flood", "validate"), ("start-flood", "start")] {
         let (_, run) = attack(url, json!({"mode": mode})).await;
         assert_eq!(run["state"]["type"], "CRASHED", "{mode}: {run}");
-        assert!(message(&run).contains(&format!("`{call}`")), "{mode}: {run}");
+        assert!(
+            message(&run).contains(&format!("`{call}`")),
+            "{mode}: {run}"
+        );
     }
     let (_, run) = attack(url, json!({"mode": "big-handle"})).await;
     assert_eq!(run["state"]["type"], "CRASHED", "{run}");
@@ -159,7 +174,11 @@ async fn calls_that_never_return_and_values_that_never_end_each_crash_one_run() 
     for (mode, state) in [("big-error", "CRASHED"), ("big-exit", "FAILED")] {
         let (id, run) = attack(url, json!({"mode": mode})).await;
         assert_eq!(run["state"]["type"], state, "{mode}: {run}");
-        assert!(message(&run).len() < 4096, "{mode}: {} bytes", message(&run).len());
+        assert!(
+            message(&run).len() < 4096,
+            "{mode}: {} bytes",
+            message(&run).len()
+        );
         assert!(message(&run).contains("truncated"), "{mode}");
         assert!(run_logs(url, &id).await.iter().all(|l| l.len() < 20_000));
     }
@@ -175,14 +194,24 @@ async fn cancel_and_shutdown_win_over_a_call_that_does_not_return() {
     let url = server.url.as_str();
     // `start` may take a minute: only the cancel can end it sooner.
     let mut worker = hostile_setup(url, dir.path(), &["--plugin-slow-call-seconds", "60"]);
-    let id = create_run(url, "f/attack", json!({"job_variables": {"mode": "start-flood"}})).await;
+    let id = create_run(
+        url,
+        "f/attack",
+        json!({"job_variables": {"mode": "start-flood"}}),
+    )
+    .await;
     common::run_in_state(url, &id, &["PENDING"], LONG).await;
     common::host_ok(url, &["flow-run", "cancel", &id]);
     let run = common::final_run(url, &id, Duration::from_secs(20)).await;
     assert_eq!(run["state"]["type"], "CANCELLED", "{run}");
     assert!(message(&run).contains("starting"), "{run}");
 
-    let id = create_run(url, "f/attack", json!({"job_variables": {"mode": "start-flood"}})).await;
+    let id = create_run(
+        url,
+        "f/attack",
+        json!({"job_variables": {"mode": "start-flood"}}),
+    )
+    .await;
     common::run_in_state(url, &id, &["PENDING"], LONG).await;
     let (exited, status) = {
         let child = &mut worker.child;
@@ -197,7 +226,10 @@ async fn cancel_and_shutdown_win_over_a_call_that_does_not_return() {
         .await;
         (exited, child.try_wait())
     };
-    assert!(exited, "SIGTERM ends the worker within its grace: {status:?}");
+    assert!(
+        exited,
+        "SIGTERM ends the worker within its grace: {status:?}"
+    );
     let run = common::final_run(url, &id, Duration::from_secs(10)).await;
     assert_eq!(run["state"]["type"], "CRASHED", "{run}");
     assert!(message(&run).contains("shut down"), "{run}");
@@ -229,9 +261,9 @@ async fn an_output_flood_keeps_the_run_limits_and_says_so() {
     let output = lines.iter().filter(|l| l["stream"] == "stdout").count();
     assert_eq!(output, 2000, "the limit, exactly");
     assert!(
-        lines
-            .iter()
-            .any(|l| l["message"].as_str().is_some_and(|m| m.contains("not kept"))),
+        lines.iter().any(|l| l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not kept"))),
         "one notice says what was dropped"
     );
 }
@@ -294,7 +326,11 @@ async fn the_conformance_suite_fails_each_broken_promise_by_name() {
             .await
             .expect("loads");
         let checks = host::conformance::run(&plugin).await;
-        let failed: Vec<&str> = checks.iter().filter(|c| !c.passed()).map(|c| c.name).collect();
+        let failed: Vec<&str> = checks
+            .iter()
+            .filter(|c| !c.passed())
+            .map(|c| c.name)
+            .collect();
         assert_eq!(failed, vec![broken], "{}: {checks:?}", plugin.name());
     }
 }
@@ -307,9 +343,54 @@ async fn a_handle_beyond_the_limit_is_refused_at_the_boundary() {
         .await
         .expect("hostile loads");
     let error = hostile
-        .start(job("cccccccc-0000-4000-8000-000000000003", json!({"mode": "big-handle"})))
+        .start(job(
+            "cccccccc-0000-4000-8000-000000000003",
+            json!({"mode": "big-handle"}),
+        ))
         .await
         .expect_err("refused");
     assert!(matches!(error, CallError::Contract { .. }), "{error}");
     assert!(error.to_string().len() < 400, "{error}");
+}
+
+#[tokio::test]
+async fn grants_narrow_the_container_runtime_and_mistakes_are_warned_about() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plugins = plugin_dir(
+        dir.path(),
+        "hostile",
+        guests::HOSTILE,
+        r#"
+[hostile]
+capabilities = ["process", "container-runtime"]
+colour = "red"
+
+[hostile.container]
+privileged = false
+mount_sources = ["/srv/data"]
+
+[ghost]
+capabilities = ["process"]
+"#,
+    );
+    let runtime = quick_runtime(&dir.path().join("cache"));
+    let registry = Registry::load(&runtime, Some(&plugins))
+        .await
+        .expect("loads");
+    let warnings = registry.warnings().join("\n");
+    assert!(warnings.contains("unknown key `colour`"), "{warnings}");
+    assert!(warnings.contains("ghost.wasm"), "{warnings}");
+    let hostile = registry.get("hostile").expect("hostile");
+    let run = "dddddddd-0000-4000-8000-000000000004";
+    for mode in ["create-privileged", "create-mount"] {
+        let handle = hostile
+            .start(job(run, json!({"mode": mode})))
+            .await
+            .expect("start");
+        let exit = hostile
+            .wait(run, &handle, host::capabilities::discard_output())
+            .await
+            .expect("wait");
+        assert_eq!(exit.code, Some(0), "{mode} was refused: {}", exit.message);
+    }
 }

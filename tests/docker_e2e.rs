@@ -299,3 +299,63 @@ async fn host_deploy_builds_the_example_image_and_its_run_completes() {
         "idempotent: {out}"
     );
 }
+
+#[tokio::test]
+async fn a_plugin_cannot_stop_or_remove_a_container_it_did_not_create() {
+    let Some(()) = docker::ready("a_plugin_cannot_stop_or_remove_a_container_it_did_not_create")
+    else {
+        return;
+    };
+    let label = uuid::Uuid::new_v4().to_string();
+    let _cleanup = Cleanup(label.clone());
+    let decoy = format!("decoy-{label}");
+    docker::run(&[
+        "run",
+        "-d",
+        "--name",
+        &decoy,
+        "--label",
+        &format!("host.test={label}"),
+        "--network",
+        "none",
+        TEST_IMAGE,
+        "sleep",
+        "300",
+    ])
+    .expect("decoy");
+    let cache = tempfile::tempdir().expect("tempdir");
+    let runtime = common::runtime(cache.path());
+    let hostile = host::plugins::load_file(
+        &runtime,
+        std::path::Path::new(common::guests::HOSTILE),
+        host::runtime::Grants::new([
+            host::runtime::Capability::Process,
+            host::runtime::Capability::ContainerRuntime,
+        ]),
+    )
+    .await
+    .expect("hostile loads");
+    let run = uuid::Uuid::new_v4().to_string();
+    for mode in ["stop-container", "remove-container"] {
+        let job = host::runtime::Job {
+            flow_run_id: run.clone(),
+            flow_run_name: "attack".into(),
+            configuration: json!({"mode": mode, "target": decoy}).to_string(),
+            env: vec![],
+            command: vec![],
+            labels: vec![],
+        };
+        let handle = hostile.start(job).await.expect("start");
+        let exit = hostile
+            .wait(&run, &handle, host::capabilities::discard_output())
+            .await
+            .expect("wait");
+        assert_eq!(exit.code, Some(0), "{mode} was refused: {}", exit.message);
+    }
+    let running = docker::run(&["inspect", "-f", "{{.State.Running}}", &decoy]).expect("inspect");
+    assert_eq!(running, "true", "the decoy still runs");
+    assert!(
+        hostile.release(&run).await.is_empty(),
+        "the attacker made nothing"
+    );
+}

@@ -263,13 +263,20 @@ async fn long_lines_and_long_messages_never_strand_a_run() {
         lines.extend(batch);
     }
     let texts: Vec<&str> = lines.iter().filter_map(|l| l["message"].as_str()).collect();
-    assert!(texts.iter().any(|l| l.starts_with("3000 xxx")), "every ordinary line arrives");
+    assert!(
+        texts.iter().any(|l| l.starts_with("3000 xxx")),
+        "every ordinary line arrives"
+    );
     assert!(texts.contains(&"done"));
     let long = texts
         .iter()
         .find(|l| l.starts_with("yyy"))
         .expect("the long line, truncated");
-    assert!(long.len() < 100_000 && long.contains("truncated"), "{}", long.len());
+    assert!(
+        long.len() < 100_000 && long.contains("truncated"),
+        "{}",
+        long.len()
+    );
 }
 
 #[tokio::test]
@@ -346,7 +353,10 @@ fn serve_refused(data_dir: &std::path::Path) -> (Option<i32>, String) {
 async fn a_damaged_or_empty_database_is_refused_and_left_untouched() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut server = ServerProcess::start(dir.path(), &[]);
-    ok(&server.url, &["work-pool", "create", "--type", "process", "kept"]);
+    ok(
+        &server.url,
+        &["work-pool", "create", "--type", "process", "kept"],
+    );
     server.kill();
     let db = dir.path().join("host.redb");
     let whole = std::fs::read(&db).expect("db");
@@ -354,10 +364,21 @@ async fn a_damaged_or_empty_database_is_refused_and_left_untouched() {
         std::fs::write(&db, bytes).expect("damage");
         let (code, stderr) = serve_refused(dir.path());
         assert_eq!(code, Some(1), "{what}: {stderr}");
-        assert_eq!(stderr.trim_end().lines().count(), 1, "{what}: one line: {stderr}");
-        assert!(stderr.contains("host.redb") && stderr.contains("untouched"), "{what}: {stderr}");
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "{what}: one line: {stderr}"
+        );
+        assert!(
+            stderr.contains("host.redb") && stderr.contains("untouched"),
+            "{what}: {stderr}"
+        );
         assert!(!stderr.contains("panicked"), "{what}: {stderr}");
-        assert_eq!(std::fs::read(&db).expect("db"), bytes, "{what}: the file is untouched");
+        assert_eq!(
+            std::fs::read(&db).expect("db"),
+            bytes,
+            "{what}: the file is untouched"
+        );
     }
 }
 
@@ -434,7 +455,12 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_recovers_by_itself() {
         }
         let (status, error) = refused.expect("writes are refused once the disk is full");
         assert_eq!(status, 507, "reserve {reserve}: {error}");
-        assert!(error["error"].as_str().is_some_and(|e| e.contains("disk is full")), "{error}");
+        assert!(
+            error["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("disk is full")),
+            "{error}"
+        );
         let (status, pools) =
             common::http("GET", &format!("{url}/api/work-pools"), None, None).await;
         assert_eq!(status, 200, "reads still work: {pools}");

@@ -261,7 +261,10 @@ async fn process_plugin_streams_output_and_reports_the_exit_code() {
         .await
         .expect("start");
     let output = Arc::new(CollectOutput::default());
-    let exit = process.wait(RUN, &handle, output.clone()).await.expect("wait");
+    let exit = process
+        .wait(RUN, &handle, output.clone())
+        .await
+        .expect("wait");
     assert_eq!(exit.code, Some(3));
     let lines: Vec<String> = output.lines().into_iter().map(|(_, line)| line).collect();
     assert!(lines.contains(&"hi there".to_string()), "{lines:?}");
@@ -381,7 +384,10 @@ async fn mock_serverless_simulates_throttling_failures_and_crashes() {
     let handle = mock.start(job(exit3, &[])).await.expect("start");
     let output = Arc::new(CollectOutput::default());
     assert_eq!(
-        mock.wait(RUN, &handle, output.clone()).await.expect("wait").code,
+        mock.wait(RUN, &handle, output.clone())
+            .await
+            .expect("wait")
+            .code,
         Some(3)
     );
     assert_eq!(output.lines().len(), 2);

@@ -146,7 +146,13 @@ async fn example_run(plugin: &LoadedPlugin, configuration: &str) -> Vec<Check> {
         }
     };
     let output = Arc::new(CollectOutput::default());
-    checks.push(check("start-wait", wait_for_success(plugin, &run, &handle, &output)).await);
+    checks.push(
+        check(
+            "start-wait",
+            wait_for_success(plugin, &run, &handle, &output),
+        )
+        .await,
+    );
     checks.push(
         check("output", async {
             match output.lines().len() {
@@ -158,7 +164,11 @@ async fn example_run(plugin: &LoadedPlugin, configuration: &str) -> Vec<Check> {
     );
     checks.push(
         check("inspect-after-exit", async {
-            match plugin.inspect(&run, &handle).await.map_err(|e| e.to_string())? {
+            match plugin
+                .inspect(&run, &handle)
+                .await
+                .map_err(|e| e.to_string())?
+            {
                 RunStatus::Exited(exit) => Ok(format!("exited: {}", exit.message)),
                 other => Err(format!("expected exited, got {}", status_text(&other))),
             }
@@ -167,7 +177,10 @@ async fn example_run(plugin: &LoadedPlugin, configuration: &str) -> Vec<Check> {
     );
     checks.push(
         check("recover", async {
-            let status = plugin.recover(&run, &handle).await.map_err(|e| e.to_string())?;
+            let status = plugin
+                .recover(&run, &handle)
+                .await
+                .map_err(|e| e.to_string())?;
             Ok(status_text(&status))
         })
         .await,
@@ -221,16 +234,22 @@ async fn stop_a_running_job(plugin: &LoadedPlugin) -> Result<String, String> {
                 .into(),
         );
     }
-    let configuration =
-        example_configuration(&info.default_base_job_template, &info.long_running_variables)
-            .map_err(|e| format!("long-running example: {e}"))?;
+    let configuration = example_configuration(
+        &info.default_base_job_template,
+        &info.long_running_variables,
+    )
+    .map_err(|e| format!("long-running example: {e}"))?;
     let job = job(&configuration, "stop");
     let run = job.flow_run_id.clone();
     let outcome = async {
         let handle = plugin.start(job).await.map_err(|e| format!("start: {e}"))?;
         let deadline = tokio::time::Instant::now() + STARTUP;
         loop {
-            match plugin.inspect(&run, &handle).await.map_err(|e| format!("inspect: {e}"))? {
+            match plugin
+                .inspect(&run, &handle)
+                .await
+                .map_err(|e| format!("inspect: {e}"))?
+            {
                 RunStatus::Running => break,
                 RunStatus::Pending if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await;

@@ -2,6 +2,7 @@
 //! every `*.wasm` of a plugin directory. A broken directory plugin is reported
 //! and skipped; it never stops the others from loading.
 
+use crate::capabilities::ContainerPolicy;
 use crate::runtime::{Capability, Grants, LoadError, LoadedPlugin, PluginSource, Runtime};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -39,9 +40,16 @@ pub const BUILTINS: &[Builtin] = &[
 /// The file in a plugin directory that grants capabilities, per file stem:
 ///
 /// ```toml
-/// [my-plugin]            # for my-plugin.wasm
-/// capabilities = ["process"]
+/// [my-plugin]                  # for my-plugin.wasm
+/// capabilities = ["container-runtime"]
+///
+/// [my-plugin.container]        # narrows container-runtime
+/// privileged = false           # refuse privileged containers
+/// mount_sources = ["/srv/data"] # the only host paths it may mount
 /// ```
+///
+/// A section named after a built-in (`[docker.container]`) narrows the
+/// built-in the same way; the built-ins' capabilities themselves are fixed.
 pub const GRANTS_FILE: &str = "grants.toml";
 
 #[derive(Default)]
@@ -49,24 +57,35 @@ pub struct Registry {
     plugins: BTreeMap<String, Arc<LoadedPlugin>>,
     /// Directory plugins that failed to load, with why.
     failures: Vec<LoadError>,
+    /// What in the plugin directory looks like a mistake (and was ignored).
+    warnings: Vec<String>,
 }
 
-#[derive(serde::Deserialize)]
+/// One section of `grants.toml`.
 struct GrantEntry {
-    capabilities: Vec<String>,
+    capabilities: Vec<Capability>,
+    container: ContainerPolicy,
 }
 
 impl Registry {
     /// Loads the built-ins, then the plugin directory if any.
     pub async fn load(runtime: &Runtime, plugin_dir: Option<&Path>) -> anyhow::Result<Registry> {
         let mut registry = Registry::default();
+        let grants = match plugin_dir {
+            Some(dir) => read_grants(dir, &mut registry.warnings)?,
+            None => HashMap::new(),
+        };
         for builtin in BUILTINS {
+            let mut builtin_grants = Grants::new(builtin.grants.iter().copied());
+            if let Some(entry) = grants.get(builtin.name) {
+                builtin_grants = builtin_grants.with_container_policy(entry.container.clone());
+            }
             let plugin = LoadedPlugin::load(
                 runtime,
                 builtin.name,
                 PluginSource::Builtin,
                 builtin.bytes,
-                Grants::new(builtin.grants.iter().copied()),
+                builtin_grants,
             )
             .await?;
             registry
@@ -74,25 +93,51 @@ impl Registry {
                 .insert(plugin.name().to_string(), Arc::new(plugin));
         }
         if let Some(dir) = plugin_dir {
-            registry.load_dir(runtime, dir).await?;
+            registry.load_dir(runtime, dir, &grants).await?;
+        }
+        for warning in &registry.warnings {
+            tracing::warn!("{warning}");
         }
         Ok(registry)
     }
 
-    async fn load_dir(&mut self, runtime: &Runtime, dir: &Path) -> anyhow::Result<()> {
-        let grants = read_grants(dir)?;
+    async fn load_dir(
+        &mut self,
+        runtime: &Runtime,
+        dir: &Path,
+        grants: &HashMap<String, GrantEntry>,
+    ) -> anyhow::Result<()> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|e| anyhow::anyhow!("plugin directory {}: {e}", dir.display()))?
             .filter_map(|entry| entry.ok().map(|e| e.path()))
             .filter(|path| path.extension().is_some_and(|ext| ext == "wasm"))
             .collect();
         files.sort();
+        let stems: Vec<String> = files
+            .iter()
+            .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().to_string()))
+            .collect();
+        let mut unmatched: Vec<&String> = grants
+            .keys()
+            .filter(|stem| !stems.contains(stem) && !BUILTINS.iter().any(|b| b.name == *stem))
+            .collect();
+        unmatched.sort();
+        for stem in unmatched {
+            self.warnings.push(format!(
+                "{}: [{stem}] grants capabilities to {stem}.wasm, which is not in {}",
+                dir.join(GRANTS_FILE).display(),
+                dir.display()
+            ));
+        }
         for path in files {
             let stem = path
                 .file_stem()
                 .map(|s| s.to_string_lossy().to_string())
                 .unwrap_or_default();
-            let plugin_grants = grants.get(&stem).cloned().unwrap_or_else(Grants::log_only);
+            let plugin_grants = grants.get(&stem).map_or_else(Grants::log_only, |entry| {
+                Grants::new(entry.capabilities.iter().copied())
+                    .with_container_policy(entry.container.clone())
+            });
             match load_file(runtime, &path, plugin_grants).await {
                 Ok(plugin) if self.plugins.contains_key(plugin.name()) => {
                     self.failures.push(LoadError::Invalid {
@@ -127,6 +172,10 @@ impl Registry {
 
     pub fn failures(&self) -> &[LoadError] {
         &self.failures
+    }
+
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 }
 
@@ -166,21 +215,83 @@ pub fn parse_grants<S: AsRef<str>>(names: &[S]) -> anyhow::Result<Grants> {
     Ok(Grants::new(capabilities))
 }
 
-fn read_grants(dir: &Path) -> anyhow::Result<HashMap<String, Grants>> {
+fn read_grants(
+    dir: &Path,
+    warnings: &mut Vec<String>,
+) -> anyhow::Result<HashMap<String, GrantEntry>> {
     let path = dir.join(GRANTS_FILE);
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
         Err(e) => anyhow::bail!("{}: {e}", path.display()),
     };
-    let entries: HashMap<String, GrantEntry> =
+    let table: toml::Table =
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    entries
-        .into_iter()
-        .map(|(stem, entry)| {
-            let grants = parse_grants(&entry.capabilities)
-                .map_err(|e| anyhow::anyhow!("{}: [{stem}]: {e}", path.display()))?;
-            Ok((stem, grants))
-        })
-        .collect()
+    let mut entries = HashMap::new();
+    for (stem, section) in table {
+        let at = |key: &str| format!("{}: [{stem}]{key}", path.display());
+        let Some(section) = section.as_table() else {
+            anyhow::bail!("{}: must be a table", at(""));
+        };
+        let mut entry = GrantEntry {
+            capabilities: Vec::new(),
+            container: ContainerPolicy::default(),
+        };
+        for (key, value) in section {
+            match key.as_str() {
+                "capabilities" => {
+                    let names: Vec<String> = value
+                        .clone()
+                        .try_into()
+                        .map_err(|_| anyhow::anyhow!("{}: a list of names", at(" capabilities")))?;
+                    entry.capabilities = parse_grants(&names)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", at(" capabilities")))?
+                        .iter()
+                        .collect();
+                }
+                "container" => entry.container = container_policy(value, &at, warnings)?,
+                other => warnings.push(format!("{}: unknown key `{other}`, ignored", at(""))),
+            }
+        }
+        entries.insert(stem, entry);
+    }
+    Ok(entries)
+}
+
+fn container_policy(
+    value: &toml::Value,
+    at: &dyn Fn(&str) -> String,
+    warnings: &mut Vec<String>,
+) -> anyhow::Result<ContainerPolicy> {
+    let Some(table) = value.as_table() else {
+        anyhow::bail!("{}: must be a table", at(".container"));
+    };
+    let mut policy = ContainerPolicy::default();
+    for (key, value) in table {
+        match key.as_str() {
+            "privileged" => {
+                let allowed = value.as_bool().ok_or_else(|| {
+                    anyhow::anyhow!("{}: true or false", at(".container.privileged"))
+                })?;
+                policy.deny_privileged = !allowed;
+            }
+            "mount_sources" => {
+                let sources: Vec<String> = value.clone().try_into().map_err(|_| {
+                    anyhow::anyhow!("{}: a list of paths", at(".container.mount_sources"))
+                })?;
+                if let Some(relative) = sources.iter().find(|s| !s.starts_with('/')) {
+                    anyhow::bail!(
+                        "{}: {relative:?} must be an absolute path",
+                        at(".container.mount_sources")
+                    );
+                }
+                policy.mount_sources = Some(sources.into_iter().map(PathBuf::from).collect());
+            }
+            other => warnings.push(format!(
+                "{}: unknown key `{other}`, ignored",
+                at(".container")
+            )),
+        }
+    }
+    Ok(policy)
 }

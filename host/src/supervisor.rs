@@ -100,7 +100,10 @@ impl RunFiles {
     /// Written whole or not at all: readers never see half an exit.
     fn write_exit(&self, exit: &RecordedExit) -> std::io::Result<()> {
         let partial = self.dir.join("exit.json.partial");
-        std::fs::write(&partial, serde_json::to_vec(exit).map_err(std::io::Error::other)?)?;
+        std::fs::write(
+            &partial,
+            serde_json::to_vec(exit).map_err(std::io::Error::other)?,
+        )?;
         std::fs::rename(partial, self.exit())
     }
 }
@@ -165,8 +168,14 @@ pub fn main(dir: &Path) -> ExitCode {
         dropped_lines: 0,
     });
     let streams = [
-        child.stdout.take().map(|s| (b'o', Box::new(s) as Box<dyn Read + Send>)),
-        child.stderr.take().map(|s| (b'e', Box::new(s) as Box<dyn Read + Send>)),
+        child
+            .stdout
+            .take()
+            .map(|s| (b'o', Box::new(s) as Box<dyn Read + Send>)),
+        child
+            .stderr
+            .take()
+            .map(|s| (b'e', Box::new(s) as Box<dyn Read + Send>)),
     ];
     std::thread::scope(|scope| {
         for (tag, stream) in streams.into_iter().flatten() {

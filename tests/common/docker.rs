@@ -93,6 +93,11 @@ pub fn containers_with_label(label: &str, value: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Runs `docker ARGS`: stdout, or stderr as the error.
+pub fn run(args: &[&str]) -> Result<String, String> {
+    docker(args)
+}
+
 pub fn kill(container: &str) -> Result<String, String> {
     docker(&["kill", container])
 }

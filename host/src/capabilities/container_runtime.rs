@@ -433,7 +433,9 @@ impl ContainerPolicy {
             for mount in &spec.mounts {
                 let source = std::path::Path::new(mount.split(':').next().unwrap_or(""));
                 let inside = source.is_absolute()
-                    && !source.components().any(|c| c == std::path::Component::ParentDir)
+                    && !source
+                        .components()
+                        .any(|c| c == std::path::Component::ParentDir)
                     && allowed.iter().any(|a| source.starts_with(a));
                 if !inside {
                     return Err(format!(
@@ -563,7 +565,11 @@ impl Host for ContainerHost {
         let states = self.table.list_by_label(&key, &value).await?;
         Ok(states
             .into_iter()
-            .filter(|s| s.labels.iter().any(|(k, v)| k == SCOPE_LABEL && *v == scope))
+            .filter(|s| {
+                s.labels
+                    .iter()
+                    .any(|(k, v)| k == SCOPE_LABEL && *v == scope)
+            })
             .collect())
     }
 }

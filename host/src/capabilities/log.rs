@@ -52,11 +52,11 @@ impl CollectOutput {
 
 impl OutputSink for CollectOutput {
     fn line(&self, stream: OutputStream, line: String) {
-        if let Ok(mut lines) = self.lines.lock() {
-            if lines.len() < Self::KEPT {
-                lines.push((stream, line));
-                return;
-            }
+        if let Ok(mut lines) = self.lines.lock()
+            && lines.len() < Self::KEPT
+        {
+            lines.push((stream, line));
+            return;
         }
         self.beyond
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

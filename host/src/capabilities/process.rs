@@ -235,7 +235,13 @@ impl ProcessTable {
             max_output_bytes: self.limits.max_output_bytes,
         };
         let prepared = make_private_dir(&files.dir)
-            .and_then(|()| if made_cwd { std::fs::create_dir(&cwd) } else { Ok(()) })
+            .and_then(|()| {
+                if made_cwd {
+                    std::fs::create_dir(&cwd)
+                } else {
+                    Ok(())
+                }
+            })
             .and_then(|()| {
                 let text = serde_json::to_vec(&spec).map_err(std::io::Error::other)?;
                 std::fs::write(files.spec(), text)
@@ -320,7 +326,12 @@ impl ProcessTable {
         ))
     }
 
-    async fn read_output(&self, scope: &str, id: u64, max_wait_ms: u32) -> Result<OutputBatch, String> {
+    async fn read_output(
+        &self,
+        scope: &str,
+        id: u64,
+        max_wait_ms: u32,
+    ) -> Result<OutputBatch, String> {
         let proc = self.get(scope, id)?;
         let mut read = proc.read.lock().await;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(max_wait_ms.into());
@@ -335,10 +346,7 @@ impl ProcessTable {
                 return Ok(OutputBatch { lines, eof: false });
             }
             if exited {
-                return Ok(OutputBatch {
-                    lines,
-                    eof: true,
-                });
+                return Ok(OutputBatch { lines, eof: true });
             }
             if !proc.supervisor_alive() && proc.exit().is_none() {
                 return Err(proc.lost());
@@ -424,7 +432,10 @@ impl ProcessTable {
                 let _ = tokio::time::timeout(Duration::from_secs(2), proc.supervisor_ended()).await;
             }
             if proc.made_cwd && proc.cwd.exists() {
-                left.push(format!("working directory {} was left behind", proc.cwd.display()));
+                left.push(format!(
+                    "working directory {} was left behind",
+                    proc.cwd.display()
+                ));
             }
             for file in [
                 proc.files.spec(),

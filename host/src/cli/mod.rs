@@ -76,10 +76,20 @@ pub struct RuntimeArgs {
     pub plugin_cpu_seconds: f64,
     /// Deadline of the plugin calls that must not block (describe, validate,
     /// inspect, recover), in seconds.
-    #[arg(long, global = true, env = "HOST_PLUGIN_QUICK_CALL_SECONDS", default_value_t = 5)]
+    #[arg(
+        long,
+        global = true,
+        env = "HOST_PLUGIN_QUICK_CALL_SECONDS",
+        default_value_t = 5
+    )]
     pub plugin_quick_call_seconds: u64,
     /// Deadline of `start` and `destroy` (and of `stop`, on top of its grace), in seconds.
-    #[arg(long, global = true, env = "HOST_PLUGIN_SLOW_CALL_SECONDS", default_value_t = 60)]
+    #[arg(
+        long,
+        global = true,
+        env = "HOST_PLUGIN_SLOW_CALL_SECONDS",
+        default_value_t = 60
+    )]
     pub plugin_slow_call_seconds: u64,
 }
 
@@ -91,7 +101,9 @@ impl RuntimeArgs {
     /// A runtime whose process runs live under `work_dir`.
     pub fn runtime_in(&self, work_dir: Option<PathBuf>) -> anyhow::Result<Runtime> {
         if self.plugin_quick_call_seconds == 0 || self.plugin_slow_call_seconds == 0 {
-            anyhow::bail!("--plugin-quick-call-seconds and --plugin-slow-call-seconds: must be at least 1");
+            anyhow::bail!(
+                "--plugin-quick-call-seconds and --plugin-slow-call-seconds: must be at least 1"
+            );
         }
         Runtime::new(RuntimeConfig {
             quick_call: std::time::Duration::from_secs(self.plugin_quick_call_seconds),

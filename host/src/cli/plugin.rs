@@ -41,6 +41,9 @@ pub async fn run(command: PluginCommand, args: &RuntimeArgs) -> anyhow::Result<E
             for failure in registry.failures() {
                 eprintln!("warning: {failure}");
             }
+            for warning in registry.warnings() {
+                eprintln!("warning: {warning}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         PluginCommand::Inspect { name, output } => {

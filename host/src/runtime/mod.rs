@@ -8,7 +8,9 @@ mod limits;
 mod load;
 mod plugin;
 
-pub use crate::contract::{ErrorKind, ExitStatus, Job, OutputStream, PluginError, PluginInfo, RunStatus};
+pub use crate::contract::{
+    ErrorKind, ExitStatus, Job, OutputStream, PluginError, PluginInfo, RunStatus,
+};
 pub use cache::{CacheOutcome, ComponentCache};
 pub use load::{Capability, Grants, LoadError};
 pub use plugin::{

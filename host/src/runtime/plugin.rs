@@ -1,13 +1,13 @@
 //! One loaded plugin: its pre-instantiated component and the typed calls of the
 //! `driver` interface, each in a fresh store with its own limits.
 
-use crate::contract::{Plugin, PluginPre};
 use super::limits::MemoryCap;
 use super::load::{self, Capability, Grants, LoadError};
 use super::{
     CacheOutcome, ErrorKind, ExitStatus, Job, PluginError, PluginInfo, RunStatus, Runtime,
 };
 use crate::capabilities::{self, ContainerHost, LogHost, OutputSink, ProcessHost};
+use crate::contract::{Plugin, PluginPre};
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::PathBuf;

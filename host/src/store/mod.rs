@@ -19,8 +19,8 @@ pub use tables::Raw;
 use crate::error::ApiError;
 use redb::{Database, ReadableDatabase, WriteTransaction};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::oneshot;
 
 /// Requests grouped into one transaction at most.
@@ -258,6 +258,7 @@ fn free_bytes(dir: &Path) -> Option<u64> {
     }
     // SAFETY: statvfs returned 0, so it filled `stat`.
     let stat = unsafe { stat.assume_init() };
+    #[allow(clippy::useless_conversion)] // c_ulong is u32 on some targets
     Some(u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize)))
 }
 

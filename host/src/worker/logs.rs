@@ -10,8 +10,8 @@
 use super::Shared;
 use crate::capabilities::{MAX_LINE_BYTES, OutputSink, truncate};
 use crate::client::Client;
-use crate::control::NewLogLine;
 use crate::contract::OutputStream;
+use crate::control::NewLogLine;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,7 +56,11 @@ pub struct LogShipper {
 }
 
 impl LogShipper {
-    fn start(client: Client, run_id: String, limits: LogLimits) -> (Arc<LogShipper>, tokio::task::JoinHandle<()>) {
+    fn start(
+        client: Client,
+        run_id: String,
+        limits: LogLimits,
+    ) -> (Arc<LogShipper>, tokio::task::JoinHandle<()>) {
         let (sender, receiver) = mpsc::unbounded_channel();
         let queued_bytes = Arc::new(AtomicU64::new(0));
         let drained = Arc::new(Notify::new());

@@ -119,7 +119,11 @@ impl Shared {
 
 /// Retries a call while the server is unreachable or failing (5xx), with
 /// backoff; gives up on a 4xx, which retrying cannot fix, and returns it.
-pub(crate) async fn retry<T, F, Fut>(what: &str, run_id: &str, mut call: F) -> Result<T, ClientError>
+pub(crate) async fn retry<T, F, Fut>(
+    what: &str,
+    run_id: &str,
+    mut call: F,
+) -> Result<T, ClientError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, ClientError>>,

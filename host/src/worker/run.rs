@@ -85,7 +85,9 @@ pub(super) async fn execute(
         Ok(Ok(())) => {}
         Ok(Err(error)) => {
             let message = format!("invalid job configuration: {error}");
-            return log.finish(shared, &run_id, StateType::Crashed, message, None).await;
+            return log
+                .finish(shared, &run_id, StateType::Crashed, message, None)
+                .await;
         }
         Err(stopped) => return end_unstarted(shared, &run_id, log, stopped, "validating").await,
     }
@@ -95,7 +97,9 @@ pub(super) async fn execute(
         Ok(Err(error)) => {
             release(shared, &run_id, &log).await;
             let message = format!("start failed: {error}");
-            return log.finish(shared, &run_id, StateType::Crashed, message, None).await;
+            return log
+                .finish(shared, &run_id, StateType::Crashed, message, None)
+                .await;
         }
         Err(stopped) => {
             // Whatever `start` made so far has no handle: the host removes it.
@@ -177,7 +181,10 @@ async fn watch_run(
         }
         Err(Stopped::Cancelled) => (
             StateType::Cancelled,
-            format!("cancelled; {}", stop_and_verify(shared, run_id, handle).await),
+            format!(
+                "cancelled; {}",
+                stop_and_verify(shared, run_id, handle).await
+            ),
             None,
         ),
         Err(Stopped::TimedOut(seconds)) => (
@@ -214,7 +221,11 @@ async fn stop_and_verify(shared: &Shared, run_id: &str, handle: &str) -> String 
         return "infrastructure stopped".into();
     }
     let killed = shared.plugin.release(run_id).await;
-    tracing::warn!(flow_run_id = run_id, ?left, "stop left the run's infrastructure running");
+    tracing::warn!(
+        flow_run_id = run_id,
+        ?left,
+        "stop left the run's infrastructure running"
+    );
     format!(
         "the plugin's stop left {} running; the host killed it ({})",
         left.join(", "),
@@ -239,7 +250,11 @@ async fn cleanup(shared: &Shared, run_id: &str, handle: &str) {
     }
     let left = shared.plugin.release(run_id).await;
     if !left.is_empty() {
-        tracing::warn!(flow_run_id = run_id, ?left, "destroy left things behind; cleaned up");
+        tracing::warn!(
+            flow_run_id = run_id,
+            ?left,
+            "destroy left things behind; cleaned up"
+        );
     }
 }
 
@@ -390,7 +405,9 @@ pub(super) async fn recover(
         let message =
             "the worker restarted before this run's infrastructure was recorded; its outcome is unknown"
                 .to_string();
-        return log.finish(shared, &run_id, StateType::Crashed, message, None).await;
+        return log
+            .finish(shared, &run_id, StateType::Crashed, message, None)
+            .await;
     };
     let mut stops = Stops::new(shared, cancel, &claimed);
     let cancelling = claimed.flow_run.state.state_type == StateType::Cancelling;
@@ -407,7 +424,10 @@ pub(super) async fn recover(
                 format!("re-attached after worker {} restarted", shared.config.name),
             );
             if cancelling {
-                let message = format!("cancelled; {}", stop_and_verify(shared, &run_id, &handle).await);
+                let message = format!(
+                    "cancelled; {}",
+                    stop_and_verify(shared, &run_id, &handle).await
+                );
                 log.finish(shared, &run_id, StateType::Cancelled, message, None)
                     .await;
                 return cleanup(shared, &run_id, &handle).await;

@@ -16,7 +16,10 @@ pub fn info(name: &str, capabilities: &[&str]) -> host_plugin_sdk::Info {
         version: "0.0.1".into(),
         description: format!("test guest {name}"),
         default_base_job_template: Template::new()
-            .variable("seconds", template::integer("How long a run lasts", 0, Some(0)))
+            .variable(
+                "seconds",
+                template::integer("How long a run lasts", 0, Some(0)),
+            )
             .build(),
         capabilities: capabilities.iter().map(|c| c.to_string()).collect(),
         example_variables: serde_json::json!({}),
@@ -45,7 +48,9 @@ fn until(handle: &serde_json::Value) -> u64 {
 
 /// Sleeps until the run ends, then says so.
 pub fn wait(handle: &serde_json::Value) {
-    std::thread::sleep(Duration::from_millis(until(handle).saturating_sub(now_ms())));
+    std::thread::sleep(Duration::from_millis(
+        until(handle).saturating_sub(now_ms()),
+    ));
     log::output(OutputStream::Stdout, "done");
 }
 

@@ -6,6 +6,8 @@
 //! - `remove-dir`: remove the directory `target`, exit 0 when refused;
 //! - `stop-container`, `remove-container`: stop or remove container `target`,
 //!   exit 0 when it is still there afterwards;
+//! - `create-privileged`, `create-mount`: create a privileged container, or one
+//!   mounting the host's /etc; exit 0 when the grant refused it;
 //! - `ok`: exit 0.
 //!
 //! Every attack that the host refuses ends the run COMPLETED, every one that
@@ -119,7 +121,9 @@ impl Plugin for Hostile {
                 Ok(Exit::code(0))
             }
             "signal" => {
-                let id: u64 = target.parse().map_err(|_| Error::fatal("target: not an id"))?;
+                let id: u64 = target
+                    .parse()
+                    .map_err(|_| Error::fatal("target: not an id"))?;
                 let result = process::signal(id, 9);
                 outcome(result.is_err(), format!("signalled process {id}"))
             }
@@ -139,6 +143,29 @@ impl Plugin for Hostile {
                     result.is_ok() && hidden,
                     format!("{} {target}: {result:?}, then saw {seen:?}", handle.mode),
                 )
+            }
+            "create-privileged" | "create-mount" => {
+                let privileged = handle.mode == "create-privileged";
+                let spec = container_runtime::ContainerSpec {
+                    image: "busybox:latest".into(),
+                    command: vec!["true".into()],
+                    env: vec![],
+                    labels: vec![],
+                    name: None,
+                    network_mode: None,
+                    mounts: if privileged {
+                        vec![]
+                    } else {
+                        vec!["/etc:/host-etc".into()]
+                    },
+                    memory_limit_bytes: None,
+                    auto_remove: true,
+                    privileged,
+                };
+                let result = container_runtime::create(&spec);
+                let refused =
+                    matches!(&result, Err(e) if e.contains("not allowed by this plugin's grant"));
+                outcome(refused, format!("{}: {result:?}", handle.mode))
             }
             _ => {
                 std::thread::sleep(Duration::from_millis(handle.seconds * 1000));

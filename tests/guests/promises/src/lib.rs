@@ -131,7 +131,9 @@ macro_rules! broken_plugin {
             ) -> $crate::host_plugin_sdk::Result<$crate::Handle> {
                 $crate::start(job)
             }
-            fn wait(h: $crate::Handle) -> $crate::host_plugin_sdk::Result<$crate::host_plugin_sdk::Exit> {
+            fn wait(
+                h: $crate::Handle,
+            ) -> $crate::host_plugin_sdk::Result<$crate::host_plugin_sdk::Exit> {
                 $crate::wait(h, $broken)
             }
             fn inspect(
