@@ -243,21 +243,7 @@ async fn an_output_flood_keeps_the_run_limits_and_says_so() {
     let _worker = hostile_setup(url, dir.path(), &["--max-log-lines-per-run", "2000"]);
     let (id, run) = attack(url, json!({"mode": "flood", "seconds": 3})).await;
     assert_eq!(run["state"]["type"], "COMPLETED", "{run}");
-    let mut lines = Vec::new();
-    let mut after = 0;
-    loop {
-        let (_, page) = common::http(
-            "GET",
-            &format!("{url}/api/flow-runs/{id}/logs?after={after}&limit=1000"),
-            None,
-            None,
-        )
-        .await;
-        let batch = page["lines"].as_array().cloned().unwrap_or_default();
-        let Some(last) = batch.last() else { break };
-        after = last["seq"].as_u64().expect("seq");
-        lines.extend(batch);
-    }
+    let lines = common::all_log_lines(url, &id).await;
     let output = lines.iter().filter(|l| l["stream"] == "stdout").count();
     assert_eq!(output, 2000, "the limit, exactly");
     assert!(
@@ -393,4 +379,72 @@ capabilities = ["process"]
             .expect("wait");
         assert_eq!(exit.code, Some(0), "{mode} was refused: {}", exit.message);
     }
+}
+
+#[tokio::test]
+async fn a_cancel_checks_that_stop_stopped_and_kills_what_it_left() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plugins = plugin_dir(
+        dir.path(),
+        "broken-stop",
+        guests::BROKEN_STOP,
+        "[broken-stop]\ncapabilities = [\"process\"]\n",
+    );
+    let server = ServerProcess::start(
+        dir.path(),
+        &["--plugin-dir", plugins.to_str().expect("utf-8")],
+    );
+    let url = server.url.as_str();
+    common::host_ok(
+        url,
+        &["work-pool", "create", "--type", "broken-stop", "sloppy"],
+    );
+    common::host_ok(
+        url,
+        &[
+            "deployment",
+            "create",
+            "f/sleep",
+            "--pool",
+            "sloppy",
+            "--job-variable",
+            "command=sleep 120",
+        ],
+    );
+    let _worker = WorkerProcess::start(
+        url,
+        &dir.path().join("cache"),
+        &[
+            "--pool",
+            "sloppy",
+            "--plugin-dir",
+            plugins.to_str().expect("utf-8"),
+        ],
+    );
+    let id = create_run(url, "f/sleep", json!({})).await;
+    let running = common::run_in_state(url, &id, &["RUNNING"], LONG).await;
+    let handle: Value =
+        serde_json::from_str(running["infrastructure_handle"].as_str().expect("handle"))
+            .expect("json");
+    let cwd = handle["cwd"].as_str().expect("cwd").to_string();
+    common::host_ok(url, &["flow-run", "cancel", &id]);
+    let run = common::final_run(url, &id, Duration::from_secs(30)).await;
+    assert_eq!(run["state"]["type"], "CANCELLED", "{run}");
+    assert!(
+        message(&run).contains("stop left") && message(&run).contains("killed"),
+        "the worker says what it found: {run}"
+    );
+    // Nothing of the run runs on: no process has the run's directory as cwd.
+    let still = common::wait_until(Duration::from_secs(10), || {
+        !std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|entry| {
+                std::fs::read_link(entry.path().join("cwd"))
+                    .is_ok_and(|p| p.to_string_lossy().starts_with(&cwd))
+            })
+    })
+    .await;
+    assert!(still, "the process the plugin left was killed");
 }

@@ -171,16 +171,34 @@ async fn a_process_run_survives_its_worker_and_completes_with_all_its_output() {
         "f/outlive",
         "echo before; sleep 3; echo after; exit 0",
     );
+    ok(
+        url,
+        &[
+            "deployment",
+            "create",
+            "f/fails-later",
+            "--pool",
+            "local",
+            "--",
+            "sh",
+            "-c",
+            "echo before; sleep 3; exit 3",
+        ],
+    );
     let args = ["--pool", "local", "--name", "outliver"];
     let mut worker = WorkerProcess::start(url, &cache, &args);
     let id = create_run(url, "f/outlive", json!({})).await;
+    let failing = create_run(url, "f/fails-later", json!({})).await;
     let pid = handle_pid(&running(url, &id).await);
-    eventually(url, &format!("/api/flow-runs/{id}/logs"), LONG, |page| {
-        page["lines"]
-            .as_array()
-            .is_some_and(|lines| lines.iter().any(|l| l["message"] == "before"))
-    })
-    .await;
+    running(url, &failing).await;
+    for run in [&id, &failing] {
+        eventually(url, &format!("/api/flow-runs/{run}/logs"), LONG, |page| {
+            page["lines"]
+                .as_array()
+                .is_some_and(|lines| lines.iter().any(|l| l["message"] == "before"))
+        })
+        .await;
+    }
     worker.kill();
     assert!(process_alive(pid), "the run outlives its worker");
     let _worker = WorkerProcess::start(url, &cache, &args);
@@ -194,6 +212,10 @@ async fn a_process_run_survives_its_worker_and_completes_with_all_its_output() {
             "{line} once in {logs:?}"
         );
     }
+    // The real exit, not an invented one.
+    let run = final_run(url, &failing).await;
+    assert_eq!(run["state"]["type"], "FAILED", "{run}");
+    assert_eq!(run["exit_code"], 3, "{run}");
 }
 
 #[tokio::test]
@@ -245,23 +267,7 @@ async fn long_lines_and_long_messages_never_strand_a_run() {
     let id = create_run(url, "f/chatty", json!({})).await;
     let run = final_run(url, &id).await;
     assert_eq!(run["state"]["type"], "COMPLETED", "{run}");
-    let mut lines = Vec::new();
-    let mut after = 0;
-    loop {
-        let (_, page) = common::http(
-            "GET",
-            &format!("{url}/api/flow-runs/{id}/logs?after={after}&limit=1000"),
-            None,
-            None,
-        )
-        .await;
-        let batch = page["lines"].as_array().cloned().unwrap_or_default();
-        if batch.is_empty() {
-            break;
-        }
-        after = batch.last().and_then(|l| l["seq"].as_u64()).expect("seq");
-        lines.extend(batch);
-    }
+    let lines = common::all_log_lines(url, &id).await;
     let texts: Vec<&str> = lines.iter().filter_map(|l| l["message"].as_str()).collect();
     assert!(
         texts.iter().any(|l| l.starts_with("3000 xxx")),
@@ -475,4 +481,51 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_recovers_by_itself() {
         let (_, pools) = common::http("GET", &format!("{url}/api/work-pools"), None, None).await;
         assert!(pools.to_string().contains("after"));
     }
+}
+
+#[tokio::test]
+async fn the_server_keeps_a_bounded_log_per_run_whatever_workers_send() {
+    let server = common::TestServer::start_with(
+        None,
+        host::control::ControlConfig {
+            max_log_lines_per_run: 10,
+            ..host::control::ControlConfig::default()
+        },
+    )
+    .await;
+    let url = server.url.as_str();
+    let pool = json!({"name": "p", "type": "process"}).to_string();
+    assert_eq!(
+        common::http("POST", &format!("{url}/api/work-pools"), Some(&pool), None)
+            .await
+            .0,
+        201
+    );
+    let deployment =
+        json!({"flow": "f", "name": "d", "pool": "p", "command": ["true"]}).to_string();
+    let (status, _) = common::http(
+        "PUT",
+        &format!("{url}/api/deployments"),
+        Some(&deployment),
+        None,
+    )
+    .await;
+    assert!(status < 300);
+    let id = create_run(url, "f/d", json!({})).await;
+    for batch in 0..3 {
+        let lines: Vec<Value> = (0..7)
+            .map(|n| json!({"message": format!("line {batch}.{n}")}))
+            .collect();
+        let (status, body) = common::http(
+            "POST",
+            &format!("{url}/api/flow-runs/{id}/logs"),
+            Some(&Value::from(lines).to_string()),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let logs = run_logs(url, &id).await;
+    assert_eq!(logs.len(), 11, "10 lines and one notice: {logs:?}");
+    assert!(logs[10].contains("keeps 10 log lines"), "{logs:?}");
 }

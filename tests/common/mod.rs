@@ -330,13 +330,33 @@ pub async fn final_run(url: &str, id: &str, timeout: Duration) -> serde_json::Va
     .await
 }
 
+/// Every log line of a run (as JSON), read page by page.
+pub async fn all_log_lines(url: &str, id: &str) -> Vec<serde_json::Value> {
+    let mut lines = Vec::new();
+    let mut after: Option<u64> = None;
+    loop {
+        let from = after.map_or(String::new(), |seq| format!("&after={seq}"));
+        let (_, page) = http(
+            "GET",
+            &format!("{url}/api/flow-runs/{id}/logs?limit=1000{from}"),
+            None,
+            None,
+        )
+        .await;
+        let batch = page["lines"].as_array().cloned().unwrap_or_default();
+        let Some(last) = batch.last() else {
+            return lines;
+        };
+        after = last["seq"].as_u64();
+        lines.extend(batch);
+    }
+}
+
 /// The messages of a run's log lines.
 pub async fn run_logs(url: &str, id: &str) -> Vec<String> {
-    let (_, page) = http("GET", &format!("{url}/api/flow-runs/{id}/logs"), None, None).await;
-    page["lines"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    all_log_lines(url, id)
+        .await
+        .iter()
         .filter_map(|l| l["message"].as_str().map(String::from))
         .collect()
 }

@@ -398,6 +398,19 @@ impl ContainerTable {
         }
     }
 
+    /// Stops at once what of `scope` still runs; the containers stay for
+    /// `destroy` and `release`.
+    pub async fn kill(&self, scope: &str) -> Vec<String> {
+        let mut killed = Vec::new();
+        if let Ok(states) = self.of_scope(scope).await {
+            for state in states.into_iter().filter(|s| s.running) {
+                let _ = self.stop(&state.id, 0).await;
+                killed.push(format!("container {} killed", state.name));
+            }
+        }
+        killed
+    }
+
     /// Forgets `scope`, after its `destroy`: removes what the plugin left.
     pub async fn release(&self, scope: &str) -> Vec<String> {
         let mut left = Vec::new();

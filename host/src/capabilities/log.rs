@@ -38,7 +38,8 @@ pub struct CollectOutput {
 }
 
 impl CollectOutput {
-    pub const KEPT: usize = 10_000;
+    /// Enough for any check; 1,000 lines of at most 16 KiB stay small.
+    pub const KEPT: usize = 1_000;
 
     pub fn lines(&self) -> Vec<(OutputStream, String)> {
         self.lines.lock().map(|l| l.clone()).unwrap_or_default()

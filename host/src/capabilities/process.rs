@@ -421,6 +421,20 @@ impl ProcessTable {
             .collect()
     }
 
+    /// Kills what of `scope` still runs (the plugin's `stop` left it), and
+    /// says what that was. The records stay, for `destroy` and `release`.
+    pub async fn kill(&self, scope: &str) -> Vec<String> {
+        let mut killed = Vec::new();
+        for proc in self.of_scope(scope) {
+            if matches!(proc.try_exit(), Ok(None)) {
+                let _ = signal_group(proc.child_pid, libc::SIGKILL);
+                let _ = tokio::time::timeout(Duration::from_secs(2), proc.supervisor_ended()).await;
+                killed.push(format!("{} killed", proc.describe()));
+            }
+        }
+        killed
+    }
+
     /// Forgets `scope`, after its `destroy`: kills what still runs, removes the
     /// supervisors' files, and says what the plugin had left behind.
     pub async fn release(&self, scope: &str) -> Vec<String> {

@@ -28,6 +28,9 @@ pub struct ServeArgs {
     /// space than this, so the database never fills the disk mid-commit.
     #[arg(long, default_value_t = crate::store::DEFAULT_MIN_FREE_BYTES >> 20)]
     min_free_disk_mb: u64,
+    /// Log lines kept per flow run (workers have their own, smaller, limits).
+    #[arg(long, default_value_t = crate::control::ControlConfig::default().max_log_lines_per_run)]
+    max_log_lines_per_run: u64,
 }
 
 pub fn default_data_dir() -> PathBuf {
@@ -64,6 +67,7 @@ pub async fn run(
         ControlConfig {
             late_after: Duration::from_secs(args.late_after_seconds),
             crash_offline_after: Duration::from_secs(args.crash_offline_after_seconds),
+            max_log_lines_per_run: args.max_log_lines_per_run,
             ..ControlConfig::default()
         },
     );

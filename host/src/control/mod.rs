@@ -66,6 +66,9 @@ pub struct ControlConfig {
     pub crash_offline_after: Duration,
     /// How long a claim is held without news before it counts as abandoned.
     pub lease: Duration,
+    /// Log lines kept per run, whatever workers send; past it one notice
+    /// says the rest was dropped.
+    pub max_log_lines_per_run: u64,
 }
 
 impl Default for ControlConfig {
@@ -74,6 +77,7 @@ impl Default for ControlConfig {
             late_after: Duration::from_secs(15),
             crash_offline_after: Duration::from_secs(60),
             lease: Duration::from_secs(300),
+            max_log_lines_per_run: 1_000_000,
         }
     }
 }

@@ -125,10 +125,29 @@ impl Control {
             })
             .collect();
         let id = id.to_string();
+        let cap = self.config.max_log_lines_per_run;
         let next = self
             .store
             .write(move |w| {
                 w.run(&id)?.ok_or_else(|| run_not_found(&id))?;
+                let mut lines = lines;
+                let next = w.last_log_seq(&id)?.map_or(0, |s| s + 1);
+                if next > cap {
+                    // The notice is stored already: drop the rest.
+                    return Ok(next);
+                }
+                let room = usize::try_from(cap - next).unwrap_or(usize::MAX);
+                if lines.len() > room {
+                    lines.truncate(room);
+                    lines.push(LogLine {
+                        seq: 0,
+                        timestamp: now,
+                        stream: "worker".into(),
+                        message: format!(
+                            "[the server keeps {cap} log lines per run; later lines were dropped]"
+                        ),
+                    });
+                }
                 w.append_logs(&id, lines)
             })
             .await?;

@@ -365,6 +365,19 @@ impl LoadedPlugin {
         running
     }
 
+    /// Kills what of `run` still runs, when the plugin's `stop` did not; says
+    /// what that was.
+    pub async fn kill_leftovers(&self, run: &str) -> Vec<String> {
+        let mut killed = Vec::new();
+        if self.grants.contains(Capability::Process) {
+            killed.extend(self.runtime.processes().kill(run).await);
+        }
+        if self.grants.contains(Capability::ContainerRuntime) {
+            killed.extend(self.runtime.containers().kill(run).await);
+        }
+        killed
+    }
+
     /// Ends the host's part in `run`, after its `destroy`: kills and removes
     /// whatever the plugin left, and says what that was (nothing, when the
     /// plugin kept its promises).

@@ -220,7 +220,7 @@ async fn stop_and_verify(shared: &Shared, run_id: &str, handle: &str) -> String 
     if left.is_empty() {
         return "infrastructure stopped".into();
     }
-    let killed = shared.plugin.release(run_id).await;
+    let killed = shared.plugin.kill_leftovers(run_id).await;
     tracing::warn!(
         flow_run_id = run_id,
         ?left,
