@@ -4,6 +4,8 @@
 //! that call, never a panic of the host.
 
 mod cache;
+mod call;
+mod info;
 mod limits;
 mod load;
 mod plugin;
@@ -12,10 +14,9 @@ pub use crate::contract::{
     ErrorKind, ExitStatus, Job, OutputStream, PluginError, PluginInfo, RunStatus,
 };
 pub use cache::{CacheOutcome, ComponentCache};
+pub use call::{Call, CallError, MAX_HANDLE_BYTES, MAX_MESSAGE_BYTES};
 pub use load::{Capability, Grants, LoadError};
-pub use plugin::{
-    Call, CallError, LoadedPlugin, MAX_HANDLE_BYTES, MAX_MESSAGE_BYTES, PluginSource,
-};
+pub use plugin::{LoadedPlugin, PluginSource};
 
 use std::path::PathBuf;
 use std::sync::Arc;

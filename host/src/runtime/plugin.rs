@@ -1,11 +1,11 @@
 //! One loaded plugin: its pre-instantiated component and the typed calls of the
 //! `driver` interface, each in a fresh store with its own limits.
 
+use super::call::{Call, CallError, MAX_HANDLE_BYTES, bounded_exit, bounded_status, plugin_error};
+use super::info::{placeholder_info, validate_info};
 use super::limits::MemoryCap;
 use super::load::{self, Capability, Grants, LoadError};
-use super::{
-    CacheOutcome, ErrorKind, ExitStatus, Job, PluginError, PluginInfo, RunStatus, Runtime,
-};
+use super::{CacheOutcome, ExitStatus, Job, PluginInfo, RunStatus, Runtime};
 use crate::capabilities::{self, ContainerHost, LogHost, OutputSink, ProcessHost};
 use crate::contract::{Plugin, PluginPre};
 use std::collections::BTreeSet;
@@ -32,89 +32,6 @@ impl std::fmt::Display for PluginSource {
             PluginSource::Builtin => f.write_str("built-in"),
             PluginSource::File(path) => write!(f, "{}", path.display()),
         }
-    }
-}
-
-/// Why one call into a plugin failed. The host goes on after any of these.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum CallError {
-    /// The plugin returned an error value: the contract working as meant.
-    #[error("{message}")]
-    Plugin { kind: ErrorKind, message: String },
-    #[error("plugin `{plugin}` trapped: {message}")]
-    Trap { plugin: String, message: String },
-    #[error(
-        "plugin `{plugin}` computed for {seconds}s without calling the host and was stopped (its CPU budget)"
-    )]
-    CpuBudget { plugin: String, seconds: f64 },
-    #[error(
-        "plugin `{plugin}` exceeded its memory limit of {limit_mib} MiB (it asked for {requested_mib} MiB)"
-    )]
-    Memory {
-        plugin: String,
-        limit_mib: usize,
-        requested_mib: usize,
-    },
-    #[error("plugin `{plugin}` could not be instantiated: {message}")]
-    Instantiate { plugin: String, message: String },
-    #[error("plugin `{plugin}` did not answer `{call}` within {seconds}s and was stopped")]
-    Deadline {
-        plugin: String,
-        call: &'static str,
-        seconds: u64,
-    },
-    /// The plugin answered with a value the contract does not allow.
-    #[error("plugin `{plugin}` broke the contract in `{call}`: {message}")]
-    Contract {
-        plugin: String,
-        call: &'static str,
-        message: String,
-    },
-}
-
-/// The calls of the contract, for deadlines and messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Call {
-    Describe,
-    Validate,
-    Start,
-    Wait,
-    Inspect,
-    Stop,
-    Destroy,
-    Recover,
-}
-
-impl Call {
-    pub fn name(self) -> &'static str {
-        match self {
-            Call::Describe => "describe",
-            Call::Validate => "validate",
-            Call::Start => "start",
-            Call::Wait => "wait",
-            Call::Inspect => "inspect",
-            Call::Stop => "stop",
-            Call::Destroy => "destroy",
-            Call::Recover => "recover",
-        }
-    }
-}
-
-/// A handle is stored on the flow run and sent with every later call.
-pub const MAX_HANDLE_BYTES: usize = 16 << 10;
-/// Error and exit messages are one line for people.
-pub const MAX_MESSAGE_BYTES: usize = 2 << 10;
-
-impl CallError {
-    /// Worth trying the same call again later.
-    pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            CallError::Plugin {
-                kind: ErrorKind::Retryable,
-                ..
-            }
-        )
     }
 }
 
@@ -541,28 +458,6 @@ fn discard() -> Arc<dyn OutputSink> {
     capabilities::discard_output()
 }
 
-fn plugin_error(error: PluginError) -> CallError {
-    CallError::Plugin {
-        kind: error.kind,
-        message: capabilities::truncate(error.message, MAX_MESSAGE_BYTES),
-    }
-}
-
-fn bounded_exit(mut exit: ExitStatus) -> ExitStatus {
-    exit.message = capabilities::truncate(exit.message, MAX_MESSAGE_BYTES);
-    exit
-}
-
-fn bounded_status(status: RunStatus) -> RunStatus {
-    match status {
-        RunStatus::Exited(exit) => RunStatus::Exited(bounded_exit(exit)),
-        RunStatus::NotFound(why) => {
-            RunStatus::NotFound(capabilities::truncate(why, MAX_MESSAGE_BYTES))
-        }
-        other => other,
-    }
-}
-
 fn linker_for(runtime: &Runtime, grants: &Grants) -> wasmtime::Result<Linker<PluginState>> {
     use crate::contract::host::infra;
     let mut linker: Linker<PluginState> = Linker::new(runtime.engine());
@@ -595,94 +490,4 @@ fn linker_for(runtime: &Runtime, grants: &Grants) -> wasmtime::Result<Linker<Plu
         &mut s.log
     })?;
     Ok(linker)
-}
-
-fn placeholder_info(source_name: &str) -> PluginInfo {
-    PluginInfo {
-        name: source_name.to_string(),
-        version: String::new(),
-        contract_version: String::new(),
-        description: String::new(),
-        default_base_job_template: String::new(),
-        capabilities: Vec::new(),
-        example_variables: String::new(),
-        long_running_variables: String::new(),
-    }
-}
-
-/// What `describe` claims must agree with the contract and the grants.
-fn validate_info(source_name: &str, info: &PluginInfo, grants: &Grants) -> Result<(), LoadError> {
-    let invalid = |message: String| LoadError::Invalid {
-        source_name: source_name.into(),
-        message,
-    };
-    if !load::compatible(&info.contract_version) {
-        return Err(LoadError::IncompatibleContract {
-            source_name: source_name.into(),
-            found: format!("{}@{}", super::CONTRACT_PACKAGE, info.contract_version),
-        });
-    }
-    let sizes = [
-        ("name", info.name.len(), 64),
-        ("version", info.version.len(), 64),
-        ("contract_version", info.contract_version.len(), 64),
-        ("description", info.description.len(), 4 << 10),
-        (
-            "default_base_job_template",
-            info.default_base_job_template.len(),
-            256 << 10,
-        ),
-        ("example_variables", info.example_variables.len(), 64 << 10),
-        (
-            "long_running_variables",
-            info.long_running_variables.len(),
-            64 << 10,
-        ),
-        ("capabilities", info.capabilities.len(), 16),
-    ];
-    for (field, size, limit) in sizes {
-        if size > limit {
-            return Err(invalid(format!(
-                "describe: {field} is {size} long; the limit is {limit}"
-            )));
-        }
-    }
-    let valid_name = !info.name.is_empty()
-        && info
-            .name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if !valid_name {
-        return Err(invalid(format!(
-            "describe: name {:?} must be lowercase letters, digits and '-'",
-            info.name
-        )));
-    }
-    for name in &info.capabilities {
-        let capability = Capability::parse(name)
-            .ok_or_else(|| invalid(format!("describe: unknown capability {name:?}")))?;
-        if !grants.contains(capability) {
-            return Err(LoadError::Ungranted {
-                source_name: source_name.into(),
-                capability,
-            });
-        }
-    }
-    let template: serde_json::Value = serde_json::from_str(&info.default_base_job_template)
-        .map_err(|e| {
-            invalid(format!(
-                "describe: default base job template is not JSON: {e}"
-            ))
-        })?;
-    if !template
-        .get("job_configuration")
-        .is_some_and(|v| v.is_object())
-        || !template.get("variables").is_some_and(|v| v.is_object())
-    {
-        return Err(invalid(
-            "describe: default base job template needs `job_configuration` and `variables` objects"
-                .into(),
-        ));
-    }
-    Ok(())
 }
