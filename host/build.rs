@@ -99,6 +99,11 @@ const TEST_GUESTS: &[Guest] = &[
         artifact: "guest_broken_describe",
     },
     Guest {
+        name: "flood_wait",
+        package: "guest-flood-wait",
+        artifact: "guest_flood_wait",
+    },
+    Guest {
         name: "hello_example",
         package: "hello-plugin",
         artifact: "hello_plugin",

@@ -97,6 +97,36 @@ async fn a_plugin_calling_the_host_forever_in_describe_is_skipped_and_named() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stdout.contains("process"), "{stdout}{stderr}");
     assert!(stderr.contains("chatty.wasm"), "{stdout}{stderr}");
+    assert!(
+        !stderr.contains('\x1b'),
+        "no colour codes off a terminal: {stderr:?}"
+    );
+
+    // The same warning as JSON lines, for log shippers.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_host"))
+        .args([
+            "plugin",
+            "ls",
+            "--log-format",
+            "json",
+            "--plugin-quick-call-seconds",
+            "1",
+        ])
+        .arg("--plugin-dir")
+        .arg(&plugins)
+        .env("HOST_CACHE_DIR", dir.path().join("cache"))
+        .output()
+        .expect("host plugin ls");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let json: Vec<Value> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        json.iter()
+            .any(|l| l["level"] == "WARN" && l.to_string().contains("chatty.wasm")),
+        "{stderr}"
+    );
 }
 
 /// A server that knows the hostile plugin's pool type.
@@ -447,4 +477,32 @@ async fn a_cancel_checks_that_stop_stopped_and_kills_what_it_left() {
     })
     .await;
     assert!(still, "the process the plugin left was killed");
+}
+
+#[test]
+fn host_plugin_test_stays_small_under_an_output_flood() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_host"))
+        .args(["plugin", "test", guests::FLOOD_WAIT])
+        .env("HOST_CACHE_DIR", cache.path())
+        .output()
+        .expect("host plugin test");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("ok      output"), "{stdout}");
+    // The largest child this test process has waited for (tests in this binary
+    // start servers and workers too; all of them are small).
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    #[allow(unsafe_code)]
+    // SAFETY: getrusage(2) writes only into `usage`, which is large enough.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_CHILDREN, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let peak_mib = usage.ru_maxrss / 1024;
+    assert!(peak_mib < 400, "peak RSS of a child: {peak_mib} MiB");
 }

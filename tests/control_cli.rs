@@ -279,3 +279,64 @@ fn host_deploy_creates_and_updates_from_a_project_file() {
     );
     assert!(err.contains("unknown field `nme`"), "{err}");
 }
+
+/// The example systemd units in docs/systemd: valid for systemd, and their
+/// command lines valid for `host`.
+#[test]
+fn the_example_systemd_units_verify() {
+    let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/systemd");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let host = env!("CARGO_BIN_EXE_host");
+    let mut units = Vec::new();
+    for (file, instance) in [
+        ("host-serve.service", "host-serve.service"),
+        ("host-worker@.service", "host-worker@my-pool.service"),
+    ] {
+        let text = std::fs::read_to_string(docs.join(file)).expect("unit");
+        // The command line, with `\` continuations joined and the template's
+        // specifiers filled in, must parse.
+        let exec = text
+            .replace("\\\n", " ")
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("ExecStart=/usr/local/bin/host ")
+                    .map(String::from)
+            })
+            .expect("ExecStart");
+        let args: Vec<String> = exec
+            .replace("%i", "my-pool")
+            .replace("%H", "box")
+            .replace("${HEALTH_ADDRESS}", "127.0.0.1:8080")
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        let (subcommand, flags) = args.split_at(if args[0] == "worker" { 2 } else { 1 });
+        let out = std::process::Command::new(host)
+            .args(subcommand)
+            .arg("--help")
+            .output()
+            .expect("host --help");
+        let help = String::from_utf8_lossy(&out.stdout);
+        for flag in flags.iter().filter(|f| f.starts_with("--")) {
+            assert!(
+                help.contains(flag.as_str()),
+                "{file}: `{flag}` is not a flag of host {subcommand:?}"
+            );
+        }
+        let path = dir.path().join(instance);
+        std::fs::write(&path, text.replace("/usr/local/bin/host", host)).expect("write");
+        units.push(path);
+    }
+    let verified = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .args(&units)
+        .output();
+    match verified {
+        Err(e) => eprintln!("SKIPPED systemd-analyze verify: {e} (install systemd to run it)"),
+        Ok(out) => assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}

@@ -98,6 +98,11 @@ impl Setup {
     fn containers(&self) -> Vec<String> {
         docker::containers_with_label("host.test", &self.label)
     }
+
+    /// Clean-up follows the final state report: wait for it.
+    async fn all_removed(&self) -> bool {
+        common::wait_until(Duration::from_secs(20), || self.containers().is_empty()).await
+    }
 }
 
 #[test]
@@ -180,7 +185,7 @@ async fn runs_in_containers_end_as_their_exit_code_says() {
     );
 
     assert!(
-        setup.containers().is_empty(),
+        setup.all_removed().await,
         "destroy removed every container: {:?}",
         setup.containers()
     );
@@ -240,7 +245,7 @@ async fn a_restarted_worker_reattaches_to_its_container() {
     let logs = setup.logs(&id).await;
     assert!(logs.iter().any(|l| l.contains("re-attached")), "{logs:?}");
     assert!(logs.contains(&"finished".to_string()), "{logs:?}");
-    assert!(setup.containers().is_empty(), "{:?}", setup.containers());
+    assert!(setup.all_removed().await, "{:?}", setup.containers());
 }
 
 #[tokio::test]

@@ -165,3 +165,39 @@ fn plugin_test_names_each_failed_check() {
         "error: 2 of 12 checks failed: start-wait, stop"
     );
 }
+
+#[test]
+fn plugin_inspect_takes_a_file_too_and_a_closed_pipe_ends_quietly() {
+    let host = Host::new();
+    let out = host.run(&[
+        "plugin",
+        "inspect",
+        guests::HELLO_EXAMPLE,
+        "--output",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("\"name\": \"hello\""),
+        "{}",
+        stdout(&out)
+    );
+
+    // `host plugin inspect docker --output json | head -c0`: the reader is gone
+    // before the first write.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_host"))
+        .args(["plugin", "inspect", "docker", "--output", "json"])
+        .env("HOST_CACHE_DIR", host.cache.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("panicked") && !err.contains("Broken pipe"),
+        "{err}"
+    );
+    assert_ne!(out.status.code(), Some(101), "{err}");
+}

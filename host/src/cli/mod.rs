@@ -29,6 +29,23 @@ pub struct Cli {
     runtime: RuntimeArgs,
     #[command(flatten)]
     api: ApiArgs,
+    /// How log lines are written to stderr: `text` (coloured only on a
+    /// terminal) or `json`, one object per line.
+    #[arg(
+        long,
+        global = true,
+        env = "HOST_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    log_format: LogFormat,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// Where the server is, for every command that talks to it.
@@ -165,7 +182,13 @@ pub fn run() -> ExitCode {
         // No async runtime and no logging: it only copies bytes and waits.
         return crate::supervisor::main(dir);
     }
-    init_tracing();
+    init_tracing(cli.log_format);
+    if !matches!(cli.command, Command::Serve(_) | Command::Worker(_)) {
+        // A command whose output pipe closed (`| head`) ends quietly, as Unix
+        // tools do, instead of panicking on the write. Servers keep ignoring
+        // SIGPIPE: a closed connection is an error for one request.
+        restore_default_sigpipe();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -198,12 +221,27 @@ pub fn run() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal;
     // Workers log one line per run transition by default; the rest stays quiet.
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HOST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,host::worker=info"));
-    let _ = tracing_subscriber::fmt()
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HOST_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,host::worker=info,host::cli::serve=info")
+    });
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .try_init();
+        .with_ansi(std::io::stderr().is_terminal());
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+#[allow(unsafe_code)]
+fn restore_default_sigpipe() {
+    // SAFETY: signal(2) with SIG_DFL installs no handler; nothing else in this
+    // process has set one for SIGPIPE (std only ignores it).
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }

@@ -18,7 +18,11 @@ pub enum PluginCommand {
     },
     /// Show everything a plugin's `describe` returns.
     Inspect {
-        name: String,
+        /// A plugin name, or a path to a component file.
+        plugin: String,
+        /// Capabilities to grant a plugin given as a file (repeatable).
+        #[arg(long = "grant")]
+        grants: Vec<String>,
         #[arg(long, value_enum, default_value_t)]
         output: OutputFormat,
     },
@@ -46,33 +50,42 @@ pub async fn run(command: PluginCommand, args: &RuntimeArgs) -> anyhow::Result<E
             }
             Ok(ExitCode::SUCCESS)
         }
-        PluginCommand::Inspect { name, output } => {
-            let registry = Registry::load(&runtime, args.plugin_dir.as_deref()).await?;
-            let plugin = registry.get(&name).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "no plugin named `{name}` (available: {})",
-                    registry.names().join(", ")
-                )
-            })?;
-            inspect(&plugin, output)?;
+        PluginCommand::Inspect {
+            plugin,
+            grants,
+            output,
+        } => {
+            let found = find(&runtime, args, &plugin, &grants).await?;
+            inspect(&found, output)?;
             Ok(ExitCode::SUCCESS)
         }
         PluginCommand::Test { plugin, grants } => {
-            if plugin.ends_with(".wasm") || Path::new(&plugin).is_file() {
-                let grants = plugins::parse_grants(&grants)?;
-                return test(&plugins::load_file(&runtime, Path::new(&plugin), grants).await?)
-                    .await;
-            }
-            let registry = Registry::load(&runtime, args.plugin_dir.as_deref()).await?;
-            let found = registry.get(&plugin).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "no plugin named `{plugin}` (available: {})",
-                    registry.names().join(", ")
-                )
-            })?;
+            let found = find(&runtime, args, &plugin, &grants).await?;
             test(&found).await
         }
     }
+}
+
+/// A plugin by name (built-in or from the plugin directory), or a component
+/// file with the given grants.
+async fn find(
+    runtime: &crate::runtime::Runtime,
+    args: &RuntimeArgs,
+    plugin: &str,
+    grants: &[String],
+) -> anyhow::Result<std::sync::Arc<LoadedPlugin>> {
+    if plugin.ends_with(".wasm") || Path::new(plugin).is_file() {
+        let grants = plugins::parse_grants(grants)?;
+        let loaded = plugins::load_file(runtime, Path::new(plugin), grants).await?;
+        return Ok(std::sync::Arc::new(loaded));
+    }
+    let registry = Registry::load(runtime, args.plugin_dir.as_deref()).await?;
+    registry.get(plugin).ok_or_else(|| {
+        anyhow::anyhow!(
+            "no plugin named `{plugin}` (available: {})",
+            registry.names().join(", ")
+        )
+    })
 }
 
 fn ls(registry: &Registry, output: OutputFormat) -> anyhow::Result<()> {

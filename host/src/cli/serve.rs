@@ -101,10 +101,11 @@ pub async fn shutdown_signal() {
             Err(_) => std::future::pending::<()>().await,
         }
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
-    }
+    let signal = tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = terminate => "SIGTERM",
+    };
+    tracing::info!(signal, "received {signal}; shutting down");
 }
 
 /// Gives the heap the plugin runtime used back to the OS; without this the

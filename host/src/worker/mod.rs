@@ -196,7 +196,12 @@ pub async fn run_worker(
     // An in-flight claim long-poll finishes on its own (see the module docs),
     // and the runs it returns are started like any other.
     if !claims_done {
+        tracing::info!(pool = %pool_name, worker = %worker, "waiting for the claim request in flight (at most {:?})", shared.config.poll_wait);
         let _ = claims.await;
+    }
+    let in_flight = shared.config.limit - shared.slots.available_permits();
+    if in_flight > 0 {
+        tracing::info!(pool = %pool_name, worker = %worker, in_flight, "waiting for the runs in flight (at most {:?}, then they are left for recovery)", shared.config.shutdown_grace);
     }
     drain(&shared, &abandon_tx).await;
     cancellations.abort();
