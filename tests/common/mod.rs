@@ -215,6 +215,8 @@ impl WorkerProcess {
             .args(args)
             .env("HOST_API_URL", url)
             .env("HOST_CACHE_DIR", cache)
+            // Process runs live beside the cache, inside the test's temp dir.
+            .env("HOST_WORK_DIR", cache.with_file_name("work"))
             .env("HOST_LOG", "warn")
             .env_remove("HOST_API_TOKEN")
             .stdout(std::process::Stdio::null())

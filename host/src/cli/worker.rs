@@ -64,7 +64,7 @@ pub struct StartArgs {
     #[arg(long, default_value_t = LogLimits::default().max_bytes)]
     max_log_bytes_per_run: u64,
     /// This worker's directory for process runs (their supervisors' files and
-    /// working directories); default: TMPDIR/host-runs/POOL/NAME.
+    /// working directories); default: TMPDIR/host-runs-UID/POOL/NAME.
     #[arg(long, env = "HOST_WORK_DIR")]
     work_dir: Option<std::path::PathBuf>,
 }

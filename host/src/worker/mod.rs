@@ -53,9 +53,16 @@ pub struct WorkerConfig {
 }
 
 /// The worker's own directory for process runs: stable across its restarts
-/// (so it re-attaches to them), shared with no other worker.
+/// (so it re-attaches to them), shared with no other worker, and apart from
+/// other users' (`TMPDIR/host-runs-UID/POOL/NAME`).
 pub fn default_work_dir(pool: &str, name: &str) -> PathBuf {
-    std::env::temp_dir().join("host-runs").join(pool).join(name)
+    use std::os::unix::fs::MetadataExt;
+    // /proc/self belongs to this process's effective user.
+    let user = std::fs::metadata("/proc/self").map_or(0, |m| m.uid());
+    std::env::temp_dir()
+        .join(format!("host-runs-{user}"))
+        .join(pool)
+        .join(name)
 }
 
 /// The default worker name: stable across restarts on one machine, so a
@@ -299,6 +306,9 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
 /// round with `run_once`, once those runs are done).
 async fn claim_loop(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(100);
+    // Set when a claim request failed: its answer may have been lost after
+    // the server committed the claim.
+    let mut maybe_lost = false;
     loop {
         if *stop.borrow() {
             return;
@@ -332,6 +342,9 @@ async fn claim_loop(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
         {
             Ok(answer) => {
                 backoff = Duration::from_millis(100);
+                if std::mem::take(&mut maybe_lost) {
+                    adopt_lost_claims(&shared).await;
+                }
                 shared.polled();
                 for id in &answer.cancelling {
                     shared.cancel(id);
@@ -345,6 +358,7 @@ async fn claim_loop(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
                 }
             }
             Err(error) => {
+                maybe_lost = true;
                 tracing::warn!(pool = %shared.config.pool, worker = %shared.config.name, %error, "claim failed; retrying in {backoff:?}");
                 let mut stop = stop.clone();
                 tokio::select! {
@@ -392,11 +406,26 @@ fn spawn_run(shared: &Arc<Shared>, claimed: ClaimedRun) {
         tracing::error!(flow_run_id = %claimed.flow_run.id, "claimed a run without a free slot");
         return;
     };
+    run_in_slot(shared, claimed, permit, false);
+}
+
+/// Drives one run (fresh, or held before a restart when `recovering`) in a
+/// task that keeps `permit` until the run is done.
+fn run_in_slot(
+    shared: &Arc<Shared>,
+    claimed: ClaimedRun,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    recovering: bool,
+) {
     let cancel = register_cancel(shared, &claimed.flow_run.id);
     let shared = shared.clone();
     tokio::spawn(async move {
         let id = claimed.flow_run.id.clone();
-        run::execute(&shared, claimed, cancel).await;
+        if recovering {
+            run::recover(&shared, claimed, cancel).await;
+        } else {
+            run::execute(&shared, claimed, cancel).await;
+        }
         forget_cancel(&shared, &id);
         drop(permit);
     });
@@ -413,6 +442,37 @@ fn register_cancel(shared: &Shared, run_id: &str) -> watch::Receiver<bool> {
 fn forget_cancel(shared: &Shared, run_id: &str) {
     if let Ok(mut cancels) = shared.cancels.lock() {
         cancels.remove(run_id);
+    }
+}
+
+/// Runs the server says this worker claimed that the worker never heard of:
+/// a claim committed whose answer was lost (the server died before sending
+/// it). Nothing was started for them, so they are started now.
+async fn adopt_lost_claims(shared: &Arc<Shared>) {
+    let path = format!(
+        "/api/work-pools/{}/workers/{}/runs",
+        shared.config.pool, shared.config.name
+    );
+    let Ok(held) = shared.client.get::<Vec<ClaimedRun>>(&path).await else {
+        return;
+    };
+    for claimed in held {
+        let known = shared
+            .cancels
+            .lock()
+            .map(|c| c.contains_key(&claimed.flow_run.id))
+            .unwrap_or(true);
+        if known
+            || claimed.flow_run.state.state_type != crate::model::StateType::Pending
+            || claimed.flow_run.infrastructure_handle.is_some()
+        {
+            continue;
+        }
+        tracing::info!(flow_run_id = %claimed.flow_run.id, "claimed by a request whose answer was lost; starting it");
+        let Ok(permit) = shared.slots.clone().acquire_owned().await else {
+            return;
+        };
+        run_in_slot(shared, claimed, permit, false);
     }
 }
 
@@ -435,13 +495,6 @@ async fn recover(shared: &Arc<Shared>) {
         let Ok(permit) = shared.slots.clone().acquire_owned().await else {
             return;
         };
-        let cancel = register_cancel(shared, &claimed.flow_run.id);
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let id = claimed.flow_run.id.clone();
-            run::recover(&shared, claimed, cancel).await;
-            forget_cancel(&shared, &id);
-            drop(permit);
-        });
+        run_in_slot(shared, claimed, permit, true);
     }
 }
