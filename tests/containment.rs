@@ -217,6 +217,14 @@ async fn calls_that_never_return_and_values_that_never_end_each_crash_one_run() 
     assert_eq!(run["state"]["type"], "COMPLETED", "{run}");
 }
 
+/// A run whose plugin is in a `start` that floods the log and never returns.
+async fn flooding_start(url: &str) -> String {
+    let variables = json!({"job_variables": {"mode": "start-flood"}});
+    let id = create_run(url, "f/attack", variables).await;
+    common::run_in_state(url, &id, &["PENDING"], LONG).await;
+    id
+}
+
 #[tokio::test]
 async fn cancel_and_shutdown_win_over_a_call_that_does_not_return() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -224,32 +232,16 @@ async fn cancel_and_shutdown_win_over_a_call_that_does_not_return() {
     let url = server.url.as_str();
     // `start` may take a minute: only the cancel can end it sooner.
     let mut worker = hostile_setup(url, dir.path(), &["--plugin-slow-call-seconds", "60"]);
-    let id = create_run(
-        url,
-        "f/attack",
-        json!({"job_variables": {"mode": "start-flood"}}),
-    )
-    .await;
-    common::run_in_state(url, &id, &["PENDING"], LONG).await;
+    let id = flooding_start(url).await;
     common::host_ok(url, &["flow-run", "cancel", &id]);
     let run = common::final_run(url, &id, Duration::from_secs(20)).await;
     assert_eq!(run["state"]["type"], "CANCELLED", "{run}");
     assert!(message(&run).contains("starting"), "{run}");
 
-    let id = create_run(
-        url,
-        "f/attack",
-        json!({"job_variables": {"mode": "start-flood"}}),
-    )
-    .await;
-    common::run_in_state(url, &id, &["PENDING"], LONG).await;
+    let id = flooding_start(url).await;
     let (exited, status) = {
+        worker.sigterm();
         let child = &mut worker.child;
-        #[allow(unsafe_code)]
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(child.id() as i32, libc::SIGTERM);
-        }
         let exited = common::wait_until(Duration::from_secs(30), || {
             matches!(child.try_wait(), Ok(Some(_)))
         })

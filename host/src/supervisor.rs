@@ -83,6 +83,18 @@ impl RunFiles {
         self.dir.join("work")
     }
 
+    /// Every file of the protocol (not `work/`, which belongs to the run).
+    pub fn state_files(&self) -> [PathBuf; 6] {
+        [
+            self.spec(),
+            self.output(),
+            self.exit(),
+            self.read_offset(),
+            self.child_pid(),
+            self.supervisor_pid(),
+        ]
+    }
+
     pub fn read_spec(&self) -> std::io::Result<Spec> {
         let text = std::fs::read(self.spec())?;
         serde_json::from_slice(&text).map_err(std::io::Error::other)

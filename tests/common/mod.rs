@@ -231,13 +231,18 @@ impl WorkerProcess {
         let _ = self.child.wait();
     }
 
-    /// SIGTERM, then the exit status.
+    /// Sends SIGTERM.
     #[allow(unsafe_code)]
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
+    pub fn sigterm(&self) {
         // SAFETY: kill(2) on our own child's pid.
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.sigterm();
         self.child.wait().expect("wait")
     }
 }

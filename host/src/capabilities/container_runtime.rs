@@ -375,11 +375,19 @@ impl ContainerTable {
             .iter()
             .find(|(k, _)| k == SCOPE_LABEL)
             .map(|(_, v)| v.clone());
-        if let (Some(owner), Ok(mut owners)) = (&owner, self.owners.lock()) {
-            owners.insert(state.id.clone(), owner.clone());
-            owners.insert(id.to_string(), owner.clone());
+        if let Some(owner) = &owner {
+            self.remember(owner, [state.id.as_str(), id]);
         }
         Ok(owner.as_deref() == Some(scope))
+    }
+
+    /// Notes that the containers known by `names` (id, name) belong to `scope`.
+    fn remember<'a>(&self, scope: &str, names: impl IntoIterator<Item = &'a str>) {
+        if let Ok(mut owners) = self.owners.lock() {
+            for name in names {
+                owners.insert(name.to_string(), scope.to_string());
+            }
+        }
     }
 
     async fn of_scope(&self, scope: &str) -> Result<Vec<ContainerState>, String> {
@@ -530,12 +538,8 @@ impl Host for ContainerHost {
         spec.labels.push((SCOPE_LABEL.into(), scope.clone()));
         let name = spec.name.clone();
         let id = self.table.create(spec).await?;
-        if let Ok(mut owners) = self.table.owners.lock() {
-            owners.insert(id.clone(), scope.clone());
-            if let Some(name) = name {
-                owners.insert(name, scope);
-            }
-        }
+        self.table
+            .remember(&scope, std::iter::once(id.as_str()).chain(name.as_deref()));
         Ok(id)
     }
     async fn start(&mut self, id: String) -> Result<(), String> {

@@ -52,7 +52,8 @@ struct Proc {
     cwd: PathBuf,
     made_cwd: bool,
     /// Set when this worker started the supervisor: turns true once it exited.
-    /// After a restart the supervisor is someone else's child: see `alive`.
+    /// After a restart the supervisor is someone else's child: see
+    /// `supervisor_alive`.
     supervisor_exited: Option<watch::Receiver<bool>>,
     /// Bytes of `output` read so far.
     read: tokio::sync::Mutex<u64>,
@@ -110,6 +111,17 @@ impl Proc {
     fn describe(&self) -> String {
         format!("process {} (pid {})", self.id, self.child_pid)
     }
+
+    /// SIGKILLs the process group if it still runs and waits (briefly) for
+    /// the supervisor to record the end; true when it was running.
+    async fn kill_if_running(&self) -> bool {
+        if !matches!(self.try_exit(), Ok(None)) {
+            return false;
+        }
+        let _ = signal_group(self.child_pid, libc::SIGKILL);
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.supervisor_ended()).await;
+        true
+    }
 }
 
 /// Is `pid` alive and the supervisor of `dir` (not a reused pid)?
@@ -141,10 +153,6 @@ impl ProcessTable {
             procs: Mutex::new(HashMap::new()),
             last_id: Mutex::new(0),
         }
-    }
-
-    pub fn root(&self) -> &Path {
-        &self.root
     }
 
     /// Nanoseconds since the epoch, strictly increasing: unique in this
@@ -426,9 +434,7 @@ impl ProcessTable {
     pub async fn kill(&self, scope: &str) -> Vec<String> {
         let mut killed = Vec::new();
         for proc in self.of_scope(scope) {
-            if matches!(proc.try_exit(), Ok(None)) {
-                let _ = signal_group(proc.child_pid, libc::SIGKILL);
-                let _ = tokio::time::timeout(Duration::from_secs(2), proc.supervisor_ended()).await;
+            if proc.kill_if_running().await {
                 killed.push(format!("{} killed", proc.describe()));
             }
         }
@@ -440,10 +446,8 @@ impl ProcessTable {
     pub async fn release(&self, scope: &str) -> Vec<String> {
         let mut left = Vec::new();
         for proc in self.of_scope(scope) {
-            if matches!(proc.try_exit(), Ok(None)) {
+            if proc.kill_if_running().await {
                 left.push(format!("{} was still running: killed", proc.describe()));
-                let _ = signal_group(proc.child_pid, libc::SIGKILL);
-                let _ = tokio::time::timeout(Duration::from_secs(2), proc.supervisor_ended()).await;
             }
             if proc.made_cwd && proc.cwd.exists() {
                 left.push(format!(
@@ -451,14 +455,7 @@ impl ProcessTable {
                     proc.cwd.display()
                 ));
             }
-            for file in [
-                proc.files.spec(),
-                proc.files.output(),
-                proc.files.exit(),
-                proc.files.read_offset(),
-                proc.files.child_pid(),
-                proc.files.supervisor_pid(),
-            ] {
+            for file in proc.files.state_files() {
                 let _ = std::fs::remove_file(file);
             }
             // Removed only when empty: a kept working directory stays.

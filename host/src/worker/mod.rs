@@ -342,15 +342,17 @@ async fn claim_loop(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
         {
             Ok(answer) => {
                 backoff = Duration::from_millis(100);
-                if std::mem::take(&mut maybe_lost) {
-                    adopt_lost_claims(&shared).await;
-                }
                 shared.polled();
                 for id in &answer.cancelling {
                     shared.cancel(id);
                 }
                 for claimed in answer.runs {
                     spawn_run(&shared, claimed);
+                }
+                // After this answer's runs are registered, so they are not
+                // taken for lost ones.
+                if std::mem::take(&mut maybe_lost) {
+                    adopt_lost_claims(&shared).await;
                 }
                 if shared.config.run_once {
                     let _ = shared.slots.acquire_many(shared.config.limit as u32).await;
@@ -449,11 +451,11 @@ fn forget_cancel(shared: &Shared, run_id: &str) {
 /// a claim committed whose answer was lost (the server died before sending
 /// it). Nothing was started for them, so they are started now.
 async fn adopt_lost_claims(shared: &Arc<Shared>) {
-    let path = format!(
-        "/api/work-pools/{}/workers/{}/runs",
-        shared.config.pool, shared.config.name
-    );
-    let Ok(held) = shared.client.get::<Vec<ClaimedRun>>(&path).await else {
+    let Ok(held) = shared
+        .client
+        .get::<Vec<ClaimedRun>>(&held_runs_path(shared))
+        .await
+    else {
         return;
     };
     for claimed in held {
@@ -476,12 +478,17 @@ async fn adopt_lost_claims(shared: &Arc<Shared>) {
     }
 }
 
-/// Picks up the runs this worker held before a restart.
-async fn recover(shared: &Arc<Shared>) {
-    let path = format!(
+/// Where the server lists the runs this worker holds.
+fn held_runs_path(shared: &Shared) -> String {
+    format!(
         "/api/work-pools/{}/workers/{}/runs",
         shared.config.pool, shared.config.name
-    );
+    )
+}
+
+/// Picks up the runs this worker held before a restart.
+async fn recover(shared: &Arc<Shared>) {
+    let path = held_runs_path(shared);
     let Ok(held) = retry("list held runs", "-", || {
         shared.client.get::<Vec<ClaimedRun>>(&path)
     })
