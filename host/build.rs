@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 mod build_wasm;
-use build_wasm::{Guest, build_guests};
+use build_wasm::{Guest, build_guests, ensure_wasm_target};
 
 const BUILTIN: &[Guest] = &[
     Guest {
@@ -137,6 +137,7 @@ fn main() {
         workspace.join(".cargo/config.toml").display()
     );
 
+    ensure_wasm_target();
     let all: Vec<&Guest> = BUILTIN.iter().chain(TEST_GUESTS).collect();
     let built = build_guests(&workspace, &out_dir, &all);
 

@@ -5,6 +5,51 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+const WASM_TARGET: &str = "wasm32-wasip2";
+
+/// Makes sure the toolchain building us has the `wasm32-wasip2` standard
+/// library. `rust-toolchain.toml` names the target, but rustup (1.29 here) does
+/// not install a toolchain file's targets by itself, so a fresh machine's first
+/// build does it, once, and says so.
+pub fn ensure_wasm_target() {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let sysroot = Command::new(&rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .map(|output| PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()));
+    if let Some(sysroot) = &sysroot
+        && sysroot.join("lib/rustlib").join(WASM_TARGET).join("lib").is_dir()
+    {
+        return;
+    }
+    println!(
+        "cargo:warning=the {WASM_TARGET} target is missing: installing it with `rustup target add {WASM_TARGET}` (once, to build the plugins)"
+    );
+    let mut rustup = Command::new("rustup");
+    rustup.args(["target", "add", WASM_TARGET]);
+    // Set by rustup's cargo proxy: install into the toolchain building us, not
+    // the user's default one.
+    if let Ok(toolchain) = std::env::var("RUSTUP_TOOLCHAIN") {
+        rustup.args(["--toolchain", &toolchain]);
+    }
+    match rustup.status() {
+        Ok(status) if status.success() => {}
+        outcome => {
+            let why = match outcome {
+                Ok(status) => format!("rustup exited with {status}"),
+                Err(e) => format!("rustup could not be run: {e}"),
+            };
+            eprintln!(
+                "error: the plugins are built for {WASM_TARGET}, which this toolchain lacks, and installing it failed ({why}).\n\
+                 Install it by hand with `rustup target add {WASM_TARGET}`, or add the target's standard library to your toolchain."
+            );
+            std::process::exit(1);
+        }
+    }
+}
+
 /// A guest crate: the package to build and the artifact it produces.
 pub struct Guest {
     /// Identifier used for the generated constant and the copied file name.
@@ -22,7 +67,7 @@ pub fn build_guests(workspace: &Path, out_dir: &Path, guests: &[&Guest]) -> Vec<
     let mut command = Command::new(cargo);
     command
         .current_dir(workspace)
-        .args(["build", "--profile", "wasm", "--target", "wasm32-wasip2"])
+        .args(["build", "--profile", "wasm", "--target", WASM_TARGET])
         .arg("--target-dir")
         .arg(&target_dir)
         // Flags meant for the host target must not leak into the guest build.
@@ -42,7 +87,7 @@ pub fn build_guests(workspace: &Path, out_dir: &Path, guests: &[&Guest]) -> Vec<
         .expect("failed to run cargo for the wasm guests");
     assert!(
         status.success(),
-        "building the wasm guests failed; is the target installed? `rustup target add wasm32-wasip2`"
+        "building the wasm guests failed (see cargo's errors above)"
     );
     guests
         .iter()

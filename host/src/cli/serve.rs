@@ -13,7 +13,7 @@ use std::time::Duration;
 pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
-    #[arg(long, default_value_t = 4200)]
+    #[arg(long, env = "HOST_PORT", default_value_t = 4200)]
     port: u16,
     /// Where the database lives (default: the user's data dir).
     #[arg(long, env = "HOST_DATA_DIR")]

@@ -1,0 +1,184 @@
+//! The README's run command works as written on a machine whose toolchain
+//! lacks the `wasm32-wasip2` target: a clean clone, built with a copy of this
+//! machine's rustup home from which the target was removed, serves
+//! `/api/health`, and the build said it installed the target.
+//!
+//! The build's target dir is kept under `target/fresh-setup` so that only the
+//! first run on a machine is a cold build.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TARGET: &str = "wasm32-wasip2";
+
+#[test]
+fn the_readme_run_command_installs_the_wasm_target_and_serves() {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let Some(toolchain) = active_toolchain(workspace) else {
+        println!("SKIPPED: this machine's Rust toolchain is not managed by rustup");
+        return;
+    };
+    let scratch = workspace.join("target/fresh-setup");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let temp = tempfile::tempdir_in(&scratch).unwrap();
+
+    // A clean clone at a fixed path, so the cached target dir stays warm.
+    let clone = scratch.join("clone");
+    let _ = std::fs::remove_dir_all(&clone);
+    run(Command::new("git")
+        .args(["clone", "--quiet", "--no-hardlinks"])
+        .arg(workspace)
+        .arg(&clone));
+
+    let rustup_home = temp.path().join("rustup");
+    let sysroot = rustup_home_without_target(&toolchain, &rustup_home);
+    assert!(!sysroot.join("lib/rustlib").join(TARGET).exists());
+
+    let run_command = readme_command(&workspace.join("README.md"), "<!-- run-command -->");
+    let port = free_port();
+    let log_path = temp.path().join("run.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut server = Command::new("bash");
+    server
+        .args(["-c", &format!("exec {run_command}")])
+        .current_dir(&clone)
+        .env("RUSTUP_HOME", &rustup_home)
+        .env("CARGO_TARGET_DIR", scratch.join("target"))
+        .env("HOST_PORT", port.to_string())
+        .env("HOST_DATA_DIR", temp.path().join("data"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null());
+    // What cargo set for this test must not leak into the user's command.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        let from_cargo = key.starts_with("CARGO_") && key != "CARGO_HOME";
+        if from_cargo || key == "RUSTUP_TOOLCHAIN" || key == "RUSTC" || key == "CARGO" {
+            server.env_remove(&key);
+        }
+    }
+    // Nor may a toolchain's own bin dir stand in for rustup's proxies.
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let path = std::env::split_paths(&path).filter(|dir| !dir.to_string_lossy().contains("/toolchains/"));
+    server.env("PATH", std::env::join_paths(path).unwrap());
+    let mut child = server.spawn().unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(45 * 60);
+    let mut health = None;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "the run command exited with {status} before serving:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
+        if let Some(answer) = get(port, "/api/health") {
+            health = Some(answer);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let output = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let health = health.unwrap_or_else(|| panic!("never served /api/health:\n{output}"));
+    assert!(health.starts_with("HTTP/1.0 200") || health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(
+        output.contains(&format!("the {TARGET} target is missing: installing it")),
+        "the build did not say it installed the target:\n{output}"
+    );
+    assert!(sysroot.join("lib/rustlib").join(TARGET).join("lib").is_dir());
+}
+
+/// The directory of the toolchain that builds this workspace, if rustup has one.
+fn active_toolchain(workspace: &Path) -> Option<PathBuf> {
+    let output = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .current_dir(workspace)
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .output()
+        .ok()?;
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    let sysroot = sysroot.canonicalize().ok()?;
+    let toolchains = sysroot.parent()?;
+    (toolchains.file_name()? == "toolchains").then_some(sysroot)
+}
+
+/// Builds a rustup home holding a copy of `toolchain` without the wasm target
+/// and returns the copy's sysroot. Files are hard links (cheap), except those
+/// rustup rewrites, which are real copies so the machine's own stay untouched.
+fn rustup_home_without_target(toolchain: &Path, rustup_home: &Path) -> PathBuf {
+    let name = toolchain.file_name().unwrap().to_string_lossy().into_owned();
+    let sysroot = rustup_home.join("toolchains").join(&name);
+    std::fs::create_dir_all(sysroot.parent().unwrap()).unwrap();
+    run(Command::new("cp").arg("-al").arg(toolchain).arg(&sysroot));
+    let rustlib = sysroot.join("lib/rustlib");
+    std::fs::remove_dir_all(rustlib.join(TARGET)).unwrap_or(());
+    for entry in std::fs::read_dir(&rustlib).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.is_file() {
+            continue;
+        }
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        if name == format!("manifest-rust-std-{TARGET}") {
+            continue;
+        }
+        let text = if name == "components" {
+            String::from_utf8(text)
+                .unwrap()
+                .lines()
+                .filter(|line| *line != format!("rust-std-{TARGET}"))
+                .map(|line| format!("{line}\n"))
+                .collect::<String>()
+                .into_bytes()
+        } else {
+            text
+        };
+        std::fs::write(&path, text).unwrap();
+    }
+    std::fs::write(
+        rustup_home.join("settings.toml"),
+        format!("version = \"12\"\ndefault_toolchain = \"{name}\"\nprofile = \"default\"\nauto_self_update = \"disable\"\n"),
+    )
+    .unwrap();
+    sysroot
+}
+
+/// The command in the fenced block after `marker` in the README.
+fn readme_command(readme: &Path, marker: &str) -> String {
+    let text = std::fs::read_to_string(readme).unwrap();
+    let after = text.split(marker).nth(1).expect("README has the marker");
+    after
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with("```"))
+        .next()
+        .expect("a command after the marker")
+        .to_string()
+}
+
+fn run(command: &mut Command) {
+    let status = command.status().unwrap();
+    assert!(status.success(), "{command:?} failed: {status}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn get(port: u16, path: &str) -> Option<String> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    Some(answer)
+}
