@@ -108,6 +108,11 @@ const TEST_GUESTS: &[Guest] = &[
         package: "hello-plugin",
         artifact: "hello_plugin",
     },
+    Guest {
+        name: "nice_example",
+        package: "nice-plugin",
+        artifact: "nice_plugin",
+    },
 ];
 
 fn main() {

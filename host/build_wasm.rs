@@ -20,7 +20,11 @@ pub fn ensure_wasm_target() {
         .filter(|output| output.status.success())
         .map(|output| PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()));
     if let Some(sysroot) = &sysroot
-        && sysroot.join("lib/rustlib").join(WASM_TARGET).join("lib").is_dir()
+        && sysroot
+            .join("lib/rustlib")
+            .join(WASM_TARGET)
+            .join("lib")
+            .is_dir()
     {
         return;
     }

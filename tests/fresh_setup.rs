@@ -61,7 +61,8 @@ fn the_readme_run_command_installs_the_wasm_target_and_serves() {
     }
     // Nor may a toolchain's own bin dir stand in for rustup's proxies.
     let path = std::env::var_os("PATH").unwrap_or_default();
-    let path = std::env::split_paths(&path).filter(|dir| !dir.to_string_lossy().contains("/toolchains/"));
+    let path =
+        std::env::split_paths(&path).filter(|dir| !dir.to_string_lossy().contains("/toolchains/"));
     server.env("PATH", std::env::join_paths(path).unwrap());
     let mut child = server.spawn().unwrap();
 
@@ -84,12 +85,21 @@ fn the_readme_run_command_installs_the_wasm_target_and_serves() {
     let _ = child.wait();
     let output = std::fs::read_to_string(&log_path).unwrap_or_default();
     let health = health.unwrap_or_else(|| panic!("never served /api/health:\n{output}"));
-    assert!(health.starts_with("HTTP/1.0 200") || health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(
+        health.starts_with("HTTP/1.0 200") || health.starts_with("HTTP/1.1 200"),
+        "{health}"
+    );
     assert!(
         output.contains(&format!("the {TARGET} target is missing: installing it")),
         "the build did not say it installed the target:\n{output}"
     );
-    assert!(sysroot.join("lib/rustlib").join(TARGET).join("lib").is_dir());
+    assert!(
+        sysroot
+            .join("lib/rustlib")
+            .join(TARGET)
+            .join("lib")
+            .is_dir()
+    );
 }
 
 /// The directory of the toolchain that builds this workspace, if rustup has one.
@@ -110,7 +120,11 @@ fn active_toolchain(workspace: &Path) -> Option<PathBuf> {
 /// and returns the copy's sysroot. Files are hard links (cheap), except those
 /// rustup rewrites, which are real copies so the machine's own stay untouched.
 fn rustup_home_without_target(toolchain: &Path, rustup_home: &Path) -> PathBuf {
-    let name = toolchain.file_name().unwrap().to_string_lossy().into_owned();
+    let name = toolchain
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
     let sysroot = rustup_home.join("toolchains").join(&name);
     std::fs::create_dir_all(sysroot.parent().unwrap()).unwrap();
     run(Command::new("cp").arg("-al").arg(toolchain).arg(&sysroot));

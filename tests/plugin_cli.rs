@@ -89,8 +89,13 @@ fn plugin_inspect_shows_the_default_base_job_template() {
 #[test]
 fn plugin_test_passes_for_the_builtins_and_the_sdk_example() {
     let host = Host::new();
-    for target in ["process", "mock-serverless", guests::HELLO_EXAMPLE] {
-        let out = host.run(&["plugin", "test", target]);
+    for target in [
+        "process",
+        "mock-serverless",
+        guests::HELLO_EXAMPLE,
+        guests::NICE_EXAMPLE,
+    ] {
+        let out = host.run(&["plugin", "test", target, "--grant", "process"]);
         assert!(
             out.status.success(),
             "{target}: {}{}",
@@ -200,4 +205,126 @@ fn plugin_inspect_takes_a_file_too_and_a_closed_pipe_ends_quietly() {
         "{err}"
     );
     assert_ne!(out.status.code(), Some(101), "{err}");
+}
+
+#[test]
+fn the_plugin_guide_includes_its_example_files_verbatim() {
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let guide = std::fs::read_to_string(workspace.join("docs/PLUGINS.md")).expect("guide");
+    let mut checked = 0;
+    for part in guide.split("<!-- file: ").skip(1) {
+        let (path, rest) = part.split_once(" -->").expect("marker ends with -->");
+        let block = rest
+            .split_once("```rust\n")
+            .and_then(|(_, body)| body.split_once("\n```"))
+            .map(|(body, _)| format!("{body}\n"))
+            .unwrap_or_else(|| panic!("no rust block after the marker of {path}"));
+        let file = std::fs::read_to_string(workspace.join(path)).expect(path);
+        assert_eq!(
+            block, file,
+            "docs/PLUGINS.md shows {path} differently from the file"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 1, "the guide includes no example file");
+}
+
+/// `host plugin new`, then the README's build and test commands of the crate,
+/// unchanged. The build shares a target dir under target/ so reruns are warm.
+fn new_plugin_builds_and_passes(host: &Host, name: &str, capability: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir_arg = dir.path().to_str().expect("utf-8");
+    let out = host.run(&[
+        "plugin",
+        "new",
+        name,
+        "--capability",
+        capability,
+        "--dir",
+        dir_arg,
+    ]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out).contains("cargo build --release"),
+        "{}",
+        stdout(&out)
+    );
+    let root = dir.path().join(name);
+    for file in [
+        "Cargo.toml",
+        ".cargo/config.toml",
+        "grants.toml",
+        "src/lib.rs",
+    ] {
+        assert!(root.join(file).is_file(), "{file} not written");
+    }
+
+    let mut build = Command::new("cargo");
+    build.args(["build", "--release"]).current_dir(&root);
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        if key.starts_with("CARGO_") && key != "CARGO_HOME" {
+            build.env_remove(&key);
+        }
+    }
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugin-new");
+    let built = build
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .expect("cargo build");
+    assert!(built.status.success(), "{}", stderr(&built));
+    let wasm = target.join(format!(
+        "wasm32-wasip2/release/{}.wasm",
+        name.replace('-', "_")
+    ));
+    let out = host.run(&[
+        "plugin",
+        "test",
+        wasm.to_str().expect("utf-8"),
+        "--grant",
+        capability,
+    ]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out).contains("12 checks passed"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn plugin_new_writes_a_process_plugin_that_builds_and_passes_its_tests() {
+    new_plugin_builds_and_passes(&Host::new(), "scaffolded-process", "process");
+}
+
+#[test]
+fn plugin_new_writes_a_container_plugin_that_builds_and_passes_its_tests() {
+    if common::docker::ready("plugin_new_writes_a_container_plugin").is_none() {
+        return;
+    }
+    new_plugin_builds_and_passes(&Host::new(), "scaffolded-container", "container-runtime");
+}
+
+#[test]
+fn plugin_new_refuses_bad_names_and_existing_directories() {
+    let host = Host::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir_arg = dir.path().to_str().expect("utf-8");
+    let out = host.run(&["plugin", "new", "Bad_Name", "--dir", dir_arg]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("`Bad_Name` is not a plugin name"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path()).expect("dir").count(),
+        0,
+        "nothing written"
+    );
+
+    std::fs::create_dir(dir.path().join("taken")).expect("mkdir");
+    let out = host.run(&["plugin", "new", "taken", "--dir", dir_arg]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
 }

@@ -8,6 +8,7 @@
 //! - [`capabilities`]: host interfaces plugins import (`log`, `process`).
 //! - [`plugins`]: the registry of built-in and plugin-directory plugins.
 //! - [`conformance`]: the checks behind `host plugin test`.
+//! - [`scaffold`]: the plugin crate `host plugin new` writes.
 //! - [`template`]: `{{ placeholder }}` rendering of base job templates.
 //! - [`supervisor`]: `host __supervise`, which holds one process run and
 //!   outlives its worker.
@@ -24,6 +25,7 @@ pub mod model;
 pub mod orchestration;
 pub mod plugins;
 pub mod runtime;
+pub mod scaffold;
 pub mod server;
 pub mod store;
 pub mod supervisor;

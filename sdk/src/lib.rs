@@ -9,8 +9,10 @@
 //! - [`Error`]: what a call may fail with; retryable or fatal.
 //! - [`template`]: builds the default base job template and its JSON Schema.
 //! - [`log`], [`capabilities`]: the host interfaces a plugin may call.
+//! - [`local`]: the plumbing of a plugin that runs local processes.
 //! - `glue` (hidden): turns the trait into the WIT exports; used by the macro.
 
+pub mod local;
 pub mod template;
 
 #[doc(hidden)]

@@ -57,6 +57,19 @@ pub fn integer(description: &str, minimum: i64, default: Option<i64>) -> Value {
     )
 }
 
+/// An integer in `[minimum, maximum]` with an optional default.
+pub fn integer_between(
+    description: &str,
+    minimum: i64,
+    maximum: i64,
+    default: Option<i64>,
+) -> Value {
+    with_default(
+        json!({"type": "integer", "description": description, "minimum": minimum, "maximum": maximum}),
+        default.map(Value::from),
+    )
+}
+
 /// A number in `[minimum, maximum]`.
 pub fn number(description: &str, minimum: f64, maximum: f64, default: Option<f64>) -> Value {
     with_default(

@@ -42,6 +42,8 @@ pub struct DeployArgs {
     /// Never ask; fail instead when the choice is ambiguous.
     #[arg(long)]
     no_prompt: bool,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
 }
 
 #[derive(Debug, Deserialize)]
@@ -172,11 +174,8 @@ fn choose(
     Ok(entries.into_iter().nth(index - 1).into_iter().collect())
 }
 
-pub async fn run(
-    args: DeployArgs,
-    api: &ApiArgs,
-    runtime: &RuntimeArgs,
-) -> anyhow::Result<ExitCode> {
+pub async fn run(args: DeployArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> {
+    let runtime = &args.runtime;
     let project = read_project(&args.file)?;
     let base = args
         .file

@@ -26,18 +26,10 @@ pub struct Cli {
     #[command(subcommand)]
     command: Command,
     #[command(flatten)]
-    runtime: RuntimeArgs,
-    #[command(flatten)]
     api: ApiArgs,
     /// How log lines are written to stderr: `text` (coloured only on a
     /// terminal) or `json`, one object per line.
-    #[arg(
-        long,
-        global = true,
-        env = "HOST_LOG_FORMAT",
-        value_enum,
-        default_value_t
-    )]
+    #[arg(long, env = "HOST_LOG_FORMAT", value_enum, default_value_t)]
     log_format: LogFormat,
 }
 
@@ -65,48 +57,29 @@ impl ApiArgs {
     }
 }
 
-/// Options of the plugin runtime, shared by every command that loads plugins.
+/// Options of the plugin runtime, on the commands that load plugins (and only
+/// those, so `--help` elsewhere does not offer them).
 #[derive(clap::Args, Clone)]
 pub struct RuntimeArgs {
     /// Directory of extra plugins (`*.wasm`, grants in `grants.toml`).
-    #[arg(long, global = true, env = "HOST_PLUGIN_DIR")]
+    #[arg(long, env = "HOST_PLUGIN_DIR")]
     pub plugin_dir: Option<PathBuf>,
     /// Where compiled plugins are cached.
-    #[arg(long, global = true, env = "HOST_CACHE_DIR")]
+    #[arg(long, env = "HOST_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
     /// Memory a plugin instance may use, in MiB.
-    #[arg(
-        long,
-        global = true,
-        env = "HOST_PLUGIN_MEMORY_MIB",
-        default_value_t = 256
-    )]
+    #[arg(long, env = "HOST_PLUGIN_MEMORY_MIB", default_value_t = 256)]
     pub plugin_memory_mib: usize,
     /// Seconds a plugin may compute without calling the host before it is
     /// interrupted (time blocked in host calls does not count).
-    #[arg(
-        long,
-        global = true,
-        env = "HOST_PLUGIN_CPU_SECONDS",
-        default_value_t = 10.0
-    )]
+    #[arg(long, env = "HOST_PLUGIN_CPU_SECONDS", default_value_t = 10.0)]
     pub plugin_cpu_seconds: f64,
     /// Deadline of the plugin calls that must not block (describe, validate,
     /// inspect, recover), in seconds.
-    #[arg(
-        long,
-        global = true,
-        env = "HOST_PLUGIN_QUICK_CALL_SECONDS",
-        default_value_t = 5
-    )]
+    #[arg(long, env = "HOST_PLUGIN_QUICK_CALL_SECONDS", default_value_t = 5)]
     pub plugin_quick_call_seconds: u64,
     /// Deadline of `start` and `destroy` (and of `stop`, on top of its grace), in seconds.
-    #[arg(
-        long,
-        global = true,
-        env = "HOST_PLUGIN_SLOW_CALL_SECONDS",
-        default_value_t = 60
-    )]
+    #[arg(long, env = "HOST_PLUGIN_SLOW_CALL_SECONDS", default_value_t = 60)]
     pub plugin_slow_call_seconds: u64,
 }
 
@@ -201,14 +174,14 @@ pub fn run() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve::run(args, &cli.runtime, &cli.api).await,
+            Command::Serve(args) => serve::run(args, &cli.api).await,
             Command::WorkPool(command) => work_pool::run(command, &cli.api).await,
             Command::WorkQueue(command) => work_queue::run(command, &cli.api).await,
-            Command::Deploy(args) => deploy::run(args, &cli.api, &cli.runtime).await,
+            Command::Deploy(args) => deploy::run(args, &cli.api).await,
             Command::Deployment(command) => deployment::run(command, &cli.api).await,
             Command::FlowRun(command) => flow_run::run(command, &cli.api).await,
-            Command::Worker(command) => worker::run(command, &cli.api, &cli.runtime).await,
-            Command::Plugin(command) => plugin::run(command, &cli.runtime).await,
+            Command::Worker(command) => worker::run(command, &cli.api).await,
+            Command::Plugin(command) => plugin::run(command).await,
             Command::Supervise { .. } => Ok(ExitCode::FAILURE),
         }
     });

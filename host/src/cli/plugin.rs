@@ -1,12 +1,13 @@
-//! `host plugin ls | inspect | test`.
+//! `host plugin ls | inspect | test | new`.
 
 use super::output::{print_json, print_table};
 use super::{OutputFormat, RuntimeArgs};
 use crate::plugins::{self, Registry};
 use crate::runtime::LoadedPlugin;
+use crate::scaffold::{self, Shape};
 use clap::Subcommand;
 use serde_json::{Value, json};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Subcommand)]
@@ -15,6 +16,8 @@ pub enum PluginCommand {
     Ls {
         #[arg(long, value_enum, default_value_t)]
         output: OutputFormat,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
     },
     /// Show everything a plugin's `describe` returns.
     Inspect {
@@ -25,6 +28,8 @@ pub enum PluginCommand {
         grants: Vec<String>,
         #[arg(long, value_enum, default_value_t)]
         output: OutputFormat,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
     },
     /// Run the conformance suite against a loaded plugin or a `.wasm` file.
     Test {
@@ -33,14 +38,30 @@ pub enum PluginCommand {
         /// Capabilities to grant a plugin given as a file (repeatable).
         #[arg(long = "grant")]
         grants: Vec<String>,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+    },
+    /// Write a new plugin crate that builds and passes `host plugin test`.
+    New {
+        /// The plugin's name: its work pool type and crate name.
+        name: String,
+        /// What each flow run becomes.
+        #[arg(long, value_enum, default_value_t = Shape::Process)]
+        capability: Shape,
+        /// Where to create the crate's directory.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// host's `sdk/` directory (default: the one this binary was built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
     },
 }
 
-pub async fn run(command: PluginCommand, args: &RuntimeArgs) -> anyhow::Result<ExitCode> {
-    let runtime = args.runtime()?;
+pub async fn run(command: PluginCommand) -> anyhow::Result<ExitCode> {
     match command {
-        PluginCommand::Ls { output } => {
-            let registry = Registry::load(&runtime, args.plugin_dir.as_deref()).await?;
+        PluginCommand::Ls { output, runtime } => {
+            let registry =
+                Registry::load(&runtime.runtime()?, runtime.plugin_dir.as_deref()).await?;
             ls(&registry, output)?;
             for failure in registry.failures() {
                 eprintln!("warning: {failure}");
@@ -54,14 +75,36 @@ pub async fn run(command: PluginCommand, args: &RuntimeArgs) -> anyhow::Result<E
             plugin,
             grants,
             output,
+            runtime,
         } => {
-            let found = find(&runtime, args, &plugin, &grants).await?;
+            let found = find(&runtime, &plugin, &grants).await?;
             inspect(&found, output)?;
             Ok(ExitCode::SUCCESS)
         }
-        PluginCommand::Test { plugin, grants } => {
-            let found = find(&runtime, args, &plugin, &grants).await?;
+        PluginCommand::Test {
+            plugin,
+            grants,
+            runtime,
+        } => {
+            let found = find(&runtime, &plugin, &grants).await?;
             test(&found).await
+        }
+        PluginCommand::New {
+            name,
+            capability,
+            dir,
+            sdk,
+        } => {
+            let sdk = sdk.unwrap_or_else(scaffold::default_sdk_dir);
+            let root = scaffold::create(&name, capability, &dir, &sdk)?;
+            println!(
+                "Created the `{name}` plugin crate in {}. Build and test it:",
+                root.display()
+            );
+            for step in scaffold::next_steps(&name, capability, &root).lines() {
+                println!("  {step}");
+            }
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
@@ -69,11 +112,11 @@ pub async fn run(command: PluginCommand, args: &RuntimeArgs) -> anyhow::Result<E
 /// A plugin by name (built-in or from the plugin directory), or a component
 /// file with the given grants.
 async fn find(
-    runtime: &crate::runtime::Runtime,
     args: &RuntimeArgs,
     plugin: &str,
     grants: &[String],
 ) -> anyhow::Result<std::sync::Arc<LoadedPlugin>> {
+    let runtime = &args.runtime()?;
     if plugin.ends_with(".wasm") || Path::new(plugin).is_file() {
         let grants = plugins::parse_grants(grants)?;
         let loaded = plugins::load_file(runtime, Path::new(plugin), grants).await?;

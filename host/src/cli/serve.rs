@@ -31,6 +31,8 @@ pub struct ServeArgs {
     /// Log lines kept per flow run (workers have their own, smaller, limits).
     #[arg(long, default_value_t = crate::control::ControlConfig::default().max_log_lines_per_run)]
     max_log_lines_per_run: u64,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
 }
 
 pub fn default_data_dir() -> PathBuf {
@@ -41,11 +43,8 @@ pub fn default_data_dir() -> PathBuf {
         .join("host")
 }
 
-pub async fn run(
-    args: ServeArgs,
-    runtime: &RuntimeArgs,
-    api: &ApiArgs,
-) -> anyhow::Result<ExitCode> {
+pub async fn run(args: ServeArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> {
+    let runtime = &args.runtime;
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
     let db_path = data_dir.join("host.redb");
     let store = Store::open_with(&db_path, args.min_free_disk_mb << 20)

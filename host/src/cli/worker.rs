@@ -67,13 +67,11 @@ pub struct StartArgs {
     /// working directories); default: TMPDIR/host-runs-UID/POOL/NAME.
     #[arg(long, env = "HOST_WORK_DIR")]
     work_dir: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
 }
 
-pub async fn run(
-    command: WorkerCommand,
-    api: &ApiArgs,
-    runtime: &RuntimeArgs,
-) -> anyhow::Result<ExitCode> {
+pub async fn run(command: WorkerCommand, api: &ApiArgs) -> anyhow::Result<ExitCode> {
     let client = api.client();
     match command {
         WorkerCommand::Start(args) => {
@@ -96,7 +94,7 @@ pub async fn run(
                 shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
                 stop_grace_seconds: args.stop_grace_seconds,
                 healthcheck: args.with_healthcheck.then_some(args.healthcheck_address),
-                plugin_dir: runtime.plugin_dir.clone(),
+                plugin_dir: args.runtime.plugin_dir.clone(),
                 api_url: api.api_url.clone(),
                 log_limits: LogLimits {
                     max_lines: args.max_log_lines_per_run,
@@ -105,7 +103,7 @@ pub async fn run(
             };
             run_worker(
                 client,
-                runtime.runtime_in(Some(work_dir))?,
+                args.runtime.runtime_in(Some(work_dir))?,
                 config,
                 super::serve::shutdown_signal(),
             )

@@ -1,16 +1,11 @@
 //! The `process` infrastructure: each flow run is a local process in its own
 //! process group, in a fresh temporary directory unless told otherwise.
 
-use host_plugin_sdk::capabilities::process::{self, SpawnRequest};
-use host_plugin_sdk::log;
+use host_plugin_sdk::local::{LocalProcess, merge_env};
 use host_plugin_sdk::template::{self, Template};
 use host_plugin_sdk::{Error, Exit, Info, Job, Plugin, Result, Status, export_plugin};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
-
-const SIGTERM: i32 = 15;
-const SIGKILL: i32 = 9;
 
 pub struct ProcessPlugin;
 
@@ -31,16 +26,8 @@ pub struct Config {
     keep_working_dir: Option<bool>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Handle {
-    /// The capability's id of the process: never reused, unlike `pid`.
-    id: u64,
-    /// For people reading the handle.
-    pid: u32,
-    cwd: String,
-    /// Only a directory we created is removed by `destroy`.
-    remove_cwd: bool,
-}
+/// The process, its working directory, and whether `destroy` removes it.
+pub type Handle = LocalProcess;
 
 impl Plugin for ProcessPlugin {
     type Config = Config;
@@ -112,72 +99,26 @@ impl Plugin for ProcessPlugin {
                 "command: nothing to run (no command in the job or the configuration)",
             ));
         }
-        let mut env = job.env;
-        for (key, value) in job.config.env.unwrap_or_default() {
-            env.retain(|(k, _)| *k != key);
-            env.push((key, value));
-        }
-        let spawned = process::spawn(&SpawnRequest {
-            argv,
-            env,
-            cwd: job.config.working_dir.clone(),
-        })
-        .map_err(Error::fatal)?;
-        log::info(&format!(
-            "flow run {} started as pid {}",
-            job.flow_run_id, spawned.pid
-        ));
-        Ok(Handle {
-            id: spawned.id,
-            pid: spawned.pid,
-            cwd: spawned.cwd,
-            remove_cwd: job.config.working_dir.is_none()
-                && !job.config.keep_working_dir.unwrap_or(false),
-        })
+        let env = merge_env(job.env, job.config.env.unwrap_or_default());
+        let mut process = LocalProcess::spawn(argv, env, job.config.working_dir)?;
+        process.remove_cwd &= !job.config.keep_working_dir.unwrap_or(false);
+        Ok(process)
     }
 
     fn wait(handle: Handle) -> Result<Exit> {
-        loop {
-            let batch = process::read_output(handle.id, 1_000).map_err(Error::fatal)?;
-            for (stream, line) in &batch.lines {
-                log::output(*stream, line);
-            }
-            if batch.eof {
-                break;
-            }
-        }
-        Ok(process::wait(handle.id).map_err(Error::fatal)?.into())
+        handle.forward_output_until_exit()
     }
 
     fn inspect(handle: Handle) -> Result<Status> {
-        match process::try_wait(handle.id) {
-            Ok(None) => Ok(Status::Running),
-            Ok(Some(exit)) => Ok(Status::Exited(exit.into())),
-            Err(why) => Ok(Status::NotFound(why)),
-        }
+        Ok(handle.status())
     }
 
     fn stop(handle: Handle, grace_seconds: u32) -> Result<()> {
-        process::signal(handle.id, SIGTERM).map_err(Error::fatal)?;
-        let deadline = Instant::now() + Duration::from_secs(grace_seconds.into());
-        while Instant::now() < deadline {
-            match process::try_wait(handle.id) {
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                _ => return Ok(()),
-            }
-        }
-        log::warn(&format!(
-            "pid {} ignored SIGTERM for {grace_seconds}s; sending SIGKILL",
-            handle.pid
-        ));
-        process::signal(handle.id, SIGKILL).map_err(Error::fatal)
+        handle.stop(grace_seconds)
     }
 
     fn destroy(handle: Handle) -> Result<()> {
-        if handle.remove_cwd {
-            process::remove_dir(&handle.cwd).map_err(Error::fatal)?;
-        }
-        Ok(())
+        handle.destroy()
     }
 }
 

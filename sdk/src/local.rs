@@ -1,0 +1,135 @@
+//! The plumbing of a plugin that runs each flow run as a local process (needs
+//! the `process` capability): spawn with a fresh working directory, forward the
+//! output until exit, stop with a grace period then kill, destroy.
+//!
+//! A plugin keeps a [`LocalProcess`] in its handle (or *as* its handle) and
+//! hands every driver call but `start` to it:
+//!
+//! ```ignore
+//! fn start(job: Job<Config>) -> Result<LocalProcess> {
+//!     LocalProcess::spawn(vec!["nice".into(), "sh".into(), "-c".into(), cmd], job.env, None)
+//! }
+//! fn wait(handle: LocalProcess) -> Result<Exit> { handle.forward_output_until_exit() }
+//! fn inspect(handle: LocalProcess) -> Result<Status> { Ok(handle.status()) }
+//! fn stop(handle: LocalProcess, grace: u32) -> Result<()> { handle.stop(grace) }
+//! fn destroy(handle: LocalProcess) -> Result<()> { handle.destroy() }
+//! ```
+
+use crate::capabilities::process::{self, SpawnRequest};
+use crate::{Error, Exit, Result, Status, log};
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
+
+/// Linux signal numbers, for [`LocalProcess::signal`].
+pub mod signal {
+    pub const SIGHUP: i32 = 1;
+    pub const SIGINT: i32 = 2;
+    pub const SIGKILL: i32 = 9;
+    pub const SIGUSR1: i32 = 10;
+    pub const SIGUSR2: i32 = 12;
+    pub const SIGTERM: i32 = 15;
+}
+
+/// A process the host spawned for one flow run; serializable, so it can be
+/// (part of) a plugin's handle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalProcess {
+    /// The capability's id of the process: never reused, unlike `pid`.
+    pub id: u64,
+    /// For people reading logs and handles.
+    pub pid: u32,
+    pub cwd: String,
+    /// Only a directory the host made for the run is removed by `destroy`.
+    pub remove_cwd: bool,
+}
+
+impl LocalProcess {
+    /// Starts `argv` (argv[0] looked up in PATH) with exactly `env`, in `cwd`
+    /// or, when `None`, a fresh directory that [`LocalProcess::destroy`] removes.
+    pub fn spawn(
+        argv: Vec<String>,
+        env: Vec<(String, String)>,
+        cwd: Option<String>,
+    ) -> Result<LocalProcess> {
+        if argv.is_empty() {
+            return Err(Error::fatal("command: nothing to run"));
+        }
+        let remove_cwd = cwd.is_none();
+        let spawned = process::spawn(&SpawnRequest { argv, env, cwd }).map_err(Error::fatal)?;
+        log::info(&format!("started as pid {}", spawned.pid));
+        Ok(LocalProcess {
+            id: spawned.id,
+            pid: spawned.pid,
+            cwd: spawned.cwd,
+            remove_cwd,
+        })
+    }
+
+    /// Forwards every output line to the flow run's logs, then returns the
+    /// exit. After a worker restart it resumes where the last reader stopped.
+    pub fn forward_output_until_exit(&self) -> Result<Exit> {
+        loop {
+            let batch = process::read_output(self.id, 1_000).map_err(Error::fatal)?;
+            for (stream, line) in &batch.lines {
+                log::output(*stream, line);
+            }
+            if batch.eof {
+                break;
+            }
+        }
+        Ok(process::wait(self.id).map_err(Error::fatal)?.into())
+    }
+
+    /// Running, exited, or not found (with the reason); never blocks.
+    pub fn status(&self) -> Status {
+        match process::try_wait(self.id) {
+            Ok(None) => Status::Running,
+            Ok(Some(exit)) => Status::Exited(exit.into()),
+            Err(why) => Status::NotFound(why),
+        }
+    }
+
+    /// Signals the whole process group. A finished process is not an error.
+    pub fn signal(&self, signal: i32) -> Result<()> {
+        process::signal(self.id, signal).map_err(Error::fatal)
+    }
+
+    /// SIGTERM, then SIGKILL if the process group is still there after
+    /// `grace_seconds`.
+    pub fn stop(&self, grace_seconds: u32) -> Result<()> {
+        self.signal(signal::SIGTERM)?;
+        let deadline = Instant::now() + Duration::from_secs(grace_seconds.into());
+        while Instant::now() < deadline {
+            if self.status() != Status::Running {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        log::warn(&format!(
+            "pid {} ignored SIGTERM for {grace_seconds}s; sending SIGKILL",
+            self.pid
+        ));
+        self.signal(signal::SIGKILL)
+    }
+
+    /// Removes the working directory if the host made it for this run.
+    /// Calling it twice is fine.
+    pub fn destroy(&self) -> Result<()> {
+        if self.remove_cwd {
+            process::remove_dir(&self.cwd).map_err(Error::fatal)?;
+        }
+        Ok(())
+    }
+}
+
+/// Merges `overrides` over `env`: a key set in both takes the override.
+pub fn merge_env(
+    mut env: Vec<(String, String)>,
+    overrides: impl IntoIterator<Item = (String, String)>,
+) -> Vec<(String, String)> {
+    for (key, value) in overrides {
+        env.retain(|(k, _)| *k != key);
+        env.push((key, value));
+    }
+    env
+}
