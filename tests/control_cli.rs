@@ -340,3 +340,53 @@ fn the_example_systemd_units_verify() {
         ),
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn flow_run_ls_pages_for_the_user_past_the_api_page_size() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(dir.path(), &[]);
+    let url = server.url.as_str();
+    ok(url, &["work-pool", "create", "--type", "process", "many"]);
+    ok(url, &["deployment", "create", "f/many", "--pool", "many"]);
+    for _ in 0..1205 {
+        common::create_run(url, "f/many", serde_json::json!({})).await;
+    }
+    let list = |limit: &str| -> serde_json::Value {
+        let args = ["flow-run", "ls", "--deployment", "f/many", "--limit", limit];
+        serde_json::from_str(&ok(url, &[&args[..], &["--output", "json"]].concat())).expect("json")
+    };
+    let ids = |page: &serde_json::Value| -> std::collections::BTreeSet<String> {
+        let runs = page["runs"].as_array().expect("runs");
+        runs.iter()
+            .map(|r| r["id"].as_str().expect("id").to_string())
+            .collect()
+    };
+
+    let first = list("1001");
+    assert_eq!(ids(&first).len(), 1001, "1001 distinct runs");
+    let cursor = first["next_cursor"].as_str().expect("more to come");
+    let rest: serde_json::Value = serde_json::from_str(&ok(
+        url,
+        &[
+            "flow-run",
+            "ls",
+            "--deployment",
+            "f/many",
+            "--limit",
+            "500",
+            "--cursor",
+            cursor,
+            "--output",
+            "json",
+        ],
+    ))
+    .expect("json");
+    assert_eq!(ids(&rest).len(), 204);
+    assert!(rest["next_cursor"].is_null(), "{}", rest["next_cursor"]);
+    assert!(ids(&first).is_disjoint(&ids(&rest)));
+
+    let all = list("5000");
+    assert_eq!(ids(&all).len(), 1205);
+    assert!(all["next_cursor"].is_null());
+    assert!(fails(url, &["flow-run", "ls", "--limit", "0"]).contains("--limit"));
+}

@@ -116,9 +116,10 @@ fn active_toolchain(workspace: &Path) -> Option<PathBuf> {
     (toolchains.file_name()? == "toolchains").then_some(sysroot)
 }
 
-/// Builds a rustup home holding a copy of `toolchain` without the wasm target
-/// and returns the copy's sysroot. Files are hard links (cheap), except those
-/// rustup rewrites, which are real copies so the machine's own stay untouched.
+/// Builds a rustup home holding a copy of `toolchain`, from which rustup
+/// itself then removes the wasm target, and returns the copy's sysroot. Files
+/// are hard links (cheap), except the ones rustup rewrites, which are real
+/// copies so the machine's own toolchain stays untouched.
 fn rustup_home_without_target(toolchain: &Path, rustup_home: &Path) -> PathBuf {
     let name = toolchain
         .file_name()
@@ -128,37 +129,25 @@ fn rustup_home_without_target(toolchain: &Path, rustup_home: &Path) -> PathBuf {
     let sysroot = rustup_home.join("toolchains").join(&name);
     std::fs::create_dir_all(sysroot.parent().unwrap()).unwrap();
     run(Command::new("cp").arg("-al").arg(toolchain).arg(&sysroot));
-    let rustlib = sysroot.join("lib/rustlib");
-    std::fs::remove_dir_all(rustlib.join(TARGET)).unwrap_or(());
-    for entry in std::fs::read_dir(&rustlib).unwrap() {
+    for entry in std::fs::read_dir(sysroot.join("lib/rustlib")).unwrap() {
         let path = entry.unwrap().path();
-        if !path.is_file() {
-            continue;
+        if path.is_file() {
+            let text = std::fs::read(&path).unwrap();
+            std::fs::remove_file(&path).unwrap();
+            std::fs::write(&path, text).unwrap();
         }
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let text = std::fs::read(&path).unwrap();
-        std::fs::remove_file(&path).unwrap();
-        if name == format!("manifest-rust-std-{TARGET}") {
-            continue;
-        }
-        let text = if name == "components" {
-            String::from_utf8(text)
-                .unwrap()
-                .lines()
-                .filter(|line| *line != format!("rust-std-{TARGET}"))
-                .map(|line| format!("{line}\n"))
-                .collect::<String>()
-                .into_bytes()
-        } else {
-            text
-        };
-        std::fs::write(&path, text).unwrap();
     }
     std::fs::write(
         rustup_home.join("settings.toml"),
         format!("version = \"12\"\ndefault_toolchain = \"{name}\"\nprofile = \"default\"\nauto_self_update = \"disable\"\n"),
     )
     .unwrap();
+    if sysroot.join("lib/rustlib").join(TARGET).exists() {
+        run(Command::new("rustup")
+            .args(["target", "remove", TARGET, "--toolchain", &name])
+            .env("RUSTUP_HOME", rustup_home)
+            .env_remove("RUSTUP_TOOLCHAIN"));
+    }
     sysroot
 }
 

@@ -58,6 +58,38 @@ fn encode(text: &str) -> String {
         .collect()
 }
 
+/// The API's largest page; longer listings are fetched page by page.
+const API_PAGE_LIMIT: usize = 1000;
+
+/// Up to `limit` runs from `cursor` on, in as many API pages as that takes.
+async fn list_runs(
+    client: &Client,
+    filters: &[(&str, Option<String>)],
+    limit: usize,
+    mut cursor: Option<String>,
+) -> anyhow::Result<RunPage> {
+    let mut runs = Vec::new();
+    loop {
+        let page_limit = (limit - runs.len()).min(API_PAGE_LIMIT);
+        let mut query = format!("limit={page_limit}");
+        for (key, value) in filters.iter().chain([&("cursor", cursor.clone())]) {
+            if let Some(value) = value {
+                query.push_str(&format!("&{key}={}", encode(value)));
+            }
+        }
+        let page: RunPage = client.get(&format!("/api/flow-runs?{query}")).await?;
+        let full = page.runs.len() == page_limit;
+        runs.extend(page.runs);
+        cursor = page.next_cursor.filter(|_| full);
+        if cursor.is_none() || runs.len() == limit {
+            return Ok(RunPage {
+                runs,
+                next_cursor: cursor,
+            });
+        }
+    }
+}
+
 pub async fn run(command: FlowRunCommand, api: &ApiArgs) -> anyhow::Result<ExitCode> {
     let client = api.client();
     match command {
@@ -69,18 +101,11 @@ pub async fn run(command: FlowRunCommand, api: &ApiArgs) -> anyhow::Result<ExitC
             cursor,
             output,
         } => {
-            let mut query = format!("limit={limit}");
-            for (key, value) in [
-                ("state", state),
-                ("pool", pool),
-                ("deployment", deployment),
-                ("cursor", cursor),
-            ] {
-                if let Some(value) = value {
-                    query.push_str(&format!("&{key}={}", encode(&value)));
-                }
+            if limit == 0 {
+                anyhow::bail!("--limit: must be at least 1");
             }
-            let page: RunPage = client.get(&format!("/api/flow-runs?{query}")).await?;
+            let filters = [("state", state), ("pool", pool), ("deployment", deployment)];
+            let page = list_runs(&client, &filters, limit, cursor).await?;
             if output == OutputFormat::Json {
                 return print_json(&page).map(|()| ExitCode::SUCCESS);
             }
@@ -98,8 +123,8 @@ pub async fn run(command: FlowRunCommand, api: &ApiArgs) -> anyhow::Result<ExitC
                 })
                 .collect();
             print_table(&["ID", "NAME", "DEPLOYMENT", "STATE", "SCHEDULED"], &rows);
-            if let Some(cursor) = page.next_cursor.filter(|_| page.runs.len() == limit) {
-                println!("more: --cursor {}", encode(&cursor));
+            if let Some(cursor) = &page.next_cursor {
+                println!("more: --cursor {}", encode(cursor));
             }
         }
         FlowRunCommand::Inspect { id, output } => {

@@ -124,8 +124,8 @@ pub trait Records: Raw {
         } else {
             (tables::IDX_CREATED, String::new())
         };
-        let mut end = match cursor {
-            Some(cursor) if cursor.starts_with(&prefix) => cursor.to_string(),
+        let mut end = match cursor.map(decode_cursor) {
+            Some(Some(cursor)) if cursor.starts_with(&prefix) => cursor,
             Some(_) => {
                 return Err(ApiError::bad_request(
                     "cursor",
@@ -160,7 +160,7 @@ pub trait Records: Raw {
                     if runs.len() == limit {
                         return Ok(RunPage {
                             runs,
-                            next_cursor: Some(key.clone()),
+                            next_cursor: Some(encode_cursor(key)),
                         });
                     }
                 }
@@ -168,7 +168,7 @@ pub trait Records: Raw {
         }
         Ok(RunPage {
             runs,
-            next_cursor: Some(end),
+            next_cursor: Some(encode_cursor(&end)),
         })
     }
 
@@ -447,4 +447,21 @@ impl Writer<'_> {
         }
         Ok(seq)
     }
+}
+
+/// Cursors are index keys, which hold NUL separators: hex keeps them opaque
+/// and safe in a URL, a shell argument and JSON.
+fn encode_cursor(key: &str) -> String {
+    key.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_cursor(cursor: &str) -> Option<String> {
+    if cursor.len() % 2 != 0 {
+        return None;
+    }
+    let bytes = (0..cursor.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(cursor.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
 }
