@@ -513,3 +513,118 @@ async fn run_once_works_off_one_claim_and_exits_cleanly() {
     assert!(worker.terminate().success());
     let _ = Path::new(url);
 }
+
+/// The value of the first sample whose line starts with `series`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|line| line.starts_with(series))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+async fn scrape(url: &str) -> String {
+    let answer = reqwest::get(url).await.expect("scrape");
+    assert_eq!(answer.status(), 200);
+    let content_type = answer.headers()["content-type"]
+        .to_str()
+        .expect("ascii")
+        .to_string();
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    let text = answer.text().await.expect("text");
+    assert!(
+        text.ends_with("# EOF\n"),
+        "OpenMetrics ends with # EOF: {text}"
+    );
+    text
+}
+
+#[tokio::test]
+async fn server_and_worker_expose_prometheus_metrics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(dir.path(), &[]);
+    let url = server.url.as_str();
+    ok(
+        url,
+        &["work-pool", "create", "--type", "process", "metered"],
+    );
+    ok(
+        url,
+        &[
+            "deployment",
+            "create",
+            "m/ok",
+            "--pool",
+            "metered",
+            "--",
+            "true",
+        ],
+    );
+    let address = format!("127.0.0.1:{}", free_port());
+    let _worker = WorkerProcess::start(
+        url,
+        &dir.path().join("cache"),
+        &[
+            "--pool",
+            "metered",
+            "--with-healthcheck",
+            "--healthcheck-address",
+            &address,
+        ],
+    );
+    for _ in 0..3 {
+        let id = create_run(url, "m/ok", json!({})).await;
+        assert_eq!(final_run(url, &id).await["state"]["type"], "COMPLETED");
+    }
+    // A configuration the process plugin refuses: one plugin error value.
+    let bad = create_run(
+        url,
+        "m/ok",
+        json!({"job_variables": {"working_dir": "relative"}}),
+    )
+    .await;
+    assert_eq!(final_run(url, &bad).await["state"]["type"], "CRASHED");
+
+    let text = scrape(&format!("{url}/metrics")).await;
+    let completed = r#"host_flow_runs{pool="metered",state="COMPLETED"}"#;
+    assert_eq!(sample(&text, completed), Some(3.0), "{text}");
+    assert_eq!(
+        sample(&text, r#"host_flow_runs{pool="metered",state="CRASHED"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, r#"host_workers_online{pool="metered"}"#),
+        Some(1.0)
+    );
+    assert!(sample(&text, r#"host_claims_total{pool="metered",outcome="runs"}"#) >= Some(1.0));
+    assert_eq!(
+        sample(&text, r#"host_claimed_runs_total{pool="metered"}"#),
+        Some(4.0)
+    );
+    assert!(
+        text.contains(r#"host_claim_duration_seconds_bucket{le="#),
+        "{text}"
+    );
+    let claims = r#"host_http_requests_total{method="POST",route="/api/work-pools/{pool}/claim",status="200"}"#;
+    assert!(sample(&text, claims) >= Some(1.0), "{text}");
+    assert!(!text.contains(&bad), "no series per run id");
+
+    let text = scrape(&format!("http://{address}/metrics")).await;
+    assert_eq!(
+        sample(&text, "host_worker_runs_in_flight"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "host_worker_runs_started_total"),
+        Some(4.0),
+        "{text}"
+    );
+    let starts = r#"host_worker_plugin_call_duration_seconds_count{plugin="process",call="start"}"#;
+    assert_eq!(sample(&text, starts), Some(3.0), "{text}");
+    let refused =
+        r#"host_worker_plugin_call_errors_total{plugin="process",call="validate",kind="error"}"#;
+    assert_eq!(sample(&text, refused), Some(1.0), "{text}");
+}

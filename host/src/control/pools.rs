@@ -246,6 +246,15 @@ impl Control {
         Ok(pool_view(pool, &[], now))
     }
 
+    /// Stored runs by pool and state, for the metrics: `(pool, state, count)`.
+    pub fn run_counts(&self) -> Result<Vec<(String, String, u64)>, ApiError> {
+        let counts = self.store.read(|r| r.run_counts())?;
+        Ok(counts
+            .into_iter()
+            .map(|((pool, state), count)| (pool, state, count))
+            .collect())
+    }
+
     pub fn pools(&self) -> Result<Vec<PoolView>, ApiError> {
         let now = now();
         self.store.read(|r| {

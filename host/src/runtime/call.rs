@@ -41,6 +41,21 @@ pub enum CallError {
     },
 }
 
+impl CallError {
+    /// A short name of how the call failed, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallError::Plugin { .. } => "error",
+            CallError::Trap { .. } => "trap",
+            CallError::CpuBudget { .. } => "cpu_budget",
+            CallError::Memory { .. } => "memory",
+            CallError::Instantiate { .. } => "instantiate",
+            CallError::Deadline { .. } => "deadline",
+            CallError::Contract { .. } => "contract",
+        }
+    }
+}
+
 /// The calls of the contract, for deadlines and messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Call {

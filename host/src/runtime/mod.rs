@@ -18,6 +18,7 @@ pub use call::{Call, CallError, MAX_HANDLE_BYTES, MAX_MESSAGE_BYTES};
 pub use load::{Capability, Grants, LoadError};
 pub use plugin::{LoadedPlugin, PluginSource};
 
+use crate::metrics::PluginCallMetrics;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -107,6 +108,7 @@ struct RuntimeInner {
     cache: ComponentCache,
     processes: Arc<ProcessTable>,
     containers: Arc<ContainerTable>,
+    call_metrics: PluginCallMetrics,
 }
 
 impl Runtime {
@@ -151,6 +153,7 @@ impl Runtime {
                 )),
                 config,
                 containers: Arc::new(ContainerTable::new()),
+                call_metrics: PluginCallMetrics::default(),
             }),
         })
     }
@@ -161,6 +164,11 @@ impl Runtime {
 
     pub fn config(&self) -> &RuntimeConfig {
         &self.inner.config
+    }
+
+    /// Latency and failures of every plugin call made through this runtime.
+    pub fn call_metrics(&self) -> &PluginCallMetrics {
+        &self.inner.call_metrics
     }
 
     pub(crate) fn cache(&self) -> &ComponentCache {

@@ -5,7 +5,7 @@ use super::call::{Call, CallError, MAX_HANDLE_BYTES, bounded_exit, bounded_statu
 use super::info::{placeholder_info, validate_info};
 use super::limits::MemoryCap;
 use super::load::{self, Capability, Grants, LoadError};
-use super::{CacheOutcome, ExitStatus, Job, PluginInfo, RunStatus, Runtime};
+use super::{CacheOutcome, ExitStatus, Job, PluginError, PluginInfo, RunStatus, Runtime};
 use crate::capabilities::{self, ContainerHost, LogHost, OutputSink, ProcessHost};
 use crate::contract::{Plugin, PluginPre};
 use std::collections::BTreeSet;
@@ -176,7 +176,7 @@ impl LoadedPlugin {
                 )
             })
             .await?;
-        result.map_err(plugin_error)
+        result.map_err(self.refused(Call::Validate))
     }
 
     /// The capabilities serve this call, and every later one for the same
@@ -188,8 +188,10 @@ impl LoadedPlugin {
                 Box::pin(async move { p.host_infra_driver().call_start(s, &job).await })
             })
             .await?;
-        let handle = result.map_err(plugin_error)?;
+        let handle = result.map_err(self.refused(Call::Start))?;
         if handle.len() > MAX_HANDLE_BYTES {
+            let metrics = self.runtime.call_metrics();
+            metrics.failed(&self.info.name, Call::Start.name(), "contract");
             return Err(CallError::Contract {
                 plugin: self.info.name.clone(),
                 call: Call::Start.name(),
@@ -216,7 +218,7 @@ impl LoadedPlugin {
                 Box::pin(async move { p.host_infra_driver().call_wait(s, &handle).await })
             })
             .await?;
-        result.map(bounded_exit).map_err(plugin_error)
+        result.map(bounded_exit).map_err(self.refused(Call::Wait))
     }
 
     pub async fn inspect(&self, run: &str, handle: &str) -> Result<RunStatus, CallError> {
@@ -226,7 +228,7 @@ impl LoadedPlugin {
                 Box::pin(async move { p.host_infra_driver().call_inspect(s, &handle).await })
             })
             .await?;
-        result.map(bounded_status).map_err(plugin_error)
+        result.map(bounded_status).map_err(self.refused(Call::Inspect))
     }
 
     pub async fn stop(&self, run: &str, handle: &str, grace_seconds: u32) -> Result<(), CallError> {
@@ -246,7 +248,7 @@ impl LoadedPlugin {
                 },
             )
             .await?;
-        result.map_err(plugin_error)
+        result.map_err(self.refused(Call::Stop))
     }
 
     pub async fn destroy(&self, run: &str, handle: &str) -> Result<(), CallError> {
@@ -256,7 +258,7 @@ impl LoadedPlugin {
                 Box::pin(async move { p.host_infra_driver().call_destroy(s, &handle).await })
             })
             .await?;
-        result.map_err(plugin_error)
+        result.map_err(self.refused(Call::Destroy))
     }
 
     pub async fn recover(&self, run: &str, handle: &str) -> Result<RunStatus, CallError> {
@@ -266,7 +268,7 @@ impl LoadedPlugin {
                 Box::pin(async move { p.host_infra_driver().call_recover(s, &handle).await })
             })
             .await?;
-        result.map(bounded_status).map_err(plugin_error)
+        result.map(bounded_status).map_err(self.refused(Call::Recover))
     }
 
     /// What the capabilities created for `run` that still runs: after a
@@ -325,6 +327,17 @@ impl LoadedPlugin {
         self.call_within(call, deadline, scope, sink, f).await
     }
 
+    /// The plugin's error value as a [`CallError`], counted (`call_within`
+    /// counts only the failures it sees itself).
+    fn refused(&self, call: Call) -> impl Fn(PluginError) -> CallError + '_ {
+        move |error| {
+            let error = plugin_error(error);
+            let metrics = self.runtime.call_metrics();
+            metrics.failed(&self.info.name, call.name(), error.kind());
+            error
+        }
+    }
+
     /// A fresh store and instance, one call bounded by `deadline` (wall
     /// clock), and the failure classified.
     async fn call_within<R>(
@@ -335,21 +348,29 @@ impl LoadedPlugin {
         sink: Arc<dyn OutputSink>,
         f: impl for<'a> FnOnce(&'a Plugin, &'a mut Store<PluginState>) -> CallFuture<'a, R>,
     ) -> Result<R, CallError> {
+        let started = std::time::Instant::now();
         let work = self.call_unbounded(scope, sink, f);
-        if deadline == Duration::MAX {
-            return work.await;
+        let result = if deadline == Duration::MAX {
+            work.await
+        } else {
+            // The epoch callback yields at every tick, so even a guest that
+            // never calls the host gives the timer its turn; dropping the
+            // future drops the store and its instance.
+            match tokio::time::timeout(deadline, work).await {
+                Ok(result) => result,
+                Err(_) => Err(CallError::Deadline {
+                    plugin: self.info.name.clone(),
+                    call: call.name(),
+                    seconds: deadline.as_secs_f64().ceil() as u64,
+                }),
+            }
+        };
+        let metrics = self.runtime.call_metrics();
+        metrics.observe(&self.info.name, call.name(), started.elapsed());
+        if let Err(error) = &result {
+            metrics.failed(&self.info.name, call.name(), error.kind());
         }
-        // The epoch callback yields at every tick, so even a guest that never
-        // calls the host gives the timer its turn; dropping the future drops
-        // the store and its instance.
-        match tokio::time::timeout(deadline, work).await {
-            Ok(result) => result,
-            Err(_) => Err(CallError::Deadline {
-                plugin: self.info.name.clone(),
-                call: call.name(),
-                seconds: deadline.as_secs_f64().ceil() as u64,
-            }),
-        }
+        result
     }
 
     async fn call_unbounded<R>(

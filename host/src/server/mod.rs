@@ -13,6 +13,8 @@ pub use runs::{Appended, LogPage, TransitionResponse};
 
 use crate::control::Control;
 use crate::error::{ApiError, ErrorBody, ErrorKind};
+use crate::metrics::{ServerMetrics, StoredState};
+use axum::extract::MatchedPath;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
@@ -26,6 +28,7 @@ use std::sync::Arc;
 pub struct AppState {
     pub control: Control,
     token: Option<Arc<str>>,
+    metrics: Arc<ServerMetrics>,
 }
 
 impl AppState {
@@ -33,6 +36,7 @@ impl AppState {
         AppState {
             control,
             token: token.filter(|t| !t.is_empty()).map(Arc::from),
+            metrics: Arc::default(),
         }
     }
 }
@@ -179,6 +183,43 @@ async fn health(State(s): State<AppState>) -> Json<serde_json::Value> {
     })
 }
 
+/// Prometheus text: counters kept as requests pass, gauges read from the store.
+async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let runs = s.control.run_counts()?;
+    let workers_online = s
+        .control
+        .pools()?
+        .into_iter()
+        .map(|view| (view.pool.name, view.workers_online as u64))
+        .collect();
+    let text = s.metrics.encode(StoredState {
+        runs,
+        workers_online,
+    });
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::CONTENT_TYPE,
+        )],
+        text,
+    )
+        .into_response())
+}
+
+/// Counts every answered request by its route template (never the raw path,
+/// which would make one series per run id).
+async fn count_request(State(s): State<AppState>, request: Request, next: Next) -> Response {
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let response = next.run(request).await;
+    s.metrics
+        .request(&method, &route, response.status().as_u16());
+    response
+}
+
 async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint; see /api/openapi.json")
 }
@@ -190,10 +231,12 @@ pub fn router(state: AppState) -> Router {
         .merge(deployments::routes())
         .merge(runs::routes())
         .route("/api/openapi.json", get(openapi::document))
+        .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/api/health", get(health))
         .merge(protected)
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), count_request))
         .with_state(state)
 }

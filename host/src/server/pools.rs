@@ -183,7 +183,11 @@ async fn claim(
     Path(pool): Path<String>,
     Body(request): Body<ClaimRequest>,
 ) -> Result<Json<ClaimResponse>, ApiError> {
-    Ok(Json(s.control.claim(&pool, request).await?))
+    let started = std::time::Instant::now();
+    let answer = s.control.claim(&pool, request).await;
+    let claimed = answer.as_ref().ok().map(|a| a.runs.len());
+    s.metrics.claim(&pool, claimed, started.elapsed());
+    Ok(Json(answer?))
 }
 
 async fn pool_types(State(s): State<AppState>) -> Json<Vec<String>> {

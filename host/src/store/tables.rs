@@ -170,3 +170,41 @@ impl Writer<'_> {
 pub fn prefix_end(prefix: &str) -> String {
     format!("{prefix}\u{10FFFF}")
 }
+
+impl Snapshot {
+    /// Calls `f` with every key of `def`, in order, without copying values.
+    pub(super) fn for_each_key(&self, def: Def, mut f: impl FnMut(&str)) -> Result<(), ApiError> {
+        let table = self.txn.open_table(def).map_err(storage)?;
+        for item in table.iter().map_err(storage)? {
+            let (key, _) = item.map_err(storage)?;
+            f(key.value());
+        }
+        Ok(())
+    }
+
+    /// How many runs each pool has in each state, from the keys of two
+    /// indexes (no run is decoded): `(pool, state) → count`.
+    pub fn run_counts(
+        &self,
+    ) -> Result<std::collections::BTreeMap<(String, String), u64>, ApiError> {
+        // Both index keys end in `\0{id}`; the pool or state is their first part.
+        fn split(key: &str) -> Option<(&str, &str)> {
+            Some((key.split('\0').next()?, key.rsplit('\0').next()?))
+        }
+        let mut pool_of = std::collections::HashMap::new();
+        self.for_each_key(IDX_POOL, |key| {
+            if let Some((pool, id)) = split(key) {
+                pool_of.insert(id.to_string(), pool.to_string());
+            }
+        })?;
+        let mut counts = std::collections::BTreeMap::new();
+        self.for_each_key(IDX_STATE, |key| {
+            if let Some((state, id)) = split(key)
+                && let Some(pool) = pool_of.get(id)
+            {
+                *counts.entry((pool.clone(), state.to_string())).or_insert(0) += 1;
+            }
+        })?;
+        Ok(counts)
+    }
+}

@@ -1,5 +1,6 @@
 //! `--with-healthcheck`: `GET /health` answers 503 once the worker has not
-//! polled the server for a while, so a supervisor can restart it.
+//! polled the server for a while, so a supervisor can restart it; `GET
+//! /metrics` is the worker's Prometheus text.
 
 use super::Shared;
 use axum::Json;
@@ -20,29 +21,46 @@ pub(super) async fn serve(
     println!("worker health check on http://{local}/health");
     // Polls return at least every poll_wait; three of them missed is unhealthy.
     let stale_after = shared.config.poll_wait * 3 + Duration::from_secs(5);
-    let app = axum::Router::new().route(
-        "/health",
-        get(move || {
-            let shared = shared.clone();
-            async move {
-                let since = shared
-                    .last_poll
-                    .lock()
-                    .map(|t| t.elapsed())
-                    .unwrap_or(Duration::MAX);
-                let body = Json(serde_json::json!({
-                    "worker": shared.config.name,
-                    "pool": shared.config.pool,
-                    "seconds_since_last_poll": since.as_secs_f64(),
-                }));
-                if since <= stale_after {
-                    (StatusCode::OK, body)
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, body)
+    let metrics = shared.clone();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let text = metrics.metrics.encode();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            crate::metrics::CONTENT_TYPE,
+                        )],
+                        text,
+                    )
                 }
-            }
-        }),
-    );
+            }),
+        )
+        .route(
+            "/health",
+            get(move || {
+                let shared = shared.clone();
+                async move {
+                    let since = shared
+                        .last_poll
+                        .lock()
+                        .map(|t| t.elapsed())
+                        .unwrap_or(Duration::MAX);
+                    let body = Json(serde_json::json!({
+                        "worker": shared.config.name,
+                        "pool": shared.config.pool,
+                        "seconds_since_last_poll": since.as_secs_f64(),
+                    }));
+                    if since <= stale_after {
+                        (StatusCode::OK, body)
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, body)
+                    }
+                }
+            }),
+        );
     Ok(tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     }))

@@ -15,6 +15,7 @@ pub use logs::LogLimits;
 
 use crate::client::{Client, ClientError};
 use crate::control::{ClaimResponse, PoolSpec, PoolView, WorkerHeartbeat};
+use crate::metrics::WorkerMetrics;
 use crate::model::ClaimedRun;
 use crate::plugins::Registry;
 use crate::runtime::{LoadedPlugin, Runtime};
@@ -99,6 +100,7 @@ pub(crate) struct Shared {
     /// True once in-flight runs should stop being watched (shutdown grace over).
     abandon: watch::Receiver<bool>,
     last_poll: Mutex<Instant>,
+    metrics: WorkerMetrics,
 }
 
 impl Shared {
@@ -178,6 +180,7 @@ pub async fn run_worker(
         cancels: Mutex::new(HashMap::new()),
         abandon,
         last_poll: Mutex::new(Instant::now()),
+        metrics: WorkerMetrics::new(runtime.call_metrics()),
         config,
     });
     let worker = shared.config.name.clone();
@@ -422,6 +425,7 @@ fn run_in_slot(
     let cancel = register_cancel(shared, &claimed.flow_run.id);
     let shared = shared.clone();
     tokio::spawn(async move {
+        let _in_flight = shared.metrics.run_in_flight();
         let id = claimed.flow_run.id.clone();
         if recovering {
             run::recover(&shared, claimed, cancel).await;
