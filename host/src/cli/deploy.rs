@@ -111,7 +111,10 @@ fn read_project(path: &Path) -> anyhow::Result<ProjectFile> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
     let project: ProjectFile =
-        serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        serde_saphyr::from_str(&text).map_err(|e: serde_saphyr::Error| {
+            // One line, naming the place; the snippet would repeat the file.
+            anyhow::anyhow!("{}: {}", path.display(), e.without_snippet())
+        })?;
     if project.deployments.is_empty() {
         anyhow::bail!("{}: no deployments", path.display());
     }
