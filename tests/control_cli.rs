@@ -278,7 +278,10 @@ fn host_deploy_creates_and_updates_from_a_project_file() {
         ],
     );
     assert!(err.contains("unknown field `nme`"), "{err}");
-    assert!(err.contains("line 3, column 5"), "the place is named: {err}");
+    assert!(
+        err.contains("line 3, column 5"),
+        "the place is named: {err}"
+    );
 }
 
 /// The example systemd units in docs/systemd: valid for systemd, and their

@@ -131,6 +131,7 @@ pub fn check_template(template: &Value) -> Result<(), ApiError> {
             "base_job_template: variables.properties must be an object",
         ));
     }
+    super::schema::check_variables_schema("base_job_template.variables", variables)?;
     let undeclared = template::undeclared(job_configuration, variables);
     if !undeclared.is_empty() {
         return Err(ApiError::bad_request(

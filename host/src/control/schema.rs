@@ -1,6 +1,6 @@
-//! The subset of JSON Schema that base job templates use: `type`,
-//! `properties`, `required`, `additionalProperties`, `enum`, `minimum`,
-//! `maximum`, `items`. Errors name the field, e.g. `job_variables.cold_start_ms`.
+//! Job variables against a pool's variables schema, with the `jsonschema`
+//! crate (all of JSON Schema: `$ref`/`definitions`, `pattern`, `format`,
+//! `anyOf`, ...). Errors name the field, e.g. `job_variables.cold_start_ms`.
 
 use crate::error::ApiError;
 use serde_json::{Map, Value};
@@ -46,95 +46,81 @@ pub fn validate_job_variables(
             ));
         };
         if !value.is_null() {
-            check(&path, value, schema)?;
+            check(&path, value, schema, variables)?;
         }
     }
     Ok(())
 }
 
-fn type_matches(expected: &str, value: &Value) -> bool {
-    match expected {
-        "string" => value.is_string(),
-        "integer" => value.is_i64() || value.is_u64(),
-        "number" => value.is_number(),
-        "boolean" => value.is_boolean(),
-        "object" => value.is_object(),
-        "array" => value.is_array(),
-        "null" => value.is_null(),
-        _ => true,
+/// Checks one variable's value against its schema with a full JSON Schema
+/// validator. The template's `definitions` and `$defs` come along, so the
+/// `$ref`s of pasted Prefect templates resolve. The first error names the
+/// field down to the failing element (`job_variables.env.A`, `…items[2]`).
+fn check(path: &str, value: &Value, schema: &Value, root: &Value) -> Result<(), ApiError> {
+    let validator = compile(schema, root).map_err(|message| {
+        ApiError::bad_request(
+            path,
+            format!("{path}: the pool's schema for it is invalid: {message}"),
+        )
+    })?;
+    let Some(error) = validator.iter_errors(value).next() else {
+        return Ok(());
+    };
+    let mut field = path.to_string();
+    let mut unexpected = Vec::new();
+    for segment in error.instance_path() {
+        match segment {
+            jsonschema::paths::LocationSegment::Property(name) => {
+                field.push('.');
+                field.push_str(&name);
+            }
+            jsonschema::paths::LocationSegment::Index(index) => {
+                field.push_str(&format!("[{index}]"))
+            }
+        }
     }
+    if let jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected: extra } =
+        error.kind()
+    {
+        unexpected.clone_from(extra);
+    }
+    // An undeclared key is the key's fault, not its object's.
+    if let Some(key) = unexpected.first() {
+        let field = format!("{field}.{key}");
+        return Err(ApiError::bad_request(
+            &field,
+            format!("{field}: not allowed here"),
+        ));
+    }
+    Err(ApiError::bad_request(&field, format!("{field}: {error}")))
 }
 
-fn check(path: &str, value: &Value, schema: &Value) -> Result<(), ApiError> {
-    let fail = |message: String| Err(ApiError::bad_request(path, format!("{path}: {message}")));
-    match schema.get("type") {
-        Some(Value::String(t)) if !type_matches(t, value) => {
-            return fail(format!("expected {t}, got {value}"));
+/// A validator for `schema`, with the root's definitions beside it.
+fn compile(schema: &Value, root: &Value) -> Result<jsonschema::Validator, String> {
+    let mut document = schema.clone();
+    if let Some(object) = document.as_object_mut() {
+        for key in ["definitions", "$defs"] {
+            if let Some(definitions) = root.get(key)
+                && !object.contains_key(key)
+            {
+                object.insert(key.to_string(), definitions.clone());
+            }
         }
-        Some(Value::Array(types))
-            if !types
-                .iter()
-                .filter_map(Value::as_str)
-                .any(|t| type_matches(t, value)) =>
-        {
-            return fail(format!(
-                "expected one of {}, got {value}",
-                Value::Array(types.clone())
+    }
+    jsonschema::validator_for(&document).map_err(|e| e.to_string())
+}
+
+/// Refuses a variables schema the validator cannot compile, naming the
+/// variable, so a pool never stores a template whose runs cannot be checked.
+pub fn check_variables_schema(field: &str, variables: &Value) -> Result<(), ApiError> {
+    let properties = variables.get("properties").and_then(Value::as_object);
+    for (name, schema) in properties.into_iter().flatten() {
+        if let Err(message) = compile(schema, variables) {
+            let field = format!("{field}.properties.{name}");
+            return Err(ApiError::bad_request(
+                &field,
+                format!("{field}: not a valid JSON Schema: {message}"),
             ));
-        }
-        _ => {}
-    }
-    if let Some(options) = schema.get("enum").and_then(Value::as_array)
-        && !options.contains(value)
-    {
-        return fail(format!("must be one of {}", Value::Array(options.clone())));
-    }
-    if let Some(n) = value.as_f64() {
-        if let Some(min) = schema.get("minimum").and_then(Value::as_f64)
-            && n < min
-        {
-            return fail(format!("must be at least {min}"));
-        }
-        if let Some(max) = schema.get("maximum").and_then(Value::as_f64)
-            && n > max
-        {
-            return fail(format!("must be at most {max}"));
-        }
-    }
-    if let (Some(items), Some(list)) = (schema.get("items"), value.as_array()) {
-        for (i, item) in list.iter().enumerate() {
-            check(&format!("{path}[{i}]"), item, items)?;
-        }
-    }
-    if let Some(object) = value.as_object() {
-        let properties = schema.get("properties").and_then(Value::as_object);
-        for key in schema
-            .get("required")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-        {
-            if !object.contains_key(key) {
-                return fail(format!("`{key}` is required"));
-            }
-        }
-        for (key, item) in object {
-            let item_path = format!("{path}.{key}");
-            match (
-                properties.and_then(|p| p.get(key)),
-                schema.get("additionalProperties"),
-            ) {
-                (Some(sub), _) => check(&item_path, item, sub)?,
-                (None, Some(Value::Bool(false))) => {
-                    return Err(ApiError::bad_request(
-                        &item_path,
-                        format!("{item_path}: not allowed here"),
-                    ));
-                }
-                (None, Some(sub @ Value::Object(_))) => check(&item_path, item, sub)?,
-                _ => {}
-            }
         }
     }
     Ok(())
@@ -207,6 +193,61 @@ mod tests {
         assert!(
             validate(json!({"n": 3, "policy": null})).is_ok(),
             "null means unset"
+        );
+    }
+
+    #[test]
+    fn prefect_style_schemas_with_refs_patterns_and_any_of_are_enforced() {
+        let variables = json!({
+            "properties": {
+                "image": {"type": "string", "pattern": "^[a-z0-9./:-]+$"},
+                "pull": {"$ref": "#/definitions/PullPolicy"},
+                "cpu": {"anyOf": [{"type": "integer"}, {"type": "string", "pattern": "^[0-9]+m$"}]},
+                "volumes": {"type": "array", "items": {"type": "string", "minLength": 1}},
+            },
+            "definitions": {"PullPolicy": {"enum": ["Always", "Never", "IfNotPresent"]}},
+        });
+        let check = |values: Value| {
+            validate_job_variables(
+                "job_variables",
+                values.as_object().expect("object"),
+                &variables,
+                "p",
+            )
+        };
+        assert!(
+            check(json!({"image": "repo/app:1", "pull": "Never", "cpu": "500m", "volumes": ["a"]}))
+                .is_ok()
+        );
+        for (values, field) in [
+            (json!({"image": "Bad Image"}), "job_variables.image"),
+            (json!({"pull": "Sometimes"}), "job_variables.pull"),
+            (json!({"cpu": "lots"}), "job_variables.cpu"),
+            (json!({"volumes": ["a", ""]}), "job_variables.volumes[1]"),
+        ] {
+            let error = check(values.clone()).expect_err("refused");
+            assert_eq!(
+                error.field.as_deref(),
+                Some(field),
+                "{values}: {}",
+                error.message
+            );
+            assert!(
+                error.message.starts_with(&format!("{field}: ")),
+                "{}",
+                error.message
+            );
+        }
+    }
+
+    #[test]
+    fn schemas_that_do_not_compile_are_refused_by_name() {
+        let variables = json!({"properties": {"bad": {"type": "strang"}}});
+        let error =
+            check_variables_schema("base_job_template.variables", &variables).expect_err("refused");
+        assert_eq!(
+            error.field.as_deref(),
+            Some("base_job_template.variables.properties.bad")
         );
     }
 

@@ -228,7 +228,9 @@ impl LoadedPlugin {
                 Box::pin(async move { p.host_infra_driver().call_inspect(s, &handle).await })
             })
             .await?;
-        result.map(bounded_status).map_err(self.refused(Call::Inspect))
+        result
+            .map(bounded_status)
+            .map_err(self.refused(Call::Inspect))
     }
 
     pub async fn stop(&self, run: &str, handle: &str, grace_seconds: u32) -> Result<(), CallError> {
@@ -268,7 +270,9 @@ impl LoadedPlugin {
                 Box::pin(async move { p.host_infra_driver().call_recover(s, &handle).await })
             })
             .await?;
-        result.map(bounded_status).map_err(self.refused(Call::Recover))
+        result
+            .map(bounded_status)
+            .map_err(self.refused(Call::Recover))
     }
 
     /// What the capabilities created for `run` that still runs: after a
