@@ -15,14 +15,16 @@ const TARGET: &str = "wasm32-wasip2";
 
 #[test]
 fn the_readme_run_command_installs_the_wasm_target_and_serves() {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("fresh-setup scaffolding");
     let Some(toolchain) = active_toolchain(workspace) else {
         println!("SKIPPED: this machine's Rust toolchain is not managed by rustup");
         return;
     };
     let scratch = workspace.join("target/fresh-setup");
-    std::fs::create_dir_all(&scratch).unwrap();
-    let temp = tempfile::tempdir_in(&scratch).unwrap();
+    std::fs::create_dir_all(&scratch).expect("fresh-setup scaffolding");
+    let temp = tempfile::tempdir_in(&scratch).expect("fresh-setup scaffolding");
 
     // A clean clone at a fixed path, so the cached target dir stays warm.
     let clone = scratch.join("clone");
@@ -39,7 +41,7 @@ fn the_readme_run_command_installs_the_wasm_target_and_serves() {
     let run_command = readme_command(&workspace.join("README.md"), "<!-- run-command -->");
     let port = free_port();
     let log_path = temp.path().join("run.log");
-    let log = std::fs::File::create(&log_path).unwrap();
+    let log = std::fs::File::create(&log_path).expect("fresh-setup scaffolding");
     let mut server = Command::new("bash");
     server
         .args(["-c", &format!("exec {run_command}")])
@@ -48,7 +50,7 @@ fn the_readme_run_command_installs_the_wasm_target_and_serves() {
         .env("CARGO_TARGET_DIR", scratch.join("target"))
         .env("HOST_PORT", port.to_string())
         .env("HOST_DATA_DIR", temp.path().join("data"))
-        .stdout(log.try_clone().unwrap())
+        .stdout(log.try_clone().expect("fresh-setup scaffolding"))
         .stderr(log)
         .stdin(Stdio::null());
     // What cargo set for this test must not leak into the user's command.
@@ -63,13 +65,16 @@ fn the_readme_run_command_installs_the_wasm_target_and_serves() {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let path =
         std::env::split_paths(&path).filter(|dir| !dir.to_string_lossy().contains("/toolchains/"));
-    server.env("PATH", std::env::join_paths(path).unwrap());
-    let mut child = server.spawn().unwrap();
+    server.env(
+        "PATH",
+        std::env::join_paths(path).expect("fresh-setup scaffolding"),
+    );
+    let mut child = server.spawn().expect("fresh-setup scaffolding");
 
     let deadline = Instant::now() + Duration::from_secs(45 * 60);
     let mut health = None;
     while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.try_wait().expect("fresh-setup scaffolding") {
             panic!(
                 "the run command exited with {status} before serving:\n{}",
                 std::fs::read_to_string(&log_path).unwrap_or_default()
@@ -123,25 +128,26 @@ fn active_toolchain(workspace: &Path) -> Option<PathBuf> {
 fn rustup_home_without_target(toolchain: &Path, rustup_home: &Path) -> PathBuf {
     let name = toolchain
         .file_name()
-        .unwrap()
+        .expect("fresh-setup scaffolding")
         .to_string_lossy()
         .into_owned();
     let sysroot = rustup_home.join("toolchains").join(&name);
-    std::fs::create_dir_all(sysroot.parent().unwrap()).unwrap();
+    std::fs::create_dir_all(sysroot.parent().expect("fresh-setup scaffolding"))
+        .expect("fresh-setup scaffolding");
     run(Command::new("cp").arg("-al").arg(toolchain).arg(&sysroot));
-    for entry in std::fs::read_dir(sysroot.join("lib/rustlib")).unwrap() {
-        let path = entry.unwrap().path();
+    for entry in std::fs::read_dir(sysroot.join("lib/rustlib")).expect("fresh-setup scaffolding") {
+        let path = entry.expect("fresh-setup scaffolding").path();
         if path.is_file() {
-            let text = std::fs::read(&path).unwrap();
-            std::fs::remove_file(&path).unwrap();
-            std::fs::write(&path, text).unwrap();
+            let text = std::fs::read(&path).expect("fresh-setup scaffolding");
+            std::fs::remove_file(&path).expect("fresh-setup scaffolding");
+            std::fs::write(&path, text).expect("fresh-setup scaffolding");
         }
     }
     std::fs::write(
         rustup_home.join("settings.toml"),
         format!("version = \"12\"\ndefault_toolchain = \"{name}\"\nprofile = \"default\"\nauto_self_update = \"disable\"\n"),
     )
-    .unwrap();
+    .expect("fresh-setup scaffolding");
     if sysroot.join("lib/rustlib").join(TARGET).exists() {
         run(Command::new("rustup")
             .args(["target", "remove", TARGET, "--toolchain", &name])
@@ -153,27 +159,26 @@ fn rustup_home_without_target(toolchain: &Path, rustup_home: &Path) -> PathBuf {
 
 /// The command in the fenced block after `marker` in the README.
 fn readme_command(readme: &Path, marker: &str) -> String {
-    let text = std::fs::read_to_string(readme).unwrap();
+    let text = std::fs::read_to_string(readme).expect("fresh-setup scaffolding");
     let after = text.split(marker).nth(1).expect("README has the marker");
     after
         .lines()
         .map(str::trim)
-        .filter(|line| !line.is_empty() && !line.starts_with("```"))
-        .next()
+        .find(|line| !line.is_empty() && !line.starts_with("```"))
         .expect("a command after the marker")
         .to_string()
 }
 
 fn run(command: &mut Command) {
-    let status = command.status().unwrap();
+    let status = command.status().expect("fresh-setup scaffolding");
     assert!(status.success(), "{command:?} failed: {status}");
 }
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
+        .expect("fresh-setup scaffolding")
         .local_addr()
-        .unwrap()
+        .expect("fresh-setup scaffolding")
         .port()
 }
 

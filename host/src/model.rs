@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 pub type Timestamp = DateTime<Utc>;
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct WorkPool {
     pub name: String,
     #[serde(rename = "type")]
@@ -17,11 +17,13 @@ pub struct WorkPool {
     pub base_job_template: Value,
     pub concurrency_limit: Option<u32>,
     pub paused: bool,
+    #[schema(value_type = String, format = DateTime)]
     pub created: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
     pub updated: Timestamp,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum PoolStatus {
     NotReady,
@@ -29,7 +31,7 @@ pub enum PoolStatus {
     Paused,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct WorkQueue {
     pub pool: String,
     pub name: String,
@@ -38,11 +40,13 @@ pub struct WorkQueue {
     pub priority: u32,
     pub concurrency_limit: Option<u32>,
     pub paused: bool,
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub last_polled: Option<Timestamp>,
+    #[schema(value_type = String, format = DateTime)]
     pub created: Timestamp,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum QueueStatus {
     NotReady,
@@ -50,16 +54,18 @@ pub enum QueueStatus {
     Paused,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Worker {
     pub pool: String,
     pub name: String,
     pub heartbeat_interval_seconds: u32,
+    #[schema(value_type = String, format = DateTime)]
     pub last_heartbeat: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
     pub created: Timestamp,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum WorkerStatus {
     Online,
@@ -82,7 +88,7 @@ impl Worker {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Schedule {
     /// Every this many seconds from `anchor`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -93,6 +99,7 @@ pub struct Schedule {
     #[serde(default = "default_timezone")]
     pub timezone: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub anchor: Option<Timestamp>,
     #[serde(default = "default_true")]
     pub active: bool,
@@ -106,7 +113,7 @@ fn default_true() -> bool {
     true
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Deployment {
     pub id: String,
     pub flow: String,
@@ -126,7 +133,9 @@ pub struct Deployment {
     pub concurrency_limit: Option<u32>,
     #[serde(default)]
     pub paused: bool,
+    #[schema(value_type = String, format = DateTime)]
     pub created: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
     pub updated: Timestamp,
 }
 
@@ -137,7 +146,19 @@ impl Deployment {
     }
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Serialize,
+    Deserialize,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum StateType {
     Scheduled,
@@ -216,12 +237,13 @@ impl std::fmt::Display for StateType {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct State {
     #[serde(rename = "type")]
     pub state_type: StateType,
     /// "Scheduled" or "Late" for SCHEDULED; otherwise the type's name.
     pub name: String,
+    #[schema(value_type = String, format = DateTime)]
     pub timestamp: Timestamp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -238,7 +260,7 @@ impl State {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct FlowRun {
     pub id: String,
     pub name: String,
@@ -252,6 +274,7 @@ pub struct FlowRun {
     /// This run's own overrides; merged with the pool's and deployment's at claim.
     #[serde(default)]
     pub job_variables: Map<String, Value>,
+    #[schema(value_type = String, format = DateTime)]
     pub scheduled_at: Timestamp,
     pub state: State,
     #[serde(default)]
@@ -261,6 +284,7 @@ pub struct FlowRun {
     pub worker: Option<String>,
     /// Until when the claim is held without news from the worker.
     #[serde(default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub lease_until: Option<Timestamp>,
     #[serde(default)]
     pub infrastructure_handle: Option<String>,
@@ -272,13 +296,16 @@ pub struct FlowRun {
     /// Idempotency keys of the last transitions, newest last.
     #[serde(default)]
     pub transition_keys: Vec<String>,
+    #[schema(value_type = String, format = DateTime)]
     pub created: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
     pub updated: Timestamp,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct LogLine {
     pub seq: u64,
+    #[schema(value_type = String, format = DateTime)]
     pub timestamp: Timestamp,
     #[serde(default = "default_stream")]
     pub stream: String,
@@ -290,7 +317,7 @@ fn default_stream() -> String {
 }
 
 /// What a worker gets for each claimed run: everything it needs to start it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClaimedRun {
     pub flow_run: FlowRun,
     pub deployment: Deployment,

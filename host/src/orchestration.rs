@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 const KEPT_TRANSITION_KEYS: usize = 16;
 
 /// A request to move a run to another state (from a worker or a person).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Transition {
     #[serde(rename = "type")]
     pub to: Option<StateType>,

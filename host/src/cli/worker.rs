@@ -8,6 +8,8 @@ use clap::Subcommand;
 use std::process::ExitCode;
 use std::time::Duration;
 
+// Parsed once per process: the size of the larger variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum WorkerCommand {
     /// Start a worker that claims the pool's runs and provisions them.

@@ -18,20 +18,27 @@ use std::time::Duration;
 const MAX_CLAIM: u32 = 1000;
 const MAX_WAIT_MS: u64 = 60_000;
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimRequest {
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$"
+    )]
     pub worker: String,
     /// Only these queues; all of the pool's when absent.
     #[serde(default)]
     pub queues: Option<Vec<String>>,
     /// The worker's free slots; 0 asks only for cancellations.
+    #[schema(maximum = 1000)]
     pub limit: u32,
     #[serde(default)]
+    #[schema(maximum = 60000)]
     pub wait_ms: u64,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClaimResponse {
     pub runs: Vec<ClaimedRun>,
     /// Runs this worker holds that someone asked to cancel.

@@ -10,13 +10,33 @@ use crate::store::{Records, Writer};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeploymentSpec {
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$"
+    )]
     pub flow: String,
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$"
+    )]
     pub name: String,
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$"
+    )]
     pub pool: String,
     #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$"
+    )]
     pub queue: Option<String>,
     #[serde(default)]
     pub command: Vec<String>,
@@ -34,14 +54,14 @@ pub struct DeploymentSpec {
     pub paused: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UpsertOutcome {
     pub deployment: Deployment,
     /// True when it did not exist before.
     pub created: bool,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunRequest {
     #[serde(default)]
@@ -49,6 +69,7 @@ pub struct RunRequest {
     #[serde(default)]
     pub job_variables: Map<String, Value>,
     #[serde(default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub scheduled_at: Option<Timestamp>,
     #[serde(default)]
     pub name: Option<String>,

@@ -47,11 +47,12 @@ pub fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
         ));
     }
     // `.` and `..` are path segments, not names: a URL or a CLI argument
-    // holding one addresses the parent or nothing.
-    if name.chars().all(|c| c == '.') {
+    // holding one addresses the parent or nothing. No leading dot at all
+    // keeps the rule one regular expression (the API document's pattern).
+    if name.starts_with('.') {
         return Err(ApiError::bad_request(
             field,
-            format!("{field}: {name:?} is not a usable name (dots only)"),
+            format!("{field}: {name:?} may not start with '.'"),
         ));
     }
     Ok(())

@@ -12,9 +12,14 @@ use serde_json::Value;
 /// A queue polled within this long counts as READY.
 const QUEUE_READY_WITHIN_SECONDS: i64 = 60;
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PoolSpec {
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$"
+    )]
     pub name: String,
     #[serde(rename = "type")]
     pub pool_type: String,
@@ -28,7 +33,7 @@ pub struct PoolSpec {
     pub paused: bool,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PoolPatch {
     #[serde(default)]
@@ -41,7 +46,7 @@ pub struct PoolPatch {
     pub paused: Option<bool>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PoolView {
     #[serde(flatten)]
     pub pool: WorkPool,
@@ -49,13 +54,19 @@ pub struct PoolView {
     pub workers_online: usize,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueueSpec {
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$"
+    )]
     pub name: String,
     #[serde(default)]
     pub description: String,
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub priority: Option<u32>,
     #[serde(default)]
     pub concurrency_limit: Option<u32>,
@@ -63,12 +74,13 @@ pub struct QueueSpec {
     pub paused: bool,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueuePatch {
     #[serde(default)]
     pub description: Option<String>,
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub priority: Option<u32>,
     #[serde(default, deserialize_with = "double_option")]
     pub concurrency_limit: Option<Option<u32>>,
@@ -76,18 +88,24 @@ pub struct QueuePatch {
     pub paused: Option<bool>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct QueueView {
     #[serde(flatten)]
     pub queue: WorkQueue,
     pub status: QueueStatus,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerHeartbeat {
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$"
+    )]
     pub name: String,
     #[serde(default = "default_heartbeat_interval")]
+    #[schema(minimum = 1, maximum = 3600)]
     pub heartbeat_interval_seconds: u32,
 }
 
@@ -95,7 +113,7 @@ fn default_heartbeat_interval() -> u32 {
     30
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WorkerView {
     #[serde(flatten)]
     pub worker: Worker,

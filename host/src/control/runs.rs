@@ -13,10 +13,11 @@ const MAX_LOG_BATCH: usize = 5_000;
 /// Longest accepted line; longer ones are cut, not refused.
 const MAX_LINE_BYTES: usize = 64 * 1024;
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewLogLine {
     #[serde(default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub timestamp: Option<Timestamp>,
     #[serde(default)]
     pub stream: Option<String>,

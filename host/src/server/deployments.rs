@@ -16,6 +16,15 @@ pub fn routes() -> Router<AppState> {
         .route("/api/deployments/{flow}/{name}/runs", post(create_run))
 }
 
+#[utoipa::path(
+    put,
+    operation_id = "deployments_upsert",
+    path = "/api/deployments",
+    tag = "deployments",
+    summary = "Create or update a deployment by flow/name",
+    request_body = DeploymentSpec,
+    responses((status = 200, description = "Updated", body = UpsertOutcome), (status = 201, description = "Created", body = UpsertOutcome), crate::server::openapi::Errors)
+)]
 async fn upsert(
     State(s): State<AppState>,
     Body(spec): Body<DeploymentSpec>,
@@ -29,10 +38,27 @@ async fn upsert(
     Ok((status, Json(outcome)))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "deployments_list",
+    path = "/api/deployments",
+    tag = "deployments",
+    summary = "List deployments",
+    responses((status = 200, description = "OK", body = Vec<Deployment>), crate::server::openapi::Errors)
+)]
 async fn list(State(s): State<AppState>) -> Result<Json<Vec<Deployment>>, ApiError> {
     Ok(Json(s.control.deployments()?))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "deployments_read",
+    path = "/api/deployments/{flow}/{name}",
+    tag = "deployments",
+    summary = "Read a deployment",
+    params(("flow" = String, Path), ("name" = String, Path)),
+    responses((status = 200, description = "OK", body = Deployment), crate::server::openapi::Errors)
+)]
 async fn read(
     State(s): State<AppState>,
     Path((flow, name)): Path<(String, String)>,
@@ -40,6 +66,15 @@ async fn read(
     Ok(Json(s.control.deployment(&format!("{flow}/{name}"))?))
 }
 
+#[utoipa::path(
+    delete,
+    operation_id = "deployments_delete",
+    path = "/api/deployments/{flow}/{name}",
+    tag = "deployments",
+    summary = "Delete a deployment and its scheduled runs",
+    params(("flow" = String, Path), ("name" = String, Path)),
+    responses((status = 204, description = "Deleted"), crate::server::openapi::Errors)
+)]
 async fn delete(
     State(s): State<AppState>,
     Path((flow, name)): Path<(String, String)>,
@@ -50,6 +85,16 @@ async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "deployments_create_run",
+    path = "/api/deployments/{flow}/{name}/runs",
+    tag = "flow-runs",
+    summary = "Create a flow run of the deployment",
+    params(("flow" = String, Path), ("name" = String, Path)),
+    request_body = RunRequest,
+    responses((status = 201, description = "Created", body = FlowRun), crate::server::openapi::Errors)
+)]
 async fn create_run(
     State(s): State<AppState>,
     Path((flow, name)): Path<(String, String)>,

@@ -52,31 +52,56 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A JSON body whose parse errors name the field (`limit`, `schedules[0].cron`).
+/// A JSON object body whose parse errors name the field (`limit`,
+/// `schedules[0].cron`). serde would fill a struct from an array too; the
+/// API takes objects only, as its document says.
 pub struct Body<T>(pub T);
+
+/// A JSON array body, each element parsed like a [`Body`].
+pub struct List<T>(pub Vec<T>);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|e| {
-                ApiError::bad_request("body", format!("cannot read the request body: {e}"))
-            })?;
-        let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
-        serde_path_to_error::deserialize(&mut deserializer)
-            .map(Body)
-            .map_err(|e| {
-                let path = e.path().to_string();
-                let field = if path == "." {
-                    "body".to_string()
-                } else {
-                    path
-                };
-                ApiError::bad_request(&field, format!("{field}: {}", e.into_inner()))
-            })
+        parse_body(req, state, b'{', "object").await.map(Body)
     }
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for List<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        parse_body(req, state, b'[', "array").await.map(List)
+    }
+}
+
+async fn parse_body<S: Send + Sync, T: DeserializeOwned>(
+    req: Request,
+    state: &S,
+    opening: u8,
+    kind: &str,
+) -> Result<T, ApiError> {
+    let bytes = axum::body::Bytes::from_request(req, state)
+        .await
+        .map_err(|e| ApiError::bad_request("body", format!("cannot read the request body: {e}")))?;
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|b| *b != opening) {
+        return Err(ApiError::bad_request(
+            "body",
+            format!("body: must be a JSON {kind}"),
+        ));
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            "body".to_string()
+        } else {
+            path
+        };
+        ApiError::bad_request(&field, format!("{field}: {}", e.into_inner()))
+    })
 }
 
 /// Query strings, with the same kind of error.
@@ -173,6 +198,14 @@ async fn require_token(
 }
 
 /// `ok`, or `degraded` with why (reads work, writes are refused).
+#[utoipa::path(
+    get,
+    path = "/api/health",
+    tag = "health",
+    summary = "Liveness and storage health; never needs the token",
+    security(()),
+    responses((status = 200, description = "`ok`, or `degraded` with the reason", body = Object))
+)]
 async fn health(State(s): State<AppState>) -> Json<serde_json::Value> {
     let version = env!("CARGO_PKG_VERSION");
     Json(match s.control.storage_health() {

@@ -44,6 +44,15 @@ pub fn routes() -> Router<AppState> {
         )
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "pools_create",
+    path = "/api/work-pools",
+    tag = "work-pools",
+    summary = "Create a work pool (and its default queue)",
+    request_body = PoolSpec,
+    responses((status = 201, description = "Created", body = PoolView), crate::server::openapi::Errors)
+)]
 async fn create(
     State(s): State<AppState>,
     Body(spec): Body<PoolSpec>,
@@ -54,10 +63,27 @@ async fn create(
     ))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "pools_list",
+    path = "/api/work-pools",
+    tag = "work-pools",
+    summary = "List work pools with their status",
+    responses((status = 200, description = "OK", body = Vec<PoolView>), crate::server::openapi::Errors)
+)]
 async fn list(State(s): State<AppState>) -> Result<Json<Vec<PoolView>>, ApiError> {
     Ok(Json(s.control.pools()?))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "pools_read",
+    path = "/api/work-pools/{pool}",
+    tag = "work-pools",
+    summary = "Read a work pool",
+    params(("pool" = String, Path)),
+    responses((status = 200, description = "OK", body = PoolView), crate::server::openapi::Errors)
+)]
 async fn read(
     State(s): State<AppState>,
     Path(pool): Path<String>,
@@ -65,6 +91,16 @@ async fn read(
     Ok(Json(s.control.pool(&pool)?))
 }
 
+#[utoipa::path(
+    patch,
+    operation_id = "pools_update",
+    path = "/api/work-pools/{pool}",
+    tag = "work-pools",
+    summary = "Update description, template, limit, paused",
+    params(("pool" = String, Path)),
+    request_body = PoolPatch,
+    responses((status = 200, description = "OK", body = PoolView), crate::server::openapi::Errors)
+)]
 async fn update(
     State(s): State<AppState>,
     Path(pool): Path<String>,
@@ -73,6 +109,15 @@ async fn update(
     Ok(Json(s.control.update_pool(&pool, patch).await?))
 }
 
+#[utoipa::path(
+    delete,
+    operation_id = "pools_delete",
+    path = "/api/work-pools/{pool}",
+    tag = "work-pools",
+    summary = "Delete a work pool no deployment uses",
+    params(("pool" = String, Path)),
+    responses((status = 204, description = "Deleted"), crate::server::openapi::Errors)
+)]
 async fn delete(
     State(s): State<AppState>,
     Path(pool): Path<String>,
@@ -81,7 +126,8 @@ async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct UpcomingParams {
     #[serde(default = "default_upcoming", deserialize_with = "super::number")]
@@ -92,6 +138,15 @@ fn default_upcoming() -> usize {
     10
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "pools_default_template",
+    path = "/api/work-pools/{pool}/upcoming",
+    tag = "work-pools",
+    summary = "SCHEDULED runs of the pool, soonest first",
+    params(("pool" = String, Path), UpcomingParams),
+    responses((status = 200, description = "OK", body = Vec<FlowRun>), crate::server::openapi::Errors)
+)]
 /// SCHEDULED runs of the pool, soonest first (`host work-pool preview`).
 async fn upcoming(
     State(s): State<AppState>,
@@ -114,6 +169,15 @@ async fn upcoming(
     Ok(Json(runs))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/work-pools/{pool}/queues",
+    tag = "work-queues",
+    summary = "Create a work queue",
+    params(("pool" = String, Path)),
+    request_body = QueueSpec,
+    responses((status = 201, description = "Created", body = QueueView), crate::server::openapi::Errors)
+)]
 async fn create_queue(
     State(s): State<AppState>,
     Path(pool): Path<String>,
@@ -125,6 +189,14 @@ async fn create_queue(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/work-pools/{pool}/queues",
+    tag = "work-queues",
+    summary = "List a pool's queues by priority",
+    params(("pool" = String, Path)),
+    responses((status = 200, description = "OK", body = Vec<QueueView>), crate::server::openapi::Errors)
+)]
 async fn list_queues(
     State(s): State<AppState>,
     Path(pool): Path<String>,
@@ -132,6 +204,14 @@ async fn list_queues(
     Ok(Json(s.control.queues(&pool)?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/work-pools/{pool}/queues/{queue}",
+    tag = "work-queues",
+    summary = "Read a work queue",
+    params(("pool" = String, Path), ("queue" = String, Path)),
+    responses((status = 200, description = "OK", body = QueueView), crate::server::openapi::Errors)
+)]
 async fn read_queue(
     State(s): State<AppState>,
     Path((pool, queue)): Path<(String, String)>,
@@ -139,6 +219,15 @@ async fn read_queue(
     Ok(Json(s.control.queue(&pool, &queue)?))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/api/work-pools/{pool}/queues/{queue}",
+    tag = "work-queues",
+    summary = "Update a work queue",
+    params(("pool" = String, Path), ("queue" = String, Path)),
+    request_body = QueuePatch,
+    responses((status = 200, description = "OK", body = QueueView), crate::server::openapi::Errors)
+)]
 async fn update_queue(
     State(s): State<AppState>,
     Path((pool, queue)): Path<(String, String)>,
@@ -147,6 +236,14 @@ async fn update_queue(
     Ok(Json(s.control.update_queue(&pool, &queue, patch).await?))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/work-pools/{pool}/queues/{queue}",
+    tag = "work-queues",
+    summary = "Delete a work queue",
+    params(("pool" = String, Path), ("queue" = String, Path)),
+    responses((status = 204, description = "Deleted"), crate::server::openapi::Errors)
+)]
 async fn delete_queue(
     State(s): State<AppState>,
     Path((pool, queue)): Path<(String, String)>,
@@ -155,6 +252,14 @@ async fn delete_queue(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/work-pools/{pool}/workers",
+    tag = "workers",
+    summary = "List a pool's workers with their status",
+    params(("pool" = String, Path)),
+    responses((status = 200, description = "OK", body = Vec<WorkerView>), crate::server::openapi::Errors)
+)]
 async fn list_workers(
     State(s): State<AppState>,
     Path(pool): Path<String>,
@@ -162,6 +267,15 @@ async fn list_workers(
     Ok(Json(s.control.workers(&pool)?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/work-pools/{pool}/workers/heartbeat",
+    tag = "workers",
+    summary = "Worker heartbeat (creates the worker on first use)",
+    params(("pool" = String, Path)),
+    request_body = WorkerHeartbeat,
+    responses((status = 200, description = "OK", body = WorkerView), crate::server::openapi::Errors)
+)]
 async fn heartbeat(
     State(s): State<AppState>,
     Path(pool): Path<String>,
@@ -170,6 +284,14 @@ async fn heartbeat(
     Ok(Json(s.control.heartbeat(&pool, beat).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/work-pools/{pool}/workers/{worker}/runs",
+    tag = "workers",
+    summary = "Runs a worker holds (PENDING, RUNNING, CANCELLING), for its recovery",
+    params(("pool" = String, Path), ("worker" = String, Path)),
+    responses((status = 200, description = "OK", body = Vec<ClaimedRun>), crate::server::openapi::Errors)
+)]
 /// Runs a worker holds (PENDING, RUNNING, CANCELLING), for its recovery after a restart.
 async fn held_runs(
     State(s): State<AppState>,
@@ -178,6 +300,15 @@ async fn held_runs(
     Ok(Json(s.control.held_runs(&pool, &worker)?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/work-pools/{pool}/claim",
+    tag = "workers",
+    summary = "Claim due runs; long-polls up to wait_ms",
+    params(("pool" = String, Path)),
+    request_body = ClaimRequest,
+    responses((status = 200, description = "OK", body = ClaimResponse), crate::server::openapi::Errors)
+)]
 async fn claim(
     State(s): State<AppState>,
     Path(pool): Path<String>,
@@ -190,10 +321,25 @@ async fn claim(
     Ok(Json(answer?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/pool-types",
+    tag = "work-pools",
+    summary = "Pool types (plugins) the server knows",
+    responses((status = 200, description = "OK", body = Vec<String>), crate::server::openapi::Errors)
+)]
 async fn pool_types(State(s): State<AppState>) -> Json<Vec<String>> {
     Json(s.control.catalog().templates.keys().cloned().collect())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/pool-types/{type}/default-base-job-template",
+    tag = "work-pools",
+    summary = "A plugin's default base job template",
+    params(("type" = String, Path)),
+    responses((status = 200, description = "OK", body = Object), crate::server::openapi::Errors)
+)]
 async fn default_template(
     State(s): State<AppState>,
     Path(pool_type): Path<String>,

@@ -1,6 +1,6 @@
 //! `/api/flow-runs/...`: listing, state changes, cancel, logs.
 
-use super::{AppState, Body, Params};
+use super::{AppState, Body, List, Params};
 use crate::control::NewLogLine;
 use crate::error::ApiError;
 use crate::model::{FlowRun, LogLine, StateType, Timestamp};
@@ -24,7 +24,8 @@ pub fn routes() -> Router<AppState> {
         .route("/api/flow-runs/{id}/logs", get(logs).post(append_logs))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListParams {
     #[serde(default)]
@@ -32,10 +33,14 @@ struct ListParams {
     #[serde(default)]
     deployment: Option<String>,
     #[serde(default)]
+    #[param(value_type = Option<StateType>)]
     state: Option<String>,
     #[serde(default = "default_limit", deserialize_with = "super::number")]
+    #[param(minimum = 1, maximum = 1000)]
     limit: usize,
+    /// `next_cursor` of the previous page.
     #[serde(default)]
+    #[param(pattern = r"^([0-9a-f]{2})+$")]
     cursor: Option<String>,
 }
 
@@ -43,6 +48,15 @@ fn default_limit() -> usize {
     100
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "runs_list",
+    path = "/api/flow-runs",
+    tag = "flow-runs",
+    summary = "List flow runs, newest first, a page at a time",
+    params(ListParams),
+    responses((status = 200, description = "OK", body = RunPage), crate::server::openapi::Errors)
+)]
 async fn list(
     State(s): State<AppState>,
     Params(p): Params<ListParams>,
@@ -65,16 +79,27 @@ async fn list(
     )?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ReadParams {
     /// Wait until the run was updated after this time (for `--watch`).
     #[serde(default)]
+    #[param(value_type = Option<String>, format = DateTime)]
     changed_after: Option<Timestamp>,
     #[serde(default, deserialize_with = "super::number")]
     wait_ms: u64,
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "runs_read",
+    path = "/api/flow-runs/{id}",
+    tag = "flow-runs",
+    summary = "Read a run; with wait_ms and changed_after, wait for a change",
+    params(("id" = String, Path), ReadParams),
+    responses((status = 200, description = "OK", body = FlowRun), crate::server::openapi::Errors)
+)]
 async fn read(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -89,13 +114,23 @@ async fn read(
     ))
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TransitionResponse {
     pub flow_run: FlowRun,
     /// False when the request was a replay or the run already was in that state.
     pub applied: bool,
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "runs_set_state",
+    path = "/api/flow-runs/{id}/state",
+    tag = "flow-runs",
+    summary = "Propose a state transition",
+    params(("id" = String, Path)),
+    request_body = Transition,
+    responses((status = 200, description = "OK", body = TransitionResponse), crate::server::openapi::Errors)
+)]
 async fn set_state(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -105,6 +140,15 @@ async fn set_state(
     Ok(Json(TransitionResponse { flow_run, applied }))
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "runs_cancel",
+    path = "/api/flow-runs/{id}/cancel",
+    tag = "flow-runs",
+    summary = "Cancel a run",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "OK", body = FlowRun), crate::server::openapi::Errors)
+)]
 async fn cancel(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -112,7 +156,8 @@ async fn cancel(
     Ok(Json(s.control.cancel(&id).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct LogParams {
     #[serde(default, deserialize_with = "super::optional_number")]
@@ -127,13 +172,22 @@ fn default_log_limit() -> usize {
     1000
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogPage {
     pub lines: Vec<LogLine>,
     /// The run's state when the page was read; a follower stops once it is final.
     pub state: StateType,
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "runs_logs",
+    path = "/api/flow-runs/{id}/logs",
+    tag = "flow-runs",
+    summary = "Read a run's logs; wait_ms follows them",
+    params(("id" = String, Path), LogParams),
+    responses((status = 200, description = "OK", body = LogPage), crate::server::openapi::Errors)
+)]
 async fn logs(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -147,15 +201,25 @@ async fn logs(
     }))
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Appended {
     pub next_seq: u64,
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "runs_append_logs",
+    path = "/api/flow-runs/{id}/logs",
+    tag = "flow-runs",
+    summary = "Append a batch of log lines",
+    params(("id" = String, Path)),
+    request_body = Vec<NewLogLine>,
+    responses((status = 200, description = "OK", body = Appended), crate::server::openapi::Errors)
+)]
 async fn append_logs(
     State(s): State<AppState>,
     Path(id): Path<String>,
-    Body(lines): Body<Vec<NewLogLine>>,
+    List(lines): List<NewLogLine>,
 ) -> Result<Json<Appended>, ApiError> {
     Ok(Json(Appended {
         next_seq: s.control.append_logs(&id, lines).await?,

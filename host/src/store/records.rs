@@ -39,7 +39,7 @@ pub struct RunFilter {
     pub state: Option<StateType>,
 }
 
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct RunPage {
     pub runs: Vec<FlowRun>,
     /// Pass back to get the next (older) page; none when this was the last.
@@ -456,7 +456,7 @@ fn encode_cursor(key: &str) -> String {
 }
 
 fn decode_cursor(cursor: &str) -> Option<String> {
-    if cursor.len() % 2 != 0 {
+    if !cursor.len().is_multiple_of(2) {
         return None;
     }
     let bytes = (0..cursor.len())
