@@ -29,7 +29,13 @@ pub struct Cli {
     api: ApiArgs,
     /// How log lines are written to stderr: `text` (coloured only on a
     /// terminal) or `json`, one object per line.
-    #[arg(long, env = "HOST_LOG_FORMAT", value_enum, default_value_t)]
+    #[arg(
+        long,
+        global = true,
+        env = "HOST_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
     log_format: LogFormat,
 }
 
