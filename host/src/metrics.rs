@@ -17,7 +17,13 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 /// prometheus-client writes OpenMetrics text, which Prometheus scrapes natively.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// An exposition as an HTTP answer, for the server's and the worker's `/metrics`.
+pub fn response(text: String) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    ([(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -66,7 +72,8 @@ fn latency_histogram() -> Histogram {
 
 /// What the stored state looks like now, for the scrape-time gauges.
 pub struct StoredState {
-    pub runs: Vec<(String, String, u64)>,
+    /// `(pool, state) → count`.
+    pub runs: std::collections::BTreeMap<(String, String), u64>,
     pub workers_online: Vec<(String, u64)>,
 }
 
@@ -175,7 +182,7 @@ impl ServerMetrics {
     pub fn encode(&self, state: StoredState) -> String {
         let _one_at_a_time = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
         self.runs.clear();
-        for (pool, state, count) in state.runs {
+        for ((pool, state), count) in state.runs {
             self.runs
                 .get_or_create(&RunLabels { pool, state })
                 .set(count as i64);

@@ -265,13 +265,11 @@ impl Control {
         Ok(pool_view(pool, &[], now))
     }
 
-    /// Stored runs by pool and state, for the metrics: `(pool, state, count)`.
-    pub fn run_counts(&self) -> Result<Vec<(String, String, u64)>, ApiError> {
-        let counts = self.store.read(|r| r.run_counts())?;
-        Ok(counts
-            .into_iter()
-            .map(|((pool, state), count)| (pool, state, count))
-            .collect())
+    /// Stored runs by pool and state, for the metrics: `(pool, state) → count`.
+    pub fn run_counts(
+        &self,
+    ) -> Result<std::collections::BTreeMap<(String, String), u64>, ApiError> {
+        self.store.read(|r| r.run_counts())
     }
 
     pub fn pools(&self) -> Result<Vec<PoolView>, ApiError> {

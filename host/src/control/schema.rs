@@ -67,7 +67,6 @@ fn check(path: &str, value: &Value, schema: &Value, root: &Value) -> Result<(), 
         return Ok(());
     };
     let mut field = path.to_string();
-    let mut unexpected = Vec::new();
     for segment in error.instance_path() {
         match segment {
             jsonschema::paths::LocationSegment::Property(name) => {
@@ -79,13 +78,11 @@ fn check(path: &str, value: &Value, schema: &Value, root: &Value) -> Result<(), 
             }
         }
     }
-    if let jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected: extra } =
-        error.kind()
-    {
-        unexpected.clone_from(extra);
-    }
     // An undeclared key is the key's fault, not its object's.
-    if let Some(key) = unexpected.first() {
+    if let jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } =
+        error.kind()
+        && let Some(key) = unexpected.first()
+    {
         let field = format!("{field}.{key}");
         return Err(ApiError::bad_request(
             &field,

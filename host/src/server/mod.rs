@@ -229,14 +229,7 @@ async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
         runs,
         workers_online,
     });
-    Ok((
-        [(
-            axum::http::header::CONTENT_TYPE,
-            crate::metrics::CONTENT_TYPE,
-        )],
-        text,
-    )
-        .into_response())
+    Ok(crate::metrics::response(text))
 }
 
 /// Counts every answered request by its route template (never the raw path,

@@ -27,15 +27,7 @@ pub(super) async fn serve(
             "/metrics",
             get(move || {
                 let text = metrics.metrics.encode();
-                async move {
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            crate::metrics::CONTENT_TYPE,
-                        )],
-                        text,
-                    )
-                }
+                async move { crate::metrics::response(text) }
             }),
         )
         .route(
