@@ -53,6 +53,13 @@ impl ApiError {
             field: None,
         }
     }
+    pub fn not_found_on(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError {
+            kind: ErrorKind::NotFound,
+            message: message.into(),
+            field: Some(field.into()),
+        }
+    }
     pub fn conflict(message: impl Into<String>) -> Self {
         ApiError {
             kind: ErrorKind::Conflict,

@@ -17,6 +17,7 @@ const KEPT_TRANSITION_KEYS: usize = 16;
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Transition {
     #[serde(rename = "type")]
+    #[schema(value_type = StateType, required = true)]
     pub to: Option<StateType>,
     #[serde(default)]
     pub name: Option<String>,

@@ -21,11 +21,6 @@ const MAX_WAIT_MS: u64 = 60_000;
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimRequest {
-    #[schema(
-        min_length = 1,
-        max_length = 100,
-        pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$"
-    )]
     pub worker: String,
     /// Only these queues; all of the pool's when absent.
     #[serde(default)]
@@ -96,7 +91,7 @@ fn claim_once(
             .iter()
             .find(|name| !queues.iter().any(|q| &q.name == *name))
         {
-            return Err(ApiError::bad_request(
+            return Err(ApiError::not_found_on(
                 "queues",
                 format!("queues: `{unknown}` is not a queue of `{pool_name}`"),
             ));

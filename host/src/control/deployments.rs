@@ -13,30 +13,10 @@ use serde_json::{Map, Value};
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeploymentSpec {
-    #[schema(
-        min_length = 1,
-        max_length = 100,
-        pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$"
-    )]
     pub flow: String,
-    #[schema(
-        min_length = 1,
-        max_length = 100,
-        pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$"
-    )]
     pub name: String,
-    #[schema(
-        min_length = 1,
-        max_length = 100,
-        pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$"
-    )]
     pub pool: String,
     #[serde(default)]
-    #[schema(
-        min_length = 1,
-        max_length = 100,
-        pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$"
-    )]
     pub queue: Option<String>,
     #[serde(default)]
     pub command: Vec<String>,
@@ -140,7 +120,7 @@ impl Control {
             ));
         }
         let pool = self.store.read(|r| r.pool(&spec.pool))?.ok_or_else(|| {
-            ApiError::bad_request(
+            ApiError::not_found_on(
                 "pool",
                 format!("pool: work pool `{}` does not exist", spec.pool),
             )

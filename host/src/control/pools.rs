@@ -15,11 +15,6 @@ const QUEUE_READY_WITHIN_SECONDS: i64 = 60;
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PoolSpec {
-    #[schema(
-        min_length = 1,
-        max_length = 100,
-        pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$"
-    )]
     pub name: String,
     #[serde(rename = "type")]
     pub pool_type: String,
@@ -57,11 +52,6 @@ pub struct PoolView {
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueueSpec {
-    #[schema(
-        min_length = 1,
-        max_length = 100,
-        pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$"
-    )]
     pub name: String,
     #[serde(default)]
     pub description: String,
@@ -98,11 +88,6 @@ pub struct QueueView {
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerHeartbeat {
-    #[schema(
-        min_length = 1,
-        max_length = 100,
-        pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$"
-    )]
     pub name: String,
     #[serde(default = "default_heartbeat_interval")]
     #[schema(minimum = 1, maximum = 3600)]

@@ -19,7 +19,8 @@ pub fn host_variables() -> Value {
 
 /// Checks job variables against a template's `variables` schema. Every key
 /// must be a declared variable (or a host variable); `null` always passes
-/// (it means "unset").
+/// (it means "unset"). A misfit is a 409, as in Prefect: the request is well
+/// formed, and whether it fits depends on the pool's template at the time.
 pub fn validate_job_variables(
     field: &str,
     values: &Map<String, Value>,
@@ -37,7 +38,7 @@ pub fn validate_job_variables(
             let known: Vec<&str> = properties
                 .map(|p| p.keys().map(String::as_str).collect())
                 .unwrap_or_default();
-            return Err(ApiError::bad_request(
+            return Err(ApiError::conflict_on(
                 &path,
                 format!(
                     "{path}: not a variable of work pool `{pool}` (known: {})",
@@ -58,7 +59,7 @@ pub fn validate_job_variables(
 /// field down to the failing element (`job_variables.env.A`, `…items[2]`).
 fn check(path: &str, value: &Value, schema: &Value, root: &Value) -> Result<(), ApiError> {
     let validator = compile(schema, root).map_err(|message| {
-        ApiError::bad_request(
+        ApiError::conflict_on(
             path,
             format!("{path}: the pool's schema for it is invalid: {message}"),
         )
@@ -84,12 +85,12 @@ fn check(path: &str, value: &Value, schema: &Value, root: &Value) -> Result<(), 
         && let Some(key) = unexpected.first()
     {
         let field = format!("{field}.{key}");
-        return Err(ApiError::bad_request(
+        return Err(ApiError::conflict_on(
             &field,
             format!("{field}: not allowed here"),
         ));
     }
-    Err(ApiError::bad_request(&field, format!("{field}: {error}")))
+    Err(ApiError::conflict_on(&field, format!("{field}: {error}")))
 }
 
 /// A validator for `schema`, with the root's definitions beside it.

@@ -92,8 +92,10 @@ async fn parse_body<S: Send + Sync, T: DeserializeOwned>(
             format!("body: must be a JSON {kind}"),
         ));
     }
-    let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
-    serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+    let mut value: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request("body", format!("body: {e}")))?;
+    integral_floats_as_integers(&mut value);
+    serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." {
             "body".to_string()
@@ -102,6 +104,31 @@ async fn parse_body<S: Send + Sync, T: DeserializeOwned>(
         };
         ApiError::bad_request(&field, format!("{field}: {}", e.into_inner()))
     })
+}
+
+/// Fields holding the user's own values, passed on as given: a flow
+/// parameter `1.0` stays a float.
+const FREE_FORM: [&str; 3] = ["parameters", "job_variables", "base_job_template"];
+
+/// JSON has one number type: `830.0` is the integer 830 to JSON Schema and
+/// to most clients' encoders, so the API's own integer fields accept it.
+fn integral_floats_as_integers(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            // Within ±2^53 a float holds every integer exactly.
+            if f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0 {
+                *value = Value::from(f as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_floats_as_integers),
+        Value::Object(fields) => fields
+            .iter_mut()
+            .filter(|(key, _)| !FREE_FORM.contains(&key.as_str()))
+            .for_each(|(_, field)| integral_floats_as_integers(field)),
+        _ => {}
+    }
 }
 
 /// Query strings, with the same kind of error.

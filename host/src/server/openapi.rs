@@ -66,19 +66,143 @@ impl utoipa::Modify for TokenSecurity {
     }
 }
 
-/// The document as generated, before the server's own facts are added.
-pub fn generated() -> utoipa::openapi::OpenApi {
+/// The document as generated, plus the rules the derive cannot state.
+pub fn generated() -> Value {
     let mut document = ApiDoc::openapi();
     document.info.version = env!("CARGO_PKG_VERSION").to_string();
+    let mut document = serde_json::to_value(document).unwrap_or_else(|_| json!({}));
+    unsigned_ranges(&mut document);
+    date_time_shape(&mut document);
+    let schemas = &mut document["components"]["schemas"];
+    schedule_rules(&mut schemas["Schedule"]);
+    for (schema, property, rule) in NAMES {
+        let field = &mut schemas[schema]["properties"][property];
+        field["minLength"] = json!(1);
+        field["maxLength"] = json!(100);
+        field["pattern"] = json!(rule);
+    }
+    // `-- ""` is refused as a mistake (control::deployments).
+    schemas["DeploymentSpec"]["properties"]["command"]["anyOf"] =
+        json!([{"minItems": 2}, {"items": {"minLength": 1}}]);
+    for spec in ["PoolSpec", "PoolPatch"] {
+        schemas[spec]["properties"]["base_job_template"] = base_job_template();
+    }
     document
 }
 
 pub async fn document(State(s): State<AppState>) -> Json<Value> {
-    let mut document = serde_json::to_value(generated()).unwrap_or_else(|_| json!({}));
+    let mut document = generated();
     // A pool's type must be one of the installed plugins.
     let types: Vec<&String> = s.control.catalog().templates.keys().collect();
     if let Some(pool_type) = document.pointer_mut("/components/schemas/PoolSpec/properties/type") {
         pool_type["enum"] = json!(types);
     }
     Json(document)
+}
+
+/// utoipa writes `u32` as `int32` with `minimum: 0`, which caps it at
+/// 2^31-1, and `u64`/`usize` with no upper bound; both get their real range.
+fn unsigned_ranges(value: &mut Value) {
+    match value {
+        Value::Object(fields) => {
+            let unsigned = fields.get("minimum").and_then(Value::as_f64) >= Some(0.0)
+                && fields.get("type").is_some_and(|t| {
+                    t == "integer" || t.as_array().is_some_and(|a| a.contains(&json!("integer")))
+                });
+            if unsigned {
+                let max = match fields.remove("format").as_ref().and_then(Value::as_str) {
+                    Some("int32") => u64::from(u32::MAX),
+                    _ => u64::MAX,
+                };
+                fields.entry("maximum").or_insert(json!(max));
+            }
+            fields.values_mut().for_each(unsigned_ranges);
+        }
+        Value::Array(items) => items.iter_mut().for_each(unsigned_ranges),
+        _ => {}
+    }
+}
+
+/// control::names: a name is 1-100 letters, digits, `-`, `_` and `.`, not
+/// starting with `.`; names people create may not start with `host-`.
+const NAME: &str = r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$";
+const USER_NAME: &str = r"^(?!host-)[A-Za-z0-9_-][A-Za-z0-9._-]*$";
+
+/// Every name field of a request body, with its rule.
+const NAMES: [(&str, &str, &str); 9] = [
+    ("PoolSpec", "name", USER_NAME),
+    ("QueueSpec", "name", USER_NAME),
+    ("WorkerHeartbeat", "name", NAME),
+    ("ClaimRequest", "worker", NAME),
+    ("DeploymentSpec", "flow", USER_NAME),
+    ("DeploymentSpec", "name", USER_NAME),
+    ("DeploymentSpec", "pool", NAME),
+    ("DeploymentSpec", "queue", USER_NAME),
+    ("RunRequest", "name", NAME),
+];
+
+/// `format` only annotates in JSON Schema 2020-12, so a client checking the
+/// document would take any string for a time: the pattern states RFC 3339.
+fn date_time_shape(value: &mut Value) {
+    match value {
+        Value::Object(fields) => {
+            if fields.get("format").is_some_and(|f| f == "date-time") {
+                fields.insert("pattern".into(), json!(DATE_TIME));
+            }
+            fields.values_mut().for_each(date_time_shape);
+        }
+        Value::Array(items) => items.iter_mut().for_each(date_time_shape),
+        _ => {}
+    }
+}
+
+const DATE_TIME: &str = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]+)?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$";
+
+/// Exactly one of `interval_seconds` and `cron`; the cron pattern is the
+/// plain five-field subset (numbers, `*`, `*/step`, lists) that every cron
+/// accepts, and the time zone one of the IANA names the server knows.
+fn schedule_rules(schedule: &mut Value) {
+    let properties = &mut schedule["properties"];
+    properties["interval_seconds"]["minimum"] = json!(1);
+    properties["cron"]["pattern"] = json!(cron_pattern());
+    let zones: Vec<&str> = chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name()).collect();
+    properties["timezone"]["enum"] = json!(zones);
+    schedule["oneOf"] = json!([
+        {"required": ["interval_seconds"], "properties": {"interval_seconds": {"type": "integer"}}},
+        {"required": ["cron"], "properties": {"cron": {"type": "string"}}},
+    ]);
+}
+
+fn cron_pattern() -> String {
+    let star = r"\*(/[1-9])?";
+    let field = |number: &str| format!("({star}|{number})(,({star}|{number}))*");
+    let fields = [
+        field("[1-5]?[0-9]"),           // minute
+        field("1?[0-9]|2[0-3]"),        // hour
+        field("[1-9]|[12][0-9]|3[01]"), // day of month
+        field("[1-9]|1[0-2]"),          // month
+        field("[0-6]"),                 // day of week
+    ];
+    format!("^{}$", fields.join(" "))
+}
+
+/// A base job template: `job_configuration` with `{{ placeholders }}` and the
+/// JSON Schema of its `variables`; null keeps the plugin's (or the current) one.
+fn base_job_template() -> Value {
+    json!({
+        "type": ["object", "null"],
+        "required": ["job_configuration", "variables"],
+        "properties": {
+            "job_configuration": {"type": "object"},
+            "variables": {
+                "type": "object",
+                "properties": {
+                    "properties": {
+                        "type": "object",
+                        "additionalProperties": {"type": ["object", "boolean"]}
+                    }
+                }
+            }
+        }
+    })
 }

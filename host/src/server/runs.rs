@@ -40,7 +40,7 @@ struct ListParams {
     limit: usize,
     /// `next_cursor` of the previous page.
     #[serde(default)]
-    #[param(pattern = r"^([0-9a-f]{2})+$")]
+    #[param(pattern = r"^([0-9a-fA-F]{2})*$")]
     cursor: Option<String>,
 }
 
@@ -74,7 +74,7 @@ async fn list(
     };
     Ok(Json(s.control.runs(
         &filter,
-        p.cursor.as_deref(),
+        p.cursor.as_deref().filter(|c| !c.is_empty()),
         p.limit,
     )?))
 }

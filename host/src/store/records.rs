@@ -124,15 +124,12 @@ pub trait Records: Raw {
         } else {
             (tables::IDX_CREATED, String::new())
         };
-        let mut end = match cursor.map(decode_cursor) {
-            Some(Some(cursor)) if cursor.starts_with(&prefix) => cursor,
-            Some(_) => {
-                return Err(ApiError::bad_request(
-                    "cursor",
-                    "cursor: not from this listing",
-                ));
-            }
-            None => prefix_end(&prefix),
+        // A cursor is a position in the index: the page starts just below
+        // it, kept within this listing's keys whatever the cursor holds.
+        let listing_end = prefix_end(&prefix);
+        let mut end = match cursor.map(decode_cursor).transpose()? {
+            Some(position) if position < listing_end => position,
+            _ => listing_end,
         };
         let mut runs = Vec::with_capacity(limit);
         let mut scanned = 0;
@@ -455,13 +452,23 @@ fn encode_cursor(key: &str) -> String {
     key.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
-fn decode_cursor(cursor: &str) -> Option<String> {
-    if !cursor.len().is_multiple_of(2) {
-        return None;
-    }
-    let bytes = (0..cursor.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(cursor.get(i..i + 2)?, 16).ok())
-        .collect::<Option<Vec<u8>>>()?;
-    String::from_utf8(bytes).ok()
+/// Any pairs of hex digits are a position; bytes that are not UTF-8 sort
+/// where their replacement character does.
+fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
+    let bytes = cursor
+        .as_bytes()
+        .chunks(2)
+        .map(|pair| match pair {
+            [high, low] => Some(hex_digit(*high)? * 16 + hex_digit(*low)?),
+            _ => None,
+        })
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(|| {
+            ApiError::bad_request("cursor", "cursor: not a next_cursor (pairs of hex digits)")
+        })?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+fn hex_digit(byte: u8) -> Option<u8> {
+    (byte as char).to_digit(16).map(|d| d as u8)
 }
