@@ -77,6 +77,15 @@ async fn the_seed_story_end_to_end_and_the_swap_to_mock_serverless() {
     ] {
         assert!(out.contains(expected), "{expected} in {out}");
     }
+    // In the order it happened: the output comes before the final state.
+    let at = |text: &str| out.find(text).unwrap_or(usize::MAX);
+    let order = [
+        at("PENDING"),
+        at("RUNNING"),
+        at("hello from"),
+        at("COMPLETED"),
+    ];
+    assert!(order.is_sorted(), "{order:?} in\n{out}");
 
     // The same deployment on a mock-serverless pool: only the pool changes.
     let _mock_worker = WorkerProcess::start(

@@ -137,6 +137,128 @@ impl Client {
     }
 }
 
+/// One Server-Sent Event.
+#[derive(Debug, Clone, Default)]
+pub struct StreamEvent {
+    pub id: Option<String>,
+    pub event: String,
+    pub data: String,
+}
+
+/// An open `/api/events` stream: the server has subscribed by the time
+/// [`Client::events`] returns, so nothing committed after that is missed.
+pub struct EventStream {
+    response: reqwest::Response,
+    buffer: Vec<u8>,
+    url: String,
+}
+
+impl Client {
+    /// Opens the change feed with a query such as `flow_run=ID`, after the
+    /// event `last_event_id` when resuming.
+    pub async fn events(
+        &self,
+        query: &str,
+        last_event_id: Option<&str>,
+    ) -> Result<EventStream, ClientError> {
+        let url = format!("{}/api/events?{query}", self.base);
+        let mut request = self.http.get(&url);
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.map_err(|e| ClientError::Unreachable {
+            url: self.base.clone(),
+            reason: root_cause(&e),
+        })?;
+        let status = response.status();
+        if !status.is_success() {
+            let bytes = response.bytes().await.unwrap_or_default();
+            let body = serde_json::from_slice::<ErrorBody>(&bytes).ok();
+            return Err(ClientError::Api {
+                status: status.as_u16(),
+                message: body
+                    .as_ref()
+                    .map_or_else(|| format!("HTTP {status}"), |b| b.error.clone()),
+                field: body.and_then(|b| b.field),
+            });
+        }
+        Ok(EventStream {
+            response,
+            buffer: Vec::new(),
+            url,
+        })
+    }
+}
+
+impl EventStream {
+    /// The next event; `None` when the server closed the stream.
+    pub async fn next(&mut self) -> Result<Option<StreamEvent>, ClientError> {
+        loop {
+            if let Some(end) = find_blank_line(&self.buffer) {
+                let block: Vec<u8> = self.buffer.drain(..end.1).collect();
+                if let Some(event) = parse_event(&block[..end.0]) {
+                    return Ok(Some(event));
+                }
+                continue;
+            }
+            let chunk = self
+                .response
+                .chunk()
+                .await
+                .map_err(|e| ClientError::Protocol {
+                    url: self.url.clone(),
+                    reason: root_cause(&e),
+                })?;
+            match chunk {
+                Some(bytes) => self.buffer.extend_from_slice(&bytes),
+                None => return Ok(None),
+            }
+        }
+    }
+}
+
+/// Where the first event block ends: (end of its text, end of the separator).
+fn find_blank_line(buffer: &[u8]) -> Option<(usize, usize)> {
+    (0..buffer.len()).find_map(|i| {
+        let text = &buffer[i..];
+        if text.starts_with(b"\n\n") {
+            Some((i, i + 2))
+        } else if text.starts_with(b"\r\n\r\n") {
+            Some((i, i + 4))
+        } else {
+            None
+        }
+    })
+}
+
+/// A block of `field: value` lines; comment-only blocks (keep-alives) are `None`.
+fn parse_event(block: &[u8]) -> Option<StreamEvent> {
+    let text = String::from_utf8_lossy(block);
+    let mut event = StreamEvent {
+        event: "message".into(),
+        ..StreamEvent::default()
+    };
+    let mut data = Vec::new();
+    for line in text.lines() {
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "id" => event.id = Some(value.to_string()),
+            "event" => event.event = value.to_string(),
+            "data" => data.push(value),
+            _ => {}
+        }
+    }
+    if data.is_empty() {
+        return None;
+    }
+    event.data = data.join("\n");
+    Some(event)
+}
+
 fn root_cause(error: &dyn std::error::Error) -> String {
     let mut cause = error;
     while let Some(next) = cause.source() {

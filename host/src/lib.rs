@@ -9,6 +9,7 @@
 //! - [`plugins`]: the registry of built-in and plugin-directory plugins.
 //! - [`conformance`]: the checks behind `host plugin test`.
 //! - [`scaffold`]: the plugin crate `host plugin new` writes.
+//! - [`events`]: the feed of committed changes behind `/api/events`.
 //! - [`metrics`]: Prometheus metrics of the server, the worker and plugin calls.
 //! - [`template`]: `{{ placeholder }}` rendering of base job templates.
 //! - [`supervisor`]: `host __supervise`, which holds one process run and
@@ -22,6 +23,7 @@ pub mod conformance;
 pub mod contract;
 pub mod control;
 pub mod error;
+pub mod events;
 pub mod metrics;
 pub mod model;
 pub mod orchestration;

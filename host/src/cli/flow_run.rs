@@ -3,14 +3,11 @@
 use super::output::{print_json, print_table};
 use super::{ApiArgs, OutputFormat};
 use crate::client::Client;
-use crate::model::{FlowRun, StateType};
+use crate::model::{FlowRun, LogLine, State, StateType};
 use crate::server::LogPage;
 use crate::store::RunPage;
 use clap::Subcommand;
 use std::process::ExitCode;
-
-/// How long each follow request waits for news.
-const FOLLOW_WAIT_MS: u64 = 10_000;
 
 #[derive(Subcommand)]
 pub enum FlowRunCommand {
@@ -160,20 +157,13 @@ pub async fn run(command: FlowRunCommand, api: &ApiArgs) -> anyhow::Result<ExitC
                 );
             }
         }
-        FlowRunCommand::Logs { id, follow } => {
-            let mut after: Option<u64> = None;
-            loop {
-                let wait = if follow { FOLLOW_WAIT_MS } else { 0 };
-                let page = logs_after(&client, &id, after, wait).await?;
-                for line in &page.lines {
-                    println!("{}", line.message);
-                    after = Some(line.seq);
-                }
-                let finished = page.state.is_terminal() && page.lines.is_empty();
-                if (!follow && page.lines.is_empty()) || finished {
-                    break;
-                }
-            }
+        FlowRunCommand::Logs { id, follow: true } => {
+            follow(&client, &id, Show::Logs).await?;
+        }
+        FlowRunCommand::Logs { id, follow: false } => {
+            Printed::default()
+                .catch_up(&client, &id, Show::Logs)
+                .await?;
         }
         FlowRunCommand::Cancel { id } => {
             let run: FlowRun = client
@@ -208,22 +198,33 @@ async fn logs_after(
 
 /// Prints state changes and log lines until the run ends. Exit 0 only for COMPLETED.
 pub async fn watch(client: &Client, id: &str) -> anyhow::Result<ExitCode> {
-    let mut after: Option<u64> = None;
-    let mut states_seen = 0;
-    loop {
-        let page = logs_after(client, id, after, 1_000).await?;
-        for line in &page.lines {
-            println!("  | {}", line.message);
-            after = Some(line.seq);
+    let run = follow(client, id, Show::StatesAndLogs).await?;
+    Ok(if run.state.state_type == StateType::Completed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Show {
+    Logs,
+    StatesAndLogs,
+}
+
+/// What has been printed, so a resync after a reconnect prints nothing twice.
+#[derive(Default)]
+struct Printed {
+    states: usize,
+    next_log: u64,
+}
+
+impl Printed {
+    fn state(&mut self, index: usize, state: &State, show: Show) {
+        if index < self.states {
+            return;
         }
-        let run: FlowRun = client.get(&format!("/api/flow-runs/{id}")).await?;
-        // Every state since the last look, so quick ones are not skipped.
-        let states: Vec<_> = run
-            .history
-            .iter()
-            .chain(std::iter::once(&run.state))
-            .collect();
-        for state in states.iter().skip(states_seen) {
+        if show == Show::StatesAndLogs {
             println!(
                 "{} {} ({}){}",
                 state.timestamp.format("%H:%M:%S%.3f"),
@@ -232,13 +233,98 @@ pub async fn watch(client: &Client, id: &str) -> anyhow::Result<ExitCode> {
                 message(&state.message)
             );
         }
-        states_seen = states.len();
-        if run.state.state_type.is_terminal() && page.lines.is_empty() {
-            return Ok(if run.state.state_type == StateType::Completed {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            });
+        self.states = index + 1;
+    }
+
+    /// Every state since the last one printed, so quick ones are not skipped.
+    fn run(&mut self, run: &FlowRun, show: Show) {
+        for (index, state) in states_of(run).enumerate() {
+            self.state(index, state, show);
         }
     }
+
+    fn log(&mut self, line: &LogLine, show: Show) {
+        if line.seq < self.next_log {
+            return;
+        }
+        match show {
+            Show::Logs => println!("{}", line.message),
+            Show::StatesAndLogs => println!("  | {}", line.message),
+        }
+        self.next_log = line.seq + 1;
+    }
+
+    /// Everything stored that was not printed yet, states and lines in the
+    /// order they happened.
+    async fn catch_up(&mut self, client: &Client, id: &str, show: Show) -> anyhow::Result<FlowRun> {
+        let run: FlowRun = client.get(&format!("/api/flow-runs/{id}")).await?;
+        let mut lines: Vec<LogLine> = Vec::new();
+        loop {
+            let after = lines.last().map(|l| l.seq).or(self.next_log.checked_sub(1));
+            let page = logs_after(client, id, after, 0).await?;
+            if page.lines.is_empty() {
+                break;
+            }
+            lines.extend(page.lines);
+        }
+        let mut lines = lines.into_iter().peekable();
+        for (index, state) in states_of(&run).enumerate() {
+            if index >= self.states {
+                while let Some(line) = lines.next_if(|l| l.timestamp < state.timestamp) {
+                    self.log(&line, show);
+                }
+            }
+            self.state(index, state, show);
+        }
+        for line in lines {
+            self.log(&line, show);
+        }
+        Ok(run)
+    }
+}
+
+fn states_of(run: &FlowRun) -> impl Iterator<Item = &State> {
+    run.history.iter().chain(std::iter::once(&run.state))
+}
+
+/// Follows a run through the event stream until it ends; returns it as it ended.
+async fn follow(client: &Client, id: &str, show: Show) -> anyhow::Result<FlowRun> {
+    let mut printed = Printed::default();
+    loop {
+        // Subscribed before catching up, so nothing falls between the two.
+        let mut stream = client.events(&format!("flow_run={id}"), None).await?;
+        let mut run = printed.catch_up(client, id, show).await?;
+        loop {
+            if run.state.state_type.is_terminal() {
+                // Lines shipped after the final state still belong to it.
+                return printed.catch_up(client, id, show).await;
+            }
+            let Some(event) = stream.next().await? else {
+                break; // The server went away: reconnect and resync.
+            };
+            match event.event.as_str() {
+                "run" => {
+                    let change: RunChange = serde_json::from_str(&event.data)?;
+                    printed.run(&change.flow_run, show);
+                    run = change.flow_run;
+                }
+                "log" => {
+                    let change: LogChange = serde_json::from_str(&event.data)?;
+                    printed.log(&change.line, show);
+                }
+                "reset" => break,
+                _ => {}
+            }
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct RunChange {
+    flow_run: FlowRun,
+}
+
+#[derive(serde::Deserialize)]
+struct LogChange {
+    line: LogLine,
 }

@@ -125,6 +125,10 @@ impl Control {
         &self.store
     }
 
+    pub fn events(&self) -> &crate::events::Events {
+        self.store.events()
+    }
+
     fn changed(&self) {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }

@@ -65,6 +65,25 @@ pub fn check_schedule(field: &str, schedule: &Schedule) -> Result<(), ApiError> 
     Ok(())
 }
 
+/// The plain five-field cron the API document states (numbers, `*`, `*/n`,
+/// lists): a subset of what `croner` reads, so every value the pattern admits
+/// passes [`check_schedule`].
+pub fn cron_subset_pattern() -> String {
+    // `*` stands alone; croner refuses it inside a list (`1,*`).
+    let field = |number: &str, max_step: char| {
+        let item = format!(r"\*/[1-{max_step}]|{number}");
+        format!(r"(\*|({item})(,({item}))*)")
+    };
+    let fields = [
+        field("[1-5]?[0-9]", '9'),           // minute
+        field("1?[0-9]|2[0-3]", '9'),        // hour
+        field("[1-9]|[12][0-9]|3[01]", '9'), // day of month
+        field("[1-9]|1[0-2]", '9'),          // month
+        field("[0-6]", '6'),                 // day of week
+    ];
+    format!("^{}$", fields.join(" "))
+}
+
 /// The first occurrence strictly after `after`.
 pub fn next_occurrence(schedule: &Schedule, after: Timestamp) -> Option<Timestamp> {
     if let Some(interval) = schedule.interval_seconds {
@@ -276,6 +295,45 @@ mod tests {
         let secondly = wanted_times(&[every(1)], now);
         assert_eq!(secondly.len(), MAX_RUNS, "bounded");
         assert!(minutely.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn every_cron_the_document_admits_is_accepted() {
+        let pattern = serde_json::json!({"pattern": cron_subset_pattern()});
+        let matches = |cron: &str| jsonschema::is_valid(&pattern, &serde_json::json!(cron));
+        let fields: [&[&str]; 5] = [
+            &["*", "*/9", "0", "59", "0,*/1,59"],
+            &["*", "*/9", "0", "23", "9,19,23"],
+            &["*", "*/9", "1", "31", "29,30,31"],
+            &["*", "*/9", "1", "12", "2,*/9,12"],
+            &["*", "*/6", "0", "6", "*/1,0,6"],
+        ];
+        for (i, values) in fields.iter().enumerate() {
+            for value in *values {
+                let mut parts = ["*"; 5];
+                parts[i] = value;
+                let cron = parts.join(" ");
+                assert!(matches(&cron), "{cron} should match the pattern");
+                let schedule = Schedule {
+                    interval_seconds: None,
+                    cron: Some(cron.clone()),
+                    timezone: "UTC".into(),
+                    anchor: None,
+                    active: true,
+                };
+                assert!(check_schedule("s", &schedule).is_ok(), "{cron} refused");
+            }
+        }
+        for outside in [
+            "60 * * * *",
+            "* 24 * * *",
+            "* * 0 * *",
+            "* * * 13 *",
+            "* * * * */7",
+            "@daily",
+        ] {
+            assert!(!matches(outside), "{outside} should not match");
+        }
     }
 
     #[test]

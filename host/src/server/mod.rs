@@ -5,6 +5,7 @@
 //! field named, and every error leaves as `{"error": ..., "field": ...}`.
 
 mod deployments;
+mod events;
 mod openapi;
 mod pools;
 mod runs;
@@ -283,6 +284,7 @@ pub fn router(state: AppState) -> Router {
         .merge(pools::routes())
         .merge(deployments::routes())
         .merge(runs::routes())
+        .merge(events::routes())
         .route("/api/openapi.json", get(openapi::document))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));

@@ -3,7 +3,7 @@
 //! document cannot drift from the code. What only the running server knows
 //! (the installed pool types) is filled in when it is served.
 
-use super::{AppState, deployments, pools, runs};
+use super::{AppState, deployments, events, pools, runs};
 use crate::error::ErrorBody;
 use axum::Json;
 use axum::extract::State;
@@ -47,6 +47,7 @@ pub enum Errors {
         deployments::list, deployments::upsert, deployments::read, deployments::delete,
         deployments::create_run,
         runs::list, runs::read, runs::set_state, runs::cancel, runs::logs, runs::append_logs,
+        events::stream,
     ),
     components(schemas(ErrorBody)),
     modifiers(&TokenSecurity),
@@ -164,26 +165,13 @@ const DATE_TIME: &str = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([0
 fn schedule_rules(schedule: &mut Value) {
     let properties = &mut schedule["properties"];
     properties["interval_seconds"]["minimum"] = json!(1);
-    properties["cron"]["pattern"] = json!(cron_pattern());
+    properties["cron"]["pattern"] = json!(crate::control::scheduler::cron_subset_pattern());
     let zones: Vec<&str> = chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name()).collect();
     properties["timezone"]["enum"] = json!(zones);
     schedule["oneOf"] = json!([
         {"required": ["interval_seconds"], "properties": {"interval_seconds": {"type": "integer"}}},
         {"required": ["cron"], "properties": {"cron": {"type": "string"}}},
     ]);
-}
-
-fn cron_pattern() -> String {
-    let star = r"\*(/[1-9])?";
-    let field = |number: &str| format!("({star}|{number})(,({star}|{number}))*");
-    let fields = [
-        field("[1-5]?[0-9]"),           // minute
-        field("1?[0-9]|2[0-3]"),        // hour
-        field("[1-9]|[12][0-9]|3[01]"), // day of month
-        field("[1-9]|1[0-2]"),          // month
-        field("[0-6]"),                 // day of week
-    ];
-    format!("^{}$", fields.join(" "))
 }
 
 /// A base job template: `job_configuration` with `{{ placeholders }}` and the

@@ -17,6 +17,7 @@ pub use records::{
 pub use tables::Raw;
 
 use crate::error::ApiError;
+use crate::events::{Change, Events};
 use redb::{Database, ReadableDatabase, WriteTransaction};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -46,6 +47,7 @@ struct Inner {
     min_free_bytes: u64,
     /// Why the last commit failed, until one succeeds.
     failed_commit: Mutex<Option<String>>,
+    events: Arc<Events>,
 }
 
 /// How the store is doing, for `/api/health`.
@@ -69,6 +71,8 @@ pub struct Snapshot {
 /// returns does not undo its own earlier writes in the batch.
 pub struct Writer<'a> {
     txn: &'a WriteTransaction,
+    /// What this request changed, published once the batch commits.
+    changes: Vec<Change>,
 }
 
 fn storage(e: impl std::fmt::Display) -> ApiError {
@@ -100,6 +104,7 @@ impl Store {
             writer,
             min_free_bytes,
             failed_commit: Mutex::new(None),
+            events: Arc::default(),
         });
         let thread_inner = inner.clone();
         std::thread::Builder::new()
@@ -107,6 +112,11 @@ impl Store {
             .spawn(move || write_loop(&thread_inner, &jobs))
             .map_err(storage)?;
         Ok(Store { inner })
+    }
+
+    /// The feed of committed changes.
+    pub fn events(&self) -> &Arc<Events> {
+        &self.inner.events
     }
 
     pub fn read<R>(&self, f: impl FnOnce(&Snapshot) -> Result<R, ApiError>) -> Result<R, ApiError> {
@@ -132,15 +142,25 @@ impl Store {
         f: impl FnOnce(&mut Writer<'_>) -> Result<R, ApiError> + Send + 'static,
     ) -> Result<R, ApiError> {
         let (tx, rx) = oneshot::channel();
+        let events = self.inner.events.clone();
         let job: Job = Box::new(move |txn| {
-            let result = match txn {
-                Ok(txn) => f(&mut Writer { txn }),
-                Err(error) => Err(error.clone()),
+            let (result, changes) = match txn {
+                Ok(txn) => {
+                    let mut writer = Writer {
+                        txn,
+                        changes: Vec::new(),
+                    };
+                    (f(&mut writer), writer.changes)
+                }
+                Err(error) => (Err(error.clone()), Vec::new()),
             };
             Box::new(move |commit_error: Option<&ApiError>| {
                 let answer = match commit_error {
                     Some(error) => Err(error.clone()),
-                    None => result,
+                    None => {
+                        events.publish(changes);
+                        result
+                    }
                 };
                 let _ = tx.send(answer);
             })

@@ -3,6 +3,7 @@
 use super::tables::{self, Def, Raw, prefix_end};
 use super::{Writer, storage};
 use crate::error::ApiError;
+use crate::events::Change;
 use crate::model::{
     Deployment, FlowRun, LogLine, StateType, Timestamp, WorkPool, WorkQueue, Worker,
 };
@@ -348,7 +349,9 @@ fn run_index_entries(run: &FlowRun) -> Vec<(Def, String)> {
 
 impl Writer<'_> {
     pub fn put_pool(&mut self, pool: &WorkPool) -> Result<(), ApiError> {
-        self.raw_put(tables::POOLS, &pool.name, &encode(pool)?)
+        self.raw_put(tables::POOLS, &pool.name, &encode(pool)?)?;
+        self.changes.push(Change::Pool { pool: pool.clone() });
+        Ok(())
     }
     pub fn delete_pool(&mut self, name: &str) -> Result<(), ApiError> {
         for queue in self.queues(name)? {
@@ -357,7 +360,9 @@ impl Writer<'_> {
         for worker in self.workers(name)? {
             self.raw_delete(tables::WORKERS, &pool_member_key(name, &worker.name))?;
         }
-        self.raw_delete(tables::POOLS, name)
+        self.raw_delete(tables::POOLS, name)?;
+        self.changes.push(Change::PoolDeleted { name: name.into() });
+        Ok(())
     }
     pub fn put_queue(&mut self, queue: &WorkQueue) -> Result<(), ApiError> {
         self.raw_put(
@@ -374,7 +379,11 @@ impl Writer<'_> {
             tables::WORKERS,
             &pool_member_key(&worker.pool, &worker.name),
             &encode(worker)?,
-        )
+        )?;
+        self.changes.push(Change::Worker {
+            worker: worker.clone(),
+        });
+        Ok(())
     }
     pub fn put_deployment(&mut self, deployment: &Deployment) -> Result<(), ApiError> {
         self.raw_put(
@@ -408,7 +417,11 @@ impl Writer<'_> {
         for key in new_counters.iter().filter(|k| !old_counters.contains(k)) {
             self.add_to_counter(key, 1)?;
         }
-        self.raw_put(tables::RUNS, &new.id, &encode(new)?)
+        self.raw_put(tables::RUNS, &new.id, &encode(new)?)?;
+        self.changes.push(Change::Run {
+            flow_run: Box::new(new.clone()),
+        });
+        Ok(())
     }
 
     pub fn delete_run(&mut self, run: &FlowRun) -> Result<(), ApiError> {
@@ -440,6 +453,10 @@ impl Writer<'_> {
                 &format!("{run_id}\0{seq:016x}"),
                 &encode(&line)?,
             )?;
+            self.changes.push(Change::Log {
+                flow_run_id: run_id.into(),
+                line,
+            });
             seq += 1;
         }
         Ok(seq)

@@ -1,0 +1,218 @@
+//! The change feed: every committed change to a run, its logs, a worker or a
+//! pool becomes one [`Event`], in commit order, for `/api/events` (the web
+//! UI, `--watch`, `--follow`).
+//!
+//! The store publishes after a batch commits, so an event is never seen
+//! before its change can be read. Recent events stay in a ring buffer so a
+//! client that reconnects resumes from the last id it saw; one that fell
+//! further behind (or comes from before a restart) is told to reload.
+
+use crate::model::{FlowRun, LogLine, WorkPool, Worker};
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use tokio::sync::broadcast;
+
+/// Events kept for resuming.
+const KEPT: usize = 10_000;
+
+/// What changed, as the store wrote it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Change {
+    Run { flow_run: Box<FlowRun> },
+    Log { flow_run_id: String, line: LogLine },
+    Worker { worker: Worker },
+    Pool { pool: WorkPool },
+    PoolDeleted { name: String },
+}
+
+impl Change {
+    /// The SSE event name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Change::Run { .. } => "run",
+            Change::Log { .. } => "log",
+            Change::Worker { .. } => "worker",
+            Change::Pool { .. } => "pool",
+            Change::PoolDeleted { .. } => "pool_deleted",
+        }
+    }
+
+    pub fn flow_run_id(&self) -> Option<&str> {
+        match self {
+            Change::Run { flow_run } => Some(&flow_run.id),
+            Change::Log { flow_run_id, .. } => Some(flow_run_id),
+            _ => None,
+        }
+    }
+
+    pub fn pool(&self) -> Option<&str> {
+        match self {
+            Change::Run { flow_run } => Some(&flow_run.pool),
+            Change::Worker { worker } => Some(&worker.pool),
+            Change::Pool { pool } => Some(&pool.name),
+            Change::PoolDeleted { name } => Some(name),
+            Change::Log { .. } => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Event {
+    pub seq: u64,
+    pub change: Change,
+}
+
+/// Where a reader starts.
+pub enum Start {
+    /// Only what happens from now on.
+    Now,
+    /// After this event id (`Last-Event-ID`).
+    After(String),
+}
+
+/// What a new reader gets: the events it missed, then live ones.
+pub struct Subscription {
+    pub missed: Vec<Arc<Event>>,
+    pub live: broadcast::Receiver<Arc<Event>>,
+    /// The id it asked to resume from is gone (too old, or from before a
+    /// restart): what it holds may be stale, and it should reload.
+    pub reset: bool,
+}
+
+pub struct Events {
+    /// Ids are `{epoch}-{seq}`: an id from an earlier server process never
+    /// matches, so its reader is told to reload instead of missing changes.
+    epoch: String,
+    recent: Mutex<Recent>,
+    live: broadcast::Sender<Arc<Event>>,
+}
+
+struct Recent {
+    next_seq: u64,
+    events: VecDeque<Arc<Event>>,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Events {
+            epoch: format!("{:x}", chrono::Utc::now().timestamp_micros()),
+            recent: Mutex::new(Recent {
+                next_seq: 1,
+                events: VecDeque::with_capacity(KEPT),
+            }),
+            live: broadcast::channel(KEPT).0,
+        }
+    }
+}
+
+impl Events {
+    pub fn id(&self, event: &Event) -> String {
+        format!("{}-{}", self.epoch, event.seq)
+    }
+
+    /// Numbers and sends the changes of one committed batch, in order.
+    pub fn publish(&self, changes: Vec<Change>) {
+        if changes.is_empty() {
+            return;
+        }
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        for change in changes {
+            let event = Arc::new(Event {
+                seq: recent.next_seq,
+                change,
+            });
+            recent.next_seq += 1;
+            if recent.events.len() == KEPT {
+                recent.events.pop_front();
+            }
+            recent.events.push_back(event.clone());
+            // Sent under the lock, so live order is commit order.
+            let _ = self.live.send(event);
+        }
+    }
+
+    pub fn subscribe(&self, start: Start) -> Subscription {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let live = self.live.subscribe();
+        let after = match start {
+            Start::Now => {
+                return Subscription {
+                    missed: Vec::new(),
+                    live,
+                    reset: false,
+                };
+            }
+            Start::After(id) => self.seq_of(&id),
+        };
+        let oldest_kept = recent.events.front().map_or(recent.next_seq, |e| e.seq);
+        match after {
+            Some(after) if after + 1 >= oldest_kept && after < recent.next_seq => Subscription {
+                missed: recent
+                    .events
+                    .iter()
+                    .filter(|e| e.seq > after)
+                    .cloned()
+                    .collect(),
+                live,
+                reset: false,
+            },
+            _ => Subscription {
+                missed: Vec::new(),
+                live,
+                reset: true,
+            },
+        }
+    }
+
+    fn seq_of(&self, id: &str) -> Option<u64> {
+        let (epoch, seq) = id.split_once('-')?;
+        (epoch == self.epoch).then(|| seq.parse().ok())?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deleted(name: &str) -> Change {
+        Change::PoolDeleted { name: name.into() }
+    }
+
+    fn names(events: &[Arc<Event>]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| e.change.pool().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_reader_resumes_after_the_last_id_it_saw() {
+        let events = Events::default();
+        let mut now = events.subscribe(Start::Now);
+        events.publish(vec![deleted("a"), deleted("b"), deleted("c")]);
+        let first = now.live.try_recv().expect("live");
+        assert_eq!(first.change.pool(), Some("a"));
+        let resumed = events.subscribe(Start::After(events.id(&first)));
+        assert!(!resumed.reset);
+        assert_eq!(names(&resumed.missed), ["b", "c"]);
+    }
+
+    #[test]
+    fn an_unknown_or_forgotten_id_asks_the_reader_to_reload() {
+        let events = Events::default();
+        events.publish((0..KEPT + 5).map(|i| deleted(&i.to_string())).collect());
+        let too_old = format!("{}-1", events.epoch);
+        assert!(events.subscribe(Start::After(too_old)).reset);
+        assert!(
+            events.subscribe(Start::After("0-1".into())).reset,
+            "another epoch"
+        );
+        assert!(events.subscribe(Start::After("junk".into())).reset);
+        let last = format!("{}-{}", events.epoch, KEPT + 5);
+        let up_to_date = events.subscribe(Start::After(last));
+        assert!(!up_to_date.reset);
+        assert!(up_to_date.missed.is_empty());
+    }
+}
