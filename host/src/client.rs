@@ -194,6 +194,17 @@ impl Client {
 }
 
 impl EventStream {
+    /// The next raw piece of the stream, unparsed; `None` once it ended.
+    pub async fn next_bytes(&mut self) -> Result<Option<bytes::Bytes>, ClientError> {
+        self.response
+            .chunk()
+            .await
+            .map_err(|e| ClientError::Protocol {
+                url: self.url.clone(),
+                reason: root_cause(&e),
+            })
+    }
+
     /// The next event; `None` when the server closed the stream.
     pub async fn next(&mut self) -> Result<Option<StreamEvent>, ClientError> {
         loop {
@@ -222,16 +233,14 @@ impl EventStream {
 
 /// Where the first event block ends: (end of its text, end of the separator).
 fn find_blank_line(buffer: &[u8]) -> Option<(usize, usize)> {
-    (0..buffer.len()).find_map(|i| {
-        let text = &buffer[i..];
-        if text.starts_with(b"\n\n") {
-            Some((i, i + 2))
-        } else if text.starts_with(b"\r\n\r\n") {
-            Some((i, i + 4))
-        } else {
-            None
-        }
-    })
+    buffer
+        .windows(2)
+        .enumerate()
+        .find_map(|(i, pair)| match pair {
+            b"\n\n" => Some((i, i + 2)),
+            b"\n\r" if buffer[i..].starts_with(b"\n\r\n") => Some((i, i + 3)),
+            _ => None,
+        })
 }
 
 /// A block of `field: value` lines; comment-only blocks (keep-alives) are `None`.
@@ -242,7 +251,7 @@ fn parse_event(block: &[u8]) -> Option<StreamEvent> {
         ..StreamEvent::default()
     };
     let mut data = Vec::new();
-    for line in text.lines() {
+    for line in text.lines().map(|l| l.trim_end_matches('\r')) {
         let (field, value) = line.split_once(':').unwrap_or((line, ""));
         let value = value.strip_prefix(' ').unwrap_or(value);
         match field {

@@ -62,6 +62,22 @@ impl Change {
 pub struct Event {
     pub seq: u64,
     pub change: Change,
+    /// The event as an SSE frame, written once by the first stream that
+    /// sends it (not by the store's writer thread), then shared by all.
+    frame: std::sync::OnceLock<bytes::Bytes>,
+}
+
+impl Event {
+    /// `id`, `event` and one `data` line (serde_json writes no newlines).
+    pub fn sse_frame(&self, events: &Events) -> bytes::Bytes {
+        self.frame
+            .get_or_init(|| {
+                let json = serde_json::to_string(&self.change).unwrap_or_else(|_| "{}".into());
+                let (id, name) = (events.id(self), self.change.name());
+                format!("id: {id}\nevent: {name}\ndata: {json}\n\n").into()
+            })
+            .clone()
+    }
 }
 
 /// Where a reader starts.
@@ -122,6 +138,7 @@ impl Events {
             let event = Arc::new(Event {
                 seq: recent.next_seq,
                 change,
+                frame: std::sync::OnceLock::new(),
             });
             recent.next_seq += 1;
             if recent.events.len() == KEPT {

@@ -6,16 +6,19 @@
 use super::{AppState, Params};
 use crate::events::{Event, Start, Subscription};
 use axum::Router;
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::HeaderMap;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use futures_util::Stream;
+use bytes::Bytes;
 use serde::Deserialize;
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
-use tokio::sync::broadcast::error::RecvError;
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/api/events", get(stream))
@@ -62,7 +65,7 @@ async fn stream(
     State(s): State<AppState>,
     headers: HeaderMap,
     Params(filter): Params<Filter>,
-) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+) -> Response {
     let start = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -79,50 +82,95 @@ async fn stream(
         pending: missed.into(),
         live,
         reset,
+        last_write: Instant::now() - MIN_GAP,
     };
-    let stream = futures_util::stream::unfold(reader, |mut reader| async move {
-        let next = reader.next().await?;
-        Some((Ok(next), reader))
+    let body = futures_util::stream::unfold(reader, |mut reader| async move {
+        let chunk = reader.next_chunk().await?;
+        Some((Ok::<_, Infallible>(chunk), reader))
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response()
 }
 
 struct Reader {
     events: Arc<crate::events::Events>,
     filter: Filter,
     pending: VecDeque<Arc<Event>>,
-    live: tokio::sync::broadcast::Receiver<Arc<Event>>,
+    live: broadcast::Receiver<Arc<Event>>,
     reset: bool,
+    last_write: Instant,
 }
 
+/// Events written in one chunk at most.
+const BATCH: usize = 1024;
+/// A busy stream writes at most this often, sending what piled up in one
+/// chunk: with 100 streams open, one write per event per stream would cost
+/// the server more than the changes themselves. An idle stream's first
+/// event goes out at once.
+const MIN_GAP: Duration = Duration::from_millis(25);
+/// A comment line this often keeps idle connections (and proxies) open.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
 impl Reader {
-    async fn next(&mut self) -> Option<SseEvent> {
+    /// The next piece of the stream: every admitted event that is ready,
+    /// or a keep-alive comment; `None` once the server shuts down.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
         loop {
+            let mut frames = Vec::new();
             if std::mem::take(&mut self.reset) {
-                return Some(SseEvent::default().event("reset").data("{}"));
+                frames.push(Bytes::from_static(b"event: reset\ndata: {}\n\n"));
             }
-            let event = match self.pending.pop_front() {
-                Some(event) => event,
-                None => match self.live.recv().await {
-                    Ok(event) => event,
-                    // Too slow to keep up: what it shows may be stale.
-                    Err(RecvError::Lagged(_)) => {
-                        self.reset = true;
-                        continue;
-                    }
-                    Err(RecvError::Closed) => return None,
-                },
-            };
-            if !self.filter.admits(&event) {
-                continue;
+            if self.pending.is_empty() && frames.is_empty() {
+                match tokio::time::timeout(KEEP_ALIVE, self.live.recv()).await {
+                    Err(_) => return Some(Bytes::from_static(b": keep-alive\n\n")),
+                    Ok(received) => self.take(received)?,
+                }
+                let since = self.last_write.elapsed();
+                if since < MIN_GAP {
+                    tokio::time::sleep(MIN_GAP - since).await;
+                }
             }
-            let data = serde_json::to_string(&event.change).unwrap_or_else(|_| "{}".into());
-            return Some(
-                SseEvent::default()
-                    .id(self.events.id(&event))
-                    .event(event.change.name())
-                    .data(data),
-            );
+            while self.pending.len() < BATCH {
+                match self.live.try_recv() {
+                    Err(TryRecvError::Empty) => break,
+                    received => self.take(received.map_err(|e| match e {
+                        TryRecvError::Lagged(n) => RecvError::Lagged(n),
+                        _ => RecvError::Closed,
+                    }))?,
+                }
+            }
+            for event in self.pending.drain(..) {
+                if self.filter.admits(&event) {
+                    frames.push(event.sse_frame(&self.events));
+                }
+            }
+            self.last_write = Instant::now();
+            match frames.len() {
+                0 => continue,
+                // The shared frame itself: no copy per stream.
+                1 => return frames.pop(),
+                _ => return Some(frames.concat().into()),
+            }
         }
+    }
+
+    /// Queues a received event; a reader too slow to keep up is told to
+    /// reload, as what it shows may be stale. `None` when closed.
+    fn take(&mut self, received: Result<Arc<Event>, RecvError>) -> Option<()> {
+        match received {
+            Ok(event) => self.pending.push_back(event),
+            Err(RecvError::Lagged(_)) => {
+                self.pending.clear();
+                self.reset = true;
+            }
+            Err(RecvError::Closed) => return None,
+        }
+        Some(())
     }
 }
