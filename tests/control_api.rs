@@ -1015,22 +1015,35 @@ async fn schemathesis_finds_the_api_as_documented() {
     }
     let s = TestServer::start_with(Some("s3cret"), ControlConfig::default()).await;
     let url = format!("{}/api/openapi.json", s.url);
-    let output = tokio::process::Command::new("schemathesis")
-        .args(["run", &url, "-H", "Authorization: Bearer s3cret"])
-        // An event stream never ends: it has its own tests (events.rs).
-        .args(["--exclude-path", "/api/events"])
-        .args([
-            "--max-examples",
-            "20",
-            "--request-timeout",
-            "65",
-            "--workers",
-            "4",
-        ])
-        .current_dir(s.dir.path())
-        .output()
-        .await
-        .expect("run schemathesis");
+    let run = || {
+        tokio::process::Command::new("schemathesis")
+            .args(["run", &url, "-H", "Authorization: Bearer s3cret"])
+            // An event stream never ends: it has its own tests (events.rs).
+            .args(["--exclude-path", "/api/events"])
+            .args([
+                "--max-examples",
+                "20",
+                "--request-timeout",
+                "65",
+                "--workers",
+                "4",
+            ])
+            .current_dir(s.dir.path())
+            .output()
+    };
+    let mut output = run().await.expect("run schemathesis");
+    let report = String::from_utf8_lossy(&output.stdout).into_owned();
+    // CPython 3.11 before 3.11.8 (gh-106905) can fail inside hypothesis
+    // while it describes a strategy: schemathesis's own error, not a finding
+    // about the API. Only then, and only with no check failing, run again.
+    let summary = report.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
+    if !output.status.success()
+        && report.contains("AST constructor recursion depth mismatch")
+        && !summary.contains("failure")
+    {
+        println!("schemathesis hit the CPython 3.11 AST bug; running it again:\n{report}");
+        output = run().await.expect("run schemathesis");
+    }
     let report = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
