@@ -72,8 +72,10 @@ pub fn generated() -> Value {
     let mut document = ApiDoc::openapi();
     document.info.version = env!("CARGO_PKG_VERSION").to_string();
     let mut document = serde_json::to_value(document).unwrap_or_else(|_| json!({}));
-    unsigned_ranges(&mut document);
-    date_time_shape(&mut document);
+    each_object(&mut document, &mut |fields| {
+        unsigned_range(fields);
+        date_time_shape(fields);
+    });
     let schemas = &mut document["components"]["schemas"];
     schedule_rules(&mut schemas["Schedule"]);
     for (schema, property, rule) in NAMES {
@@ -101,26 +103,31 @@ pub async fn document(State(s): State<AppState>) -> Json<Value> {
     Json(document)
 }
 
-/// utoipa writes `u32` as `int32` with `minimum: 0`, which caps it at
-/// 2^31-1, and `u64`/`usize` with no upper bound; both get their real range.
-fn unsigned_ranges(value: &mut Value) {
+/// Calls `f` on every object of the document, parents before children.
+fn each_object(value: &mut Value, f: &mut impl FnMut(&mut serde_json::Map<String, Value>)) {
     match value {
         Value::Object(fields) => {
-            let unsigned = fields.get("minimum").and_then(Value::as_f64) >= Some(0.0)
-                && fields.get("type").is_some_and(|t| {
-                    t == "integer" || t.as_array().is_some_and(|a| a.contains(&json!("integer")))
-                });
-            if unsigned {
-                let max = match fields.remove("format").as_ref().and_then(Value::as_str) {
-                    Some("int32") => u64::from(u32::MAX),
-                    _ => u64::MAX,
-                };
-                fields.entry("maximum").or_insert(json!(max));
-            }
-            fields.values_mut().for_each(unsigned_ranges);
+            f(fields);
+            fields.values_mut().for_each(|v| each_object(v, f));
         }
-        Value::Array(items) => items.iter_mut().for_each(unsigned_ranges),
+        Value::Array(items) => items.iter_mut().for_each(|v| each_object(v, f)),
         _ => {}
+    }
+}
+
+/// utoipa writes `u32` as `int32` with `minimum: 0`, which caps it at
+/// 2^31-1, and `u64`/`usize` with no upper bound; both get their real range.
+fn unsigned_range(fields: &mut serde_json::Map<String, Value>) {
+    let unsigned = fields.get("minimum").and_then(Value::as_f64) >= Some(0.0)
+        && fields.get("type").is_some_and(|t| {
+            t == "integer" || t.as_array().is_some_and(|a| a.contains(&json!("integer")))
+        });
+    if unsigned {
+        let max = match fields.remove("format").as_ref().and_then(Value::as_str) {
+            Some("int32") => u64::from(u32::MAX),
+            _ => u64::MAX,
+        };
+        fields.entry("maximum").or_insert(json!(max));
     }
 }
 
@@ -144,16 +151,9 @@ const NAMES: [(&str, &str, &str); 9] = [
 
 /// `format` only annotates in JSON Schema 2020-12, so a client checking the
 /// document would take any string for a time: the pattern states RFC 3339.
-fn date_time_shape(value: &mut Value) {
-    match value {
-        Value::Object(fields) => {
-            if fields.get("format").is_some_and(|f| f == "date-time") {
-                fields.insert("pattern".into(), json!(DATE_TIME));
-            }
-            fields.values_mut().for_each(date_time_shape);
-        }
-        Value::Array(items) => items.iter_mut().for_each(date_time_shape),
-        _ => {}
+fn date_time_shape(fields: &mut serde_json::Map<String, Value>) {
+    if fields.get("format").is_some_and(|f| f == "date-time") {
+        fields.insert("pattern".into(), json!(DATE_TIME));
     }
 }
 
