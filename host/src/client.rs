@@ -100,35 +100,14 @@ impl Client {
     ) -> Result<T, ClientError> {
         let url = format!("{}{path}", self.base);
         let mut request = self.http.request(method, &url);
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request.send().await.map_err(|e| ClientError::Unreachable {
-            url: self.base.clone(),
-            reason: root_cause(&e),
-        })?;
-        let status = response.status();
+        let response = self.send(request, &url).await?;
         let bytes = response.bytes().await.map_err(|e| ClientError::Protocol {
             url: url.clone(),
             reason: root_cause(&e),
         })?;
-        if !status.is_success() {
-            let (message, field) = match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(body) => (body.error, body.field),
-                Err(_) => (
-                    format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes).trim()),
-                    None,
-                ),
-            };
-            return Err(ClientError::Api {
-                status: status.as_u16(),
-                message,
-                field,
-            });
-        }
         let bytes: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
         serde_json::from_slice(bytes).map_err(|e| ClientError::Protocol {
             url,
@@ -166,25 +145,7 @@ impl Client {
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id);
         }
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await.map_err(|e| ClientError::Unreachable {
-            url: self.base.clone(),
-            reason: root_cause(&e),
-        })?;
-        let status = response.status();
-        if !status.is_success() {
-            let bytes = response.bytes().await.unwrap_or_default();
-            let body = serde_json::from_slice::<ErrorBody>(&bytes).ok();
-            return Err(ClientError::Api {
-                status: status.as_u16(),
-                message: body
-                    .as_ref()
-                    .map_or_else(|| format!("HTTP {status}"), |b| b.error.clone()),
-                field: body.and_then(|b| b.field),
-            });
-        }
+        let response = self.send(request, &url).await?;
         Ok(EventStream {
             response,
             buffer: Vec::new(),
@@ -215,14 +176,7 @@ impl EventStream {
                 }
                 continue;
             }
-            let chunk = self
-                .response
-                .chunk()
-                .await
-                .map_err(|e| ClientError::Protocol {
-                    url: self.url.clone(),
-                    reason: root_cause(&e),
-                })?;
+            let chunk = self.next_bytes().await?;
             match chunk {
                 Some(bytes) => self.buffer.extend_from_slice(&bytes),
                 None => return Ok(None),
@@ -266,6 +220,44 @@ fn parse_event(block: &[u8]) -> Option<StreamEvent> {
     }
     event.data = data.join("\n");
     Some(event)
+}
+
+impl Client {
+    /// Sends with the token; a non-2xx answer becomes [`ClientError::Api`]
+    /// with the server's message and field.
+    async fn send(
+        &self,
+        mut request: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<reqwest::Response, ClientError> {
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.map_err(|e| ClientError::Unreachable {
+            url: self.base.clone(),
+            reason: root_cause(&e),
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let bytes = response.bytes().await.map_err(|e| ClientError::Protocol {
+            url: url.to_string(),
+            reason: root_cause(&e),
+        })?;
+        let (message, field) = match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(body) => (body.error, body.field),
+            Err(_) => (
+                format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes).trim()),
+                None,
+            ),
+        };
+        Err(ClientError::Api {
+            status: status.as_u16(),
+            message,
+            field,
+        })
+    }
 }
 
 fn root_cause(error: &dyn std::error::Error) -> String {
