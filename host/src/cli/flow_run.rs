@@ -182,17 +182,10 @@ fn message(text: &Option<String>) -> String {
     text.as_ref().map(|m| format!(": {m}")).unwrap_or_default()
 }
 
-async fn logs_after(
-    client: &Client,
-    id: &str,
-    after: Option<u64>,
-    wait_ms: u64,
-) -> anyhow::Result<LogPage> {
+async fn logs_after(client: &Client, id: &str, after: Option<u64>) -> anyhow::Result<LogPage> {
     let after = after.map(|seq| format!("&after={seq}")).unwrap_or_default();
     Ok(client
-        .get(&format!(
-            "/api/flow-runs/{id}/logs?limit=1000&wait_ms={wait_ms}{after}"
-        ))
+        .get(&format!("/api/flow-runs/{id}/logs?limit=1000{after}"))
         .await?)
 }
 
@@ -261,7 +254,7 @@ impl Printed {
         let mut lines: Vec<LogLine> = Vec::new();
         loop {
             let after = lines.last().map(|l| l.seq).or(self.next_log.checked_sub(1));
-            let page = logs_after(client, id, after, 0).await?;
+            let page = logs_after(client, id, after).await?;
             if page.lines.is_empty() {
                 break;
             }

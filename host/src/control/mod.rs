@@ -125,7 +125,7 @@ impl Control {
         &self.store
     }
 
-    pub fn events(&self) -> &crate::events::Events {
+    pub fn events(&self) -> &Arc<crate::events::Events> {
         self.store.events()
     }
 

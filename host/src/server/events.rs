@@ -70,7 +70,7 @@ async fn stream(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .map_or(Start::Now, |id| Start::After(id.to_string()));
-    let events = s.control.store().events().clone();
+    let events = s.control.events().clone();
     let Subscription {
         missed,
         live,
