@@ -180,7 +180,14 @@ impl Control {
             {
                 return Ok((lines, run));
             }
-            let _ = tokio::time::timeout_at(deadline, changes.changed()).await;
+            // New lines or a state change (the run may have ended), whichever first.
+            let news = async {
+                tokio::select! {
+                    _ = changes.changed() => {}
+                    _ = log_changes.changed() => {}
+                }
+            };
+            let _ = tokio::time::timeout_at(deadline, news).await;
         }
     }
 
