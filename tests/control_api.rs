@@ -666,6 +666,13 @@ async fn numbers_cursors_and_references_are_read_as_the_document_says() {
     let url = format!("{}/api/flow-runs?limit=10&cursor={cursor}", s.url);
     let (_, rest) = http("GET", &url, None, None).await;
     assert_eq!(rest["runs"].as_array().map(Vec::len), Some(1), "{rest}");
+    let (_, exact) = list("limit=3").await;
+    assert_eq!(exact["runs"].as_array().map(Vec::len), Some(3));
+    assert_eq!(
+        exact["next_cursor"],
+        Value::Null,
+        "no cursor to an empty page"
+    );
     for bad in ["0", "zz", "+1"] {
         let url = format!("{}/api/flow-runs?cursor={bad}", s.url);
         let (status, answer) = http("GET", &url, None, None).await;

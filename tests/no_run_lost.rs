@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{ServerProcess, WorkerProcess, create_run, eventually, run_logs, run_states};
+use common::{
+    ServerProcess, WorkerProcess, create_run, eventually, process_alive, run_logs, run_states,
+};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -19,18 +21,6 @@ async fn final_run(url: &str, id: &str) -> Value {
 
 async fn running(url: &str, id: &str) -> Value {
     common::run_in_state(url, id, &["RUNNING"], LONG).await
-}
-
-fn process_alive(pid: i32) -> bool {
-    // A zombie still answers kill(0); look at its state instead.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .and_then(|rest| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z"),
-        Err(_) => false,
-    }
 }
 
 fn parent_of(pid: i32) -> i32 {

@@ -5,7 +5,8 @@
 mod common;
 
 use common::{
-    ServerProcess, WorkerProcess, create_run, eventually, host_cli, run_logs, run_states,
+    ServerProcess, WorkerProcess, create_run, eventually, host_cli, process_alive, run_logs,
+    run_states,
 };
 use serde_json::{Value, json};
 use std::collections::HashSet;
@@ -460,14 +461,6 @@ async fn cancel_timeout_and_throttling_end_runs_as_they_should() {
             .is_some_and(|m| m.contains("Throttling")),
         "{run}"
     );
-}
-
-fn process_alive(pid: i32) -> bool {
-    // A zombie still answers kill(0); look at its state instead.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.split_whitespace().nth(2).is_some_and(|s| s != "Z"),
-        Err(_) => false,
-    }
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@
 //! - [`conformance`]: the checks behind `host plugin test`.
 //! - [`scaffold`]: the plugin crate `host plugin new` writes.
 //! - [`events`]: the feed of committed changes behind `/api/events`.
+//! - [`server`]: the HTTP API and, in `server::ui`, the web UI at `/`.
 //! - [`metrics`]: Prometheus metrics of the server, the worker and plugin calls.
 //! - [`template`]: `{{ placeholder }}` rendering of base job templates.
 //! - [`supervisor`]: `host __supervise`, which holds one process run and

@@ -1,6 +1,7 @@
 //! Shared helpers for the end-to-end tests.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod docker;
 
 use host::runtime::{Runtime, RuntimeConfig};
@@ -366,4 +367,40 @@ pub async fn run_logs(url: &str, id: &str) -> Vec<String> {
         .iter()
         .filter_map(|l| l["message"].as_str().map(String::from))
         .collect()
+}
+
+/// Whether a process still runs (a zombie does not).
+pub fn process_alive(pid: i32) -> bool {
+    // A zombie still answers kill(0); look at its state instead.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.split_whitespace().nth(2).is_some_and(|s| s != "Z"),
+        Err(_) => false,
+    }
+}
+
+/// Stores `count` SCHEDULED runs of `deployment` straight through the
+/// control plane, 64 at a time (commits are grouped).
+pub async fn store_runs(control: &host::control::Control, deployment: &str, count: usize) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let remaining = Arc::new(AtomicUsize::new(count));
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let (control, remaining) = (control.clone(), remaining.clone());
+        let deployment = deployment.to_string();
+        tasks.push(tokio::spawn(async move {
+            while remaining
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                control
+                    .create_run(&deployment, Default::default())
+                    .await
+                    .expect("create");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("join");
+    }
 }

@@ -5,6 +5,7 @@ use crate::control::{Catalog, Control, ControlConfig};
 use crate::plugins::Registry;
 use crate::server::{AppState, router};
 use crate::store::Store;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -82,6 +83,8 @@ pub async fn run(args: ServeArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> {
         "host serve: listening on http://{local} (data in {})",
         db_path.display()
     );
+    // Whoever read the first line may have closed the pipe since.
+    let _ = writeln!(std::io::stdout(), "host serve: web UI at http://{local}/");
     tracing::info!(%local, "listening");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())

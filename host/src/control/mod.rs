@@ -25,23 +25,54 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// What the control plane knows of each plugin: enough to validate pools.
+/// What the control plane knows of each plugin: enough to validate pools
+/// and to show people what is installed.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
     /// Pool type → default base job template.
     pub templates: BTreeMap<String, Value>,
+    /// Pool type → what the plugin says of itself.
+    pub plugins: BTreeMap<String, PluginSummary>,
+}
+
+/// A loaded plugin as the web UI's Plugins page shows it.
+#[derive(Debug, Clone)]
+pub struct PluginSummary {
+    pub version: String,
+    pub contract_version: String,
+    pub description: String,
+    /// The capability interfaces it imports.
+    pub capabilities: Vec<String>,
+    /// `built-in` or the file it was loaded from.
+    pub source: String,
 }
 
 impl Catalog {
     pub fn from_registry(registry: &crate::plugins::Registry) -> Catalog {
-        let templates = registry
-            .plugins()
-            .filter_map(|p| {
-                let template = serde_json::from_str(&p.info().default_base_job_template).ok()?;
-                Some((p.name().to_string(), template))
-            })
-            .collect();
-        Catalog { templates }
+        let mut catalog = Catalog::default();
+        for plugin in registry.plugins() {
+            let info = plugin.info();
+            if let Ok(template) = serde_json::from_str(&info.default_base_job_template) {
+                catalog
+                    .templates
+                    .insert(plugin.name().to_string(), template);
+            }
+            catalog.plugins.insert(
+                plugin.name().to_string(),
+                PluginSummary {
+                    version: info.version.clone(),
+                    contract_version: info.contract_version.clone(),
+                    description: info.description.clone(),
+                    capabilities: plugin
+                        .imports()
+                        .iter()
+                        .map(|c| c.name().to_string())
+                        .collect(),
+                    source: plugin.source().to_string(),
+                },
+            );
+        }
+        catalog
     }
 
     pub fn default_template(&self, pool_type: &str) -> Result<&Value, ApiError> {

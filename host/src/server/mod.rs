@@ -9,6 +9,7 @@ mod events;
 mod openapi;
 mod pools;
 mod runs;
+mod ui;
 
 pub use runs::{Appended, LogPage, TransitionResponse};
 
@@ -29,16 +30,33 @@ use std::sync::Arc;
 pub struct AppState {
     pub control: Control,
     token: Option<Arc<str>>,
+    /// The UI's session cookie value for `token`.
+    session: Option<Arc<str>>,
     metrics: Arc<ServerMetrics>,
 }
 
 impl AppState {
     pub fn new(control: Control, token: Option<String>) -> AppState {
+        let token: Option<Arc<str>> = token.filter(|t| !t.is_empty()).map(Arc::from);
         AppState {
             control,
-            token: token.filter(|t| !t.is_empty()).map(Arc::from),
+            session: token.as_deref().map(|t| Arc::from(ui::session_value(t))),
+            token,
             metrics: Arc::default(),
         }
+    }
+
+    /// The token in the `Authorization` header, or the UI's session cookie;
+    /// always when the server has no token.
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let (Some(token), Some(session)) = (&self.token, &self.session) else {
+            return true;
+        };
+        let bearer = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        bearer == Some(token.as_ref()) || ui::session_cookie(headers) == Some(session.as_ref())
     }
 }
 
@@ -207,20 +225,9 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-async fn require_token(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    request: Request,
-    next: Next,
-) -> Response {
-    if let Some(token) = &state.token {
-        let given = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(token.as_ref()) {
-            return ApiError::unauthorized().into_response();
-        }
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if !state.authorized(request.headers()) {
+        return ApiError::unauthorized().into_response();
     }
     next.run(request).await
 }
@@ -278,7 +285,8 @@ async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint; see /api/openapi.json")
 }
 
-/// The whole API. Everything but health needs the token when one is set.
+/// The whole API and the web UI. Everything but health, the login form and
+/// the UI's two assets needs the token when one is set.
 pub fn router(state: AppState) -> Router {
     let protected = Router::new()
         .merge(pools::routes())
@@ -291,6 +299,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/health", get(health))
         .merge(protected)
+        .merge(ui::routes(state.clone()))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), count_request))
         .with_state(state)

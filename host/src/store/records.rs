@@ -144,7 +144,7 @@ pub trait Records: Raw {
             };
             end = last_key.clone();
             scanned += chunk.len();
-            for (key, id) in &chunk {
+            for (i, (key, id)) in chunk.iter().enumerate() {
                 let id = String::from_utf8_lossy(id);
                 let Some(run) = self.run(&id)? else { continue };
                 let keep = filter.pool.as_ref().is_none_or(|p| *p == run.pool)
@@ -156,9 +156,12 @@ pub trait Records: Raw {
                 if keep {
                     runs.push(run);
                     if runs.len() == limit {
+                        // No cursor to an empty page when nothing older is indexed.
+                        let older = i + 1 < chunk.len()
+                            || !self.raw_range(def, &prefix, key, true, 1)?.is_empty();
                         return Ok(RunPage {
                             runs,
-                            next_cursor: Some(encode_cursor(key)),
+                            next_cursor: older.then(|| encode_cursor(key)),
                         });
                     }
                 }

@@ -1,0 +1,107 @@
+// The host UI's only script. Pages work without it; it adds:
+// - live updates: one EventSource on the page's feed (`data-events`); news
+//   re-fetches this page and swaps its `data-live` regions, and log lines
+//   are appended straight from their events;
+// - "3 s ago" times that keep counting;
+// - a question before destructive actions (`data-confirm`).
+(() => {
+  "use strict";
+  const body = document.body;
+
+  // Times are relative to the server's clock, whatever the browser's says.
+  const skew = Date.parse(body.dataset.now) - Date.now() || 0;
+  function relative(ms) {
+    const s = Math.trunc(ms / 1000), a = Math.abs(s);
+    const text = a < 60 ? `${a} s` : a < 3600 ? `${Math.trunc(a / 60)} min`
+      : a < 86400 ? `${Math.trunc(a / 3600)} h` : `${Math.trunc(a / 86400)} d`;
+    return s < 0 ? `in ${text}` : `${text} ago`;
+  }
+  function tick() {
+    const now = Date.now() + skew;
+    for (const t of document.querySelectorAll("time[data-ago]")) {
+      t.textContent = relative(now - Date.parse(t.dateTime));
+    }
+  }
+  setInterval(tick, 1000);
+
+  document.addEventListener("submit", (event) => {
+    const question = event.target.dataset.confirm;
+    if (question && !window.confirm(question)) event.preventDefault();
+  });
+
+  const feed = body.dataset.events;
+  if (!feed || !window.EventSource) return;
+
+  let inFlight = false, again = false, timer = null;
+  async function refresh() {
+    if (inFlight) { again = true; return; }
+    inFlight = true;
+    try {
+      const answer = await fetch(location.href, { headers: { Accept: "text/html" } });
+      if (answer.ok && !answer.redirected) {
+        const fresh = new DOMParser().parseFromString(await answer.text(), "text/html");
+        for (const region of document.querySelectorAll("[data-live][id]")) {
+          const replacement = fresh.getElementById(region.id);
+          if (replacement) region.replaceWith(document.adoptNode(replacement));
+        }
+        tick();
+        body.dataset.refreshed = String(Date.now());
+      }
+    } catch (_) {
+      // The server is away; the stream's reconnect brings the next refresh.
+    } finally {
+      inFlight = false;
+      if (again) { again = false; soon(); }
+    }
+  }
+  // Changes come in bursts: one refresh per burst is enough.
+  function soon() {
+    if (!timer) timer = setTimeout(() => { timer = null; refresh(); }, 100);
+  }
+
+  const logs = document.getElementById("logs");
+  function lastSeq() {
+    const last = logs && logs.lastElementChild;
+    return last ? Number(last.dataset.seq) : -1;
+  }
+  function append(line) {
+    if (line.seq <= lastSeq()) return;
+    const stick = logs.scrollTop + logs.clientHeight >= logs.scrollHeight - 4;
+    const span = document.createElement("span");
+    span.className = `line ${line.stream}`;
+    span.dataset.seq = line.seq;
+    span.textContent = `${line.message}\n`;
+    logs.append(span);
+    if (stick) logs.scrollTop = logs.scrollHeight;
+  }
+  // Lines written between the page's rendering and the stream's start.
+  async function catchUp() {
+    if (!logs) return;
+    const after = lastSeq();
+    const query = after >= 0 ? `?after=${after}` : "";
+    try {
+      const answer = await fetch(`/api/flow-runs/${encodeURIComponent(logs.dataset.run)}/logs${query}`);
+      if (answer.ok) (await answer.json()).lines.forEach(append);
+    } catch (_) { /* the next event or reconnect tries again */ }
+  }
+
+  const indicator = document.getElementById("live-indicator");
+  let source = null;
+  function connect() {
+    source = new EventSource(feed);
+    source.onopen = () => { indicator.hidden = false; soon(); catchUp(); };
+    source.onerror = () => { indicator.hidden = true; };
+    for (const name of ["run", "worker", "pool", "pool_deleted"]) source.addEventListener(name, soon);
+    source.addEventListener("reset", () => { soon(); catchUp(); });
+    source.addEventListener("log", (event) => {
+      if (logs) append(JSON.parse(event.data).line);
+    });
+  }
+  // A browser holds 6 connections per server: a page left behind must
+  // give its stream back (and one restored from history takes a new one).
+  window.addEventListener("pagehide", () => { if (source) source.close(); source = null; });
+  window.addEventListener("pageshow", (event) => { if (event.persisted || !source) connect(); });
+  connect();
+  // A worker that stops sending heartbeats goes OFFLINE without an event.
+  setInterval(soon, 10000);
+})();

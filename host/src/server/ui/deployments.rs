@@ -1,0 +1,222 @@
+//! Deployments: the list, a deployment's page, and its Run form (generated
+//! from the pool's variables schema).
+
+use super::form::{self, Submitted};
+use super::view::{self, Nav};
+use super::{Page, PageError, same_origin};
+use crate::control::RunRequest;
+use crate::control::schema::host_variables;
+use crate::error::ApiError;
+use crate::model::{Deployment, Schedule};
+use crate::server::AppState;
+use crate::store::RunFilter;
+use axum::Router;
+use axum::extract::{Form, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use maud::{Markup, html};
+use serde_json::Value;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/deployments", get(list))
+        .route("/deployments/{flow}/{name}", get(detail))
+        .route("/ui/deployments/{flow}/{name}/run", post(run))
+}
+
+async fn list(State(s): State<AppState>) -> Page {
+    let body = html! {
+        h1 { "Deployments" }
+        div #deployments data-live { (deployments_table(&s, None)?) }
+    };
+    Ok(view::page(
+        "Deployments",
+        Nav::Deployments,
+        Some("/api/events"),
+        body,
+    ))
+}
+
+/// All deployments, or one pool's.
+pub fn deployments_table(s: &AppState, pool: Option<&str>) -> Result<Markup, ApiError> {
+    let deployments: Vec<Deployment> = s
+        .control
+        .deployments()?
+        .into_iter()
+        .filter(|d| pool.is_none_or(|p| d.pool == p))
+        .collect();
+    Ok(html! {
+        @if deployments.is_empty() {
+            p.empty { "No deployments yet. Create one with " code { "host deploy" } "." }
+        } @else {
+            table {
+                thead { tr { th { "Deployment" } th { "Pool" } th { "Queue" } th { "Schedule" } th { "Status" } } }
+                tbody {
+                    @for d in &deployments {
+                        tr {
+                            td { a href=(deployment_path(d)) { (d.full_name()) } }
+                            td { a href={ "/pools/" (view::segment(&d.pool)) } { (d.pool) } }
+                            td { (d.queue) }
+                            td { (schedules(&d.schedules)) }
+                            td { @if d.paused { "paused" } @else { "active" } }
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
+
+pub fn deployment_path(d: &Deployment) -> String {
+    format!(
+        "/deployments/{}/{}",
+        view::segment(&d.flow),
+        view::segment(&d.name)
+    )
+}
+
+fn schedules(schedules: &[Schedule]) -> Markup {
+    html! {
+        @if schedules.is_empty() { span.muted { "none" } }
+        @for (i, s) in schedules.iter().enumerate() {
+            @if i > 0 { br; }
+            @if let Some(seconds) = s.interval_seconds { "every " (seconds) " s" }
+            @if let Some(cron) = &s.cron { code { (cron) } " (" (s.timezone) ")" }
+            @if !s.active { " (inactive)" }
+        }
+    }
+}
+
+/// The Run form's variables: the pool's, and the ones the worker acts on.
+fn run_variables(s: &AppState, d: &Deployment) -> Result<Value, ApiError> {
+    let pool = s.control.pool(&d.pool)?;
+    let mut schema = pool.pool.base_job_template["variables"].clone();
+    if !schema.is_object() {
+        schema = serde_json::json!({});
+    }
+    let properties = schema.as_object_mut().map(|o| {
+        o.entry("properties")
+            .or_insert_with(|| serde_json::json!({}))
+    });
+    if let (Some(Value::Object(properties)), Value::Object(host)) = (properties, host_variables()) {
+        for (name, variable) in host {
+            properties.entry(name).or_insert(variable);
+        }
+    }
+    Ok(schema)
+}
+
+async fn detail(State(s): State<AppState>, Path((flow, name)): Path<(String, String)>) -> Page {
+    let deployment = s.control.deployment(&format!("{flow}/{name}"))?;
+    Ok(detail_page(&s, &deployment, &Submitted::new(), None)?)
+}
+
+fn detail_page(
+    s: &AppState,
+    d: &Deployment,
+    submitted: &Submitted,
+    error: Option<&ApiError>,
+) -> Result<Markup, ApiError> {
+    let variables = run_variables(s, d)?;
+    let parameters = form::parameters_schema(&d.parameters);
+    let general = error.filter(|e| {
+        !form::shown_by_an_input(
+            e,
+            &[("parameters", &parameters), ("job_variables", &variables)],
+        )
+    });
+    let recent = super::runs::runs_table(
+        s,
+        &RunFilter {
+            deployment: Some(d.full_name()),
+            ..RunFilter::default()
+        },
+        10,
+    )?;
+    let run_action = format!(
+        "/ui/deployments/{}/{}/run",
+        view::segment(&d.flow),
+        view::segment(&d.name)
+    );
+    let body = html! {
+        p.crumbs { a href="/deployments" { "Deployments" } " / " }
+        h1 { (d.full_name()) }
+        dl.details {
+            dt { "Pool" } dd { a href={ "/pools/" (view::segment(&d.pool)) } { (d.pool) } }
+            dt { "Queue" } dd { (d.queue) }
+            dt { "Command" } dd { @if d.command.is_empty() { span.muted { "none" } } @else { code { (d.command.join(" ")) } } }
+            dt { "Image" } dd { @if let Some(image) = &d.image { code { (image) } } @else { span.muted { "none" } } }
+            dt { "Parameters" } dd { (view::json(&Value::Object(d.parameters.clone()))) }
+            dt { "Job variables" } dd { (view::json(&Value::Object(d.job_variables.clone()))) }
+            dt { "Schedule" } dd { (schedules(&d.schedules)) }
+            dt { "Concurrency limit" } dd { (view::limit(d.concurrency_limit)) }
+        }
+        section.card #run {
+            h2 { "Run" }
+            p.muted { "Empty fields keep the deployment's and the pool's values." }
+            @if let Some(e) = general { p.error role="alert" data-field=[e.field.as_deref()] { (e.message) } }
+            form method="post" action=(run_action) {
+                @if !d.parameters.is_empty() {
+                    fieldset {
+                        legend { "Parameters" }
+                        (form::inputs("parameters", &parameters, submitted, error))
+                    }
+                }
+                fieldset {
+                    legend { "Job variables (pool " (d.pool) ")" }
+                    (form::inputs("job_variables", &variables, submitted, error))
+                }
+                button type="submit" { "Run" }
+            }
+        }
+        h2 { "Recent runs" }
+        div #recent data-live { (recent) }
+    };
+    Ok(view::page(
+        &d.full_name(),
+        Nav::Deployments,
+        Some("/api/events"),
+        body,
+    ))
+}
+
+async fn run(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path((flow, name)): Path<(String, String)>,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Result<Response, PageError> {
+    same_origin(&headers)?;
+    let deployment = s.control.deployment(&format!("{flow}/{name}"))?;
+    let submitted: Submitted = pairs.into_iter().collect();
+    let attempt = async {
+        let request = RunRequest {
+            parameters: form::read(
+                "parameters",
+                &form::parameters_schema(&deployment.parameters),
+                &submitted,
+            )?,
+            job_variables: form::read(
+                "job_variables",
+                &run_variables(&s, &deployment)?,
+                &submitted,
+            )?,
+            scheduled_at: None,
+            name: None,
+        };
+        s.control.create_run(&deployment.full_name(), request).await
+    };
+    match attempt.await {
+        Ok(run) => Ok(Redirect::to(&format!("/runs/{}", view::segment(&run.id))).into_response()),
+        Err(error) => {
+            let status = StatusCode::from_u16(error.kind.status())
+                .unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
+            Ok((
+                status,
+                detail_page(&s, &deployment, &submitted, Some(&error))?,
+            )
+                .into_response())
+        }
+    }
+}

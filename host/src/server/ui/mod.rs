@@ -1,0 +1,141 @@
+//! The web UI at `/`: HTML rendered here with maud (checked at compile time),
+//! one stylesheet and one small script embedded in the binary.
+//!
+//! Pages read through `control` like the API does; every action is a POST
+//! that answers with a redirect (or the same form, with the field's error
+//! next to it). Live updates need no page logic of their own: `app.js`
+//! listens to `/api/events` and re-fetches the page's `data-live` regions.
+//!
+//! # Layout
+//! - `auth`: the login form and the session cookie.
+//! - `view`: the shared page frame and the small pieces every page uses.
+//! - `form`: variables schema → form fields, and the typed values back.
+//! - one file per page group: `pools`, `deployments`, `runs`, `plugins`.
+
+mod auth;
+mod deployments;
+mod form;
+mod plugins;
+mod pools;
+mod runs;
+mod view;
+
+pub use auth::{session_cookie, session_value};
+
+use super::AppState;
+use crate::error::ApiError;
+use axum::Router;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+
+const APP_CSS: &str = include_str!("assets/app.css");
+const APP_JS: &str = include_str!("assets/app.js");
+
+/// Every page and action; they need the token (cookie) when one is set.
+/// The login form and the two assets, which reveal no data, do not.
+pub fn routes(state: AppState) -> Router<AppState> {
+    let pages = Router::new()
+        .merge(pools::routes())
+        .merge(deployments::routes())
+        .merge(runs::routes())
+        .merge(plugins::routes())
+        .route_layer(middleware::from_fn_with_state(state, auth::require_login));
+    Router::new()
+        .merge(pages)
+        .merge(auth::routes())
+        .route("/ui/app.css", get(|| asset("text/css", APP_CSS)))
+        .route("/ui/app.js", get(|| asset("text/javascript", APP_JS)))
+}
+
+async fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// A page that could not be shown: the API's error, as HTML.
+pub struct PageError(ApiError);
+
+impl From<ApiError> for PageError {
+    fn from(e: ApiError) -> Self {
+        PageError(e)
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.0.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::error!(error = %self.0.message, "UI page failed");
+        }
+        let body = view::page(
+            "Error",
+            view::Nav::None,
+            None,
+            maud::html! {
+                h1 { "Something went wrong" }
+                p.error role="alert" { (self.0.message) }
+                p { a href="/" { "Back to Work Pools" } }
+            },
+        );
+        (status, body).into_response()
+    }
+}
+
+pub type Page = Result<maud::Markup, PageError>;
+
+/// The `back` field of an action's form: the page to return to.
+#[derive(serde::Deserialize)]
+struct Back {
+    #[serde(default)]
+    back: Option<String>,
+}
+
+impl Back {
+    fn redirect(&self, fallback: &str) -> Redirect {
+        back_to(self.back.as_deref(), fallback)
+    }
+}
+
+/// Where to go after an action: the `back` field when it is a path on this
+/// server, else `fallback`. Never another site (`//evil`, `https://...`).
+fn back_to(back: Option<&str>, fallback: &str) -> Redirect {
+    let target = back
+        .filter(|b| b.starts_with('/') && !b.starts_with("//") && !b.contains('\\'))
+        .unwrap_or(fallback);
+    Redirect::to(target)
+}
+
+/// Actions are refused from other sites: with no token set nothing else
+/// would stop a page elsewhere from posting a form here.
+fn same_origin(headers: &HeaderMap) -> Result<(), PageError> {
+    let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    if site.is_some_and(|s| s == "cross-site" || s == "same-site") {
+        return Err(forbidden());
+    }
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if let (Some(origin), Some(host)) = (origin, host) {
+        let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+        if origin != "null" && origin_host != host {
+            return Err(forbidden());
+        }
+    }
+    Ok(())
+}
+
+fn forbidden() -> PageError {
+    PageError(ApiError {
+        kind: crate::error::ErrorKind::BadRequest,
+        message: "this action must come from the host UI's own pages".into(),
+        field: None,
+    })
+}

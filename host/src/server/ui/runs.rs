@@ -1,0 +1,249 @@
+//! Flow runs: the filterable list (paged with the API's cursor) and a run's
+//! page with its state timeline, live logs and Cancel.
+
+use super::view::{self, Nav};
+use super::{Back, Page, PageError, same_origin};
+use crate::error::ApiError;
+use crate::model::{FlowRun, StateType};
+use crate::server::AppState;
+use crate::store::{Records, RunFilter};
+use axum::Router;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use maud::{Markup, html};
+use serde::Deserialize;
+use std::time::Duration;
+
+/// Runs on one page of the list.
+const PAGE_SIZE: usize = 50;
+/// Log lines a run's page shows (the newest); the CLI and API have them all.
+const SHOWN_LOG_LINES: u64 = 1000;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/runs", get(list))
+        .route("/runs/{id}", get(detail))
+        .route("/ui/runs/{id}/cancel", post(cancel))
+}
+
+#[derive(Deserialize, Default)]
+struct ListQuery {
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    pool: Option<String>,
+    #[serde(default)]
+    deployment: Option<String>,
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+impl ListQuery {
+    /// The filters as a query string, for the paging links.
+    fn filters(&self) -> String {
+        [
+            ("state", &self.state),
+            ("pool", &self.pool),
+            ("deployment", &self.deployment),
+        ]
+        .iter()
+        .filter_map(|(key, value)| {
+            let value = value.as_deref().filter(|v| !v.is_empty())?;
+            Some(format!("{key}={}", view::query_escape(value)))
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+    }
+}
+
+async fn list(State(s): State<AppState>, Query(query): Query<ListQuery>) -> Page {
+    let blank = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+    let state = match blank(&query.state) {
+        Some(text) => Some(StateType::parse(&text).ok_or_else(|| {
+            ApiError::bad_request("state", format!("state: unknown state {text:?}"))
+        })?),
+        None => None,
+    };
+    let filter = RunFilter {
+        pool: blank(&query.pool),
+        deployment: blank(&query.deployment),
+        state,
+    };
+    let page = s.control.runs(
+        &filter,
+        query.cursor.as_deref().filter(|c| !c.is_empty()),
+        PAGE_SIZE,
+    )?;
+    let pools = s.control.pools()?;
+    let deployments = s.control.deployments()?;
+    let filters = query.filters();
+    let with = |extra: &str| match (filters.is_empty(), extra.is_empty()) {
+        (true, _) => format!("/runs?{extra}"),
+        (false, true) => format!("/runs?{filters}"),
+        (false, false) => format!("/runs?{filters}&{extra}"),
+    };
+    let paged = query.cursor.as_deref().is_some_and(|c| !c.is_empty());
+    let body = html! {
+        h1 { "Flow Runs" }
+        form.filters method="get" action="/runs" {
+            label { "State "
+                select name="state" {
+                    option value="" { "any" }
+                    @for st in StateType::ALL {
+                        option value=(st.as_str()) selected[state == Some(st)] { (st.as_str()) }
+                    }
+                }
+            }
+            label { "Pool "
+                select name="pool" {
+                    option value="" { "any" }
+                    @for p in &pools {
+                        option value=(p.pool.name) selected[filter.pool.as_deref() == Some(p.pool.name.as_str())] { (p.pool.name) }
+                    }
+                }
+            }
+            label { "Deployment "
+                select name="deployment" {
+                    option value="" { "any" }
+                    @for d in &deployments {
+                        @let full = d.full_name();
+                        option value=(full) selected[filter.deployment.as_deref() == Some(full.as_str())] { (full) }
+                    }
+                }
+            }
+            button type="submit" { "Filter" }
+        }
+        // A later page keeps still while runs come in; the first follows them.
+        div #runs data-live=[(!paged).then_some("")] {
+            (table(&page.runs))
+        }
+        nav.pager aria-label="Pages" {
+            @if paged { a #first-page href=(with("")) { "← Newest" } }
+            @if let Some(next) = &page.next_cursor {
+                a #next-page href=(with(&format!("cursor={}", view::query_escape(next)))) { "Older →" }
+            }
+        }
+    };
+    Ok(view::page(
+        "Flow Runs",
+        Nav::Runs,
+        Some("/api/events"),
+        body,
+    ))
+}
+
+/// The newest runs that match, without paging (pool and deployment pages).
+pub fn runs_table(s: &AppState, filter: &RunFilter, limit: usize) -> Result<Markup, ApiError> {
+    let page = s.control.runs(filter, None, limit)?;
+    let mut all = String::from("/runs?");
+    if let Some(pool) = &filter.pool {
+        all += &format!("pool={}", view::query_escape(pool));
+    }
+    if let Some(deployment) = &filter.deployment {
+        all += &format!("deployment={}", view::query_escape(deployment));
+    }
+    Ok(html! {
+        (table(&page.runs))
+        @if page.next_cursor.is_some() { p { a href=(all) { "All runs →" } } }
+    })
+}
+
+fn table(runs: &[FlowRun]) -> Markup {
+    html! {
+        @if runs.is_empty() {
+            p.empty { "No flow runs." }
+        } @else {
+            table.runs {
+                thead { tr { th { "Run" } th { "State" } th { "Deployment" } th { "Pool" } th { "Scheduled" } th { "Updated" } } }
+                tbody {
+                    @for run in runs {
+                        tr data-run=(run.id) {
+                            td { a href={ "/runs/" (view::segment(&run.id)) } { (run.name) } }
+                            td { (view::state(run.state.state_type)) }
+                            td { (run.deployment) }
+                            td { (run.pool) }
+                            td { (view::ago(run.scheduled_at)) }
+                            td { (view::ago(run.updated)) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn detail(State(s): State<AppState>, Path(id): Path<String>) -> Page {
+    let run = s.control.run(&id)?;
+    let last = s.control.store().read(|r| r.last_log_seq(&id))?;
+    let after = last.and_then(|last| last.checked_sub(SHOWN_LOG_LINES));
+    let (lines, _) = s
+        .control
+        .logs(&id, after, SHOWN_LOG_LINES as usize, Duration::ZERO)
+        .await?;
+    let here = format!("/runs/{}", view::segment(&id));
+    let timeline = run.history.iter().chain(std::iter::once(&run.state));
+    let body = html! {
+        p.crumbs { a href="/runs" { "Flow Runs" } " / " }
+        div.title-row #run-head data-live {
+            h1 { (run.name) }
+            (view::state(run.state.state_type))
+            @if !run.state.state_type.is_terminal() {
+                (view::action(&format!("/ui/runs/{}/cancel", view::segment(&id)), "Cancel", &here,
+                    Some(&format!("Cancel flow run {}?", run.name))))
+            }
+        }
+        div.columns {
+            section #run-details data-live {
+                h2 { "Details" }
+                dl.details {
+                    dt { "Id" } dd { code { (run.id) } }
+                    dt { "Deployment" } dd { (run.deployment) }
+                    dt { "Pool / queue" } dd { a href={ "/pools/" (view::segment(&run.pool)) } { (run.pool) } " / " (run.queue) }
+                    dt { "Worker" } dd { @if let Some(w) = &run.worker { (w) } @else { span.muted { "none" } } }
+                    dt { "Scheduled" } dd { (view::ago(run.scheduled_at)) }
+                    dt { "Exit code" } dd { @if let Some(code) = run.exit_code { (code) } @else { span.muted { "—" } } }
+                    dt { "Infrastructure" } dd { @if let Some(h) = &run.infrastructure_handle { code { (h) } } @else { span.muted { "—" } } }
+                    dt { "Parameters" } dd { (view::json(&serde_json::Value::Object(run.parameters.clone()))) }
+                    dt { "Job variables" } dd { (view::json(&serde_json::Value::Object(run.job_variables.clone()))) }
+                }
+            }
+            section #timeline data-live {
+                h2 { "Timeline" }
+                ol.timeline {
+                    @for state in timeline {
+                        li data-state=(state.state_type.as_str()) {
+                            (view::state(state.state_type))
+                            @if state.name != state.state_type.default_name() { " " (state.name) }
+                            " " time datetime=(state.timestamp.to_rfc3339()) { (view::exact(state.timestamp)) }
+                            @if let Some(message) = &state.message { p.message { (message) } }
+                        }
+                    }
+                }
+            }
+        }
+        h2 { "Logs" }
+        @if after.is_some() { p.muted { "The newest " (SHOWN_LOG_LINES) " lines; " code { "host flow-run logs " (run.id) } " has them all." } }
+        pre.logs #logs data-run=(run.id) aria-live="polite" {
+            @for line in &lines {
+                span.line.(line.stream) data-seq=(line.seq) { (line.message) "\n" }
+            }
+        }
+    };
+    let events = format!("/api/events?flow_run={}", view::query_escape(&id));
+    Ok(view::page(&run.name, Nav::Runs, Some(&events), body))
+}
+
+async fn cancel(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(back): Form<Back>,
+) -> Result<Response, PageError> {
+    same_origin(&headers)?;
+    s.control.cancel(&id).await?;
+    Ok(back
+        .redirect(&format!("/runs/{}", view::segment(&id)))
+        .into_response())
+}

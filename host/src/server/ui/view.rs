@@ -1,0 +1,180 @@
+//! The page frame and the pieces every page shows the same way: statuses
+//! (a dot *and* a word, never colour alone), times, JSON, field errors.
+
+use crate::model::{PoolStatus, QueueStatus, StateType, Timestamp, WorkerStatus};
+use maud::{DOCTYPE, Markup, html};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Nav {
+    Pools,
+    Deployments,
+    Runs,
+    Plugins,
+    None,
+}
+
+/// A whole page. `events` is the `/api/events` query the page listens to
+/// (its `data-live` regions are re-fetched when something arrives).
+pub fn page(title: &str, nav: Nav, events: Option<&str>, body: Markup) -> Markup {
+    let link = |target: Nav, href: &str, text: &str| {
+        html! {
+            a href=(href) aria-current=[(nav == target).then_some("page")] { (text) }
+        }
+    };
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · host" }
+                link rel="stylesheet" href="/ui/app.css";
+                script src="/ui/app.js" defer {}
+            }
+            body data-events=[events] data-now=(chrono::Utc::now().to_rfc3339()) {
+                header.top {
+                    a.brand href="/" { "host" }
+                    nav {
+                        (link(Nav::Pools, "/", "Work Pools"))
+                        (link(Nav::Deployments, "/deployments", "Deployments"))
+                        (link(Nav::Runs, "/runs", "Flow Runs"))
+                        (link(Nav::Plugins, "/plugins", "Plugins"))
+                    }
+                    span.live #live-indicator hidden title="Receiving live updates" { "● live" }
+                }
+                main { (body) }
+            }
+        }
+    }
+}
+
+fn dot(class: &str, word: &str) -> Markup {
+    html! { span.status.(class) { span.dot aria-hidden="true" {} (word) } }
+}
+
+pub fn pool_status(status: PoolStatus) -> Markup {
+    match status {
+        PoolStatus::Ready => dot("ok", "READY"),
+        PoolStatus::NotReady => dot("bad", "NOT_READY"),
+        PoolStatus::Paused => dot("paused", "PAUSED"),
+    }
+}
+
+pub fn queue_status(status: QueueStatus) -> Markup {
+    match status {
+        QueueStatus::Ready => dot("ok", "READY"),
+        QueueStatus::NotReady => dot("bad", "NOT_READY"),
+        QueueStatus::Paused => dot("paused", "PAUSED"),
+    }
+}
+
+pub fn worker_status(status: WorkerStatus) -> Markup {
+    match status {
+        WorkerStatus::Online => dot("ok", "ONLINE"),
+        WorkerStatus::Offline => dot("bad", "OFFLINE"),
+    }
+}
+
+pub fn state(state: StateType) -> Markup {
+    let class = match state {
+        StateType::Completed => "ok",
+        StateType::Failed | StateType::Crashed => "bad",
+        StateType::Running | StateType::Pending => "busy",
+        StateType::Cancelling | StateType::Cancelled => "paused",
+        StateType::Scheduled => "waiting",
+    };
+    html! { span.state.(class) data-state=(state.as_str()) { (state.as_str()) } }
+}
+
+/// A time as "3 s ago", kept current by `app.js`; the exact time on hover.
+pub fn ago(time: Timestamp) -> Markup {
+    let now = chrono::Utc::now();
+    html! {
+        time datetime=(time.to_rfc3339()) title=(exact(time)) data-ago {
+            (relative(now - time))
+        }
+    }
+}
+
+pub fn ago_or_never(time: Option<Timestamp>) -> Markup {
+    match time {
+        Some(time) => ago(time),
+        None => html! { span.muted { "never" } },
+    }
+}
+
+/// The same words `app.js` writes when it updates the time.
+fn relative(delta: chrono::TimeDelta) -> String {
+    let seconds = delta.num_seconds();
+    let (amount, ahead) = (seconds.unsigned_abs(), seconds < 0);
+    let text = match amount {
+        0..60 => format!("{amount} s"),
+        60..3600 => format!("{} min", amount / 60),
+        3600..86_400 => format!("{} h", amount / 3600),
+        _ => format!("{} d", amount / 86_400),
+    };
+    if ahead {
+        format!("in {text}")
+    } else {
+        format!("{text} ago")
+    }
+}
+
+pub fn exact(time: Timestamp) -> String {
+    time.format("%Y-%m-%d %H:%M:%S%.3f UTC").to_string()
+}
+
+pub fn json(value: &serde_json::Value) -> Markup {
+    let text = serde_json::to_string_pretty(value).unwrap_or_default();
+    html! { pre.json { (text) } }
+}
+
+pub fn limit(limit: Option<u32>) -> Markup {
+    match limit {
+        Some(n) => html! { (n) },
+        None => html! { span.muted { "unlimited" } },
+    }
+}
+
+/// A labelled form field with the server's error for it, if any, tied to
+/// the input for screen readers.
+pub fn field_error_wrap(id: &str, label: &str, error: Option<&str>, input: Markup) -> Markup {
+    html! {
+        div.field.invalid[error.is_some()] {
+            label for=(id) { (label) }
+            (input)
+            @if let Some(error) = error {
+                p.field-error #{ (id) "-error" } role="alert" data-field=(id) { (error) }
+            }
+        }
+    }
+}
+
+/// Percent-encodes a query-string value.
+pub fn query_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                out.push(byte as char)
+            }
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
+}
+
+/// A path segment of a name the API allows (names have no `/`).
+pub fn segment(text: &str) -> String {
+    query_escape(text).replace('/', "%2F")
+}
+
+/// A POST button, with `app.js` asking first when `confirm` is given.
+pub fn action(path: &str, label: &str, back: &str, confirm: Option<&str>) -> Markup {
+    html! {
+        form.inline method="post" action=(path) data-confirm=[confirm] {
+            input type="hidden" name="back" value=(back);
+            button.danger[confirm.is_some()] type="submit" { (label) }
+        }
+    }
+}
