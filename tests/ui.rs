@@ -516,3 +516,77 @@ async fn the_runs_list_pages_through_ten_thousand_runs() {
     let first = browser.text("#runs tbody tr").await;
     assert!(first.contains("SCHEDULED"), "{first}");
 }
+
+/// The screenshots in `docs/ui/`, of a server in the state the tutorial
+/// leaves it: `cargo test --release --test ui -- --ignored screenshots`.
+#[tokio::test]
+#[ignore = "writes docs/ui/*.png; run on purpose"]
+async fn screenshots() {
+    let Some(browser) = Browser::start("screenshots").await else {
+        panic!("screenshots need chromium and chromium-driver");
+    };
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/ui");
+    std::fs::create_dir_all(&out).expect("docs/ui");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(dir.path(), &[]);
+    let url = server.url.as_str();
+    host_ok(
+        url,
+        &["work-pool", "create", "--type", "process", "my-pool"],
+    );
+    host_ok(
+        url,
+        &[
+            "work-pool",
+            "create",
+            "--type",
+            "mock-serverless",
+            "staging",
+        ],
+    );
+    host_ok(
+        url,
+        &[
+            "deployment",
+            "create",
+            "hello/my-deployment",
+            "--pool",
+            "my-pool",
+            "--",
+            "sh",
+            "-c",
+            "echo Hello from host; sleep 1; echo working; sleep 1; echo done",
+        ],
+    );
+    let _worker = WorkerProcess::start(url, &dir.path().join("cache"), &["--pool", "my-pool"]);
+    let mut last = String::new();
+    for _ in 0..3 {
+        last = common::create_run(url, "hello/my-deployment", json!({})).await;
+    }
+    common::final_run(url, &last, LIVE).await;
+
+    let shots = [
+        ("work-pools", String::new()),
+        ("pool-details", "/pools/my-pool".into()),
+        ("pool-work-queues", "/pools/my-pool?tab=queues".into()),
+        ("pool-workers", "/pools/my-pool?tab=workers".into()),
+        ("deployments", "/deployments".into()),
+        (
+            "deployment-run-form",
+            "/deployments/hello/my-deployment".into(),
+        ),
+        ("flow-runs", "/runs".into()),
+        ("flow-run", format!("/runs/{last}")),
+        ("plugins", "/plugins".into()),
+    ];
+    for (name, path) in shots {
+        browser.goto(&format!("{url}{path}")).await;
+        browser.wait_text("h1", LIVE, |t| !t.is_empty()).await;
+        if name != "plugins" {
+            browser
+                .wait_text("#live-indicator", LIVE, |t| t.contains("live"))
+                .await;
+        }
+        browser.screenshot(&out.join(format!("{name}.png"))).await;
+    }
+}

@@ -140,7 +140,20 @@ impl Browser {
             .unwrap_or(false)
     }
 
+    /// The whole page, not only the window.
     pub async fn screenshot(&self, path: &std::path::Path) {
+        let height = self
+            .client
+            .execute("return document.documentElement.scrollHeight;", vec![])
+            .await
+            .ok()
+            .and_then(|h| h.as_u64())
+            .unwrap_or(1000)
+            .clamp(600, 4000) as u32;
+        self.client
+            .set_window_size(1280, height)
+            .await
+            .expect("resize");
         let png = self.client.screenshot().await.expect("screenshot");
         std::fs::write(path, png).expect("write screenshot");
     }

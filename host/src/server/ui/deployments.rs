@@ -88,6 +88,22 @@ fn schedules(schedules: &[Schedule]) -> Markup {
     }
 }
 
+/// An argv as one would type it: arguments with spaces or quotes quoted.
+fn shell_words(argv: &[String]) -> String {
+    let word = |arg: &String| {
+        if !arg.is_empty()
+            && arg
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
+        {
+            arg.clone()
+        } else {
+            format!("'{}'", arg.replace('\'', r"'\''"))
+        }
+    };
+    argv.iter().map(word).collect::<Vec<_>>().join(" ")
+}
+
 /// The Run form's variables: the pool's, and the ones the worker acts on.
 fn run_variables(s: &AppState, d: &Deployment) -> Result<Value, ApiError> {
     let pool = s.control.pool(&d.pool)?;
@@ -145,7 +161,7 @@ fn detail_page(
         dl.details {
             dt { "Pool" } dd { a href={ "/pools/" (view::segment(&d.pool)) } { (d.pool) } }
             dt { "Queue" } dd { (d.queue) }
-            dt { "Command" } dd { @if d.command.is_empty() { span.muted { "none" } } @else { code { (d.command.join(" ")) } } }
+            dt { "Command" } dd { @if d.command.is_empty() { span.muted { "none" } } @else { code { (shell_words(&d.command)) } } }
             dt { "Image" } dd { @if let Some(image) = &d.image { code { (image) } } @else { span.muted { "none" } } }
             dt { "Parameters" } dd { (view::json(&Value::Object(d.parameters.clone()))) }
             dt { "Job variables" } dd { (view::json(&Value::Object(d.job_variables.clone()))) }
