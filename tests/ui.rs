@@ -37,6 +37,18 @@ async fn with_a_token_pages_and_the_stream_need_the_login_cookie() {
         let location = answer.headers()["location"].to_str().expect("location");
         assert!(location.starts_with("/login?next="), "{page} → {location}");
     }
+    let action = web
+        .post(format!("{url}/ui/pools"))
+        .form(&[("name", "p"), ("type", "process")])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(action.status(), 303, "an action without the cookie");
+    assert_eq!(action.headers()["location"], "/login?next=/");
+    assert!(
+        server.control.pools().expect("pools").is_empty(),
+        "nothing created"
+    );
     let (status, _) = http("GET", &format!("{url}/api/events"), None, None).await;
     assert_eq!(status, 401, "the stream without the token");
     // The assets reveal no data, and the login form needs them.

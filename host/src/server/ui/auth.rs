@@ -50,11 +50,12 @@ pub async fn require_login(
     if state.authorized(request.headers()) {
         return next.run(request).await;
     }
-    let wanted = request
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
+    // After logging in the browser GETs `next`: an action's path is no page.
+    let wanted = match *request.method() {
+        axum::http::Method::GET => request.uri().path_and_query().map_or("/", |p| p.as_str()),
+        _ => "/",
+    }
+    .to_string();
     let target = format!("/login?next={}", view::query_escape(&wanted));
     Redirect::to(&target).into_response()
 }
