@@ -48,6 +48,13 @@ fn default_limit() -> usize {
     100
 }
 
+/// The `state` filter of a run listing (the API's and the UI's).
+pub(super) fn state_param(text: &str) -> Result<StateType, ApiError> {
+    StateType::parse(text).ok_or_else(|| {
+        ApiError::bad_request("state", format!("state: unknown state {text:?} (one of SCHEDULED, PENDING, RUNNING, COMPLETED, FAILED, CRASHED, CANCELLING, CANCELLED)"))
+    })
+}
+
 #[utoipa::path(
     get,
     operation_id = "runs_list",
@@ -61,16 +68,10 @@ async fn list(
     State(s): State<AppState>,
     Params(p): Params<ListParams>,
 ) -> Result<Json<RunPage>, ApiError> {
-    let state = match p.state {
-        Some(text) => Some(StateType::parse(&text).ok_or_else(|| {
-            ApiError::bad_request("state", format!("state: unknown state {text:?} (one of SCHEDULED, PENDING, RUNNING, COMPLETED, FAILED, CRASHED, CANCELLING, CANCELLED)"))
-        })?),
-        None => None,
-    };
     let filter = RunFilter {
         pool: p.pool,
         deployment: p.deployment,
-        state,
+        state: p.state.as_deref().map(state_param).transpose()?,
     };
     Ok(Json(s.control.runs(
         &filter,

@@ -40,37 +40,32 @@ struct ListQuery {
     cursor: Option<String>,
 }
 
-impl ListQuery {
-    /// The filters as a query string, for the paging links.
-    fn filters(&self) -> String {
-        [
-            ("state", &self.state),
-            ("pool", &self.pool),
-            ("deployment", &self.deployment),
-        ]
+/// `/runs` with these filters and, for a later page, the cursor.
+fn runs_link(filter: &RunFilter, cursor: Option<&str>) -> String {
+    let pairs = [
+        ("state", filter.state.map(StateType::as_str)),
+        ("pool", filter.pool.as_deref()),
+        ("deployment", filter.deployment.as_deref()),
+        ("cursor", cursor),
+    ];
+    let query: Vec<String> = pairs
         .iter()
-        .filter_map(|(key, value)| {
-            let value = value.as_deref().filter(|v| !v.is_empty())?;
-            Some(format!("{key}={}", view::query_escape(value)))
-        })
-        .collect::<Vec<_>>()
-        .join("&")
-    }
+        .filter_map(|(key, value)| Some(format!("{key}={}", view::query_escape((*value)?))))
+        .collect();
+    format!("/runs?{}", query.join("&"))
 }
 
 async fn list(State(s): State<AppState>, Query(query): Query<ListQuery>) -> Page {
     let blank = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
-    let state = match blank(&query.state) {
-        Some(text) => Some(StateType::parse(&text).ok_or_else(|| {
-            ApiError::bad_request("state", format!("state: unknown state {text:?}"))
-        })?),
-        None => None,
-    };
     let filter = RunFilter {
         pool: blank(&query.pool),
         deployment: blank(&query.deployment),
-        state,
+        state: blank(&query.state)
+            .as_deref()
+            .map(crate::server::runs::state_param)
+            .transpose()?,
     };
+    let state = filter.state;
     let page = s.control.runs(
         &filter,
         query.cursor.as_deref().filter(|c| !c.is_empty()),
@@ -78,12 +73,6 @@ async fn list(State(s): State<AppState>, Query(query): Query<ListQuery>) -> Page
     )?;
     let pools = s.control.pools()?;
     let deployments = s.control.deployments()?;
-    let filters = query.filters();
-    let with = |extra: &str| match (filters.is_empty(), extra.is_empty()) {
-        (true, _) => format!("/runs?{extra}"),
-        (false, true) => format!("/runs?{filters}"),
-        (false, false) => format!("/runs?{filters}&{extra}"),
-    };
     let paged = query.cursor.as_deref().is_some_and(|c| !c.is_empty());
     let body = html! {
         h1 { "Flow Runs" }
@@ -120,9 +109,9 @@ async fn list(State(s): State<AppState>, Query(query): Query<ListQuery>) -> Page
             (table(&page.runs))
         }
         nav.pager aria-label="Pages" {
-            @if paged { a #first-page href=(with("")) { "← Newest" } }
+            @if paged { a #first-page href=(runs_link(&filter, None)) { "← Newest" } }
             @if let Some(next) = &page.next_cursor {
-                a #next-page href=(with(&format!("cursor={}", view::query_escape(next)))) { "Older →" }
+                a #next-page href=(runs_link(&filter, Some(next))) { "Older →" }
             }
         }
     };
@@ -137,16 +126,9 @@ async fn list(State(s): State<AppState>, Query(query): Query<ListQuery>) -> Page
 /// The newest runs that match, without paging (pool and deployment pages).
 pub fn runs_table(s: &AppState, filter: &RunFilter, limit: usize) -> Result<Markup, ApiError> {
     let page = s.control.runs(filter, None, limit)?;
-    let mut all = String::from("/runs?");
-    if let Some(pool) = &filter.pool {
-        all += &format!("pool={}", view::query_escape(pool));
-    }
-    if let Some(deployment) = &filter.deployment {
-        all += &format!("deployment={}", view::query_escape(deployment));
-    }
     Ok(html! {
         (table(&page.runs))
-        @if page.next_cursor.is_some() { p { a href=(all) { "All runs →" } } }
+        @if page.next_cursor.is_some() { p { a href=(runs_link(filter, None)) { "All runs →" } } }
     })
 }
 
