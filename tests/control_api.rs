@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{TestServer, http};
+use common::{Backend, TestServer, http};
 use host::control::ControlConfig;
 use serde_json::{Value, json};
 use std::collections::HashSet;
@@ -67,9 +67,8 @@ fn claimed_ids(answer: &Value) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn pools_validate_their_input_and_store_nothing_when_it_is_bad() {
-    let s = TestServer::start().await;
+async fn pools_validate_their_input_and_store_nothing_when_it_is_bad(backend: Backend) {
+    let s = TestServer::start_on(backend, None, ControlConfig::default()).await;
     let (status, pool) = create_pool(&s, json!({"name": "p1", "type": "process"})).await;
     assert_eq!(status, 201, "{pool}");
     assert_eq!(pool["status"], "NOT_READY");
@@ -181,9 +180,8 @@ async fn pools_validate_their_input_and_store_nothing_when_it_is_bad() {
     );
 }
 
-#[tokio::test]
-async fn queue_priorities_stay_unique_by_shifting_the_others() {
-    let s = TestServer::start().await;
+async fn queue_priorities_stay_unique_by_shifting_the_others(backend: Backend) {
+    let s = TestServer::start_on(backend, None, ControlConfig::default()).await;
     create_pool(&s, json!({"name": "p", "type": "process"})).await;
     let url = format!("{}/api/work-pools/p/queues", s.url);
     assert_eq!(
@@ -218,9 +216,8 @@ async fn queue_priorities_stay_unique_by_shifting_the_others() {
     assert_eq!(status, 409, "{answer}");
 }
 
-#[tokio::test]
-async fn deployments_are_idempotent_and_validate_job_variables() {
-    let s = TestServer::start().await;
+async fn deployments_are_idempotent_and_validate_job_variables(backend: Backend) {
+    let s = TestServer::start_on(backend, None, ControlConfig::default()).await;
     create_pool(&s, json!({"name": "mock", "type": "mock-serverless"})).await;
     let spec = json!({"flow": "etl", "name": "daily", "pool": "mock", "command": ["echo", "hi"], "job_variables": {"duration_ms": 5}});
     let (status, first) = deployment(&s, spec.clone()).await;
@@ -312,9 +309,8 @@ async fn deployments_are_idempotent_and_validate_job_variables() {
     assert_eq!(claimed["flow_run"]["parameters"]["day"], "monday");
 }
 
-#[tokio::test]
-async fn claims_follow_priority_then_time_within_limits() {
-    let s = TestServer::start().await;
+async fn claims_follow_priority_then_time_within_limits(backend: Backend) {
+    let s = TestServer::start_on(backend, None, ControlConfig::default()).await;
     create_pool(
         &s,
         json!({"name": "p", "type": "process", "concurrency_limit": 2}),
@@ -386,9 +382,8 @@ async fn claims_follow_priority_then_time_within_limits() {
     assert_ne!(future, Value::Null);
 }
 
-#[tokio::test]
-async fn a_long_poll_answers_as_soon_as_a_run_is_created() {
-    let s = TestServer::start().await;
+async fn a_long_poll_answers_as_soon_as_a_run_is_created(backend: Backend) {
+    let s = TestServer::start_on(backend, None, ControlConfig::default()).await;
     create_pool(&s, json!({"name": "p", "type": "process"})).await;
     deployment(&s, json!({"flow": "f", "name": "d", "pool": "p"})).await;
     let poller = {
@@ -424,9 +419,8 @@ async fn a_long_poll_answers_as_soon_as_a_run_is_created() {
     );
 }
 
-#[tokio::test]
-async fn transitions_follow_the_rules_and_replays_are_harmless() {
-    let s = TestServer::start().await;
+async fn transitions_follow_the_rules_and_replays_are_harmless(backend: Backend) {
+    let s = TestServer::start_on(backend, None, ControlConfig::default()).await;
     create_pool(&s, json!({"name": "p", "type": "process"})).await;
     deployment(&s, json!({"flow": "f", "name": "d", "pool": "p"})).await;
     let id = run(&s, "f/d", json!({})).await.1["id"]
@@ -477,9 +471,8 @@ async fn transitions_follow_the_rules_and_replays_are_harmless() {
     assert_eq!(states, ["SCHEDULED", "PENDING", "RUNNING", "FAILED"]);
 }
 
-#[tokio::test]
-async fn cancel_is_immediate_for_scheduled_and_reaches_the_worker_otherwise() {
-    let s = TestServer::start().await;
+async fn cancel_is_immediate_for_scheduled_and_reaches_the_worker_otherwise(backend: Backend) {
+    let s = TestServer::start_on(backend, None, ControlConfig::default()).await;
     create_pool(&s, json!({"name": "p", "type": "process"})).await;
     deployment(&s, json!({"flow": "f", "name": "d", "pool": "p"})).await;
     let waiting = run(
@@ -531,9 +524,8 @@ async fn cancel_is_immediate_for_scheduled_and_reaches_the_worker_otherwise() {
     );
 }
 
-#[tokio::test]
-async fn an_api_token_guards_everything_but_health() {
-    let s = TestServer::start_with(Some("s3cret"), ControlConfig::default()).await;
+async fn an_api_token_guards_everything_but_health(backend: Backend) {
+    let s = TestServer::start_on(backend, Some("s3cret"), ControlConfig::default()).await;
     assert_eq!(
         http("GET", &format!("{}/api/health", s.url), None, None)
             .await
@@ -582,9 +574,8 @@ async fn an_api_token_guards_everything_but_health() {
 }
 
 /// What schemathesis found where the server and its document disagreed.
-#[tokio::test]
-async fn numbers_cursors_and_references_are_read_as_the_document_says() {
-    let s = TestServer::start().await;
+async fn numbers_cursors_and_references_are_read_as_the_document_says(backend: Backend) {
+    let s = TestServer::start_on(backend, None, ControlConfig::default()).await;
     // JSON's `4.0` is the integer 4 in the API's own fields...
     let (status, pool) = create_pool(
         &s,
@@ -684,9 +675,8 @@ async fn numbers_cursors_and_references_are_read_as_the_document_says() {
     }
 }
 
-#[tokio::test]
-async fn bad_query_parameters_are_4xx_naming_the_field() {
-    let s = TestServer::start().await;
+async fn bad_query_parameters_are_4xx_naming_the_field(backend: Backend) {
+    let s = TestServer::start_on(backend, None, ControlConfig::default()).await;
     for (query, field) in [
         ("limit=lots", "limit"),
         ("state=DONE", "state"),
@@ -719,13 +709,12 @@ async fn bad_query_parameters_are_4xx_naming_the_field() {
     );
 }
 
-#[tokio::test]
-async fn the_scheduler_keeps_runs_ahead_and_marks_late_ones() {
+async fn the_scheduler_keeps_runs_ahead_and_marks_late_ones(backend: Backend) {
     let config = ControlConfig {
         late_after: Duration::from_millis(1),
         ..ControlConfig::default()
     };
-    let s = TestServer::start_with(None, config).await;
+    let s = TestServer::start_on(backend, None, config).await;
     create_pool(&s, json!({"name": "p", "type": "process"})).await;
     deployment(&s, json!({"flow": "f", "name": "every-10-min", "pool": "p", "schedules": [{"interval_seconds": 600}]})).await;
     s.control.upkeep().await.expect("upkeep");
@@ -791,11 +780,10 @@ async fn the_scheduler_keeps_runs_ahead_and_marks_late_ones() {
     assert_eq!(claimed_ids(&answer), [id], "Late runs are still claimable");
 }
 
-#[tokio::test]
-async fn concurrent_claimers_each_take_every_run_exactly_once() {
+async fn concurrent_claimers_each_take_every_run_exactly_once(backend: Backend) {
     const RUNS: usize = 2_000;
     const CLAIMERS: usize = 8;
-    let s = TestServer::start().await;
+    let s = TestServer::start_on(backend, None, ControlConfig::default()).await;
     create_pool(&s, json!({"name": "p", "type": "process"})).await;
     deployment(&s, json!({"flow": "f", "name": "d", "pool": "p"})).await;
     let mut creators = Vec::new();
@@ -840,13 +828,12 @@ async fn concurrent_claimers_each_take_every_run_exactly_once() {
     assert_eq!(unique.len(), RUNS, "none twice");
 }
 
-#[tokio::test]
-async fn runs_of_a_worker_that_stays_offline_are_crashed_with_the_reason() {
+async fn runs_of_a_worker_that_stays_offline_are_crashed_with_the_reason(backend: Backend) {
     let config = ControlConfig {
         crash_offline_after: Duration::ZERO,
         ..ControlConfig::default()
     };
-    let s = TestServer::start_with(None, config).await;
+    let s = TestServer::start_on(backend, None, config).await;
     create_pool(&s, json!({"name": "p", "type": "process"})).await;
     deployment(&s, json!({"flow": "f", "name": "d", "pool": "p"})).await;
     let id = run(&s, "f/d", json!({})).await.1["id"]
@@ -1059,3 +1046,19 @@ async fn schemathesis_finds_the_api_as_documented() {
     );
     assert!(report.contains("passed"), "{report}");
 }
+
+crate::on_both_stores!(
+    pools_validate_their_input_and_store_nothing_when_it_is_bad,
+    queue_priorities_stay_unique_by_shifting_the_others,
+    deployments_are_idempotent_and_validate_job_variables,
+    claims_follow_priority_then_time_within_limits,
+    a_long_poll_answers_as_soon_as_a_run_is_created,
+    transitions_follow_the_rules_and_replays_are_harmless,
+    cancel_is_immediate_for_scheduled_and_reaches_the_worker_otherwise,
+    an_api_token_guards_everything_but_health,
+    numbers_cursors_and_references_are_read_as_the_document_says,
+    bad_query_parameters_are_4xx_naming_the_field,
+    the_scheduler_keeps_runs_ahead_and_marks_late_ones,
+    concurrent_claimers_each_take_every_run_exactly_once,
+    runs_of_a_worker_that_stays_offline_are_crashed_with_the_reason,
+);

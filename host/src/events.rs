@@ -17,7 +17,7 @@ use tokio::sync::broadcast;
 const KEPT: usize = 10_000;
 
 /// What changed, as the store wrote it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Change {
     Run { flow_run: Box<FlowRun> },

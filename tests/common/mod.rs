@@ -3,6 +3,7 @@
 
 pub mod browser;
 pub mod docker;
+pub mod postgres;
 
 use host::runtime::{Runtime, RuntimeConfig};
 use std::path::Path;
@@ -42,6 +43,40 @@ pub async fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) 
     condition()
 }
 
+/// Which store a test server keeps its data in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Redb,
+    Postgres,
+}
+
+/// Defines each named `async fn name(backend: Backend)` as two tests, one
+/// per store: `redb::name` and `postgres::name`. One body, two stores.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod redb {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Redb).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    if $crate::common::postgres::shared().is_none() {
+                        return;
+                    }
+                    super::$name($crate::common::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
 /// A control plane served in-process on a free loopback port.
 pub struct TestServer {
     pub url: String,
@@ -59,12 +94,29 @@ impl TestServer {
         token: Option<&str>,
         config: host::control::ControlConfig,
     ) -> TestServer {
+        Self::start_on(Backend::Redb, token, config).await
+    }
+
+    /// On PostgreSQL, each server gets a new database of the shared cluster.
+    pub async fn start_on(
+        backend: Backend,
+        token: Option<&str>,
+        config: host::control::ControlConfig,
+    ) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let rt = runtime(&dir.path().join("cache"));
         let registry = host::plugins::Registry::load(&rt, None)
             .await
             .expect("built-ins");
-        let store = host::store::Store::open(&dir.path().join("host.redb")).expect("store");
+        let store = match backend {
+            Backend::Redb => host::store::Store::open(&dir.path().join("host.redb")).expect("store"),
+            Backend::Postgres => {
+                let cluster = postgres::shared().expect("PostgreSQL installed");
+                host::store::Store::connect(&cluster.new_database())
+                    .await
+                    .expect("store")
+            }
+        };
         let control = host::control::Control::new(
             store,
             host::control::Catalog::from_registry(&registry),

@@ -16,9 +16,14 @@ pub struct ServeArgs {
     host: String,
     #[arg(long, env = "HOST_PORT", default_value_t = 4200)]
     port: u16,
-    /// Where the database lives (default: the user's data dir).
+    /// Where the embedded database lives (default: the user's data dir).
     #[arg(long, env = "HOST_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Keep everything in PostgreSQL instead (`postgres://user:password@host:port/db`),
+    /// so several `host serve` replicas can share it. Without it, the embedded
+    /// redb file in the data dir.
+    #[arg(long, env = "HOST_DATABASE_URL", conflicts_with = "data_dir")]
+    database_url: Option<String>,
     /// SCHEDULED runs this many seconds past their time are marked Late.
     #[arg(long, default_value_t = 15)]
     late_after_seconds: u64,
@@ -46,10 +51,15 @@ pub fn default_data_dir() -> PathBuf {
 
 pub async fn run(args: ServeArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> {
     let runtime = &args.runtime;
-    let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
-    let db_path = data_dir.join("host.redb");
-    let store = Store::open_with(&db_path, args.min_free_disk_mb << 20)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let store = match (&args.database_url, args.data_dir) {
+        (Some(url), _) if !url.is_empty() => Store::connect(url).await,
+        (_, data_dir) => {
+            let data_dir = data_dir.unwrap_or_else(default_data_dir);
+            Store::open_with(&data_dir.join("host.redb"), args.min_free_disk_mb << 20)
+        }
+    }
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let location = store.location();
     // The server only needs each plugin's description; the runtime is dropped
     // after loading so it costs no memory while serving.
     let catalog = {
@@ -80,8 +90,7 @@ pub async fn run(args: ServeArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> {
     let local = listener.local_addr()?;
     // Tests and scripts wait for this line to know the server is up.
     println!(
-        "host serve: listening on http://{local} (data in {})",
-        db_path.display()
+        "host serve: listening on http://{local} (data in {location})"
     );
     // Whoever read the first line may have closed the pipe since.
     let _ = writeln!(std::io::stdout(), "host serve: web UI at http://{local}/");

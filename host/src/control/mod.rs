@@ -18,6 +18,7 @@ pub use pools::{
 pub use runs::NewLogLine;
 
 use crate::error::ApiError;
+use crate::events::Change;
 use crate::store::Store;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -135,12 +136,26 @@ impl Control {
 
 impl Control {
     pub fn new(store: Store, catalog: Catalog, config: ControlConfig) -> Control {
+        let changes = Arc::new(watch::channel(0).0);
+        let log_changes = Arc::new(watch::channel(0).0);
+        // Another server sharing the database committed: wake this one's
+        // long-polls as for its own writes.
+        let (remote_changes, remote_logs) = (changes.clone(), log_changes.clone());
+        store.on_remote_changes(Box::new(move |committed| {
+            let bump = |sender: &watch::Sender<u64>| sender.send_modify(|n| *n = n.wrapping_add(1));
+            if committed.iter().any(|c| !matches!(c, Change::Log { .. })) {
+                bump(&remote_changes);
+            }
+            if committed.iter().any(|c| matches!(c, Change::Log { .. })) {
+                bump(&remote_logs);
+            }
+        }));
         Control {
             store,
             catalog: Arc::new(catalog),
             config: Arc::new(config),
-            changes: Arc::new(watch::channel(0).0),
-            log_changes: Arc::new(watch::channel(0).0),
+            changes,
+            log_changes,
         }
     }
 

@@ -160,6 +160,11 @@ impl Control {
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticker.tick().await;
+                // On a shared database one server does the upkeep; deterministic
+                // run ids would keep the others' from duplicating it anyway.
+                if !control.store.lead().await {
+                    continue;
+                }
                 if let Err(error) = control.upkeep().await {
                     tracing::warn!(%error, "scheduler upkeep failed; retrying next tick");
                 }

@@ -7,7 +7,6 @@ use crate::events::Change;
 use crate::model::{
     Deployment, FlowRun, LogLine, StateType, Timestamp, WorkPool, WorkQueue, Worker,
 };
-use redb::TableHandle;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -404,7 +403,7 @@ impl Writer<'_> {
         let before = old.map(run_index_entries).unwrap_or_default();
         let after = run_index_entries(new);
         let contains = |list: &[(Def, String)], (def, key): &(Def, String)| {
-            list.iter().any(|(d, k)| d.name() == def.name() && k == key)
+            list.iter().any(|(d, k)| *d == *def && k == key)
         };
         for entry in before.iter().filter(|e| !contains(&after, e)) {
             self.raw_delete(entry.0, &entry.1)?;

@@ -1,35 +1,43 @@
-//! Table definitions and raw access shared by read snapshots and writers.
+//! Table names and the byte-level access both backends offer.
 
-use super::{Snapshot, Writer, storage};
+use super::{Snapshot, Writer};
 use crate::error::ApiError;
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use crate::events::Change;
 
-pub type Def = TableDefinition<'static, &'static str, &'static [u8]>;
+/// A table: ordered `&str` keys to byte values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Def(&'static str);
 
-pub const POOLS: Def = TableDefinition::new("pools");
-pub const QUEUES: Def = TableDefinition::new("queues");
-pub const WORKERS: Def = TableDefinition::new("workers");
-pub const DEPLOYMENTS: Def = TableDefinition::new("deployments");
-pub const RUNS: Def = TableDefinition::new("runs");
-pub const LOGS: Def = TableDefinition::new("logs");
+impl Def {
+    pub const fn name(self) -> &'static str {
+        self.0
+    }
+}
+
+pub const POOLS: Def = Def("pools");
+pub const QUEUES: Def = Def("queues");
+pub const WORKERS: Def = Def("workers");
+pub const DEPLOYMENTS: Def = Def("deployments");
+pub const RUNS: Def = Def("runs");
+pub const LOGS: Def = Def("logs");
 /// Active-run counts per pool, queue and deployment (u64, little endian).
-pub const COUNTERS: Def = TableDefinition::new("counters");
+pub const COUNTERS: Def = Def("counters");
 /// SCHEDULED runs by pool, queue, scheduled time: what a claim takes from.
-pub const IDX_DUE: Def = TableDefinition::new("idx_due");
+pub const IDX_DUE: Def = Def("idx_due");
 /// SCHEDULED runs not yet marked Late, by scheduled time.
-pub const IDX_LATE: Def = TableDefinition::new("idx_late");
-pub const IDX_CREATED: Def = TableDefinition::new("idx_created");
-pub const IDX_STATE: Def = TableDefinition::new("idx_state");
-pub const IDX_POOL: Def = TableDefinition::new("idx_pool");
-pub const IDX_DEPLOYMENT: Def = TableDefinition::new("idx_deployment");
+pub const IDX_LATE: Def = Def("idx_late");
+pub const IDX_CREATED: Def = Def("idx_created");
+pub const IDX_STATE: Def = Def("idx_state");
+pub const IDX_POOL: Def = Def("idx_pool");
+pub const IDX_DEPLOYMENT: Def = Def("idx_deployment");
 /// Active runs by the worker holding them.
-pub const IDX_WORKER: Def = TableDefinition::new("idx_worker");
+pub const IDX_WORKER: Def = Def("idx_worker");
 /// CANCELLING runs by the worker holding them: what a claim reports back.
-pub const IDX_CANCELLING: Def = TableDefinition::new("idx_cancelling");
+pub const IDX_CANCELLING: Def = Def("idx_cancelling");
 /// SCHEDULED runs the scheduler made, by deployment id and time.
-pub const IDX_AUTO: Def = TableDefinition::new("idx_auto");
+pub const IDX_AUTO: Def = Def("idx_auto");
 
-const ALL: [Def; 16] = [
+pub const ALL: [Def; 16] = [
     POOLS,
     QUEUES,
     WORKERS,
@@ -48,14 +56,8 @@ const ALL: [Def; 16] = [
     IDX_AUTO,
 ];
 
-pub fn create_all(txn: &WriteTransaction) -> Result<(), ApiError> {
-    for def in ALL {
-        txn.open_table(def).map_err(storage)?;
-    }
-    Ok(())
-}
-
-/// Byte-level access that both snapshots and writers offer.
+/// Byte-level reads that both snapshots and writers offer: what `records`
+/// builds everything on.
 pub trait Raw {
     fn raw_get(&self, def: Def, key: &str) -> Result<Option<Vec<u8>>, ApiError>;
     /// Entries with keys in `[start, end)`, ascending or descending, at most `limit`.
@@ -69,42 +71,34 @@ pub trait Raw {
     ) -> Result<Vec<(String, Vec<u8>)>, ApiError>;
 }
 
-fn get_in(
-    table: &impl ReadableTable<&'static str, &'static [u8]>,
-    key: &str,
-) -> Result<Option<Vec<u8>>, ApiError> {
-    Ok(table
-        .get(key)
-        .map_err(storage)?
-        .map(|guard| guard.value().to_vec()))
+/// What a backend implements for a read view. Keys order byte-wise, as
+/// Rust's `str` does.
+pub(super) trait ReadTxn {
+    fn get(&self, def: Def, key: &str) -> Result<Option<Vec<u8>>, ApiError>;
+    fn range(
+        &self,
+        def: Def,
+        start: &str,
+        end: &str,
+        descending: bool,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, ApiError>;
+    /// Every key of a table, in order, without the values.
+    fn keys(&self, def: Def, f: &mut dyn FnMut(&str)) -> Result<(), ApiError>;
 }
 
-fn range_in(
-    table: &impl ReadableTable<&'static str, &'static [u8]>,
-    start: &str,
-    end: &str,
-    descending: bool,
-    limit: usize,
-) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
-    if start >= end {
-        return Ok(Vec::new());
-    }
-    let range = table.range::<&str>(start..end).map_err(storage)?;
-    let entry =
-        |item: Result<(redb::AccessGuard<&str>, redb::AccessGuard<&[u8]>), redb::StorageError>| {
-            item.map(|(k, v)| (k.value().to_string(), v.value().to_vec()))
-                .map_err(storage)
-        };
-    if descending {
-        range.rev().take(limit).map(entry).collect()
-    } else {
-        range.take(limit).map(entry).collect()
-    }
+/// What a backend implements for the transaction a batch of writes shares.
+pub(super) trait WriteTxn: ReadTxn {
+    fn put(&mut self, def: Def, key: &str, value: &[u8]) -> Result<(), ApiError>;
+    fn delete(&mut self, def: Def, key: &str) -> Result<(), ApiError>;
+    /// The changes one request made, committed with the batch (a backend
+    /// shared by several servers tells the others through them).
+    fn record(&mut self, _changes: &[Change]) {}
 }
 
 impl Raw for Snapshot {
     fn raw_get(&self, def: Def, key: &str) -> Result<Option<Vec<u8>>, ApiError> {
-        get_in(&self.txn.open_table(def).map_err(storage)?, key)
+        self.txn.get(def, key)
     }
     fn raw_range(
         &self,
@@ -114,19 +108,16 @@ impl Raw for Snapshot {
         descending: bool,
         limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
-        range_in(
-            &self.txn.open_table(def).map_err(storage)?,
-            start,
-            end,
-            descending,
-            limit,
-        )
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        self.txn.range(def, start, end, descending, limit)
     }
 }
 
 impl Raw for Writer<'_> {
     fn raw_get(&self, def: Def, key: &str) -> Result<Option<Vec<u8>>, ApiError> {
-        get_in(&self.txn.open_table(def).map_err(storage)?, key)
+        self.txn.get(def, key)
     }
     fn raw_range(
         &self,
@@ -136,33 +127,20 @@ impl Raw for Writer<'_> {
         descending: bool,
         limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
-        range_in(
-            &self.txn.open_table(def).map_err(storage)?,
-            start,
-            end,
-            descending,
-            limit,
-        )
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        self.txn.range(def, start, end, descending, limit)
     }
 }
 
 impl Writer<'_> {
     pub(super) fn raw_put(&mut self, def: Def, key: &str, value: &[u8]) -> Result<(), ApiError> {
-        self.txn
-            .open_table(def)
-            .map_err(storage)?
-            .insert(key, value)
-            .map_err(storage)?;
-        Ok(())
+        self.txn.put(def, key, value)
     }
 
     pub(super) fn raw_delete(&mut self, def: Def, key: &str) -> Result<(), ApiError> {
-        self.txn
-            .open_table(def)
-            .map_err(storage)?
-            .remove(key)
-            .map_err(storage)?;
-        Ok(())
+        self.txn.delete(def, key)
     }
 }
 
@@ -174,12 +152,7 @@ pub fn prefix_end(prefix: &str) -> String {
 impl Snapshot {
     /// Calls `f` with every key of `def`, in order, without copying values.
     pub(super) fn for_each_key(&self, def: Def, mut f: impl FnMut(&str)) -> Result<(), ApiError> {
-        let table = self.txn.open_table(def).map_err(storage)?;
-        for item in table.iter().map_err(storage)? {
-            let (key, _) = item.map_err(storage)?;
-            f(key.value());
-        }
-        Ok(())
+        self.txn.keys(def, &mut f)
     }
 
     /// How many runs each pool has in each state, from the keys of two

@@ -1,0 +1,780 @@
+//! The shared backend: PostgreSQL, which any number of `host serve`
+//! replicas use at once.
+//!
+//! - Every table of `tables` is a key range of one `kv` table.
+//! - Each server groups its waiting writes into one transaction, as with
+//!   redb, and takes one transaction-scoped advisory lock first: write
+//!   batches are serialized across replicas, so every check a request makes
+//!   inside its write (a claim's limits, a transition's current state) holds
+//!   until it commits, exactly as with one server. Replicas buy availability
+//!   and read capacity; writes scale by batching.
+//! - A batch also writes what it changed to `changes` and `NOTIFY`s; every
+//!   server listens and feeds other servers' changes into its own events and
+//!   long-polls.
+//! - One server at a time holds a session-level advisory lock and leads the
+//!   once-per-database upkeep; the lock passes on when its connection drops.
+//!
+//! The store's API is synchronous closures over reads; the driver is async.
+//! The driver's connections live on a small runtime of this module's own, so
+//! a read can wait for an answer from any thread, also from inside another
+//! runtime, without driving the connection itself.
+
+use super::tables::{Def, ReadTxn, WriteTxn};
+use super::{Backend, Completion, Health, Job, RemoteHook, next_batch};
+use crate::error::ApiError;
+use crate::events::{Change, Events};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, mpsc};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+refinery::embed_migrations!("migrations");
+
+/// Advisory lock keys ("host" and one more): one serializes write batches,
+/// one marks the leading server, one guards migrations.
+const WRITE_LOCK: i64 = 0x686f_7374_0001;
+const LEAD_LOCK: i64 = 0x686f_7374_0002;
+const MIGRATE_LOCK: i64 = 0x686f_7374_0003;
+const CHANNEL: &str = "host_changes";
+/// How often the listener looks for changes even without a notification
+/// (one can be lost while its connection is re-established).
+const CATCH_UP_EVERY: Duration = Duration::from_secs(1);
+/// Changes are kept this long for the listeners; far longer than they lag.
+const KEEP_CHANGES: &str = "10 minutes";
+
+const GET: &str = "SELECT value FROM kv WHERE tbl = $1 AND key = $2";
+const RANGE_ASC: &str = "SELECT key, value FROM kv WHERE tbl = $1 AND key >= $2 AND key < $3 \
+                         ORDER BY key LIMIT $4";
+const RANGE_DESC: &str = "SELECT key, value FROM kv WHERE tbl = $1 AND key >= $2 AND key < $3 \
+                          ORDER BY key DESC LIMIT $4";
+const KEYS: &str = "SELECT key FROM kv WHERE tbl = $1 ORDER BY key";
+const PUT_MANY: &str = "INSERT INTO kv (tbl, key, value) \
+                        SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[]) \
+                        ON CONFLICT (tbl, key) DO UPDATE SET value = excluded.value";
+const DELETE_MANY: &str = "DELETE FROM kv WHERE (tbl, key) IN \
+                           (SELECT * FROM unnest($1::text[], $2::bytea[]))";
+const RECORD_CHANGES: &str = "WITH c AS (INSERT INTO changes (replica, payload) VALUES ($1, $2) \
+                              RETURNING seq) SELECT pg_notify('host_changes', seq::text) FROM c";
+const CHANGES_AFTER: &str =
+    "SELECT seq, replica, payload FROM changes WHERE seq > $1 ORDER BY seq LIMIT 1000";
+
+pub(super) struct PgStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Owns the driver's connections; shut down without waiting on drop.
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    handle: tokio::runtime::Handle,
+    pool: Pool,
+    config: tokio_postgres::Config,
+    /// Tells this server's changes from the others' in `changes`.
+    replica: String,
+    location: String,
+    events: Arc<Events>,
+    hooks: Mutex<Vec<RemoteHook>>,
+    failed_commit: Mutex<Option<String>>,
+    /// The connection holding the lead lock, and whether it holds it.
+    leader: tokio::sync::Mutex<Option<(tokio_postgres::Client, bool)>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let runtime = self.runtime.get_mut().ok().and_then(Option::take);
+        if let Some(runtime) = runtime {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// A driver error as the API tells it: the database being away is a 503
+/// (clients retry), anything else a 500.
+fn db_error(e: impl Into<DbError>) -> ApiError {
+    match e.into() {
+        DbError::Unreachable(why) => ApiError::unavailable(format!(
+            "the database is unreachable ({why}); retry shortly"
+        )),
+        DbError::Other(why) => ApiError::internal(format!("database error: {why}")),
+    }
+}
+
+enum DbError {
+    Unreachable(String),
+    Other(String),
+}
+
+impl From<tokio_postgres::Error> for DbError {
+    fn from(e: tokio_postgres::Error) -> DbError {
+        let text = match e.as_db_error() {
+            Some(db) => db.message().to_string(),
+            None => {
+                let mut cause: &dyn std::error::Error = &e;
+                while let Some(next) = cause.source() {
+                    cause = next;
+                }
+                format!("{e}: {cause}")
+            }
+        };
+        // Connection-level trouble, or the server going down (57P01 admin
+        // shutdown and friends, 08xxx connection exceptions).
+        let code = e.code().map(|c| c.code().to_string()).unwrap_or_default();
+        if e.is_closed() || e.as_db_error().is_none() || code.starts_with("57P") || code.starts_with("08") {
+            DbError::Unreachable(text)
+        } else {
+            DbError::Other(text)
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for DbError {
+    fn from(e: deadpool_postgres::PoolError) -> DbError {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            other => DbError::Unreachable(other.to_string()),
+        }
+    }
+}
+
+/// The URL without its password, for logs and messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let user_info = &url[scheme + 3..at];
+            match user_info.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl PgStore {
+    pub(super) async fn connect(
+        url: &str,
+        jobs: mpsc::Receiver<Job>,
+        events: Arc<Events>,
+    ) -> Result<Arc<PgStore>, ApiError> {
+        let config: tokio_postgres::Config = url.parse().map_err(|e| {
+            ApiError::bad_request(
+                "database_url",
+                format!("database_url: not a PostgreSQL URL ({e}); expected postgres://user:password@host:port/database"),
+            )
+        })?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("store-postgres")
+            .enable_all()
+            .build()
+            .map_err(|e| ApiError::internal(format!("cannot start the database runtime: {e}")))?;
+        let handle = runtime.handle().clone();
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(16)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| ApiError::internal(format!("database pool: {e}")))?;
+        let location = redact(url);
+        let migrate_config = config.clone();
+        let migrate_location = location.clone();
+        let last_seq = handle
+            .spawn(async move { migrate(&migrate_config, &migrate_location).await })
+            .await
+            .map_err(|e| ApiError::internal(format!("migration task: {e}")))??;
+        let inner = Arc::new(Inner {
+            runtime: Mutex::new(Some(runtime)),
+            handle: handle.clone(),
+            pool,
+            config,
+            replica: uuid::Uuid::new_v4().to_string(),
+            location,
+            events,
+            hooks: Mutex::new(Vec::new()),
+            failed_commit: Mutex::new(None),
+            leader: tokio::sync::Mutex::new(None),
+        });
+        // The listener holds only a weak reference: it ends with the store.
+        handle.spawn(listen(Arc::downgrade(&inner), last_seq));
+        let thread_inner = inner.clone();
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || write_loop(&thread_inner, &jobs))
+            .map_err(|e| ApiError::internal(format!("cannot start the writer: {e}")))?;
+        tracing::info!(database = %inner.location, replica = %inner.replica, "connected to PostgreSQL");
+        Ok(Arc::new(PgStore { inner }))
+    }
+}
+
+/// Brings the schema up to date under a lock (replicas may start together)
+/// and answers the last change's sequence number, where listening starts.
+async fn migrate(config: &tokio_postgres::Config, location: &str) -> Result<i64, ApiError> {
+    let (mut client, connection) = config.connect(NoTls).await.map_err(|e| {
+        ApiError::unavailable(format!("cannot connect to the database at {location}: {}", DbErrorText(&e)))
+    })?;
+    let driver = tokio::spawn(connection);
+    client
+        .query("SELECT pg_advisory_lock($1)", &[&MIGRATE_LOCK])
+        .await
+        .map_err(db_error)?;
+    let report = migrations::runner()
+        .set_abort_missing(true)
+        .set_abort_divergent(true)
+        .run_async(&mut client)
+        .await;
+    let outcome = match report {
+        Ok(report) => {
+            for applied in report.applied_migrations() {
+                tracing::info!(migration = %applied, database = %location, "schema migrated");
+            }
+            Ok(())
+        }
+        Err(e) => Err(match e.kind() {
+            refinery::error::Kind::MissingVersion(newer) => ApiError::internal(format!(
+                "the database at {location} has schema migration {newer} applied, which this build of host does not know: a newer host migrated it. Run that version (or newer), or point --database-url at another database"
+            )),
+            refinery::error::Kind::DivergentVersion(applied, ours) => ApiError::internal(format!(
+                "the database at {location} has schema migration {applied} applied where this build has {ours}: it was migrated by a different build of host"
+            )),
+            other => ApiError::internal(format!(
+                "cannot migrate the database at {location}: {other}"
+            )),
+        }),
+    };
+    let last = client
+        .query_one("SELECT coalesce(max(seq), 0) FROM changes", &[])
+        .await;
+    drop(client);
+    let _ = driver.await;
+    outcome?;
+    last.map(|row| row.get::<_, i64>(0)).map_err(db_error)
+}
+
+struct DbErrorText<'a>(&'a tokio_postgres::Error);
+
+impl std::fmt::Display for DbErrorText<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut cause: &dyn std::error::Error = self.0;
+        while let Some(next) = cause.source() {
+            cause = next;
+        }
+        write!(f, "{cause}")
+    }
+}
+
+impl Inner {
+    /// Waits for `f` on this thread while the driver runs on the store's
+    /// runtime (entered, so a connection the pool opens is spawned there).
+    fn block<F: Future>(&self, f: F) -> F::Output {
+        let _entered = self.handle.enter();
+        block_on(f)
+    }
+
+    fn connection(&self) -> Result<deadpool_postgres::Object, ApiError> {
+        self.block(self.pool.get()).map_err(db_error)
+    }
+
+    fn publish_remote(&self, changes: Vec<Change>) {
+        if changes.is_empty() {
+            return;
+        }
+        if let Ok(hooks) = self.hooks.lock() {
+            for hook in hooks.iter() {
+                hook(&changes);
+            }
+        }
+        self.events.publish(changes);
+    }
+}
+
+struct ThreadWaker(std::thread::Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Polls `f` to completion on the calling thread, parking between polls.
+fn block_on<F: Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut context = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(value) = f.as_mut().poll(&mut context) {
+            return value;
+        }
+        std::thread::park();
+    }
+}
+
+impl Backend for PgStore {
+    fn snapshot(&self) -> Result<Box<dyn ReadTxn>, ApiError> {
+        Ok(Box::new(PgRead {
+            inner: self.inner.clone(),
+            client: self.inner.connection()?,
+        }))
+    }
+
+    fn health(&self) -> Health {
+        match self.inner.failed_commit.lock().ok().and_then(|f| f.clone()) {
+            Some(reason) => Health::Degraded(reason),
+            None => Health::Ok,
+        }
+    }
+
+    fn lead(&self) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let handle = inner.handle.clone();
+            handle
+                .spawn(async move { try_lead(&inner).await })
+                .await
+                .unwrap_or(false)
+        })
+    }
+
+    fn on_remote_changes(&self, hook: RemoteHook) {
+        if let Ok(mut hooks) = self.inner.hooks.lock() {
+            hooks.push(hook);
+        }
+    }
+
+    fn location(&self) -> String {
+        self.inner.location.clone()
+    }
+}
+
+/// Holds (or takes) the session-level lead lock on a connection of its own.
+async fn try_lead(inner: &Inner) -> bool {
+    let mut slot = inner.leader.lock().await;
+    if slot.as_ref().is_some_and(|(client, _)| client.is_closed()) {
+        tracing::warn!(replica = %inner.replica, "lost the connection holding the lead");
+        *slot = None;
+    }
+    if slot.is_none() {
+        match inner.config.connect(NoTls).await {
+            Ok((client, connection)) => {
+                tokio::spawn(connection);
+                *slot = Some((client, false));
+            }
+            Err(error) => {
+                tracing::debug!(error = %DbErrorText(&error), "cannot connect to take the lead");
+                return false;
+            }
+        }
+    }
+    let Some((client, held)) = slot.as_mut() else {
+        return false;
+    };
+    if !*held {
+        *held = match client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&LEAD_LOCK])
+            .await
+        {
+            Ok(row) => row.get(0),
+            Err(_) => false,
+        };
+        if *held {
+            tracing::info!(replica = %inner.replica, "leading the database's upkeep");
+        }
+    }
+    if *held {
+        // The leader also trims the change log the listeners have read.
+        let prune = format!("DELETE FROM changes WHERE at < now() - interval '{KEEP_CHANGES}'");
+        let _ = client.execute(prune.as_str(), &[]).await;
+    }
+    *held
+}
+
+/// Feeds other servers' committed changes into this one, from `last` on,
+/// reconnecting as long as the store lives.
+async fn listen(inner: std::sync::Weak<Inner>, mut last: i64) {
+    loop {
+        let Some(config) = inner.upgrade().map(|i| i.config.clone()) else {
+            return;
+        };
+        match listen_once(&inner, &config, &mut last).await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(%error, "change listener lost its connection; reconnecting");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// Answers `Ok` once the store is gone, an error when the connection is.
+async fn listen_once(
+    inner: &std::sync::Weak<Inner>,
+    config: &tokio_postgres::Config,
+    last: &mut i64,
+) -> Result<(), String> {
+    let (client, mut connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|e| DbErrorText(&e).to_string())?;
+    let (notified, mut notifications) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            match message {
+                Ok(AsyncMessage::Notification(_)) => {
+                    let _ = notified.send(());
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN {CHANNEL}"))
+        .await
+        .map_err(|e| DbErrorText(&e).to_string())?;
+    let query = client
+        .prepare(CHANGES_AFTER)
+        .await
+        .map_err(|e| DbErrorText(&e).to_string())?;
+    loop {
+        // Listening first, then reading: nothing committed in between is missed.
+        loop {
+            let rows = client
+                .query(&query, &[&*last])
+                .await
+                .map_err(|e| DbErrorText(&e).to_string())?;
+            let Some(inner) = inner.upgrade() else {
+                return Ok(());
+            };
+            for row in &rows {
+                *last = row.get(0);
+                let replica: &str = row.get(1);
+                if replica == inner.replica {
+                    continue;
+                }
+                match serde_json::from_str::<Vec<Change>>(row.get(2)) {
+                    Ok(changes) => inner.publish_remote(changes),
+                    Err(error) => tracing::warn!(%error, seq = *last, "unreadable change record"),
+                }
+            }
+            if rows.len() < 1000 {
+                break;
+            }
+        }
+        tokio::select! {
+            news = notifications.recv() => {
+                if news.is_none() {
+                    return Err("the connection closed".into());
+                }
+                while notifications.try_recv().is_ok() {}
+            }
+            () = tokio::time::sleep(CATCH_UP_EVERY) => {
+                if client.is_closed() {
+                    return Err("the connection closed".into());
+                }
+            }
+        }
+    }
+}
+
+/// A read view: one pooled connection, each statement on its own (reads
+/// see what was committed when they ran).
+struct PgRead {
+    inner: Arc<Inner>,
+    client: deadpool_postgres::Object,
+}
+
+fn get_on(inner: &Inner, client: &deadpool_postgres::Object, def: Def, key: &str) -> Result<Option<Vec<u8>>, ApiError> {
+    inner.block(async {
+        let statement = client.prepare_cached(GET).await?;
+        let row = client.query_opt(&statement, &[&def.name(), &key.as_bytes()]).await?;
+        Ok::<_, tokio_postgres::Error>(row.map(|r| r.get::<_, Vec<u8>>(0)))
+    })
+    .map_err(db_error)
+}
+
+fn range_on(
+    inner: &Inner,
+    client: &deadpool_postgres::Object,
+    def: Def,
+    start: &str,
+    end: &str,
+    descending: bool,
+    limit: usize,
+) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = inner
+        .block(async {
+            let statement = client
+                .prepare_cached(if descending { RANGE_DESC } else { RANGE_ASC })
+                .await?;
+            client
+                .query(&statement, &[&def.name(), &start.as_bytes(), &end.as_bytes(), &limit])
+                .await
+        })
+        .map_err(db_error)?;
+    rows.iter()
+        .map(|row| Ok((key_text(row.get(0))?, row.get::<_, Vec<u8>>(1))))
+        .collect()
+}
+
+fn key_text(bytes: Vec<u8>) -> Result<String, ApiError> {
+    String::from_utf8(bytes).map_err(|_| ApiError::internal("database error: a key is not UTF-8"))
+}
+
+fn keys_on(
+    inner: &Inner,
+    client: &deadpool_postgres::Object,
+    def: Def,
+    f: &mut dyn FnMut(&str),
+) -> Result<(), ApiError> {
+    let rows = inner
+        .block(async {
+            let statement = client.prepare_cached(KEYS).await?;
+            client.query(&statement, &[&def.name()]).await
+        })
+        .map_err(db_error)?;
+    for row in &rows {
+        f(&key_text(row.get(0))?);
+    }
+    Ok(())
+}
+
+impl ReadTxn for PgRead {
+    fn get(&self, def: Def, key: &str) -> Result<Option<Vec<u8>>, ApiError> {
+        get_on(&self.inner, &self.client, def, key)
+    }
+    fn range(
+        &self,
+        def: Def,
+        start: &str,
+        end: &str,
+        descending: bool,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
+        range_on(&self.inner, &self.client, def, start, end, descending, limit)
+    }
+    fn keys(&self, def: Def, f: &mut dyn FnMut(&str)) -> Result<(), ApiError> {
+        keys_on(&self.inner, &self.client, def, f)
+    }
+}
+
+/// A batch's transaction: reads go to the database (which no other server
+/// writes while the batch holds the write lock) through what the batch has
+/// written so far; writes are kept here and sent at commit in two statements.
+struct PgBatch<'a> {
+    inner: &'a Inner,
+    client: &'a deadpool_postgres::Object,
+    /// Key → new value, or `None` for deleted.
+    pending: BTreeMap<(&'static str, String), Option<Vec<u8>>>,
+    changes: Vec<Change>,
+    /// A statement failed: PostgreSQL has aborted the transaction, and a
+    /// COMMIT would roll back while answering success.
+    broken: std::cell::Cell<bool>,
+}
+
+impl PgBatch<'_> {
+    fn check<T>(&self, result: Result<T, ApiError>) -> Result<T, ApiError> {
+        if result.is_err() {
+            self.broken.set(true);
+        }
+        result
+    }
+}
+
+impl ReadTxn for PgBatch<'_> {
+    fn get(&self, def: Def, key: &str) -> Result<Option<Vec<u8>>, ApiError> {
+        match self.pending.get(&(def.name(), key.to_string())) {
+            Some(value) => Ok(value.clone()),
+            None => self.check(get_on(self.inner, self.client, def, key)),
+        }
+    }
+
+    fn range(
+        &self,
+        def: Def,
+        start: &str,
+        end: &str,
+        descending: bool,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
+        let pending: Vec<_> = self
+            .pending
+            .range((def.name(), start.to_string())..(def.name(), end.to_string()))
+            .collect();
+        // Each pending entry can hide at most one stored row: asking for that
+        // many more keeps the first `limit` of the merged view complete.
+        let stored = self.check(range_on(
+            self.inner,
+            self.client,
+            def,
+            start,
+            end,
+            descending,
+            limit.saturating_add(pending.len()),
+        ))?;
+        if pending.is_empty() {
+            return Ok(stored);
+        }
+        let mut merged: BTreeMap<String, Vec<u8>> = stored.into_iter().collect();
+        for ((_, key), value) in pending {
+            match value {
+                Some(value) => merged.insert(key.clone(), value.clone()),
+                None => merged.remove(key),
+            };
+        }
+        Ok(if descending {
+            merged.into_iter().rev().take(limit).collect()
+        } else {
+            merged.into_iter().take(limit).collect()
+        })
+    }
+
+    fn keys(&self, def: Def, f: &mut dyn FnMut(&str)) -> Result<(), ApiError> {
+        let mut keys = Vec::new();
+        self.check(keys_on(self.inner, self.client, def, &mut |key| {
+            keys.push(key.to_string())
+        }))?;
+        let mut all: std::collections::BTreeSet<String> = keys.into_iter().collect();
+        for ((table, key), value) in &self.pending {
+            if *table == def.name() {
+                if value.is_some() {
+                    all.insert(key.clone());
+                } else {
+                    all.remove(key);
+                }
+            }
+        }
+        all.iter().for_each(|key| f(key));
+        Ok(())
+    }
+}
+
+impl WriteTxn for PgBatch<'_> {
+    fn put(&mut self, def: Def, key: &str, value: &[u8]) -> Result<(), ApiError> {
+        self.pending
+            .insert((def.name(), key.to_string()), Some(value.to_vec()));
+        Ok(())
+    }
+    fn delete(&mut self, def: Def, key: &str) -> Result<(), ApiError> {
+        self.pending.insert((def.name(), key.to_string()), None);
+        Ok(())
+    }
+    fn record(&mut self, changes: &[Change]) {
+        self.changes.extend_from_slice(changes);
+    }
+}
+
+impl PgBatch<'_> {
+    /// Sends the batch's writes and changes and commits.
+    async fn commit(self, replica: &str) -> Result<(), ApiError> {
+        if self.broken.get() {
+            return Err(ApiError::unavailable(
+                "a read in this batch failed, so none of its writes were committed; retry",
+            ));
+        }
+        self.send(replica).await.map_err(db_error)
+    }
+
+    async fn send(&self, replica: &str) -> Result<(), tokio_postgres::Error> {
+        let (mut put_tables, mut put_keys, mut put_values) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut delete_tables, mut delete_keys) = (Vec::new(), Vec::new());
+        for ((table, key), value) in &self.pending {
+            match value {
+                Some(value) => {
+                    put_tables.push(*table);
+                    put_keys.push(key.as_bytes());
+                    put_values.push(value.as_slice());
+                }
+                None => {
+                    delete_tables.push(*table);
+                    delete_keys.push(key.as_bytes());
+                }
+            }
+        }
+        if !delete_keys.is_empty() {
+            let statement = self.client.prepare_cached(DELETE_MANY).await?;
+            self.client
+                .execute(&statement, &[&delete_tables, &delete_keys])
+                .await?;
+        }
+        if !put_keys.is_empty() {
+            let statement = self.client.prepare_cached(PUT_MANY).await?;
+            self.client
+                .execute(&statement, &[&put_tables, &put_keys, &put_values])
+                .await?;
+        }
+        if !self.changes.is_empty() {
+            let payload = serde_json::to_string(&self.changes).unwrap_or_else(|_| "[]".into());
+            let statement = self.client.prepare_cached(RECORD_CHANGES).await?;
+            self.client.query(&statement, &[&replica, &payload]).await?;
+        }
+        self.client.batch_execute("COMMIT").await
+    }
+}
+
+fn write_loop(inner: &Inner, jobs: &mpsc::Receiver<Job>) {
+    while let Some(batch) = next_batch(jobs) {
+        let client = inner.connection().and_then(|client| {
+            let begin = format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})");
+            if let Err(error) = inner.block(client.batch_execute(&begin)) {
+                let _ = inner.block(client.batch_execute("ROLLBACK"));
+                return Err(db_error(error));
+            }
+            Ok(client)
+        });
+        let client = match client {
+            Ok(client) => client,
+            Err(error) => {
+                tracing::error!(%error, "cannot write");
+                inner.failed(&error);
+                for job in batch {
+                    job(Err(&error))(None);
+                }
+                continue;
+            }
+        };
+        let mut txn = PgBatch {
+            inner,
+            client: &client,
+            pending: BTreeMap::new(),
+            changes: Vec::new(),
+            broken: std::cell::Cell::new(false),
+        };
+        let completions: Vec<Completion> = batch.into_iter().map(|job| job(Ok(&mut txn))).collect();
+        let outcome = inner.block(txn.commit(&inner.replica));
+        match &outcome {
+            Ok(()) => {
+                if let Ok(mut failed) = inner.failed_commit.lock() {
+                    failed.take();
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "commit failed; every request in the batch gets the error");
+                inner.failed(error);
+                let _ = inner.block(client.batch_execute("ROLLBACK"));
+            }
+        }
+        drop(client);
+        for completion in completions {
+            completion(outcome.as_ref().err());
+        }
+    }
+}
+
+impl Inner {
+    fn failed(&self, error: &ApiError) {
+        if let Ok(mut failed) = self.failed_commit.lock() {
+            *failed = Some(format!("the last write failed: {}", error.message));
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! A real PostgreSQL for the tests: Debian's binaries, a cluster in a temp
+//! directory on a free loopback port, run by the unprivileged `postgres`
+//! user when the tests run as root. Never a system service. A watchdog
+//! stops the cluster and removes its directory once the test process is
+//! gone, however it ended.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub struct Postgres {
+    bin: PathBuf,
+    data: PathBuf,
+    pub port: u16,
+    /// Run the binaries as this user (when the tests run as root).
+    user: Option<&'static str>,
+    databases: AtomicUsize,
+}
+
+/// Where Debian installs the server's binaries.
+fn bin_dir() -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|entry| Some(entry.ok()?.path().join("bin")))
+        .filter(|bin| bin.join("initdb").exists())
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+/// The cluster this test binary shares, started on first use; `None` (and
+/// a SKIPPED line) where PostgreSQL is not installed outside CI. `.ci/run`
+/// installs it, so in CI a missing server is a failure.
+pub fn shared() -> Option<&'static Postgres> {
+    static SHARED: OnceLock<Option<Postgres>> = OnceLock::new();
+    SHARED
+        .get_or_init(|| match bin_dir() {
+            Some(bin) => Some(Postgres::start(bin)),
+            None if std::env::var_os("CI").is_some() => {
+                panic!("PostgreSQL is not installed (apt-get install postgresql-15)")
+            }
+            None => {
+                eprintln!("SKIPPED: PostgreSQL is not installed (apt-get install postgresql-15)");
+                None
+            }
+        })
+        .as_ref()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl Postgres {
+    fn start(bin: PathBuf) -> Postgres {
+        let root = std::env::temp_dir().join(format!(
+            "host-test-pg-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&root).expect("temp dir");
+        let user = is_root().then_some("postgres");
+        if let Some(user) = user {
+            run(Command::new("chown").args(["-R", user]).arg(&root));
+        }
+        let data = root.join("data");
+        let postgres = Postgres {
+            bin,
+            data,
+            port: free_port(),
+            user,
+            databases: AtomicUsize::new(0),
+        };
+        run(postgres
+            .command("initdb")
+            .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync", "-D"])
+            .arg(&postgres.data));
+        postgres.pg_ctl("start");
+        // The watchdog: stops the cluster and removes it after this process.
+        let script = format!(
+            "while [ -d /proc/{pid} ]; do sleep 0.5; done; {pg_ctl} -D {data} -m immediate stop >/dev/null 2>&1; rm -rf {root}",
+            pid = std::process::id(),
+            pg_ctl = postgres.bin.join("pg_ctl").display(),
+            data = postgres.data.display(),
+            root = root.display(),
+        );
+        let mut watchdog = match user {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--", "sh", "-c", &script]);
+                c
+            }
+            None => {
+                let mut c = Command::new("sh");
+                c.args(["-c", &script]);
+                c
+            }
+        };
+        watchdog
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the watchdog");
+        postgres
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        match self.user {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--"]).arg(path);
+                c
+            }
+            None => Command::new(path),
+        }
+    }
+
+    /// `start`, `stop` or `restart`, waiting until done.
+    fn pg_ctl(&self, action: &str) {
+        let log = self.data.with_file_name("server.log");
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c max_connections=300 -c fsync=on",
+            self.port,
+            self.data.display()
+        );
+        run(self
+            .command("pg_ctl")
+            .args(["-w", "-t", "60", "-m", "fast", "-D"])
+            .arg(&self.data)
+            .arg("-l")
+            .arg(&log)
+            .args(["-o", &options, action]));
+    }
+
+    pub fn stop(&self) {
+        self.pg_ctl("stop");
+    }
+
+    pub fn start_again(&self) {
+        self.pg_ctl("start");
+    }
+
+    /// A new, empty database; its URL.
+    pub fn new_database(&self) -> String {
+        let name = format!(
+            "test_{}_{}",
+            std::process::id(),
+            self.databases.fetch_add(1, Ordering::SeqCst)
+        );
+        run(self
+            .command("psql")
+            .args(["-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres"])
+            .args(["-p", &self.port.to_string()])
+            .args(["-c", &format!("CREATE DATABASE {name}")]));
+        self.url(&name)
+    }
+
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Runs SQL in `database` with psql; its output.
+    pub fn psql(&self, database: &str, sql: &str) -> String {
+        let output = self
+            .command("psql")
+            .args(["-q", "-t", "-A", "-h", "127.0.0.1", "-U", "postgres", "-d", database])
+            .args(["-p", &self.port.to_string()])
+            .args(["-c", sql])
+            .output()
+            .expect("psql");
+        assert!(
+            output.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn run(command: &mut Command) {
+    let output = command.output().expect("run a PostgreSQL tool");
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
