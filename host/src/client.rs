@@ -4,6 +4,8 @@ use crate::error::ErrorBody;
 use reqwest::Method;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 pub const DEFAULT_API_URL: &str = "http://127.0.0.1:4200";
@@ -33,29 +35,45 @@ impl ClientError {
     }
 }
 
+/// Talks to one server, or to any of several replicas sharing a database:
+/// a request that cannot reach one goes to the next, and the one that
+/// answered is tried first from then on.
 #[derive(Clone)]
 pub struct Client {
-    base: String,
+    bases: Arc<[String]>,
+    /// Index into `bases` of the server that answered last.
+    current: Arc<AtomicUsize>,
     token: Option<String>,
     http: reqwest::Client,
 }
 
 impl Client {
+    /// `base` is a URL or a comma-separated list of them (`http://a,http://b`).
     pub fn new(base: &str, token: Option<String>) -> Client {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
             .unwrap_or_default();
+        let mut bases: Vec<String> = base
+            .split(',')
+            .map(|b| b.trim().trim_end_matches('/').to_string())
+            .filter(|b| !b.is_empty())
+            .collect();
+        if bases.is_empty() {
+            bases.push(DEFAULT_API_URL.to_string());
+        }
         Client {
-            base: base.trim_end_matches('/').to_string(),
+            bases: bases.into(),
+            current: Arc::default(),
             token: token.filter(|t| !t.is_empty()),
             http,
         }
     }
 
+    /// The server this client talks to now.
     pub fn base(&self) -> &str {
-        &self.base
+        &self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()]
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
@@ -98,12 +116,15 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
-        let url = format!("{}{path}", self.base);
-        let mut request = self.http.request(method, &url);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = self.send(request, &url).await?;
+        let (response, url) = self
+            .send(path, |url| {
+                let request = self.http.request(method.clone(), url);
+                match body {
+                    Some(body) => request.json(body),
+                    None => request,
+                }
+            })
+            .await?;
         let bytes = response.bytes().await.map_err(|e| ClientError::Protocol {
             url: url.clone(),
             reason: root_cause(&e),
@@ -140,12 +161,15 @@ impl Client {
         query: &str,
         last_event_id: Option<&str>,
     ) -> Result<EventStream, ClientError> {
-        let url = format!("{}/api/events?{query}", self.base);
-        let mut request = self.http.get(&url);
-        if let Some(id) = last_event_id {
-            request = request.header("Last-Event-ID", id);
-        }
-        let response = self.send(request, &url).await?;
+        let (response, url) = self
+            .send(&format!("/api/events?{query}"), |url| {
+                let request = self.http.get(url);
+                match last_event_id {
+                    Some(id) => request.header("Last-Event-ID", id),
+                    None => request,
+                }
+            })
+            .await?;
         Ok(EventStream {
             response,
             buffer: Vec::new(),
@@ -223,20 +247,43 @@ fn parse_event(block: &[u8]) -> Option<StreamEvent> {
 }
 
 impl Client {
-    /// Sends with the token; a non-2xx answer becomes [`ClientError::Api`]
-    /// with the server's message and field.
+    /// Sends `path` with the token to the current server, then to each
+    /// other one while none can be reached (the same request: whatever is
+    /// safe to retry is safe to send to another replica). A non-2xx answer
+    /// becomes [`ClientError::Api`] with the server's message and field.
     async fn send(
         &self,
-        mut request: reqwest::RequestBuilder,
-        url: &str,
-    ) -> Result<reqwest::Response, ClientError> {
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
+        path: &str,
+        request: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<(reqwest::Response, String), ClientError> {
+        let first = self.current.load(Ordering::Relaxed);
+        let mut unreachable = Vec::new();
+        for attempt in 0..self.bases.len() {
+            let index = (first + attempt) % self.bases.len();
+            let url = format!("{}{path}", self.bases[index]);
+            let mut builder = request(&url);
+            if let Some(token) = &self.token {
+                builder = builder.bearer_auth(token);
+            }
+            match builder.send().await {
+                Ok(response) => {
+                    if attempt > 0 {
+                        tracing::info!(server = %self.bases[index], "failed over to another server");
+                        self.current.store(index, Ordering::Relaxed);
+                    }
+                    return Ok((Self::check(response, &url).await?, url));
+                }
+                Err(e) if self.bases.len() == 1 => unreachable.push(root_cause(&e)),
+                Err(e) => unreachable.push(format!("{}: {}", self.bases[index], root_cause(&e))),
+            }
         }
-        let response = request.send().await.map_err(|e| ClientError::Unreachable {
-            url: self.base.clone(),
-            reason: root_cause(&e),
-        })?;
+        Err(ClientError::Unreachable {
+            url: self.bases.join(", "),
+            reason: unreachable.join("; "),
+        })
+    }
+
+    async fn check(response: reqwest::Response, url: &str) -> Result<reqwest::Response, ClientError> {
         let status = response.status();
         if status.is_success() {
             return Ok(response);

@@ -193,18 +193,31 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub fn start(data_dir: &Path, extra: &[&str]) -> ServerProcess {
+        let mut args = vec!["--data-dir", data_dir.to_str().expect("utf-8 path")];
+        args.extend_from_slice(extra);
+        Self::spawn(&args, &data_dir.join("cache"))
+    }
+
+    /// A replica on a shared PostgreSQL database.
+    pub fn start_on_postgres(database_url: &str, cache: &Path, extra: &[&str]) -> ServerProcess {
+        let mut args = vec!["--database-url", database_url];
+        args.extend_from_slice(extra);
+        Self::spawn(&args, cache)
+    }
+
+    fn spawn(args: &[&str], cache: &Path) -> ServerProcess {
         use std::io::BufRead;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_host"))
-            .args(["serve", "--data-dir"])
-            .arg(data_dir)
-            .args(if extra.contains(&"--port") {
+            .arg("serve")
+            .args(if args.contains(&"--port") {
                 &[][..]
             } else {
                 &["--port", "0"][..]
             })
-            .args(extra)
-            .env("HOST_CACHE_DIR", data_dir.join("cache"))
+            .args(args)
+            .env("HOST_CACHE_DIR", cache)
             .env_remove("HOST_API_TOKEN")
+            .env_remove("HOST_DATABASE_URL")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
             .spawn()

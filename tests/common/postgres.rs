@@ -16,6 +16,24 @@ pub struct Postgres {
     /// Run the binaries as this user (when the tests run as root).
     user: Option<&'static str>,
     databases: AtomicUsize,
+    /// Stopped and removed on drop (the shared one lives as long as the process).
+    owned: bool,
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if self.owned {
+            let _ = self
+                .command("pg_ctl")
+                .args(["-m", "immediate", "-D"])
+                .arg(&self.data)
+                .arg("stop")
+                .output();
+            if let Some(root) = self.data.parent() {
+                let _ = std::fs::remove_dir_all(root);
+            }
+        }
+    }
 }
 
 /// Where Debian installs the server's binaries.
@@ -36,7 +54,7 @@ pub fn shared() -> Option<&'static Postgres> {
     static SHARED: OnceLock<Option<Postgres>> = OnceLock::new();
     SHARED
         .get_or_init(|| match bin_dir() {
-            Some(bin) => Some(Postgres::start(bin)),
+            Some(bin) => Some(Postgres::start(bin, false)),
             None if std::env::var_os("CI").is_some() => {
                 panic!("PostgreSQL is not installed (apt-get install postgresql-15)")
             }
@@ -48,6 +66,13 @@ pub fn shared() -> Option<&'static Postgres> {
         .as_ref()
 }
 
+/// A cluster of its own, for a test that stops and starts it; removed on
+/// drop. `None` where PostgreSQL is not installed (as for [`shared`]).
+pub fn private() -> Option<Postgres> {
+    shared()?;
+    bin_dir().map(|bin| Postgres::start(bin, true))
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -56,7 +81,7 @@ fn free_port() -> u16 {
 }
 
 impl Postgres {
-    fn start(bin: PathBuf) -> Postgres {
+    fn start(bin: PathBuf, owned: bool) -> Postgres {
         let root = std::env::temp_dir().join(format!(
             "host-test-pg-{}-{}",
             std::process::id(),
@@ -74,6 +99,7 @@ impl Postgres {
             port: free_port(),
             user,
             databases: AtomicUsize::new(0),
+            owned,
         };
         run(postgres
             .command("initdb")

@@ -185,7 +185,7 @@ pub async fn run_worker(
     });
     let worker = shared.config.name.clone();
     let pool_name = shared.config.pool.clone();
-    heartbeat(&shared).await?;
+    while_unavailable("the first heartbeat", || heartbeat(&shared)).await?;
     tracing::info!(pool = %pool_name, worker = %worker, plugin = shared.plugin.name(), limit = shared.config.limit, "worker started");
     let heartbeats = tokio::spawn(heartbeat_loop(shared.clone()));
     let health = match shared.config.healthcheck {
@@ -240,9 +240,30 @@ async fn drain(shared: &Shared, abandon: &watch::Sender<bool>) {
     }
 }
 
+/// Retries while the server answers 503: it is up but cannot reach its
+/// database (a PostgreSQL restart), which passes. Anything else is
+/// returned: an unreachable server or a refusal at start is the user's to fix.
+async fn while_unavailable<T, F, Fut>(what: &str, mut call: F) -> Result<T, ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ClientError>>,
+{
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match call().await {
+            Err(error) if error.status() == Some(503) => {
+                tracing::warn!(%error, "{what} failed; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
+}
+
 async fn ensure_pool(client: &Client, config: &WorkerConfig) -> anyhow::Result<PoolView> {
     let path = format!("/api/work-pools/{}", config.pool);
-    match client.get::<PoolView>(&path).await {
+    match while_unavailable("looking up the pool", || client.get::<PoolView>(&path)).await {
         Ok(pool) => {
             if let Some(wanted) = &config.pool_type
                 && *wanted != pool.pool.pool_type
