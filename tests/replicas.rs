@@ -33,11 +33,24 @@ fn url_list(servers: &[ServerProcess], first: usize) -> String {
 /// A process pool whose runs append their own id to `ledger`: how many
 /// times each run really executed, counted by the runs themselves.
 fn counting_deployment(urls: &str, ledger: &Path) {
-    common::host_ok(urls, &["work-pool", "create", "--type", "process", "shared"]);
+    common::host_ok(
+        urls,
+        &["work-pool", "create", "--type", "process", "shared"],
+    );
     let script = format!("echo \"$HOST_FLOW_RUN_ID\" >> {}", ledger.display());
     common::host_ok(
         urls,
-        &["deployment", "create", "f/count", "--pool", "shared", "--", "sh", "-c", &script],
+        &[
+            "deployment",
+            "create",
+            "f/count",
+            "--pool",
+            "shared",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
     );
 }
 
@@ -108,7 +121,12 @@ async fn every_run_exactly_once(url: &str, ledger: &Path, acknowledged: &[String
         .iter()
         .filter(|id| !stored.contains(id.as_str()))
         .collect();
-    assert!(lost.is_empty(), "{} acknowledged runs lost, e.g. {:?}", lost.len(), lost.first());
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged runs lost, e.g. {:?}",
+        lost.len(),
+        lost.first()
+    );
     let not_completed: Vec<_> = states.iter().filter(|(_, s)| s != "COMPLETED").collect();
     assert!(
         not_completed.is_empty(),
@@ -129,7 +147,11 @@ async fn every_run_exactly_once(url: &str, ledger: &Path, acknowledged: &[String
         wrong.len(),
         wrong.first()
     );
-    assert_eq!(executed.len(), states.len(), "no execution of an unknown run");
+    assert_eq!(
+        executed.len(),
+        states.len(),
+        "no execution of an unknown run"
+    );
 }
 
 /// 3 replicas, 3 workers each polling a different one first, 3,000 runs
@@ -148,13 +170,22 @@ async fn burst(kill_at: Option<usize>) {
             WorkerProcess::start(
                 &url_list(&servers, i),
                 &dir.path().join(format!("worker-{i}/cache")),
-                &["--pool", "shared", "--limit", "50", "--name", &format!("w{i}")],
+                &[
+                    "--pool",
+                    "shared",
+                    "--limit",
+                    "50",
+                    "--name",
+                    &format!("w{i}"),
+                ],
             )
         })
         .collect();
     let victim = servers[1].child.id();
     let acknowledged = create_runs(&url_list(&servers, 1), 3000, |created| {
-        if kill_at.is_some_and(|at| created >= at) && servers[1].child.try_wait().ok().flatten().is_none() {
+        if kill_at.is_some_and(|at| created >= at)
+            && servers[1].child.try_wait().ok().flatten().is_none()
+        {
             #[allow(unsafe_code)]
             // SAFETY: kill(2) on a server process this test started.
             unsafe {
@@ -165,7 +196,10 @@ async fn burst(kill_at: Option<usize>) {
     })
     .await;
     if kill_at.is_some() {
-        assert!(servers[1].child.try_wait().expect("wait").is_some(), "the replica was killed");
+        assert!(
+            servers[1].child.try_wait().expect("wait").is_some(),
+            "the replica was killed"
+        );
     }
     every_run_exactly_once(&servers[0].url, &ledger, &acknowledged).await;
     drop(workers);
@@ -193,7 +227,16 @@ async fn a_cancel_through_one_replica_reaches_a_worker_polling_another_within_a_
     common::host_ok(a, &["work-pool", "create", "--type", "process", "far"]);
     common::host_ok(
         a,
-        &["deployment", "create", "f/sleep", "--pool", "far", "--", "sleep", "120"],
+        &[
+            "deployment",
+            "create",
+            "f/sleep",
+            "--pool",
+            "far",
+            "--",
+            "sleep",
+            "120",
+        ],
     );
     // The worker knows only B; the stream is read from C; the cancel goes to A.
     let _worker = WorkerProcess::start(b, &dir.path().join("cache"), &["--pool", "far"]);
@@ -207,8 +250,13 @@ async fn a_cancel_through_one_replica_reaches_a_worker_polling_another_within_a_
         .await
         .expect("stream from C");
     let asked = Instant::now();
-    let (status, body) =
-        common::http("POST", &format!("{a}/api/flow-runs/{id}/cancel"), Some("{}"), None).await;
+    let (status, body) = common::http(
+        "POST",
+        &format!("{a}/api/flow-runs/{id}/cancel"),
+        Some("{}"),
+        None,
+    )
+    .await;
     assert!(status < 300, "{status} {body}");
     let mut seen_on_c = None;
     let mut cancelled = None;
@@ -231,7 +279,9 @@ async fn a_cancel_through_one_replica_reaches_a_worker_polling_another_within_a_
         }
     }
     let (seen_on_c, cancelled) = (seen_on_c.expect("seen"), cancelled.expect("cancelled"));
-    eprintln!("cancel via A: seen on C after {seen_on_c:?}, CANCELLED by the worker on B after {cancelled:?}");
+    eprintln!(
+        "cancel via A: seen on C after {seen_on_c:?}, CANCELLED by the worker on B after {cancelled:?}"
+    );
     // The issue's bound: the worker (through B) acted on a cancel made
     // through A within a second, and its report came back to C.
     assert!(cancelled < Duration::from_secs(1), "{cancelled:?}");
@@ -255,7 +305,14 @@ async fn a_postgres_restart_mid_load_loses_nothing() {
             WorkerProcess::start(
                 &url_list(&servers, i),
                 &dir.path().join(format!("worker-{i}/cache")),
-                &["--pool", "shared", "--limit", "20", "--name", &format!("w{i}")],
+                &[
+                    "--pool",
+                    "shared",
+                    "--limit",
+                    "20",
+                    "--name",
+                    &format!("w{i}"),
+                ],
             )
         })
         .collect();
@@ -279,7 +336,81 @@ async fn a_postgres_restart_mid_load_loses_nothing() {
     every_run_exactly_once(&servers[0].url, &ledger, &acknowledged).await;
     // Both replicas are back in business, not just the one the checks used.
     for server in &servers {
-        let (status, _) = common::http("GET", &format!("{}/api/work-pools", server.url), None, None).await;
+        let (status, _) =
+            common::http("GET", &format!("{}/api/work-pools", server.url), None, None).await;
         assert_eq!(status, 200, "{}", server.url);
     }
+}
+
+/// `host serve --database-url URL`, expected to refuse to start: (code, stderr).
+fn serve_refused(url: &str, cache: &Path) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_host"))
+        .args(["serve", "--port", "0", "--database-url", url])
+        .env("HOST_CACHE_DIR", cache)
+        .output()
+        .expect("run host serve");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_newer_schema_an_unreachable_database_and_a_bad_url_are_refused_clearly() {
+    let Some(cluster) = postgres::shared() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("cache");
+    let url = cluster.new_database();
+    // Migrated by this build, then by a "newer" one.
+    let server = ServerProcess::start_on_postgres(&url, &cache, &[]);
+    common::host_ok(
+        &server.url,
+        &["work-pool", "create", "--type", "process", "kept"],
+    );
+    drop(server);
+    let database = url.rsplit('/').next().expect("name");
+    cluster.psql(
+        database,
+        "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) \
+         VALUES (99, 'from_the_future', '2030-01-01T00:00:00Z', '0')",
+    );
+    let (code, stderr) = serve_refused(&url, &cache);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("from_the_future") && stderr.contains("newer host"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // Nothing was touched: the pool is still there, the future migration too.
+    assert_eq!(
+        cluster.psql(database, "SELECT count(*) FROM kv WHERE tbl = 'pools'"),
+        "1"
+    );
+    assert_eq!(
+        cluster.psql(
+            database,
+            "SELECT count(*) FROM refinery_schema_history WHERE version = 99"
+        ),
+        "1"
+    );
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let (code, stderr) = serve_refused(
+        &format!("postgres://postgres@127.0.0.1:{port}/none"),
+        &cache,
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot connect to the database"),
+        "{stderr}"
+    );
+
+    let (code, stderr) = serve_refused("postgres://[nonsense", &cache);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("database_url"), "{stderr}");
 }

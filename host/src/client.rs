@@ -283,7 +283,10 @@ impl Client {
         })
     }
 
-    async fn check(response: reqwest::Response, url: &str) -> Result<reqwest::Response, ClientError> {
+    async fn check(
+        response: reqwest::Response,
+        url: &str,
+    ) -> Result<reqwest::Response, ClientError> {
         let status = response.status();
         if status.is_success() {
             return Ok(response);

@@ -109,7 +109,9 @@ impl TestServer {
             .await
             .expect("built-ins");
         let store = match backend {
-            Backend::Redb => host::store::Store::open(&dir.path().join("host.redb")).expect("store"),
+            Backend::Redb => {
+                host::store::Store::open(&dir.path().join("host.redb")).expect("store")
+            }
             Backend::Postgres => {
                 let cluster = postgres::shared().expect("PostgreSQL installed");
                 host::store::Store::connect(&cluster.new_database())

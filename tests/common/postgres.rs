@@ -103,7 +103,16 @@ impl Postgres {
         };
         run(postgres
             .command("initdb")
-            .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync", "-D"])
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "-D",
+            ])
             .arg(&postgres.data));
         postgres.pg_ctl("start");
         // The watchdog: stops the cluster and removes it after this process.
@@ -126,6 +135,8 @@ impl Postgres {
                 c
             }
         };
+        // Detached on purpose: it must outlive this process to clean up after it.
+        #[allow(clippy::zombie_processes)]
         watchdog
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -195,7 +206,17 @@ impl Postgres {
     pub fn psql(&self, database: &str, sql: &str) -> String {
         let output = self
             .command("psql")
-            .args(["-q", "-t", "-A", "-h", "127.0.0.1", "-U", "postgres", "-d", database])
+            .args([
+                "-q",
+                "-t",
+                "-A",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                database,
+            ])
             .args(["-p", &self.port.to_string()])
             .args(["-c", sql])
             .output()

@@ -49,7 +49,8 @@ pub enum LogFormat {
 /// Where the server is, for every command that talks to it.
 #[derive(clap::Args, Clone)]
 pub struct ApiArgs {
-    /// The server's URL.
+    /// The server's URL, or several replicas' separated by commas (a request
+    /// that cannot reach one goes to the next).
     #[arg(long, global = true, env = "HOST_API_URL", default_value = crate::client::DEFAULT_API_URL)]
     pub api_url: String,
     /// The API token, when the server requires one.

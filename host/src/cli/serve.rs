@@ -89,9 +89,7 @@ pub async fn run(args: ServeArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?;
     let local = listener.local_addr()?;
     // Tests and scripts wait for this line to know the server is up.
-    println!(
-        "host serve: listening on http://{local} (data in {location})"
-    );
+    println!("host serve: listening on http://{local} (data in {location})");
     // Whoever read the first line may have closed the pipe since.
     let _ = writeln!(std::io::stdout(), "host serve: web UI at http://{local}/");
     tracing::info!(%local, "listening");

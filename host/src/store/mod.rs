@@ -14,9 +14,9 @@
 //! A request is answered only after its transaction committed: an
 //! acknowledged write survives `kill -9`.
 
+mod embedded;
 mod postgres;
 mod records;
-mod embedded;
 mod tables;
 
 pub use records::{

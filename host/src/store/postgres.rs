@@ -24,13 +24,15 @@ use super::{Backend, Completion, Health, Job, RemoteHook, next_batch};
 use crate::error::ApiError;
 use crate::events::{Change, Events};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, mpsc};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{AsyncMessage, NoTls, Row};
 
 refinery::embed_migrations!("migrations");
 
@@ -67,8 +69,8 @@ pub(super) struct PgStore {
 }
 
 struct Inner {
-    /// Owns the driver's connections; shut down without waiting on drop.
-    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    /// Owns the driver's connections.
+    _runtime: DriverRuntime,
     handle: tokio::runtime::Handle,
     pool: Pool,
     config: tokio_postgres::Config,
@@ -82,10 +84,13 @@ struct Inner {
     leader: tokio::sync::Mutex<Option<(tokio_postgres::Client, bool)>>,
 }
 
-impl Drop for Inner {
+/// The driver's runtime, shut down without waiting when dropped: a drop
+/// may happen inside another runtime, where waiting is not allowed.
+struct DriverRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for DriverRuntime {
     fn drop(&mut self) {
-        let runtime = self.runtime.get_mut().ok().and_then(Option::take);
-        if let Some(runtime) = runtime {
+        if let Some(runtime) = self.0.take() {
             runtime.shutdown_background();
         }
     }
@@ -122,7 +127,11 @@ impl From<tokio_postgres::Error> for DbError {
         // Connection-level trouble, or the server going down (57P01 admin
         // shutdown and friends, 08xxx connection exceptions).
         let code = e.code().map(|c| c.code().to_string()).unwrap_or_default();
-        if e.is_closed() || e.as_db_error().is_none() || code.starts_with("57P") || code.starts_with("08") {
+        if e.is_closed()
+            || e.as_db_error().is_none()
+            || code.starts_with("57P")
+            || code.starts_with("08")
+        {
             DbError::Unreachable(text)
         } else {
             DbError::Other(text)
@@ -159,12 +168,15 @@ impl PgStore {
         jobs: mpsc::Receiver<Job>,
         events: Arc<Events>,
     ) -> Result<Arc<PgStore>, ApiError> {
-        let config: tokio_postgres::Config = url.parse().map_err(|e| {
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
             ApiError::bad_request(
                 "database_url",
                 format!("database_url: not a PostgreSQL URL ({e}); expected postgres://user:password@host:port/database"),
             )
         })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("store-postgres")
@@ -172,6 +184,7 @@ impl PgStore {
             .build()
             .map_err(|e| ApiError::internal(format!("cannot start the database runtime: {e}")))?;
         let handle = runtime.handle().clone();
+        let runtime = DriverRuntime(Some(runtime));
         let manager = Manager::from_config(
             config.clone(),
             NoTls,
@@ -194,7 +207,7 @@ impl PgStore {
             .await
             .map_err(|e| ApiError::internal(format!("migration task: {e}")))??;
         let inner = Arc::new(Inner {
-            runtime: Mutex::new(Some(runtime)),
+            _runtime: runtime,
             handle: handle.clone(),
             pool,
             config,
@@ -221,7 +234,10 @@ impl PgStore {
 /// and answers the last change's sequence number, where listening starts.
 async fn migrate(config: &tokio_postgres::Config, location: &str) -> Result<i64, ApiError> {
     let (mut client, connection) = config.connect(NoTls).await.map_err(|e| {
-        ApiError::unavailable(format!("cannot connect to the database at {location}: {}", DbErrorText(&e)))
+        ApiError::unavailable(format!(
+            "cannot connect to the database at {location}: {}",
+            DbErrorText(&e)
+        ))
     })?;
     let driver = tokio::spawn(connection);
     client
@@ -493,34 +509,50 @@ struct PgRead {
     client: deadpool_postgres::Object,
 }
 
-fn get_on(inner: &Inner, client: &deadpool_postgres::Object, def: Def, key: &str) -> Result<Option<Vec<u8>>, ApiError> {
-    inner.block(async {
-        let statement = client.prepare_cached(GET).await?;
-        let row = client.query_opt(&statement, &[&def.name(), &key.as_bytes()]).await?;
-        Ok::<_, tokio_postgres::Error>(row.map(|r| r.get::<_, Vec<u8>>(0)))
-    })
-    .map_err(db_error)
+/// A connection that runs one statement and waits for its rows.
+trait Conn {
+    fn rows(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, tokio_postgres::Error>;
+}
+
+impl Conn for PgRead {
+    fn rows(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        self.inner.block(async {
+            let statement = self.client.prepare_cached(sql).await?;
+            self.client.query(&statement, params).await
+        })
+    }
+}
+
+fn get_on(conn: &dyn Conn, def: Def, key: &str) -> Result<Option<Vec<u8>>, ApiError> {
+    let rows = conn
+        .rows(GET, &[&def.name(), &key.as_bytes()])
+        .map_err(db_error)?;
+    Ok(rows.first().map(|r| r.get::<_, Vec<u8>>(0)))
 }
 
 fn range_on(
-    inner: &Inner,
-    client: &deadpool_postgres::Object,
+    conn: &dyn Conn,
     def: Def,
     start: &str,
     end: &str,
     descending: bool,
     limit: usize,
-) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
+) -> Result<Rows, ApiError> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let rows = inner
-        .block(async {
-            let statement = client
-                .prepare_cached(if descending { RANGE_DESC } else { RANGE_ASC })
-                .await?;
-            client
-                .query(&statement, &[&def.name(), &start.as_bytes(), &end.as_bytes(), &limit])
-                .await
-        })
+    let sql = if descending { RANGE_DESC } else { RANGE_ASC };
+    let rows = conn
+        .rows(
+            sql,
+            &[&def.name(), &start.as_bytes(), &end.as_bytes(), &limit],
+        )
         .map_err(db_error)?;
     rows.iter()
         .map(|row| Ok((key_text(row.get(0))?, row.get::<_, Vec<u8>>(1))))
@@ -531,18 +563,8 @@ fn key_text(bytes: Vec<u8>) -> Result<String, ApiError> {
     String::from_utf8(bytes).map_err(|_| ApiError::internal("database error: a key is not UTF-8"))
 }
 
-fn keys_on(
-    inner: &Inner,
-    client: &deadpool_postgres::Object,
-    def: Def,
-    f: &mut dyn FnMut(&str),
-) -> Result<(), ApiError> {
-    let rows = inner
-        .block(async {
-            let statement = client.prepare_cached(KEYS).await?;
-            client.query(&statement, &[&def.name()]).await
-        })
-        .map_err(db_error)?;
+fn keys_on(conn: &dyn Conn, def: Def, f: &mut dyn FnMut(&str)) -> Result<(), ApiError> {
+    let rows = conn.rows(KEYS, &[&def.name()]).map_err(db_error)?;
     for row in &rows {
         f(&key_text(row.get(0))?);
     }
@@ -551,7 +573,7 @@ fn keys_on(
 
 impl ReadTxn for PgRead {
     fn get(&self, def: Def, key: &str) -> Result<Option<Vec<u8>>, ApiError> {
-        get_on(&self.inner, &self.client, def, key)
+        get_on(self, def, key)
     }
     fn range(
         &self,
@@ -561,10 +583,10 @@ impl ReadTxn for PgRead {
         descending: bool,
         limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
-        range_on(&self.inner, &self.client, def, start, end, descending, limit)
+        range_on(self, def, start, end, descending, limit)
     }
     fn keys(&self, def: Def, f: &mut dyn FnMut(&str)) -> Result<(), ApiError> {
-        keys_on(&self.inner, &self.client, def, f)
+        keys_on(self, def, f)
     }
 }
 
@@ -572,15 +594,27 @@ impl ReadTxn for PgRead {
 /// writes while the batch holds the write lock) through what the batch has
 /// written so far; writes are kept here and sent at commit in two statements.
 struct PgBatch<'a> {
-    inner: &'a Inner,
-    client: &'a deadpool_postgres::Object,
+    conn: &'a Session<'a>,
     /// Key → new value, or `None` for deleted.
     pending: BTreeMap<(&'static str, String), Option<Vec<u8>>>,
     changes: Vec<Change>,
     /// A statement failed: PostgreSQL has aborted the transaction, and a
     /// COMMIT would roll back while answering success.
     broken: std::cell::Cell<bool>,
+    /// What the database answered so far in this batch. Nothing else writes
+    /// while the batch holds the write lock, and the batch's own writes are
+    /// in `pending`, so the answers stay true until the commit: the requests
+    /// of a batch (claims of one pool, say) read their pool, queues and
+    /// counters once, not once each.
+    read_gets: RefCell<HashMap<TableKey, Option<Vec<u8>>>>,
+    /// Range answers by (table, start, end, descending): the limit asked and
+    /// the rows (all of them when fewer than that limit came back).
+    read_ranges: RefCell<HashMap<RangeKey, (usize, Rows)>>,
 }
+
+type Rows = Vec<(String, Vec<u8>)>;
+type TableKey = (&'static str, String);
+type RangeKey = (&'static str, String, String, bool);
 
 impl PgBatch<'_> {
     fn check<T>(&self, result: Result<T, ApiError>) -> Result<T, ApiError> {
@@ -595,7 +629,15 @@ impl ReadTxn for PgBatch<'_> {
     fn get(&self, def: Def, key: &str) -> Result<Option<Vec<u8>>, ApiError> {
         match self.pending.get(&(def.name(), key.to_string())) {
             Some(value) => Ok(value.clone()),
-            None => self.check(get_on(self.inner, self.client, def, key)),
+            None => {
+                let cache_key = (def.name(), key.to_string());
+                if let Some(value) = self.read_gets.borrow().get(&cache_key) {
+                    return Ok(value.clone());
+                }
+                let value = self.check(get_on(self.conn, def, key))?;
+                self.read_gets.borrow_mut().insert(cache_key, value.clone());
+                Ok(value)
+            }
         }
     }
 
@@ -613,15 +655,8 @@ impl ReadTxn for PgBatch<'_> {
             .collect();
         // Each pending entry can hide at most one stored row: asking for that
         // many more keeps the first `limit` of the merged view complete.
-        let stored = self.check(range_on(
-            self.inner,
-            self.client,
-            def,
-            start,
-            end,
-            descending,
-            limit.saturating_add(pending.len()),
-        ))?;
+        let wanted = limit.saturating_add(pending.len());
+        let stored = self.stored_range(def, start, end, descending, wanted)?;
         if pending.is_empty() {
             return Ok(stored);
         }
@@ -641,7 +676,7 @@ impl ReadTxn for PgBatch<'_> {
 
     fn keys(&self, def: Def, f: &mut dyn FnMut(&str)) -> Result<(), ApiError> {
         let mut keys = Vec::new();
-        self.check(keys_on(self.inner, self.client, def, &mut |key| {
+        self.check(keys_on(self.conn, def, &mut |key| {
             keys.push(key.to_string())
         }))?;
         let mut all: std::collections::BTreeSet<String> = keys.into_iter().collect();
@@ -656,6 +691,33 @@ impl ReadTxn for PgBatch<'_> {
         }
         all.iter().for_each(|key| f(key));
         Ok(())
+    }
+}
+
+impl PgBatch<'_> {
+    /// The first `wanted` stored rows of a range, from this batch's earlier
+    /// answers when they hold enough.
+    fn stored_range(
+        &self,
+        def: Def,
+        start: &str,
+        end: &str,
+        descending: bool,
+        wanted: usize,
+    ) -> Result<Rows, ApiError> {
+        let key = (def.name(), start.to_string(), end.to_string(), descending);
+        if let Some((asked, rows)) = self.read_ranges.borrow().get(&key)
+            && (*asked >= wanted || rows.len() < *asked)
+        {
+            return Ok(rows.iter().take(wanted).cloned().collect());
+        }
+        // A little more than asked: a claim deletes entries of the range it
+        // reads, so the next one in the batch asks for one more.
+        let asked = wanted.max(64);
+        let rows = self.check(range_on(self.conn, def, start, end, descending, asked))?;
+        let answer = rows.iter().take(wanted).cloned().collect();
+        self.read_ranges.borrow_mut().insert(key, (asked, rows));
+        Ok(answer)
     }
 }
 
@@ -676,16 +738,16 @@ impl WriteTxn for PgBatch<'_> {
 
 impl PgBatch<'_> {
     /// Sends the batch's writes and changes and commits.
-    async fn commit(self, replica: &str) -> Result<(), ApiError> {
+    fn commit(self, replica: &str) -> Result<(), ApiError> {
         if self.broken.get() {
             return Err(ApiError::unavailable(
                 "a read in this batch failed, so none of its writes were committed; retry",
             ));
         }
-        self.send(replica).await.map_err(db_error)
+        self.send(replica).map_err(db_error)
     }
 
-    async fn send(&self, replica: &str) -> Result<(), tokio_postgres::Error> {
+    fn send(&self, replica: &str) -> Result<(), tokio_postgres::Error> {
         let (mut put_tables, mut put_keys, mut put_values) = (Vec::new(), Vec::new(), Vec::new());
         let (mut delete_tables, mut delete_keys) = (Vec::new(), Vec::new());
         for ((table, key), value) in &self.pending {
@@ -701,39 +763,158 @@ impl PgBatch<'_> {
                 }
             }
         }
-        if !delete_keys.is_empty() {
-            let statement = self.client.prepare_cached(DELETE_MANY).await?;
+        let payload = serde_json::to_string(&self.changes).unwrap_or_else(|_| "[]".into());
+        let conn = self.conn;
+        // Sent together (one round trip), then the commit.
+        conn.run(async {
+            let deletes = async {
+                if !delete_keys.is_empty() {
+                    let statement = conn.statement(DELETE_MANY).await?;
+                    conn.client
+                        .execute(&statement, &[&delete_tables, &delete_keys])
+                        .await?;
+                }
+                Ok::<_, tokio_postgres::Error>(())
+            };
+            let puts = async {
+                if !put_keys.is_empty() {
+                    let statement = conn.statement(PUT_MANY).await?;
+                    conn.client
+                        .execute(&statement, &[&put_tables, &put_keys, &put_values])
+                        .await?;
+                }
+                Ok(())
+            };
+            let changes = async {
+                if !self.changes.is_empty() {
+                    let statement = conn.statement(RECORD_CHANGES).await?;
+                    conn.client.query(&statement, &[&replica, &payload]).await?;
+                }
+                Ok(())
+            };
+            tokio::try_join!(deletes, puts, changes)?;
+            conn.client.batch_execute("COMMIT").await
+        })
+    }
+}
+
+/// The writer's own connection, driven on the writer thread by a runtime
+/// of its own: a batch's reads wait for PostgreSQL only, not for other
+/// threads as well (half the time of a pooled connection's round trip).
+struct WriterConn {
+    runtime: tokio::runtime::Runtime,
+    config: tokio_postgres::Config,
+    client: Option<tokio_postgres::Client>,
+    statements: RefCell<HashMap<&'static str, tokio_postgres::Statement>>,
+}
+
+/// A live connection of the writer, for one batch.
+struct Session<'a> {
+    runtime: &'a tokio::runtime::Runtime,
+    client: &'a tokio_postgres::Client,
+    statements: &'a RefCell<HashMap<&'static str, tokio_postgres::Statement>>,
+}
+
+impl WriterConn {
+    fn new(config: tokio_postgres::Config) -> std::io::Result<WriterConn> {
+        Ok(WriterConn {
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
+            config,
+            client: None,
+            statements: RefCell::default(),
+        })
+    }
+
+    /// The connection, made again when the last one broke.
+    fn session(&mut self) -> Result<Session<'_>, tokio_postgres::Error> {
+        let client = match self.client.take() {
+            Some(client) if !client.is_closed() => client,
+            _ => {
+                self.statements.borrow_mut().clear();
+                let (client, connection) = self.runtime.block_on(self.config.connect(NoTls))?;
+                self.runtime.spawn(connection);
+                client
+            }
+        };
+        Ok(Session {
+            runtime: &self.runtime,
+            client: self.client.insert(client),
+            statements: &self.statements,
+        })
+    }
+}
+
+impl Session<'_> {
+    fn run<F: Future>(&self, f: F) -> F::Output {
+        self.runtime.block_on(f)
+    }
+
+    async fn statement(
+        &self,
+        sql: &'static str,
+    ) -> Result<tokio_postgres::Statement, tokio_postgres::Error> {
+        if let Some(statement) = self.statements.borrow().get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql).await?;
+        self.statements.borrow_mut().insert(sql, statement.clone());
+        Ok(statement)
+    }
+}
+
+impl Session<'_> {
+    /// Waits until everything committed so far is on disk: a transaction
+    /// that commits synchronously flushes the WAL up to its own commit
+    /// record, which comes after the batch's. Later batches (of any
+    /// replica) that read this one's writes come later in the WAL still, so
+    /// a crash can only lose a suffix that nobody was answered about.
+    fn durable(&self) -> Result<(), tokio_postgres::Error> {
+        self.run(
             self.client
-                .execute(&statement, &[&delete_tables, &delete_keys])
-                .await?;
-        }
-        if !put_keys.is_empty() {
-            let statement = self.client.prepare_cached(PUT_MANY).await?;
-            self.client
-                .execute(&statement, &[&put_tables, &put_keys, &put_values])
-                .await?;
-        }
-        if !self.changes.is_empty() {
-            let payload = serde_json::to_string(&self.changes).unwrap_or_else(|_| "[]".into());
-            let statement = self.client.prepare_cached(RECORD_CHANGES).await?;
-            self.client.query(&statement, &[&replica, &payload]).await?;
-        }
-        self.client.batch_execute("COMMIT").await
+                .batch_execute("BEGIN; SELECT txid_current(); COMMIT"),
+        )
+    }
+}
+
+impl Conn for Session<'_> {
+    fn rows(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        self.run(async {
+            let statement = self.statement(sql).await?;
+            self.client.query(&statement, params).await
+        })
     }
 }
 
 fn write_loop(inner: &Inner, jobs: &mpsc::Receiver<Job>) {
-    while let Some(batch) = next_batch(jobs) {
-        let client = inner.connection().and_then(|client| {
-            let begin = format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})");
-            if let Err(error) = inner.block(client.batch_execute(&begin)) {
-                let _ = inner.block(client.batch_execute("ROLLBACK"));
+    let mut conn = match WriterConn::new(inner.config.clone()) {
+        Ok(conn) => conn,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the writer's runtime");
+            return;
+        }
+    };
+    while let Some(mut batch) = next_batch(jobs) {
+        let session = conn.session().map_err(db_error).and_then(|session| {
+            // The batch commits without waiting for its WAL to reach the disk,
+            // so the lock passes to the next replica's batch at once; the
+            // flush is awaited after the lock is released (see `durable`).
+            let begin = format!(
+                "BEGIN; SET LOCAL synchronous_commit TO off; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
+            );
+            if let Err(error) = session.run(session.client.batch_execute(&begin)) {
+                let _ = session.run(session.client.batch_execute("ROLLBACK"));
                 return Err(db_error(error));
             }
-            Ok(client)
+            Ok(session)
         });
-        let client = match client {
-            Ok(client) => client,
+        let session = match session {
+            Ok(session) => session,
             Err(error) => {
                 tracing::error!(%error, "cannot write");
                 inner.failed(&error);
@@ -743,15 +924,26 @@ fn write_loop(inner: &Inner, jobs: &mpsc::Receiver<Job>) {
                 continue;
             }
         };
+        // Whatever arrived while waiting for the lock joins this batch: the
+        // busier the other replicas, the bigger the batches.
+        while batch.len() < super::MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
         let mut txn = PgBatch {
-            inner,
-            client: &client,
+            conn: &session,
             pending: BTreeMap::new(),
             changes: Vec::new(),
             broken: std::cell::Cell::new(false),
+            read_gets: RefCell::default(),
+            read_ranges: RefCell::default(),
         };
         let completions: Vec<Completion> = batch.into_iter().map(|job| job(Ok(&mut txn))).collect();
-        let outcome = inner.block(txn.commit(&inner.replica));
+        let outcome = txn
+            .commit(&inner.replica)
+            .and_then(|()| session.durable().map_err(db_error));
         match &outcome {
             Ok(()) => {
                 if let Ok(mut failed) = inner.failed_commit.lock() {
@@ -761,16 +953,14 @@ fn write_loop(inner: &Inner, jobs: &mpsc::Receiver<Job>) {
             Err(error) => {
                 tracing::error!(%error, "commit failed; every request in the batch gets the error");
                 inner.failed(error);
-                let _ = inner.block(client.batch_execute("ROLLBACK"));
+                let _ = session.run(session.client.batch_execute("ROLLBACK"));
             }
         }
-        drop(client);
         for completion in completions {
             completion(outcome.as_ref().err());
         }
     }
 }
-
 impl Inner {
     fn failed(&self, error: &ApiError) {
         if let Ok(mut failed) = self.failed_commit.lock() {

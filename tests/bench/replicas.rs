@@ -1,0 +1,193 @@
+//! Store benchmark: `cargo bench --bench replicas`.
+//!
+//! Real `host serve` processes on loopback: one on redb, one on PostgreSQL,
+//! three on one PostgreSQL database. For each, 16 clients (spread over the
+//! replicas) create runs, then take them with claims of one run; then a
+//! worker polling one replica runs flows created through another, one at a
+//! time: created → COMPLETED, from the run's own timestamps. Medians of 3
+//! rounds. PostgreSQL is started by the benchmark (Debian's binaries).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use common::{ServerProcess, WorkerProcess};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const CLIENTS: usize = 16;
+const RUNS: usize = 4_000;
+const ROUNDS: usize = 3;
+const END_TO_END: usize = 30;
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort();
+    samples[((samples.len() as f64 - 1.0) * p) as usize]
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Runs `count` calls of `call` over 16 clients, client `i` on replica `i % n`.
+async fn spread<F, Fut>(clients: &[host::client::Client], count: usize, call: F) -> Vec<Duration>
+where
+    F: Fn(host::client::Client, usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let remaining = Arc::new(AtomicUsize::new(count));
+    let mut tasks = Vec::new();
+    for i in 0..CLIENTS {
+        let client = clients[i % clients.len()].clone();
+        let (remaining, call) = (remaining.clone(), call.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while remaining
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                let t = Instant::now();
+                if !call(client.clone(), i).await {
+                    break;
+                }
+                latencies.push(t.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.expect("join"));
+    }
+    all
+}
+
+struct Figures {
+    create: f64,
+    claim: f64,
+    claim_p50: Duration,
+    claim_p99: Duration,
+    end_to_end_p50: Duration,
+}
+
+async fn measure(servers: &[ServerProcess], dir: &std::path::Path) -> Figures {
+    let clients: Vec<_> = servers
+        .iter()
+        .map(|s| host::client::Client::new(&s.url, None))
+        .collect();
+    let first = &clients[0];
+    let _: Value = first
+        .post(
+            "/api/work-pools",
+            &json!({"name": "bench", "type": "process"}),
+        )
+        .await
+        .expect("pool");
+    let _: Value = first
+        .put(
+            "/api/deployments",
+            &json!({"flow": "f", "name": "d", "pool": "bench"}),
+        )
+        .await
+        .expect("deployment");
+    let (mut creates, mut claims, mut claim_latencies) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let started = Instant::now();
+        let made = spread(&clients, RUNS, |client, _| async move {
+            let _: Value = client
+                .post("/api/deployments/f/d/runs", &json!({}))
+                .await
+                .expect("create");
+            true
+        })
+        .await;
+        assert_eq!(made.len(), RUNS);
+        creates.push(RUNS as f64 / started.elapsed().as_secs_f64());
+        let started = Instant::now();
+        let mut taken = spread(&clients, usize::MAX, |client, i| async move {
+            let answer: host::control::ClaimResponse = client
+                .post(
+                    "/api/work-pools/bench/claim",
+                    &json!({"worker": format!("w{i}"), "limit": 1}),
+                )
+                .await
+                .expect("claim");
+            !answer.runs.is_empty()
+        })
+        .await;
+        claims.push(taken.len() as f64 / started.elapsed().as_secs_f64());
+        assert_eq!(taken.len(), RUNS, "every run claimed exactly once");
+        claim_latencies.append(&mut taken);
+    }
+
+    // created → COMPLETED: a worker on the last replica, runs created on the first.
+    let _: Value = first
+        .put(
+            "/api/deployments",
+            &json!({"flow": "f", "name": "e2e", "pool": "bench", "command": ["true"]}),
+        )
+        .await
+        .expect("deployment");
+    let worker_url = &servers[servers.len() - 1].url;
+    let _worker = WorkerProcess::start(worker_url, &dir.join("worker/cache"), &["--pool", "bench"]);
+    let mut end_to_end = Vec::new();
+    for _ in 0..END_TO_END {
+        let run: Value = first
+            .post("/api/deployments/f/e2e/runs", &json!({}))
+            .await
+            .expect("create");
+        let id = run["id"].as_str().expect("id");
+        let done = common::final_run(&servers[0].url, id, Duration::from_secs(60)).await;
+        assert_eq!(done["state"]["type"], "COMPLETED", "{done}");
+        let at = |v: &Value| {
+            chrono::DateTime::parse_from_rfc3339(v.as_str().expect("time")).expect("rfc3339")
+        };
+        let took = at(&done["state"]["timestamp"]) - at(&done["created"]);
+        end_to_end.push(took.to_std().unwrap_or_default());
+    }
+    Figures {
+        create: median(creates),
+        claim: median(claims),
+        claim_p50: percentile(&mut claim_latencies, 0.5),
+        claim_p99: percentile(&mut claim_latencies, 0.99),
+        end_to_end_p50: percentile(&mut end_to_end, 0.5),
+    }
+}
+
+fn report(label: &str, f: &Figures) {
+    println!(
+        "{label:<26} create {:>6.0}/s   claim {:>6.0}/s   claim p50 {:>8.2?} p99 {:>8.2?}   created→COMPLETED p50 {:>8.2?}",
+        f.create, f.claim, f.claim_p50, f.claim_p99, f.end_to_end_p50
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let redb = {
+        let server = ServerProcess::start(&dir.path().join("redb"), &[]);
+        measure(std::slice::from_ref(&server), &dir.path().join("redb")).await
+    };
+    report("redb, 1 server", &redb);
+    let Some(cluster) = common::postgres::shared() else {
+        println!("PostgreSQL is not installed: only redb measured");
+        return;
+    };
+    for replicas in [1, 3] {
+        let database = cluster.new_database();
+        let base = dir.path().join(format!("pg-{replicas}"));
+        let servers: Vec<_> = (0..replicas)
+            .map(|i| {
+                ServerProcess::start_on_postgres(&database, &base.join(format!("cache-{i}")), &[])
+            })
+            .collect();
+        let figures = measure(&servers, &base).await;
+        report(&format!("PostgreSQL, {replicas} replica(s)"), &figures);
+    }
+    println!(
+        "({RUNS} runs per round, {CLIENTS} clients spread over the replicas, claims of 1 run, medians of {ROUNDS} rounds; \
+         created→COMPLETED over {END_TO_END} runs created through the first replica and run by a worker polling the last)"
+    );
+}
