@@ -240,8 +240,33 @@ async fn a_cancel_through_one_replica_reaches_a_worker_polling_another_within_a_
     );
     // The worker knows only B; the stream is read from C; the cancel goes to A.
     let _worker = WorkerProcess::start(b, &dir.path().join("cache"), &["--pool", "far"]);
+    // Long-polling: a claim marks the queue polled.
+    common::eventually(
+        a,
+        "/api/work-pools/far/queues",
+        Duration::from_secs(60),
+        |queues| {
+            queues
+                .as_array()
+                .is_some_and(|q| q.iter().any(|q| !q["last_polled"].is_null()))
+        },
+    )
+    .await;
     let id = common::create_run(a, "f/sleep", json!({})).await;
     let run = common::run_in_state(a, &id, &["RUNNING"], Duration::from_secs(60)).await;
+    // Created through A, claimed by the worker long-polling B: B's poll woke
+    // on A's commit (its own fallback is a 5 s poll).
+    let at =
+        |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().expect("time")).expect("time");
+    let pending = run["history"]
+        .as_array()
+        .and_then(|h| h.iter().find(|s| s["type"] == "PENDING"))
+        .expect("a PENDING state in the history");
+    let claimed_after = (at(&pending["timestamp"]) - at(&run["created"]))
+        .to_std()
+        .unwrap_or_default();
+    eprintln!("created via A, claimed through B after {claimed_after:?}");
+    assert!(claimed_after < Duration::from_secs(1), "{claimed_after:?}");
     let handle: Value =
         serde_json::from_str(run["infrastructure_handle"].as_str().expect("handle")).expect("json");
     let pid = handle["pid"].as_i64().expect("pid") as i32;
