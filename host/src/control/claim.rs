@@ -207,7 +207,10 @@ impl Control {
                     (pool.to_string(), request.clone(), self.config.lease);
                 let response = self
                     .store
-                    .write(move |w| claim_once(w, &pool_name, &req, now(), lease))
+                    .write(move |w| {
+                        let now = w.now();
+                        claim_once(w, &pool_name, &req, now, lease)
+                    })
                     .await?;
                 if !response.runs.is_empty() {
                     self.changed();

@@ -151,7 +151,7 @@ impl ReadTxn for redb::ReadTransaction {
 }
 
 /// The batch's transaction as one request sees it.
-struct BatchTxn<'t>(&'t WriteTransaction);
+struct BatchTxn<'t>(&'t WriteTransaction, crate::model::Timestamp);
 
 impl ReadTxn for BatchTxn<'_> {
     fn get(&self, def: Def, key: &str) -> Result<Option<Vec<u8>>, ApiError> {
@@ -189,6 +189,9 @@ impl WriteTxn for BatchTxn<'_> {
             .remove(key)
             .map_err(storage)?;
         Ok(())
+    }
+    fn started(&self) -> crate::model::Timestamp {
+        self.1
     }
 }
 
@@ -325,9 +328,10 @@ fn write_loop(inner: &Inner, jobs: &mpsc::Receiver<Job>) {
                 continue;
             }
         };
+        let started = chrono::Utc::now();
         let completions: Vec<super::Completion> = batch
             .into_iter()
-            .map(|job| job(Ok(&mut BatchTxn(&txn))))
+            .map(|job| job(Ok(&mut BatchTxn(&txn, started))))
             .collect();
         let outcome = txn.commit().map_err(|e| {
             // Most often the disk filled up between the check and the commit.

@@ -610,6 +610,7 @@ struct PgBatch<'a> {
     /// Range answers by (table, start, end, descending): the limit asked and
     /// the rows (all of them when fewer than that limit came back).
     read_ranges: RefCell<HashMap<RangeKey, (usize, Rows)>>,
+    started: crate::model::Timestamp,
 }
 
 type Rows = Vec<(String, Vec<u8>)>;
@@ -711,6 +712,23 @@ impl PgBatch<'_> {
         {
             return Ok(rows.iter().take(wanted).cloned().collect());
         }
+        // A range read whole before (fewer rows than asked) that holds this
+        // one answers it too: a pool's entries answer one worker's.
+        for ((table, from, to, order), (asked, rows)) in self.read_ranges.borrow().iter() {
+            if *table == def.name()
+                && *order == descending
+                && rows.len() < *asked
+                && from.as_str() <= start
+                && end <= to.as_str()
+            {
+                return Ok(rows
+                    .iter()
+                    .filter(|(k, _)| k.as_str() >= start && k.as_str() < end)
+                    .take(wanted)
+                    .cloned()
+                    .collect());
+            }
+        }
         // A little more than asked: a claim deletes entries of the range it
         // reads, so the next one in the batch asks for one more.
         let asked = wanted.max(64);
@@ -733,6 +751,9 @@ impl WriteTxn for PgBatch<'_> {
     }
     fn record(&mut self, changes: &[Change]) {
         self.changes.extend_from_slice(changes);
+    }
+    fn started(&self) -> crate::model::Timestamp {
+        self.started
     }
 }
 
@@ -939,6 +960,7 @@ fn write_loop(inner: &Inner, jobs: &mpsc::Receiver<Job>) {
             broken: std::cell::Cell::new(false),
             read_gets: RefCell::default(),
             read_ranges: RefCell::default(),
+            started: chrono::Utc::now(),
         };
         let completions: Vec<Completion> = batch.into_iter().map(|job| job(Ok(&mut txn))).collect();
         let outcome = txn

@@ -211,15 +211,23 @@ pub trait Records: Raw {
         self.index_ids(tables::IDX_WORKER, &prefix, &prefix_end(&prefix), MAX_SCAN)
     }
 
-    /// CANCELLING runs held by a worker.
+    /// CANCELLING runs held by a worker. Read through the pool's whole
+    /// (short) list, which a batch of claims by different workers shares.
     fn worker_cancelling(&self, pool: &str, worker: &str) -> Result<Vec<String>, ApiError> {
+        let pool_prefix = format!("{pool}\0");
         let prefix = format!("{pool}\0{worker}\0");
-        self.index_ids(
-            tables::IDX_CANCELLING,
-            &prefix,
-            &prefix_end(&prefix),
-            MAX_SCAN,
-        )
+        Ok(self
+            .raw_range(
+                tables::IDX_CANCELLING,
+                &pool_prefix,
+                &prefix_end(&pool_prefix),
+                false,
+                MAX_SCAN,
+            )?
+            .into_iter()
+            .filter(|(key, _)| key.starts_with(&prefix))
+            .map(|(_, id)| id_of(&id))
+            .collect())
     }
 
     /// Future SCHEDULED runs the scheduler made for a deployment, by time.

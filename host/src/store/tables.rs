@@ -94,6 +94,8 @@ pub(super) trait WriteTxn: ReadTxn {
     /// The changes one request made, committed with the batch (a backend
     /// shared by several servers tells the others through them).
     fn record(&mut self, _changes: &[Change]) {}
+    /// When the batch started: the `now` every request in it shares.
+    fn started(&self) -> crate::model::Timestamp;
 }
 
 impl Raw for Snapshot {
@@ -135,6 +137,12 @@ impl Raw for Writer<'_> {
 }
 
 impl Writer<'_> {
+    /// The batch's time, the same for every request in it (so their reads
+    /// of "due by now" are the same reads, which a backend can share).
+    pub fn now(&self) -> crate::model::Timestamp {
+        self.txn.started()
+    }
+
     pub(super) fn raw_put(&mut self, def: Def, key: &str, value: &[u8]) -> Result<(), ApiError> {
         self.txn.put(def, key, value)
     }
