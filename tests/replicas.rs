@@ -54,6 +54,27 @@ fn counting_deployment(urls: &str, ledger: &Path) {
     );
 }
 
+/// One worker per replica on the counting pool, each polling a different
+/// replica first.
+fn counting_workers(servers: &[ServerProcess], dir: &Path, limit: u32) -> Vec<WorkerProcess> {
+    (0..servers.len())
+        .map(|i| {
+            WorkerProcess::start(
+                &url_list(servers, i),
+                &dir.join(format!("worker-{i}/cache")),
+                &[
+                    "--pool",
+                    "shared",
+                    "--limit",
+                    &limit.to_string(),
+                    "--name",
+                    &format!("w{i}"),
+                ],
+            )
+        })
+        .collect()
+}
+
 fn executions(ledger: &Path) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
     for id in std::fs::read_to_string(ledger).unwrap_or_default().lines() {
@@ -165,22 +186,7 @@ async fn burst(kill_at: Option<usize>) {
     let mut servers = replicas(cluster, dir.path(), 3);
     let ledger = dir.path().join("executed");
     counting_deployment(&url_list(&servers, 0), &ledger);
-    let workers: Vec<WorkerProcess> = (0..3)
-        .map(|i| {
-            WorkerProcess::start(
-                &url_list(&servers, i),
-                &dir.path().join(format!("worker-{i}/cache")),
-                &[
-                    "--pool",
-                    "shared",
-                    "--limit",
-                    "50",
-                    "--name",
-                    &format!("w{i}"),
-                ],
-            )
-        })
-        .collect();
+    let workers = counting_workers(&servers, dir.path(), 50);
     let victim = servers[1].child.id();
     let acknowledged = create_runs(&url_list(&servers, 1), 3000, |created| {
         if kill_at.is_some_and(|at| created >= at)
@@ -325,22 +331,7 @@ async fn a_postgres_restart_mid_load_loses_nothing() {
     let servers = replicas(&cluster, dir.path(), 2);
     let ledger: PathBuf = dir.path().join("executed");
     counting_deployment(&url_list(&servers, 0), &ledger);
-    let _workers: Vec<WorkerProcess> = (0..2)
-        .map(|i| {
-            WorkerProcess::start(
-                &url_list(&servers, i),
-                &dir.path().join(format!("worker-{i}/cache")),
-                &[
-                    "--pool",
-                    "shared",
-                    "--limit",
-                    "20",
-                    "--name",
-                    &format!("w{i}"),
-                ],
-            )
-        })
-        .collect();
+    let _workers = counting_workers(&servers, dir.path(), 20);
     let mut restarted = false;
     let acknowledged = create_runs(&url_list(&servers, 0), 600, |created| {
         if created >= 300 && !restarted {

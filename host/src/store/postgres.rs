@@ -116,13 +116,7 @@ impl From<tokio_postgres::Error> for DbError {
     fn from(e: tokio_postgres::Error) -> DbError {
         let text = match e.as_db_error() {
             Some(db) => db.message().to_string(),
-            None => {
-                let mut cause: &dyn std::error::Error = &e;
-                while let Some(next) = cause.source() {
-                    cause = next;
-                }
-                format!("{e}: {cause}")
-            }
+            None => format!("{e}: {}", DbErrorText(&e)),
         };
         // Connection-level trouble, or the server going down (57P01 admin
         // shutdown and friends, 08xxx connection exceptions).

@@ -98,28 +98,26 @@ pub(super) trait WriteTxn: ReadTxn {
     fn started(&self) -> crate::model::Timestamp;
 }
 
-impl Raw for Snapshot {
-    fn raw_get(&self, def: Def, key: &str) -> Result<Option<Vec<u8>>, ApiError> {
-        self.txn.get(def, key)
-    }
-    fn raw_range(
-        &self,
-        def: Def,
-        start: &str,
-        end: &str,
-        descending: bool,
-        limit: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
-        if start >= end {
-            return Ok(Vec::new());
-        }
-        self.txn.range(def, start, end, descending, limit)
+/// Snapshots and writers read alike, through their backend's `ReadTxn`.
+trait ReadsThrough {
+    fn reader(&self) -> &dyn ReadTxn;
+}
+
+impl ReadsThrough for Snapshot {
+    fn reader(&self) -> &dyn ReadTxn {
+        &*self.txn
     }
 }
 
-impl Raw for Writer<'_> {
+impl ReadsThrough for Writer<'_> {
+    fn reader(&self) -> &dyn ReadTxn {
+        &*self.txn
+    }
+}
+
+impl<T: ReadsThrough> Raw for T {
     fn raw_get(&self, def: Def, key: &str) -> Result<Option<Vec<u8>>, ApiError> {
-        self.txn.get(def, key)
+        self.reader().get(def, key)
     }
     fn raw_range(
         &self,
@@ -132,7 +130,7 @@ impl Raw for Writer<'_> {
         if start >= end {
             return Ok(Vec::new());
         }
-        self.txn.range(def, start, end, descending, limit)
+        self.reader().range(def, start, end, descending, limit)
     }
 }
 
