@@ -430,3 +430,93 @@ async fn a_newer_schema_an_unreachable_database_and_a_bad_url_are_refused_clearl
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("database_url"), "{stderr}");
 }
+
+/// A replica reads the others' changes only while someone reads its event
+/// stream. A reader that comes back after changes went by unread must be
+/// told to reload, never left missing them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reader_away_while_other_replicas_changed_things_is_told_to_reload() {
+    let Some(cluster) = postgres::shared() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let servers = replicas(cluster, dir.path(), 2);
+    let (a, c) = (&servers[0].url, &servers[1].url);
+    for pool in ["watched", "other"] {
+        common::host_ok(a, &["work-pool", "create", "--type", "process", pool]);
+        let deployment = format!("f/{pool}");
+        common::host_ok(
+            a,
+            &[
+                "deployment",
+                "create",
+                &deployment,
+                "--pool",
+                pool,
+                "--",
+                "true",
+            ],
+        );
+    }
+    let client = host::client::Client::new(c, None);
+    let mut stream = client.events("pool=watched", None).await.expect("stream");
+    let first = common::create_run(a, "f/watched", json!({})).await;
+    let last_seen = loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("A's run seen on C within 10 s")
+            .expect("stream")
+            .expect("stream open");
+        if event.event == "run" && event.data.contains(&first) {
+            break event.id.expect("an id");
+        }
+    };
+    drop(stream);
+
+    // Nobody reads C's stream now. A run of `watched`, then one of `other`,
+    // both through A; C's claim long-poll on `other` answering proves C has
+    // had A's news of both (its listener takes them in commit order).
+    let long_poll = tokio::spawn({
+        let c = c.clone();
+        async move {
+            common::http(
+                "POST",
+                &format!("{c}/api/work-pools/other/claim"),
+                Some(r#"{"worker": "w", "limit": 1, "wait_ms": 30000}"#),
+                None,
+            )
+            .await
+        }
+    });
+    // The long-poll waits (nothing of `other` is due) before anything is made.
+    common::eventually(
+        a,
+        "/api/work-pools/other/queues",
+        Duration::from_secs(10),
+        |q| {
+            q.as_array()
+                .is_some_and(|q| q.iter().any(|q| !q["last_polled"].is_null()))
+        },
+    )
+    .await;
+    common::create_run(a, "f/watched", json!({})).await;
+    let wake = common::create_run(a, "f/other", json!({})).await;
+    let (status, claimed) = long_poll.await.expect("long-poll");
+    assert_eq!(status, 200, "{claimed}");
+    assert_eq!(
+        claimed["runs"][0]["flow_run"]["id"],
+        wake.as_str(),
+        "{claimed}"
+    );
+
+    let mut resumed = client
+        .events("pool=watched", Some(&last_seen))
+        .await
+        .expect("stream");
+    let event = tokio::time::timeout(Duration::from_secs(10), resumed.next())
+        .await
+        .expect("an answer within 10 s")
+        .expect("stream")
+        .expect("stream open");
+    assert_eq!(event.event, "reset", "{}", event.data);
+}

@@ -108,6 +108,8 @@ pub struct Events {
 struct Recent {
     next_seq: u64,
     events: VecDeque<Arc<Event>>,
+    /// Changes went by unpublished since the last event.
+    after_gap: bool,
 }
 
 impl Default for Events {
@@ -117,6 +119,7 @@ impl Default for Events {
             recent: Mutex::new(Recent {
                 next_seq: 1,
                 events: VecDeque::with_capacity(KEPT),
+                after_gap: false,
             }),
             live: broadcast::channel(KEPT).0,
         }
@@ -134,6 +137,7 @@ impl Events {
             return;
         }
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.after_gap = false;
         for change in changes {
             let event = Arc::new(Event {
                 seq: recent.next_seq,
@@ -148,6 +152,26 @@ impl Events {
             // Sent under the lock, so live order is commit order.
             let _ = self.live.send(event);
         }
+    }
+
+    /// When nobody reads events as they come, lets changes go by
+    /// unpublished (answers true): reading them would be work for nobody.
+    /// A reader resuming from before them is then told to reload rather
+    /// than miss them. Under the lock `subscribe` takes, so no reader
+    /// arrives between the look and the gap.
+    pub fn skip_if_unwatched(&self) -> bool {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if self.live.receiver_count() > 0 {
+            return false;
+        }
+        if !recent.after_gap {
+            recent.events.clear();
+            // An id no event has: every id issued before the gap is now older
+            // than the oldest kept.
+            recent.next_seq += 1;
+            recent.after_gap = true;
+        }
+        true
     }
 
     pub fn subscribe(&self, start: Start) -> Subscription {
@@ -231,5 +255,26 @@ mod tests {
         let up_to_date = events.subscribe(Start::After(last));
         assert!(!up_to_date.reset);
         assert!(up_to_date.missed.is_empty());
+    }
+
+    #[test]
+    fn changes_skipped_while_nobody_watched_make_a_resuming_reader_reload() {
+        let events = Events::default();
+        let mut reader = events.subscribe(Start::Now);
+        events.publish(vec![deleted("a")]);
+        let last_seen = events.id(&reader.live.try_recv().expect("live"));
+        assert!(!events.skip_if_unwatched(), "someone is watching");
+        drop(reader);
+        assert!(events.skip_if_unwatched());
+        assert!(events.skip_if_unwatched());
+        assert!(events.subscribe(Start::After(last_seen)).reset);
+        // After the gap, resuming works as before.
+        let mut reader = events.subscribe(Start::Now);
+        events.publish(vec![deleted("b")]);
+        let b = events.id(&reader.live.try_recv().expect("live"));
+        events.publish(vec![deleted("c")]);
+        let resumed = events.subscribe(Start::After(b));
+        assert!(!resumed.reset);
+        assert_eq!(names(&resumed.missed), ["c"]);
     }
 }

@@ -6,6 +6,7 @@
 //! worker polling one replica runs flows created through another, one at a
 //! time: created → COMPLETED, from the run's own timestamps. Medians of 3
 //! rounds. PostgreSQL is started by the benchmark (Debian's binaries).
+//! `cargo bench --bench replicas -- pg1 pg3` measures only those setups.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -165,17 +166,26 @@ fn report(label: &str, f: &Figures) {
 
 #[tokio::main]
 async fn main() {
+    // `cargo bench --bench replicas -- pg3` measures only that setup
+    // (`redb`, `pg1`, `pg3`); without one, all three.
+    let wanted: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let runs = |setup: &str| wanted.is_empty() || wanted.iter().any(|w| w == setup);
     let dir = tempfile::tempdir().expect("tempdir");
-    let redb = {
-        let server = ServerProcess::start(&dir.path().join("redb"), &[]);
-        measure(std::slice::from_ref(&server), &dir.path().join("redb")).await
-    };
-    report("redb, 1 server", &redb);
+    if runs("redb") {
+        let redb = {
+            let server = ServerProcess::start(&dir.path().join("redb"), &[]);
+            measure(std::slice::from_ref(&server), &dir.path().join("redb")).await
+        };
+        report("redb, 1 server", &redb);
+    }
     let Some(cluster) = common::postgres::shared() else {
         println!("PostgreSQL is not installed: only redb measured");
         return;
     };
-    for replicas in [1, 3] {
+    for replicas in [1, 3].into_iter().filter(|n| runs(&format!("pg{n}"))) {
         let database = cluster.new_database();
         let base = dir.path().join(format!("pg-{replicas}"));
         let servers: Vec<_> = (0..replicas)

@@ -18,7 +18,6 @@ pub use pools::{
 pub use runs::NewLogLine;
 
 use crate::error::ApiError;
-use crate::events::Change;
 use crate::store::Store;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -143,10 +142,10 @@ impl Control {
         let (remote_changes, remote_logs) = (changes.clone(), log_changes.clone());
         store.on_remote_changes(Box::new(move |committed| {
             let bump = |sender: &watch::Sender<u64>| sender.send_modify(|n| *n = n.wrapping_add(1));
-            if committed.iter().any(|c| !matches!(c, Change::Log { .. })) {
+            if committed.records {
                 bump(&remote_changes);
             }
-            if committed.iter().any(|c| matches!(c, Change::Log { .. })) {
+            if committed.logs {
                 bump(&remote_logs);
             }
         }));

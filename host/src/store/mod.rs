@@ -41,8 +41,33 @@ type Completion = Box<dyn FnOnce(Option<&ApiError>) + Send>;
 /// Runs a request in the batch's transaction, or learns that there is none.
 type Job = Box<dyn FnOnce(Result<&mut dyn WriteTxn, &ApiError>) -> Completion + Send>;
 
-/// Called with changes another server committed to a shared database.
-pub type RemoteHook = Box<dyn Fn(&[Change]) + Send + Sync>;
+/// Called when another server committed changes to a shared database.
+pub type RemoteHook = Box<dyn Fn(Committed) + Send + Sync>;
+
+/// The kinds of change a batch committed: what wakes long-polls (claims and
+/// run watches on records, log follows on logs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Committed {
+    pub records: bool,
+    pub logs: bool,
+}
+
+impl Committed {
+    pub fn of(changes: &[Change]) -> Committed {
+        let logs = changes.iter().filter(|c| matches!(c, Change::Log { .. }));
+        let log_count = logs.count();
+        Committed {
+            records: log_count < changes.len(),
+            logs: log_count > 0,
+        }
+    }
+
+    /// Both kinds: what to assume when it is not known which.
+    pub const ANY: Committed = Committed {
+        records: true,
+        logs: true,
+    };
+}
 
 /// What differs between the backends, behind one interface.
 trait Backend: Send + Sync {

@@ -20,7 +20,7 @@
 //! runtime, without driving the connection itself.
 
 use super::tables::{Def, ReadTxn, WriteTxn};
-use super::{Backend, Completion, Health, Job, RemoteHook, next_batch};
+use super::{Backend, Committed, Completion, Health, Job, RemoteHook, next_batch};
 use crate::error::ApiError;
 use crate::events::{Change, Events};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -59,10 +59,15 @@ const PUT_MANY: &str = "INSERT INTO kv (tbl, key, value) \
                         ON CONFLICT (tbl, key) DO UPDATE SET value = excluded.value";
 const DELETE_MANY: &str = "DELETE FROM kv WHERE (tbl, key) IN \
                            (SELECT * FROM unnest($1::text[], $2::bytea[]))";
+/// The notification names the writing replica: a replica's own commits do
+/// not send it reading.
 const RECORD_CHANGES: &str = "WITH c AS (INSERT INTO changes (replica, payload) VALUES ($1, $2) \
-                              RETURNING seq) SELECT pg_notify('host_changes', seq::text) FROM c";
-const CHANGES_AFTER: &str =
-    "SELECT seq, replica, payload FROM changes WHERE seq > $1 ORDER BY seq LIMIT 1000";
+                              RETURNING seq) SELECT pg_notify('host_changes', $3 || seq) FROM c";
+/// The newest change after $1, and whether another replica made any.
+const LAST_CHANGE: &str = "SELECT max(seq), bool_or(replica <> $2) FROM changes WHERE seq > $1";
+/// Other replicas' payloads only: this one's are not even read from disk.
+const CHANGES_AFTER: &str = "SELECT seq, CASE WHEN replica <> $2 THEN payload END FROM changes \
+                             WHERE seq > $1 ORDER BY seq LIMIT 1000";
 
 pub(super) struct PgStore {
     inner: Arc<Inner>,
@@ -299,12 +304,17 @@ impl Inner {
         if changes.is_empty() {
             return;
         }
+        self.wake(Committed::of(&changes));
+        self.events.publish(changes);
+    }
+
+    /// Tells this server's long-polls that another one committed.
+    fn wake(&self, kinds: Committed) {
         if let Ok(hooks) = self.hooks.lock() {
             for hook in hooks.iter() {
-                hook(&changes);
+                hook(kinds);
             }
         }
-        self.events.publish(changes);
     }
 }
 
@@ -425,22 +435,56 @@ async fn listen(inner: std::sync::Weak<Inner>, mut last: i64) {
     }
 }
 
+/// What a batch's notification says: who committed, what kinds of change,
+/// and its row in `changes`.
+struct Notice {
+    replica: String,
+    kinds: Committed,
+    seq: i64,
+}
+
+impl Notice {
+    /// `{replica} {kinds} `: the notification's text before the sequence
+    /// number, which the database appends.
+    fn prefix(replica: &str, kinds: Committed) -> String {
+        let records = if kinds.records { "r" } else { "" };
+        let logs = if kinds.logs { "l" } else { "" };
+        format!("{replica} {records}{logs}- ")
+    }
+
+    fn parse(text: &str) -> Option<Notice> {
+        let mut parts = text.split(' ');
+        let (replica, kinds, seq) = (parts.next()?, parts.next()?, parts.next()?);
+        Some(Notice {
+            replica: replica.to_string(),
+            kinds: Committed {
+                records: kinds.contains('r'),
+                logs: kinds.contains('l'),
+            },
+            seq: seq.parse().ok()?,
+        })
+    }
+}
+
 /// Answers `Ok` once the store is gone, an error when the connection is.
+///
+/// While somebody reads this server's event stream, the listener reads
+/// the other servers' changes and publishes them. While nobody does, the
+/// notifications alone wake the long-polls, and the changes themselves are
+/// not read (most of the listener's work, and of the database's for it).
 async fn listen_once(
     inner: &std::sync::Weak<Inner>,
     config: &tokio_postgres::Config,
     last: &mut i64,
 ) -> Result<(), String> {
-    let (client, mut connection) = config
-        .connect(NoTls)
-        .await
-        .map_err(|e| DbErrorText(&e).to_string())?;
+    let text = |e: tokio_postgres::Error| DbErrorText(&e).to_string();
+    let (client, mut connection) = config.connect(NoTls).await.map_err(text)?;
     let (notified, mut notifications) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
             match message {
-                Ok(AsyncMessage::Notification(_)) => {
-                    let _ = notified.send(());
+                Ok(AsyncMessage::Notification(news)) => {
+                    let _ = notified.send(news.payload().to_string());
                 }
                 Ok(_) => {}
                 Err(_) => break,
@@ -450,48 +494,105 @@ async fn listen_once(
     client
         .batch_execute(&format!("LISTEN {CHANNEL}"))
         .await
-        .map_err(|e| DbErrorText(&e).to_string())?;
-    let query = client
-        .prepare(CHANGES_AFTER)
-        .await
-        .map_err(|e| DbErrorText(&e).to_string())?;
+        .map_err(text)?;
+    let changes_after = client.prepare(CHANGES_AFTER).await.map_err(text)?;
+    let last_change = client.prepare(LAST_CHANGE).await.map_err(text)?;
+    let Some(me) = inner.upgrade().map(|i| i.replica.clone()) else {
+        return Ok(());
+    };
+    // Listening first, then reading: nothing committed in between is missed.
+    let mut catching_up = true;
+    let mut news: Option<Notice> = None;
     loop {
-        // Listening first, then reading: nothing committed in between is missed.
-        loop {
-            let rows = client
-                .query(&query, &[&*last])
-                .await
-                .map_err(|e| DbErrorText(&e).to_string())?;
+        if catching_up || news.is_some() {
             let Some(inner) = inner.upgrade() else {
                 return Ok(());
             };
-            for row in &rows {
-                *last = row.get(0);
-                let replica: &str = row.get(1);
-                if replica == inner.replica {
-                    continue;
+            if !inner.events.skip_if_unwatched() {
+                read_changes(&client, &changes_after, &me, last, &inner)
+                    .await
+                    .map_err(text)?;
+            } else if let Some(notice) = news.take() {
+                inner.wake(notice.kinds);
+                *last = (*last).max(notice.seq);
+            } else {
+                // The visible rows of `changes` are a prefix of `seq` (batches
+                // commit in lock order), so all up to the last one are seen.
+                let row = client
+                    .query_one(&last_change, &[&*last, &me])
+                    .await
+                    .map_err(text)?;
+                if let Some(newest) = row.get::<_, Option<i64>>(0) {
+                    *last = newest;
+                    if row.get::<_, Option<bool>>(1) == Some(true) {
+                        inner.wake(Committed::ANY);
+                    }
                 }
-                match serde_json::from_str::<Vec<Change>>(row.get(2)) {
-                    Ok(changes) => inner.publish_remote(changes),
-                    Err(error) => tracing::warn!(%error, seq = *last, "unreadable change record"),
-                }
-            }
-            if rows.len() < 1000 {
-                break;
             }
         }
-        tokio::select! {
-            news = notifications.recv() => {
-                if news.is_none() {
-                    return Err("the connection closed".into());
+        (catching_up, news) = (false, None);
+        let catch_up = tokio::time::sleep(CATCH_UP_EVERY);
+        tokio::pin!(catch_up);
+        while news.is_none() && !catching_up {
+            tokio::select! {
+                text = notifications.recv() => {
+                    let text = text.ok_or("the connection closed")?;
+                    news = merge(news, Notice::parse(&text), &me);
+                    while let Ok(text) = notifications.try_recv() {
+                        news = merge(news, Notice::parse(&text), &me);
+                    }
                 }
-                while notifications.try_recv().is_ok() {}
-            }
-            () = tokio::time::sleep(CATCH_UP_EVERY) => {
-                if client.is_closed() {
-                    return Err("the connection closed".into());
+                () = &mut catch_up => {
+                    if client.is_closed() {
+                        return Err("the connection closed".into());
+                    }
+                    catching_up = true;
                 }
             }
+        }
+    }
+}
+
+/// Other servers' news, taken together; this server's own is not news.
+fn merge(news: Option<Notice>, notice: Option<Notice>, me: &str) -> Option<Notice> {
+    match (news, notice) {
+        (news, Some(notice)) if notice.replica != me => Some(match news {
+            Some(earlier) => Notice {
+                kinds: Committed {
+                    records: earlier.kinds.records || notice.kinds.records,
+                    logs: earlier.kinds.logs || notice.kinds.logs,
+                },
+                seq: earlier.seq.max(notice.seq),
+                ..notice
+            },
+            None => notice,
+        }),
+        (news, _) => news,
+    }
+}
+
+/// Publishes the other servers' changes after `last`, and moves it on.
+async fn read_changes(
+    client: &tokio_postgres::Client,
+    changes_after: &tokio_postgres::Statement,
+    me: &str,
+    last: &mut i64,
+    inner: &Inner,
+) -> Result<(), tokio_postgres::Error> {
+    loop {
+        let rows = client.query(changes_after, &[&*last, &me]).await?;
+        for row in &rows {
+            *last = row.get(0);
+            let Some(payload) = row.get::<_, Option<&str>>(1) else {
+                continue;
+            };
+            match serde_json::from_str::<Vec<Change>>(payload) {
+                Ok(changes) => inner.publish_remote(changes),
+                Err(error) => tracing::warn!(%error, seq = *last, "unreadable change record"),
+            }
+        }
+        if rows.len() < 1000 {
+            return Ok(());
         }
     }
 }
@@ -762,6 +863,16 @@ impl PgBatch<'_> {
         self.send(replica).map_err(db_error)
     }
 
+    /// Sends the batch's writes, its commit and a wait for the WAL flush in
+    /// one round trip; PostgreSQL runs them in that order. The batch
+    /// commits without waiting for its WAL to reach the disk (`BEGIN` set
+    /// that), so the write lock passes to the next replica's batch at once.
+    /// The transaction after it commits synchronously, flushing the WAL up
+    /// to its own commit record, which comes after the batch's. Later
+    /// batches (of any replica) that read this one's writes come later in
+    /// the WAL still, so a crash can only lose a suffix nobody was answered
+    /// about. A statement that fails aborts the transaction (its COMMIT
+    /// then rolls back) and its error is the answer.
     fn send(&self, replica: &str) -> Result<(), tokio_postgres::Error> {
         let (mut put_tables, mut put_keys, mut put_values) = (Vec::new(), Vec::new(), Vec::new());
         let (mut delete_tables, mut delete_keys) = (Vec::new(), Vec::new());
@@ -780,35 +891,40 @@ impl PgBatch<'_> {
         }
         let payload = serde_json::to_string(&self.changes).unwrap_or_else(|_| "[]".into());
         let conn = self.conn;
-        // Sent together (one round trip), then the commit.
         conn.run(async {
+            let delete_many = conn.statement(DELETE_MANY).await?;
+            let put_many = conn.statement(PUT_MANY).await?;
+            let record_changes = conn.statement(RECORD_CHANGES).await?;
+            // A request goes out when its future is first polled: `biased`
+            // polls them in the order written.
             let deletes = async {
                 if !delete_keys.is_empty() {
-                    let statement = conn.statement(DELETE_MANY).await?;
-                    conn.client
-                        .execute(&statement, &[&delete_tables, &delete_keys])
-                        .await?;
+                    let params: [&(dyn ToSql + Sync); 2] = [&delete_tables, &delete_keys];
+                    conn.client.execute(&delete_many, &params).await?;
                 }
-                Ok::<_, tokio_postgres::Error>(())
+                Ok(())
             };
             let puts = async {
                 if !put_keys.is_empty() {
-                    let statement = conn.statement(PUT_MANY).await?;
-                    conn.client
-                        .execute(&statement, &[&put_tables, &put_keys, &put_values])
-                        .await?;
+                    let params: [&(dyn ToSql + Sync); 3] = [&put_tables, &put_keys, &put_values];
+                    conn.client.execute(&put_many, &params).await?;
                 }
                 Ok(())
             };
             let changes = async {
                 if !self.changes.is_empty() {
-                    let statement = conn.statement(RECORD_CHANGES).await?;
-                    conn.client.query(&statement, &[&replica, &payload]).await?;
+                    let notice = Notice::prefix(replica, Committed::of(&self.changes));
+                    conn.client
+                        .query(&record_changes, &[&replica, &payload, &notice])
+                        .await?;
                 }
                 Ok(())
             };
-            tokio::try_join!(deletes, puts, changes)?;
-            conn.client.batch_execute("COMMIT").await
+            let commit = conn.client.batch_execute("COMMIT");
+            let flushed = conn
+                .client
+                .batch_execute("BEGIN; SELECT txid_current(); COMMIT");
+            tokio::try_join!(biased; deletes, puts, changes, commit, flushed).map(|_| ())
         })
     }
 }
@@ -879,20 +995,6 @@ impl Session<'_> {
     }
 }
 
-impl Session<'_> {
-    /// Waits until everything committed so far is on disk: a transaction
-    /// that commits synchronously flushes the WAL up to its own commit
-    /// record, which comes after the batch's. Later batches (of any
-    /// replica) that read this one's writes come later in the WAL still, so
-    /// a crash can only lose a suffix that nobody was answered about.
-    fn durable(&self) -> Result<(), tokio_postgres::Error> {
-        self.run(
-            self.client
-                .batch_execute("BEGIN; SELECT txid_current(); COMMIT"),
-        )
-    }
-}
-
 impl Conn for Session<'_> {
     fn rows(
         &self,
@@ -918,7 +1020,7 @@ fn write_loop(inner: &Inner, jobs: &mpsc::Receiver<Job>) {
         let session = conn.session().map_err(db_error).and_then(|session| {
             // The batch commits without waiting for its WAL to reach the disk,
             // so the lock passes to the next replica's batch at once; the
-            // flush is awaited after the lock is released (see `durable`).
+            // flush is awaited after the lock is released (see `PgBatch::send`).
             let begin = format!(
                 "BEGIN; SET LOCAL synchronous_commit TO off; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
             );
@@ -957,9 +1059,7 @@ fn write_loop(inner: &Inner, jobs: &mpsc::Receiver<Job>) {
             started: chrono::Utc::now(),
         };
         let completions: Vec<Completion> = batch.into_iter().map(|job| job(Ok(&mut txn))).collect();
-        let outcome = txn
-            .commit(&inner.replica)
-            .and_then(|()| session.durable().map_err(db_error));
+        let outcome = txn.commit(&inner.replica);
         match &outcome {
             Ok(()) => {
                 if let Ok(mut failed) = inner.failed_commit.lock() {
@@ -977,6 +1077,7 @@ fn write_loop(inner: &Inner, jobs: &mpsc::Receiver<Job>) {
         }
     }
 }
+
 impl Inner {
     fn failed(&self, error: &ApiError) {
         if let Ok(mut failed) = self.failed_commit.lock() {
