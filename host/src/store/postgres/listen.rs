@@ -1,0 +1,240 @@
+//! Following the other replicas: their changes, and the lead.
+
+use super::{DbErrorText, Inner, LEAD_LOCK};
+use crate::events::Change;
+use crate::store::Committed;
+use std::time::Duration;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+const CHANNEL: &str = "host_changes";
+/// How often the listener looks for changes even without a notification
+/// (one can be lost while its connection is re-established).
+const CATCH_UP_EVERY: Duration = Duration::from_secs(1);
+/// Changes are kept this long for the listeners; far longer than they lag.
+const KEEP_CHANGES: &str = "10 minutes";
+/// The newest change after $1, and whether another replica made any.
+const LAST_CHANGE: &str = "SELECT max(seq), bool_or(replica <> $2) FROM changes WHERE seq > $1";
+/// Other replicas' payloads only: this one's are not even read from disk.
+const CHANGES_AFTER: &str = "SELECT seq, CASE WHEN replica <> $2 THEN payload END FROM changes \
+                             WHERE seq > $1 ORDER BY seq LIMIT 1000";
+
+/// Holds (or takes) the session-level lead lock on a connection of its own.
+pub(super) async fn try_lead(inner: &Inner) -> bool {
+    let mut slot = inner.leader.lock().await;
+    if slot.as_ref().is_some_and(|(client, _)| client.is_closed()) {
+        tracing::warn!(replica = %inner.replica, "lost the connection holding the lead");
+        *slot = None;
+    }
+    if slot.is_none() {
+        match inner.config.connect(NoTls).await {
+            Ok((client, connection)) => {
+                tokio::spawn(connection);
+                *slot = Some((client, false));
+            }
+            Err(error) => {
+                tracing::debug!(error = %DbErrorText(&error), "cannot connect to take the lead");
+                return false;
+            }
+        }
+    }
+    let Some((client, held)) = slot.as_mut() else {
+        return false;
+    };
+    if !*held {
+        *held = match client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&LEAD_LOCK])
+            .await
+        {
+            Ok(row) => row.get(0),
+            Err(_) => false,
+        };
+        if *held {
+            tracing::info!(replica = %inner.replica, "leading the database's upkeep");
+        }
+    }
+    if *held {
+        // The leader also trims the change log the listeners have read.
+        let prune = format!("DELETE FROM changes WHERE at < now() - interval '{KEEP_CHANGES}'");
+        let _ = client.execute(prune.as_str(), &[]).await;
+    }
+    *held
+}
+
+/// Feeds other servers' committed changes into this one, from `last` on,
+/// reconnecting as long as the store lives.
+pub(super) async fn listen(inner: std::sync::Weak<Inner>, mut last: i64) {
+    loop {
+        let Some(config) = inner.upgrade().map(|i| i.config.clone()) else {
+            return;
+        };
+        match listen_once(&inner, &config, &mut last).await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(%error, "change listener lost its connection; reconnecting");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// What a batch's notification says: who committed, what kinds of change,
+/// and its row in `changes`.
+pub(super) struct Notice {
+    replica: String,
+    kinds: Committed,
+    seq: i64,
+}
+
+impl Notice {
+    /// `{replica} {kinds} `: the notification's text before the sequence
+    /// number, which the database appends.
+    pub(super) fn prefix(replica: &str, kinds: Committed) -> String {
+        let records = if kinds.records { "r" } else { "" };
+        let logs = if kinds.logs { "l" } else { "" };
+        format!("{replica} {records}{logs}- ")
+    }
+
+    fn parse(text: &str) -> Option<Notice> {
+        let mut parts = text.split(' ');
+        let (replica, kinds, seq) = (parts.next()?, parts.next()?, parts.next()?);
+        Some(Notice {
+            replica: replica.to_string(),
+            kinds: Committed {
+                records: kinds.contains('r'),
+                logs: kinds.contains('l'),
+            },
+            seq: seq.parse().ok()?,
+        })
+    }
+}
+
+/// Answers `Ok` once the store is gone, an error when the connection is.
+///
+/// While somebody reads this server's event stream, the listener reads
+/// the other servers' changes and publishes them. While nobody does, the
+/// notifications alone wake the long-polls, and the changes themselves are
+/// not read (most of the listener's work, and of the database's for it).
+async fn listen_once(
+    inner: &std::sync::Weak<Inner>,
+    config: &tokio_postgres::Config,
+    last: &mut i64,
+) -> Result<(), String> {
+    let text = |e: tokio_postgres::Error| DbErrorText(&e).to_string();
+    let (client, mut connection) = config.connect(NoTls).await.map_err(text)?;
+    let (notified, mut notifications) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            match message {
+                Ok(AsyncMessage::Notification(news)) => {
+                    let _ = notified.send(news.payload().to_string());
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN {CHANNEL}"))
+        .await
+        .map_err(text)?;
+    let changes_after = client.prepare(CHANGES_AFTER).await.map_err(text)?;
+    let last_change = client.prepare(LAST_CHANGE).await.map_err(text)?;
+    let Some(me) = inner.upgrade().map(|i| i.replica.clone()) else {
+        return Ok(());
+    };
+    // Listening first, then reading: nothing committed in between is missed.
+    let mut catching_up = true;
+    let mut news: Option<Notice> = None;
+    loop {
+        if catching_up || news.is_some() {
+            let Some(inner) = inner.upgrade() else {
+                return Ok(());
+            };
+            if !inner.events.skip_if_unwatched() {
+                read_changes(&client, &changes_after, &me, last, &inner)
+                    .await
+                    .map_err(text)?;
+            } else if let Some(notice) = news.take() {
+                inner.wake(notice.kinds);
+                *last = (*last).max(notice.seq);
+            } else {
+                // The visible rows of `changes` are a prefix of `seq` (batches
+                // commit in lock order), so all up to the last one are seen.
+                let row = client
+                    .query_one(&last_change, &[&*last, &me])
+                    .await
+                    .map_err(text)?;
+                if let Some(newest) = row.get::<_, Option<i64>>(0) {
+                    *last = newest;
+                    if row.get::<_, Option<bool>>(1) == Some(true) {
+                        inner.wake(Committed::ANY);
+                    }
+                }
+            }
+        }
+        (catching_up, news) = (false, None);
+        let catch_up = tokio::time::sleep(CATCH_UP_EVERY);
+        tokio::pin!(catch_up);
+        while news.is_none() && !catching_up {
+            tokio::select! {
+                text = notifications.recv() => {
+                    let text = text.ok_or("the connection closed")?;
+                    news = merge(news, Notice::parse(&text), &me);
+                    while let Ok(text) = notifications.try_recv() {
+                        news = merge(news, Notice::parse(&text), &me);
+                    }
+                }
+                () = &mut catch_up => {
+                    if client.is_closed() {
+                        return Err("the connection closed".into());
+                    }
+                    catching_up = true;
+                }
+            }
+        }
+    }
+}
+
+/// Other servers' news, taken together; this server's own is not news.
+fn merge(news: Option<Notice>, notice: Option<Notice>, me: &str) -> Option<Notice> {
+    match (news, notice) {
+        (news, Some(notice)) if notice.replica != me => Some(match news {
+            Some(earlier) => Notice {
+                kinds: Committed {
+                    records: earlier.kinds.records || notice.kinds.records,
+                    logs: earlier.kinds.logs || notice.kinds.logs,
+                },
+                seq: earlier.seq.max(notice.seq),
+                ..notice
+            },
+            None => notice,
+        }),
+        (news, _) => news,
+    }
+}
+
+/// Publishes the other servers' changes after `last`, and moves it on.
+async fn read_changes(
+    client: &tokio_postgres::Client,
+    changes_after: &tokio_postgres::Statement,
+    me: &str,
+    last: &mut i64,
+    inner: &Inner,
+) -> Result<(), tokio_postgres::Error> {
+    loop {
+        let rows = client.query(changes_after, &[&*last, &me]).await?;
+        for row in &rows {
+            *last = row.get(0);
+            let Some(payload) = row.get::<_, Option<&str>>(1) else {
+                continue;
+            };
+            match serde_json::from_str::<Vec<Change>>(payload) {
+                Ok(changes) => inner.publish_remote(changes),
+                Err(error) => tracing::warn!(%error, seq = *last, "unreadable change record"),
+            }
+        }
+        if rows.len() < 1000 {
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Reads outside a batch, and the statements a batch's reads share.
+
+use super::{Inner, db_error};
+use crate::error::ApiError;
+use crate::store::tables::{Def, ReadTxn};
+use std::sync::Arc;
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+
+pub(super) type Rows = Vec<(String, Vec<u8>)>;
+
+const GET: &str = "SELECT value FROM kv WHERE tbl = $1 AND key = $2";
+const RANGE_ASC: &str = "SELECT key, value FROM kv WHERE tbl = $1 AND key >= $2 AND key < $3 \
+                         ORDER BY key LIMIT $4";
+const RANGE_DESC: &str = "SELECT key, value FROM kv WHERE tbl = $1 AND key >= $2 AND key < $3 \
+                          ORDER BY key DESC LIMIT $4";
+const KEYS: &str = "SELECT key FROM kv WHERE tbl = $1 ORDER BY key";
+
+/// A read view: one pooled connection, each statement on its own (reads
+/// see what was committed when they ran).
+pub(super) struct PgRead {
+    pub(super) inner: Arc<Inner>,
+    pub(super) client: deadpool_postgres::Object,
+}
+
+/// A connection that runs one statement and waits for its rows.
+pub(super) trait Conn {
+    fn rows(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, tokio_postgres::Error>;
+}
+
+impl Conn for PgRead {
+    fn rows(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        self.inner.block(async {
+            let statement = self.client.prepare_cached(sql).await?;
+            self.client.query(&statement, params).await
+        })
+    }
+}
+
+pub(super) fn get_on(conn: &dyn Conn, def: Def, key: &str) -> Result<Option<Vec<u8>>, ApiError> {
+    let rows = conn
+        .rows(GET, &[&def.name(), &key.as_bytes()])
+        .map_err(db_error)?;
+    Ok(rows.first().map(|r| r.get::<_, Vec<u8>>(0)))
+}
+
+pub(super) fn range_on(
+    conn: &dyn Conn,
+    def: Def,
+    start: &str,
+    end: &str,
+    descending: bool,
+    limit: usize,
+) -> Result<Rows, ApiError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let sql = if descending { RANGE_DESC } else { RANGE_ASC };
+    let rows = conn
+        .rows(
+            sql,
+            &[&def.name(), &start.as_bytes(), &end.as_bytes(), &limit],
+        )
+        .map_err(db_error)?;
+    rows.iter()
+        .map(|row| Ok((key_text(row.get(0))?, row.get::<_, Vec<u8>>(1))))
+        .collect()
+}
+
+fn key_text(bytes: Vec<u8>) -> Result<String, ApiError> {
+    String::from_utf8(bytes).map_err(|_| ApiError::internal("database error: a key is not UTF-8"))
+}
+
+pub(super) fn keys_on(conn: &dyn Conn, def: Def, f: &mut dyn FnMut(&str)) -> Result<(), ApiError> {
+    let rows = conn.rows(KEYS, &[&def.name()]).map_err(db_error)?;
+    for row in &rows {
+        f(&key_text(row.get(0))?);
+    }
+    Ok(())
+}
+
+impl ReadTxn for PgRead {
+    fn get(&self, def: Def, key: &str) -> Result<Option<Vec<u8>>, ApiError> {
+        get_on(self, def, key)
+    }
+    fn range(
+        &self,
+        def: Def,
+        start: &str,
+        end: &str,
+        descending: bool,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
+        range_on(self, def, start, end, descending, limit)
+    }
+    fn keys(&self, def: Def, f: &mut dyn FnMut(&str)) -> Result<(), ApiError> {
+        keys_on(self, def, f)
+    }
+}
