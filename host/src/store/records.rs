@@ -181,8 +181,15 @@ pub trait Records: Raw {
         limit: usize,
     ) -> Result<Vec<String>, ApiError> {
         let prefix = format!("{pool}\0{queue}\0");
-        let end = format!("{prefix}{}\u{10FFFF}", time_key(now));
-        self.index_ids(tables::IDX_DUE, &prefix, &end, limit)
+        let due_before = format!("{prefix}{}\u{10FFFF}", time_key(now));
+        // The queue's whole range, cut at `now` here: every claim then reads
+        // the same range, which the PostgreSQL writer's cache can hold.
+        Ok(self
+            .raw_range(tables::IDX_DUE, &prefix, &prefix_end(&prefix), false, limit)?
+            .into_iter()
+            .take_while(|(key, _)| *key < due_before)
+            .map(|(_, id)| id_of(&id))
+            .collect())
     }
 
     /// When the first SCHEDULED run of a queue due after `now` is due, if any.

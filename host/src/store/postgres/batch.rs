@@ -1,5 +1,6 @@
 //! The writer: batches of requests, one transaction each, under the write lock.
 
+use super::cache::Cache;
 use super::listen::Notice;
 use super::read::{Conn, Rows, get_on, keys_on, range_on};
 use super::{Inner, WRITE_LOCK, db_error};
@@ -23,6 +24,11 @@ const DELETE_MANY: &str = "DELETE FROM kv WHERE (tbl, key) IN \
 /// not send it reading.
 const RECORD_CHANGES: &str = "WITH c AS (INSERT INTO changes (replica, payload) VALUES ($1, $2) \
                               RETURNING seq) SELECT pg_notify('host_changes', $3 || seq) FROM c";
+/// The number of the last batch that wrote, of any replica: a writer whose
+/// own last batch has that number knows nobody else wrote since, and keeps
+/// its cache (see `cache`).
+const VERSION: &str = "SELECT version FROM writer_version";
+const NEXT_VERSION: &str = "UPDATE writer_version SET version = $1";
 
 /// A batch's transaction: reads go to the database (which no other server
 /// writes while the batch holds the write lock) through what the batch has
@@ -35,20 +41,11 @@ struct PgBatch<'a> {
     /// A statement failed: PostgreSQL has aborted the transaction, and a
     /// COMMIT would roll back while answering success.
     broken: std::cell::Cell<bool>,
-    /// What the database answered so far in this batch. Nothing else writes
-    /// while the batch holds the write lock, and the batch's own writes are
-    /// in `pending`, so the answers stay true until the commit: the requests
-    /// of a batch (claims of one pool, say) read their pool, queues and
-    /// counters once, not once each.
-    read_gets: RefCell<HashMap<TableKey, Option<Vec<u8>>>>,
-    /// Range answers by (table, start, end, descending): the limit asked and
-    /// the rows (all of them when fewer than that limit came back).
-    read_ranges: RefCell<HashMap<RangeKey, (usize, Rows)>>,
+    /// What this writer read and wrote, still true (see `cache`): with
+    /// the batch holding the write lock, it stays true until the commit.
+    cache: &'a RefCell<Cache>,
     started: crate::model::Timestamp,
 }
-
-type TableKey = (&'static str, String);
-type RangeKey = (&'static str, String, String, bool);
 
 impl PgBatch<'_> {
     fn check<T>(&self, result: Result<T, ApiError>) -> Result<T, ApiError> {
@@ -64,12 +61,13 @@ impl ReadTxn for PgBatch<'_> {
         match self.pending.get(&(def.name(), key.to_string())) {
             Some(value) => Ok(value.clone()),
             None => {
-                let cache_key = (def.name(), key.to_string());
-                if let Some(value) = self.read_gets.borrow().get(&cache_key) {
-                    return Ok(value.clone());
+                if let Some(value) = self.cache.borrow().get(def.name(), key) {
+                    return Ok(value);
                 }
                 let value = self.check(get_on(self.conn, def, key))?;
-                self.read_gets.borrow_mut().insert(cache_key, value.clone());
+                self.cache
+                    .borrow_mut()
+                    .keep_get(def.name(), key, value.clone());
                 Ok(value)
             }
         }
@@ -129,8 +127,8 @@ impl ReadTxn for PgBatch<'_> {
 }
 
 impl PgBatch<'_> {
-    /// The first `wanted` stored rows of a range, from this batch's earlier
-    /// answers when they hold enough.
+    /// The first `wanted` stored rows of a range, from the cache when it
+    /// holds them.
     fn stored_range(
         &self,
         def: Def,
@@ -139,35 +137,22 @@ impl PgBatch<'_> {
         descending: bool,
         wanted: usize,
     ) -> Result<Rows, ApiError> {
-        let key = (def.name(), start.to_string(), end.to_string(), descending);
-        if let Some((asked, rows)) = self.read_ranges.borrow().get(&key)
-            && (*asked >= wanted || rows.len() < *asked)
+        let bounds = (start, end);
+        if let Some(rows) = self
+            .cache
+            .borrow()
+            .range(def.name(), bounds, descending, wanted)
         {
-            return Ok(rows.iter().take(wanted).cloned().collect());
-        }
-        // A range read whole before (fewer rows than asked) that holds this
-        // one answers it too: a pool's entries answer one worker's.
-        for ((table, from, to, order), (asked, rows)) in self.read_ranges.borrow().iter() {
-            if *table == def.name()
-                && *order == descending
-                && rows.len() < *asked
-                && from.as_str() <= start
-                && end <= to.as_str()
-            {
-                return Ok(rows
-                    .iter()
-                    .filter(|(k, _)| k.as_str() >= start && k.as_str() < end)
-                    .take(wanted)
-                    .cloned()
-                    .collect());
-            }
+            return Ok(rows);
         }
         // A little more than asked: a claim deletes entries of the range it
-        // reads, so the next one in the batch asks for one more.
+        // reads, so the next one asks for one more.
         let asked = wanted.max(64);
         let rows = self.check(range_on(self.conn, def, start, end, descending, asked))?;
         let answer = rows.iter().take(wanted).cloned().collect();
-        self.read_ranges.borrow_mut().insert(key, (asked, rows));
+        self.cache
+            .borrow_mut()
+            .keep_range(def.name(), bounds, descending, asked, rows);
         Ok(answer)
     }
 }
@@ -198,7 +183,23 @@ impl PgBatch<'_> {
                 "a read in this batch failed, so none of its writes were committed; retry",
             ));
         }
-        self.send(replica).map_err(db_error)
+        let Some(version) = self.cache.borrow().version() else {
+            return Err(ApiError::internal(
+                "the writer began a batch without reading the write version",
+            ));
+        };
+        let version = if self.pending.is_empty() {
+            version
+        } else {
+            version + 1
+        };
+        self.send(replica, version).map_err(db_error)?;
+        let mut cache = self.cache.borrow_mut();
+        for ((table, key), value) in &self.pending {
+            cache.apply(table, key, value.as_deref());
+        }
+        cache.at(version);
+        Ok(())
     }
 
     /// Sends the batch's writes, its commit and a wait for the WAL flush in
@@ -211,7 +212,8 @@ impl PgBatch<'_> {
     /// the WAL still, so a crash can only lose a suffix nobody was answered
     /// about. A statement that fails aborts the transaction (its COMMIT
     /// then rolls back) and its error is the answer.
-    fn send(&self, replica: &str) -> Result<(), tokio_postgres::Error> {
+    /// It also numbers the batch `version`, when it wrote.
+    fn send(&self, replica: &str, version: i64) -> Result<(), tokio_postgres::Error> {
         let (mut put_tables, mut put_keys, mut put_values) = (Vec::new(), Vec::new(), Vec::new());
         let (mut delete_tables, mut delete_keys) = (Vec::new(), Vec::new());
         for ((table, key), value) in &self.pending {
@@ -233,6 +235,7 @@ impl PgBatch<'_> {
             let delete_many = conn.statement(DELETE_MANY).await?;
             let put_many = conn.statement(PUT_MANY).await?;
             let record_changes = conn.statement(RECORD_CHANGES).await?;
+            let next_version = conn.statement(NEXT_VERSION).await?;
             // A request goes out when its future is first polled: `biased`
             // polls them in the order written.
             let deletes = async {
@@ -258,11 +261,17 @@ impl PgBatch<'_> {
                 }
                 Ok(())
             };
+            let numbered = async {
+                if !self.pending.is_empty() {
+                    conn.client.execute(&next_version, &[&version]).await?;
+                }
+                Ok(())
+            };
             let commit = conn.client.batch_execute("COMMIT");
             let flushed = conn
                 .client
                 .batch_execute("BEGIN; SELECT txid_current(); COMMIT");
-            tokio::try_join!(biased; deletes, puts, changes, commit, flushed).map(|_| ())
+            tokio::try_join!(biased; deletes, puts, changes, numbered, commit, flushed).map(|_| ())
         })
     }
 }
@@ -275,6 +284,7 @@ struct WriterConn {
     config: tokio_postgres::Config,
     client: Option<tokio_postgres::Client>,
     statements: RefCell<HashMap<&'static str, tokio_postgres::Statement>>,
+    cache: RefCell<Cache>,
 }
 
 /// A live connection of the writer, for one batch.
@@ -282,6 +292,7 @@ struct Session<'a> {
     runtime: &'a tokio::runtime::Runtime,
     client: &'a tokio_postgres::Client,
     statements: &'a RefCell<HashMap<&'static str, tokio_postgres::Statement>>,
+    cache: &'a RefCell<Cache>,
 }
 
 impl WriterConn {
@@ -293,6 +304,7 @@ impl WriterConn {
             config,
             client: None,
             statements: RefCell::default(),
+            cache: RefCell::default(),
         })
     }
 
@@ -302,6 +314,9 @@ impl WriterConn {
             Some(client) if !client.is_closed() => client,
             _ => {
                 self.statements.borrow_mut().clear();
+                // What the last connection saw may have been lost since (a
+                // database restart loses commits not yet flushed).
+                self.cache.borrow_mut().forget();
                 let (client, connection) = self.runtime.block_on(self.config.connect(NoTls))?;
                 self.runtime.spawn(connection);
                 client
@@ -311,6 +326,7 @@ impl WriterConn {
             runtime: &self.runtime,
             client: self.client.insert(client),
             statements: &self.statements,
+            cache: &self.cache,
         })
     }
 }
@@ -330,6 +346,31 @@ impl Session<'_> {
         let statement = self.client.prepare(sql).await?;
         self.statements.borrow_mut().insert(sql, statement.clone());
         Ok(statement)
+    }
+}
+
+impl Session<'_> {
+    /// Opens the batch's transaction, waits for the write lock and learns
+    /// whether another replica wrote since this writer's last batch (then
+    /// the cache starts empty), in one round trip. The batch commits without waiting for its WAL to
+    /// reach the disk, so the lock passes on at once; the flush is awaited
+    /// after the lock is released (see `PgBatch::send`).
+    fn begin(&self) -> Result<(), tokio_postgres::Error> {
+        let begin = format!(
+            "BEGIN; SET LOCAL synchronous_commit TO off; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
+        );
+        let newest = self.run(async {
+            let version = self.statement(VERSION).await?;
+            let lock = self.client.batch_execute(&begin);
+            let newest = self.client.query_one(&version, &[]);
+            tokio::try_join!(biased; lock, newest).map(|((), row)| row.get::<_, i64>(0))
+        })?;
+        let mut cache = self.cache.borrow_mut();
+        if cache.version() != Some(newest) {
+            cache.empty();
+            cache.at(newest);
+        }
+        Ok(())
     }
 }
 
@@ -356,13 +397,8 @@ pub(super) fn write_loop(inner: &Inner, jobs: &mpsc::Receiver<Job>) {
     };
     while let Some(mut batch) = next_batch(jobs) {
         let session = conn.session().map_err(db_error).and_then(|session| {
-            // The batch commits without waiting for its WAL to reach the disk,
-            // so the lock passes to the next replica's batch at once; the
-            // flush is awaited after the lock is released (see `PgBatch::send`).
-            let begin = format!(
-                "BEGIN; SET LOCAL synchronous_commit TO off; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
-            );
-            if let Err(error) = session.run(session.client.batch_execute(&begin)) {
+            if let Err(error) = session.begin() {
+                session.cache.borrow_mut().forget();
                 let _ = session.run(session.client.batch_execute("ROLLBACK"));
                 return Err(db_error(error));
             }
@@ -392,8 +428,7 @@ pub(super) fn write_loop(inner: &Inner, jobs: &mpsc::Receiver<Job>) {
             pending: BTreeMap::new(),
             changes: Vec::new(),
             broken: std::cell::Cell::new(false),
-            read_gets: RefCell::default(),
-            read_ranges: RefCell::default(),
+            cache: session.cache,
             started: chrono::Utc::now(),
         };
         let completions: Vec<Completion> = batch.into_iter().map(|job| job(Ok(&mut txn))).collect();
@@ -407,6 +442,7 @@ pub(super) fn write_loop(inner: &Inner, jobs: &mpsc::Receiver<Job>) {
             Err(error) => {
                 tracing::error!(%error, "commit failed; every request in the batch gets the error");
                 inner.failed(error);
+                session.cache.borrow_mut().forget();
                 let _ = session.run(session.client.batch_execute("ROLLBACK"));
             }
         }

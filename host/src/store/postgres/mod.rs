@@ -21,10 +21,12 @@
 //!
 //! # Layout
 //! - `batch`: the writer, its connection and its batches' transactions.
+//! - `cache`: what the writer knows of the database between its batches.
 //! - `listen`: the other replicas' changes, and the lead.
 //! - `read`: reads outside a batch, and the statements all reads share.
 
 mod batch;
+mod cache;
 mod listen;
 mod read;
 
