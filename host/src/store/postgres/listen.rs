@@ -10,6 +10,8 @@ const CHANNEL: &str = "host_changes";
 /// How often the listener looks for changes even without a notification
 /// (one can be lost while its connection is re-established).
 const CATCH_UP_EVERY: Duration = Duration::from_secs(1);
+/// How often the leader trims the change log.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Changes are kept this long for the listeners; far longer than they lag.
 const KEEP_CHANGES: &str = "10 minutes";
 /// The newest change after $1, and whether another replica made any.
@@ -19,6 +21,21 @@ const CHANGES_AFTER: &str = "SELECT seq, CASE WHEN replica <> $2 THEN payload EN
                              WHERE seq > $1 ORDER BY seq LIMIT 1000";
 
 /// Holds (or takes) the session-level lead lock on a connection of its own.
+impl Inner {
+    /// Whether the change log is due for a trim; answering yes starts the
+    /// next wait.
+    fn prune_due(&self) -> bool {
+        let Ok(mut last) = self.changes_pruned.lock() else {
+            return true;
+        };
+        let due = last.is_none_or(|at| at.elapsed() >= PRUNE_EVERY);
+        if due {
+            *last = Some(std::time::Instant::now());
+        }
+        due
+    }
+}
+
 pub(super) async fn try_lead(inner: &Inner) -> bool {
     let mut slot = inner.leader.lock().await;
     if slot.as_ref().is_some_and(|(client, _)| client.is_closed()) {
@@ -52,7 +69,7 @@ pub(super) async fn try_lead(inner: &Inner) -> bool {
             tracing::info!(replica = %inner.replica, "leading the database's upkeep");
         }
     }
-    if *held {
+    if *held && inner.prune_due() {
         // The leader also trims the change log the listeners have read.
         let prune = format!("DELETE FROM changes WHERE at < now() - interval '{KEEP_CHANGES}'");
         let _ = client.execute(prune.as_str(), &[]).await;

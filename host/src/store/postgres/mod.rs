@@ -72,6 +72,8 @@ struct Inner {
     failed_commit: Mutex<Option<String>>,
     /// The connection holding the lead lock, and whether it holds it.
     leader: tokio::sync::Mutex<Option<(tokio_postgres::Client, bool)>>,
+    /// When the leader last trimmed the change log.
+    changes_pruned: Mutex<Option<std::time::Instant>>,
 }
 
 /// The driver's runtime, shut down without waiting when dropped: a drop
@@ -201,6 +203,7 @@ impl PgStore {
             hooks: Mutex::new(Vec::new()),
             failed_commit: Mutex::new(None),
             leader: tokio::sync::Mutex::new(None),
+            changes_pruned: Mutex::new(None),
         });
         // The listener holds only a weak reference: it ends with the store.
         handle.spawn(listen(Arc::downgrade(&inner), last_seq));
