@@ -124,6 +124,7 @@ fn claim_once(
             now,
             (wanted - response.runs.len()) * 4 + 16,
         )?;
+        w.read_ahead_runs(&candidates)?;
         for id in candidates {
             if response.runs.len() >= wanted
                 || slots_left(

@@ -5,7 +5,7 @@ use crate::error::ApiError;
 use crate::events::Change;
 
 /// A table: ordered `&str` keys to byte values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Def(&'static str);
 
 impl Def {
@@ -85,6 +85,12 @@ pub(super) trait ReadTxn {
     ) -> Result<Vec<(String, Vec<u8>)>, ApiError>;
     /// Every key of a table, in order, without the values.
     fn keys(&self, def: Def, f: &mut dyn FnMut(&str)) -> Result<(), ApiError>;
+    /// Keys the caller will likely get next, in that order: a backend whose
+    /// every read is a round trip may fetch them together when the first is
+    /// not at hand. Reads stay reads; this only makes them cheaper.
+    fn read_ahead(&self, _def: Def, _keys: &[String]) -> Result<(), ApiError> {
+        Ok(())
+    }
 }
 
 /// What a backend implements for the transaction a batch of writes shares.
@@ -139,6 +145,12 @@ impl Writer<'_> {
     /// of "due by now" are the same reads, which a backend can share).
     pub fn now(&self) -> crate::model::Timestamp {
         self.txn.started()
+    }
+
+    /// The runs a request will likely read next, in that order (a claim's
+    /// due runs): see `ReadTxn::read_ahead`.
+    pub fn read_ahead_runs(&self, ids: &[String]) -> Result<(), ApiError> {
+        self.txn.read_ahead(RUNS, ids)
     }
 
     pub(super) fn raw_put(&mut self, def: Def, key: &str, value: &[u8]) -> Result<(), ApiError> {

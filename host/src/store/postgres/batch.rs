@@ -2,7 +2,8 @@
 
 use super::cache::Cache;
 use super::listen::Notice;
-use super::read::{Conn, Rows, get_on, keys_on, range_on};
+use super::prefetch::{self, Asks, Read, Reads};
+use super::read::{Conn, GET_MANY, Rows, get_on, keys_on, range_on};
 use super::{Inner, WRITE_LOCK, db_error};
 use crate::error::ApiError;
 use crate::events::Change;
@@ -44,6 +45,7 @@ struct PgBatch<'a> {
     /// What this writer read and wrote, still true (see `cache`): with
     /// the batch holding the write lock, it stays true until the commit.
     cache: &'a RefCell<Cache>,
+    reads: &'a RefCell<Reads>,
     started: crate::model::Timestamp,
 }
 
@@ -61,6 +63,9 @@ impl ReadTxn for PgBatch<'_> {
         match self.pending.get(&(def.name(), key.to_string())) {
             Some(value) => Ok(value.clone()),
             None => {
+                self.reads
+                    .borrow_mut()
+                    .note(|| Read::Get(def, key.to_string()));
                 if let Some(value) = self.cache.borrow().get(def.name(), key) {
                     return Ok(value);
                 }
@@ -124,6 +129,33 @@ impl ReadTxn for PgBatch<'_> {
         all.iter().for_each(|key| f(key));
         Ok(())
     }
+
+    fn read_ahead(&self, def: Def, keys: &[String]) -> Result<(), ApiError> {
+        let known = |key: &String| {
+            self.pending.contains_key(&(def.name(), key.clone()))
+                || self.cache.borrow().get(def.name(), key).is_some()
+        };
+        if keys.first().is_none_or(known) {
+            return Ok(());
+        }
+        let wanted: Vec<&String> = keys.iter().filter(|key| !known(key)).collect();
+        let tables = vec![def.name(); wanted.len()];
+        let bytes: Vec<&[u8]> = wanted.iter().map(|key| key.as_bytes()).collect();
+        let rows = self.check(
+            self.conn
+                .rows(GET_MANY, &[&tables, &bytes])
+                .map_err(db_error),
+        )?;
+        let mut found = HashMap::new();
+        for row in &rows {
+            found.insert(row.get::<_, i64>(0), row.get::<_, Vec<u8>>(1));
+        }
+        let mut cache = self.cache.borrow_mut();
+        for (place, key) in (1..).zip(wanted) {
+            cache.keep_get(def.name(), key, found.remove(&place));
+        }
+        Ok(())
+    }
 }
 
 impl PgBatch<'_> {
@@ -138,6 +170,16 @@ impl PgBatch<'_> {
         wanted: usize,
     ) -> Result<Rows, ApiError> {
         let bounds = (start, end);
+        // A little more than asked: a claim deletes entries of the range it
+        // reads, so the next one asks for one more.
+        let asked = wanted.max(64);
+        self.reads.borrow_mut().note(|| Read::Range {
+            def,
+            start: start.to_string(),
+            end: end.to_string(),
+            descending,
+            asked,
+        });
         if let Some(rows) = self
             .cache
             .borrow()
@@ -145,9 +187,6 @@ impl PgBatch<'_> {
         {
             return Ok(rows);
         }
-        // A little more than asked: a claim deletes entries of the range it
-        // reads, so the next one asks for one more.
-        let asked = wanted.max(64);
         let rows = self.check(range_on(self.conn, def, start, end, descending, asked))?;
         let answer = rows.iter().take(wanted).cloned().collect();
         self.cache
@@ -285,6 +324,7 @@ struct WriterConn {
     client: Option<tokio_postgres::Client>,
     statements: RefCell<HashMap<&'static str, tokio_postgres::Statement>>,
     cache: RefCell<Cache>,
+    reads: RefCell<Reads>,
 }
 
 /// A live connection of the writer, for one batch.
@@ -293,6 +333,7 @@ struct Session<'a> {
     client: &'a tokio_postgres::Client,
     statements: &'a RefCell<HashMap<&'static str, tokio_postgres::Statement>>,
     cache: &'a RefCell<Cache>,
+    reads: &'a RefCell<Reads>,
 }
 
 impl WriterConn {
@@ -305,6 +346,7 @@ impl WriterConn {
             client: None,
             statements: RefCell::default(),
             cache: RefCell::default(),
+            reads: RefCell::default(),
         })
     }
 
@@ -319,6 +361,11 @@ impl WriterConn {
                 self.cache.borrow_mut().forget();
                 let (client, connection) = self.runtime.block_on(self.config.connect(NoTls))?;
                 self.runtime.spawn(connection);
+                // The writer's statements are the same few over and over,
+                // and each plan fits every parameter: planning them once
+                // takes that work out of the time the write lock is held.
+                self.runtime
+                    .block_on(client.batch_execute("SET plan_cache_mode TO force_generic_plan"))?;
                 client
             }
         };
@@ -327,6 +374,7 @@ impl WriterConn {
             client: self.client.insert(client),
             statements: &self.statements,
             cache: &self.cache,
+            reads: &self.reads,
         })
     }
 }
@@ -350,28 +398,61 @@ impl Session<'_> {
 }
 
 impl Session<'_> {
-    /// Opens the batch's transaction, waits for the write lock and learns
+    /// Opens the batch's transaction, waits for the write lock, learns
     /// whether another replica wrote since this writer's last batch (then
-    /// the cache starts empty), in one round trip. The batch commits without waiting for its WAL to
-    /// reach the disk, so the lock passes on at once; the flush is awaited
-    /// after the lock is released (see `PgBatch::send`).
+    /// the cache starts empty) and reads what the batch will likely read
+    /// (see `prefetch`), in one round trip. The batch commits without
+    /// waiting for its WAL to reach the disk, so the lock passes on at
+    /// once; the flush is awaited after the lock is released (see
+    /// `PgBatch::send`).
     fn begin(&self) -> Result<(), tokio_postgres::Error> {
         let begin = format!(
             "BEGIN; SET LOCAL synchronous_commit TO off; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
         );
-        let newest = self.run(async {
+        let likely = self.reads.borrow().likely();
+        let asks = Asks::of(&likely);
+        let (newest, gets, ascending, descending) = self.run(async {
             let version = self.statement(VERSION).await?;
+            let get_many = self.statement(GET_MANY).await?;
+            let ranges_asc = self.statement(prefetch::RANGES_ASC).await?;
+            let ranges_desc = self.statement(prefetch::RANGES_DESC).await?;
             let lock = self.client.batch_execute(&begin);
             let newest = self.client.query_one(&version, &[]);
-            tokio::try_join!(biased; lock, newest).map(|((), row)| row.get::<_, i64>(0))
+            let gets = async {
+                if asks.gets.0.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let params: [&(dyn ToSql + Sync); 2] = [&asks.gets.0, &asks.gets.1];
+                self.client.query(&get_many, &params).await
+            };
+            let ascending = query_ranges(self.client, &ranges_asc, &asks.ascending);
+            let descending = query_ranges(self.client, &ranges_desc, &asks.descending);
+            tokio::try_join!(biased; lock, newest, gets, ascending, descending)
+                .map(|((), row, gets, asc, desc)| (row.get::<_, i64>(0), gets, asc, desc))
         })?;
         let mut cache = self.cache.borrow_mut();
-        if cache.version() != Some(newest) {
+        let cold = cache.version() != Some(newest);
+        if cold {
             cache.empty();
             cache.at(newest);
         }
+        self.reads.borrow_mut().begun(cold);
+        prefetch::Answers::of(&gets, &ascending, &descending)?.keep(&mut cache, &likely);
         Ok(())
     }
+}
+
+async fn query_ranges(
+    client: &tokio_postgres::Client,
+    statement: &tokio_postgres::Statement,
+    ranges: &prefetch::Ranges<'_>,
+) -> Result<Vec<Row>, tokio_postgres::Error> {
+    if ranges.is_empty() {
+        return Ok(Vec::new());
+    }
+    let params: [&(dyn ToSql + Sync); 4] =
+        [&ranges.tables, &ranges.starts, &ranges.ends, &ranges.limits];
+    client.query(statement, &params).await
 }
 
 impl Conn for Session<'_> {
@@ -429,10 +510,12 @@ pub(super) fn write_loop(inner: &Inner, jobs: &mpsc::Receiver<Job>) {
             changes: Vec::new(),
             broken: std::cell::Cell::new(false),
             cache: session.cache,
+            reads: session.reads,
             started: chrono::Utc::now(),
         };
         let completions: Vec<Completion> = batch.into_iter().map(|job| job(Ok(&mut txn))).collect();
         let outcome = txn.commit(&inner.replica);
+        session.reads.borrow_mut().finish();
         match &outcome {
             Ok(()) => {
                 if let Ok(mut failed) = inner.failed_commit.lock() {

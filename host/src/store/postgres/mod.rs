@@ -23,11 +23,13 @@
 //! - `batch`: the writer, its connection and its batches' transactions.
 //! - `cache`: what the writer knows of the database between its batches.
 //! - `listen`: the other replicas' changes, and the lead.
+//! - `prefetch`: what a batch will likely read, read with the write lock.
 //! - `read`: reads outside a batch, and the statements all reads share.
 
 mod batch;
 mod cache;
 mod listen;
+mod prefetch;
 mod read;
 
 use batch::write_loop;

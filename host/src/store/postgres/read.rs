@@ -14,6 +14,12 @@ const RANGE_ASC: &str = "SELECT key, value FROM kv WHERE tbl = $1 AND key >= $2 
                          ORDER BY key LIMIT $4";
 const RANGE_DESC: &str = "SELECT key, value FROM kv WHERE tbl = $1 AND key >= $2 AND key < $3 \
                           ORDER BY key DESC LIMIT $4";
+/// Every key of `$2` in table `$1` that has a row, by its place in the
+/// list (counted from 1). The `LIMIT` keeps the lookup a subquery, one
+/// index probe per key: as a join, a generic plan may scan all of `kv`.
+pub(super) const GET_MANY: &str = "SELECT g.i, v.value \
+     FROM unnest($1::text[], $2::bytea[]) WITH ORDINALITY AS g(tbl, key, i) \
+     CROSS JOIN LATERAL (SELECT value FROM kv WHERE kv.tbl = g.tbl AND kv.key = g.key LIMIT 1) v";
 const KEYS: &str = "SELECT key FROM kv WHERE tbl = $1 ORDER BY key";
 
 /// A read view: one pooled connection, each statement on its own (reads
