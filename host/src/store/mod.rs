@@ -62,6 +62,14 @@ impl Committed {
         }
     }
 
+    /// The kinds of either.
+    pub fn union(self, other: Committed) -> Committed {
+        Committed {
+            records: self.records || other.records,
+            logs: self.logs || other.logs,
+        }
+    }
+
     /// Both kinds: what to assume when it is not known which.
     pub const ANY: Committed = Committed {
         records: true,

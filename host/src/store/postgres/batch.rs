@@ -234,8 +234,8 @@ impl PgBatch<'_> {
         };
         self.send(replica, version).map_err(db_error)?;
         let mut cache = self.cache.borrow_mut();
-        for ((table, key), value) in &self.pending {
-            cache.apply(table, key, value.as_deref());
+        for ((table, key), value) in self.pending {
+            cache.apply(table, &key, value);
         }
         cache.at(version);
         Ok(())

@@ -163,11 +163,11 @@ impl Cache {
     }
 
     /// A committed write (`None`: a delete), of this replica or another.
-    pub(super) fn apply(&mut self, table: &'static str, key: &str, value: Option<&[u8]>) {
+    pub(super) fn apply(&mut self, table: &'static str, key: &str, value: Option<Vec<u8>>) {
         for range in self.ranges.get_mut(table).into_iter().flatten() {
-            range.apply(key, value);
+            range.apply(key, value.as_deref());
         }
-        self.keep_get(table, key, value.map(<[u8]>::to_vec));
+        self.keep_get(table, key, value);
     }
 
     /// Everything up to `version` is applied.
@@ -220,7 +220,7 @@ mod tests {
             Some(vec!["d".into(), "f".into()])
         );
         assert_eq!(cache.get("t", "c"), Some(None), "known absent");
-        cache.apply("t", "c", Some(b"c"));
+        cache.apply("t", "c", Some(b"c".to_vec()));
         cache.apply("t", "d", None);
         assert_eq!(
             keys(cache.range("t", ("a", "z"), false, 10)),
@@ -250,8 +250,8 @@ mod tests {
         );
         assert_eq!(cache.get("t", "e"), None, "past the last row: unknown");
         // A row past the end held is not taken in, one before it is.
-        cache.apply("t", "x", Some(b"x"));
-        cache.apply("t", "c", Some(b"c"));
+        cache.apply("t", "x", Some(b"x".to_vec()));
+        cache.apply("t", "c", Some(b"c".to_vec()));
         assert_eq!(
             keys(cache.range("t", ("a", "z"), false, 3)),
             Some(vec!["b".into(), "c".into(), "d".into()])
@@ -275,8 +275,8 @@ mod tests {
             Some(vec!["y".into()])
         );
         assert_eq!(cache.range("t", ("a", "z"), true, 3), None);
-        cache.apply("t", "p", Some(b"p"));
-        cache.apply("t", "b", Some(b"b"));
+        cache.apply("t", "p", Some(b"p".to_vec()));
+        cache.apply("t", "b", Some(b"b".to_vec()));
         assert_eq!(
             keys(cache.range("t", ("a", "z"), true, 3)),
             Some(vec!["y".into(), "p".into(), "m".into()])

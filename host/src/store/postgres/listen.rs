@@ -217,10 +217,7 @@ fn merge(news: Option<Notice>, notice: Option<Notice>, me: &str) -> Option<Notic
     match (news, notice) {
         (news, Some(notice)) if notice.replica != me => Some(match news {
             Some(earlier) => Notice {
-                kinds: Committed {
-                    records: earlier.kinds.records || notice.kinds.records,
-                    logs: earlier.kinds.logs || notice.kinds.logs,
-                },
+                kinds: earlier.kinds.union(notice.kinds),
                 seq: earlier.seq.max(notice.seq),
                 ..notice
             },
