@@ -138,22 +138,19 @@ impl ReadTxn for PgBatch<'_> {
         if keys.first().is_none_or(known) {
             return Ok(());
         }
-        let wanted: Vec<&String> = keys.iter().filter(|key| !known(key)).collect();
-        let tables = vec![def.name(); wanted.len()];
-        let bytes: Vec<&[u8]> = wanted.iter().map(|key| key.as_bytes()).collect();
+        let reads: Vec<Read> = keys
+            .iter()
+            .filter(|key| !known(key))
+            .map(|key| Read::Get(def, key.clone()))
+            .collect();
+        let asks = Asks::of(&reads);
         let rows = self.check(
             self.conn
-                .rows(GET_MANY, &[&tables, &bytes])
+                .rows(GET_MANY, &[&asks.gets.0, &asks.gets.1])
                 .map_err(db_error),
         )?;
-        let mut found = HashMap::new();
-        for row in &rows {
-            found.insert(row.get::<_, i64>(0), row.get::<_, Vec<u8>>(1));
-        }
-        let mut cache = self.cache.borrow_mut();
-        for (place, key) in (1..).zip(wanted) {
-            cache.keep_get(def.name(), key, found.remove(&place));
-        }
+        let answers = self.check(prefetch::Answers::of(&rows, &[], &[]).map_err(db_error))?;
+        answers.keep(&mut self.cache.borrow_mut(), &reads);
         Ok(())
     }
 }
