@@ -16,11 +16,23 @@ const TERMINAL: [&str; 4] = ["COMPLETED", "FAILED", "CRASHED", "CANCELLED"];
 
 /// `n` replicas on a new database of `cluster`.
 fn replicas(cluster: &Postgres, dir: &Path, n: usize) -> Vec<ServerProcess> {
+    replicas_with(cluster, dir, n, &[])
+}
+
+/// `n` replicas on a new database, each started with `extra` arguments.
+fn replicas_with(cluster: &Postgres, dir: &Path, n: usize, extra: &[&str]) -> Vec<ServerProcess> {
     let database = cluster.new_database();
     (0..n)
-        .map(|i| ServerProcess::start_on_postgres(&database, &dir.join(format!("cache-{i}")), &[]))
+        .map(|i| {
+            ServerProcess::start_on_postgres(&database, &dir.join(format!("cache-{i}")), extra)
+        })
         .collect()
 }
+
+/// Replicas that never forward writes (none advertises an address): every
+/// write is made where it arrives, so what crosses replicas goes through
+/// the database's notifications alone.
+const NO_FORWARDING: &[&str] = &["--advertise-url="];
 
 /// The replicas' URLs as `HOST_API_URL` lists them, starting with the `first`th.
 fn url_list(servers: &[ServerProcess], first: usize) -> String {
@@ -228,7 +240,7 @@ async fn a_cancel_through_one_replica_reaches_a_worker_polling_another_within_a_
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let servers = replicas(cluster, dir.path(), 3);
+    let servers = replicas_with(cluster, dir.path(), 3, NO_FORWARDING);
     let (a, b, c) = (&servers[0].url, &servers[1].url, &servers[2].url);
     common::host_ok(a, &["work-pool", "create", "--type", "process", "far"]);
     common::host_ok(
@@ -359,9 +371,10 @@ async fn a_postgres_restart_mid_load_loses_nothing() {
 }
 
 /// `host serve --database-url URL`, expected to refuse to start: (code, stderr).
-fn serve_refused(url: &str, cache: &Path) -> (Option<i32>, String) {
+fn serve_refused(url: &str, cache: &Path, extra: &[&str]) -> (Option<i32>, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_host"))
         .args(["serve", "--port", "0", "--database-url", url])
+        .args(extra)
         .env("HOST_CACHE_DIR", cache)
         .output()
         .expect("run host serve");
@@ -372,7 +385,7 @@ fn serve_refused(url: &str, cache: &Path) -> (Option<i32>, String) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_newer_schema_an_unreachable_database_and_a_bad_url_are_refused_clearly() {
+async fn a_newer_schema_an_unreachable_database_and_bad_urls_are_refused_clearly() {
     let Some(cluster) = postgres::shared() else {
         return;
     };
@@ -392,7 +405,7 @@ async fn a_newer_schema_an_unreachable_database_and_a_bad_url_are_refused_clearl
         "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) \
          VALUES (99, 'from_the_future', '2030-01-01T00:00:00Z', '0')",
     );
-    let (code, stderr) = serve_refused(&url, &cache);
+    let (code, stderr) = serve_refused(&url, &cache, &[]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("from_the_future") && stderr.contains("newer host"),
@@ -419,6 +432,7 @@ async fn a_newer_schema_an_unreachable_database_and_a_bad_url_are_refused_clearl
     let (code, stderr) = serve_refused(
         &format!("postgres://postgres@127.0.0.1:{port}/none"),
         &cache,
+        &[],
     );
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
@@ -426,9 +440,14 @@ async fn a_newer_schema_an_unreachable_database_and_a_bad_url_are_refused_clearl
         "{stderr}"
     );
 
-    let (code, stderr) = serve_refused("postgres://[nonsense", &cache);
+    let (code, stderr) = serve_refused("postgres://[nonsense", &cache, &[]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("database_url"), "{stderr}");
+
+    // Where the others would forward writes must be an address they can use.
+    let (code, stderr) = serve_refused(&url, &cache, &["--advertise-url", "replica-a"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("--advertise-url"), "{stderr}");
 }
 
 /// A replica reads the others' changes only while someone reads its event
@@ -440,7 +459,7 @@ async fn a_reader_away_while_other_replicas_changed_things_is_told_to_reload() {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let servers = replicas(cluster, dir.path(), 2);
+    let servers = replicas_with(cluster, dir.path(), 2, NO_FORWARDING);
     let (a, c) = (&servers[0].url, &servers[1].url);
     for pool in ["watched", "other"] {
         common::host_ok(a, &["work-pool", "create", "--type", "process", pool]);
@@ -519,4 +538,151 @@ async fn a_reader_away_while_other_replicas_changed_things_is_told_to_reload() {
         .expect("stream")
         .expect("stream open");
     assert_eq!(event.event, "reset", "{}", event.data);
+}
+
+/// How many `method` requests of `route` a server answered, from its metrics.
+async fn answered(url: &str, method: &str, route: &str) -> u64 {
+    let text = reqwest::get(format!("{url}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let (method, route) = (format!("method=\"{method}\""), format!("route=\"{route}\""));
+    text.lines()
+        .filter(|l| {
+            l.starts_with("host_http_requests_total{") && l.contains(&method) && l.contains(&route)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Which replica the `i`th forwards its writes to, by its health.
+async fn forwards_to(servers: &[ServerProcess], i: usize) -> Option<String> {
+    let (_, health) =
+        common::http("GET", &format!("{}/api/health", servers[i].url), None, None).await;
+    health["writes_forwarded_to"].as_str().map(str::to_string)
+}
+
+/// Writes through a replica that does not lead are made by the one that
+/// does, so one writer batches them all; when that one dies, the others
+/// write themselves at once, and one of them takes the lead.
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_go_to_the_leading_replica_and_survive_its_death() {
+    let Some(cluster) = postgres::shared() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut servers = replicas(cluster, dir.path(), 2);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (leader, follower) = loop {
+        if forwards_to(&servers, 1).await.as_deref() == Some(servers[0].url.as_str()) {
+            break (0, 1);
+        }
+        if forwards_to(&servers, 0).await.as_deref() == Some(servers[1].url.as_str()) {
+            break (1, 0);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no replica names the other as the writer"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let through = servers[follower].url.clone();
+    common::host_ok(&through, &["work-pool", "create", "--type", "process", "p"]);
+    common::host_ok(
+        &through,
+        &["deployment", "create", "f/d", "--pool", "p", "--", "true"],
+    );
+    for _ in 0..20 {
+        common::create_run(&through, "f/d", json!({})).await;
+    }
+    let route = "/api/deployments/{flow}/{name}/runs";
+    assert_eq!(answered(&servers[leader].url, "POST", route).await, 20);
+    assert_eq!(answered(&through, "POST", route).await, 20, "relayed");
+    // Our own client learns from the first relayed answer where writes are
+    // made, and sends the next ones there itself.
+    let client = host::client::Client::new(&through, None);
+    for _ in 0..10 {
+        let _: Value = client
+            .post("/api/deployments/f/d/runs", &json!({}))
+            .await
+            .expect("create");
+    }
+    assert_eq!(answered(&servers[leader].url, "POST", route).await, 30);
+    assert_eq!(
+        answered(&through, "POST", route).await,
+        21,
+        "only the first relayed"
+    );
+
+    servers[leader].kill();
+    // No waiting for a new leader: the survivor writes itself right away,
+    // and the client goes back to it.
+    let id = common::create_run(&through, "f/d", json!({})).await;
+    let _: Value = client
+        .post("/api/deployments/f/d/runs", &json!({}))
+        .await
+        .expect("create through the survivor");
+    let (status, run) =
+        common::http("GET", &format!("{through}/api/flow-runs/{id}"), None, None).await;
+    assert_eq!(status, 200, "{run}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while forwards_to(&servers, follower).await.is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the survivor still forwards to the dead replica"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A leader that advertises an address the others cannot reach costs a
+/// failed connect now and then: writes are made where they arrive.
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_are_made_where_they_arrive_when_the_leader_cannot_be_reached() {
+    let Some(cluster) = postgres::shared() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database = cluster.new_database();
+    // Ports 9 and 13 of loopback: nothing listens there.
+    let servers: Vec<_> = ["http://127.0.0.1:9", "http://127.0.0.1:13"]
+        .iter()
+        .enumerate()
+        .map(|(i, nowhere)| {
+            let cache = dir.path().join(format!("cache-{i}"));
+            ServerProcess::start_on_postgres(&database, &cache, &["--advertise-url", nowhere])
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let follower = loop {
+        if forwards_to(&servers, 0).await.as_deref() == Some("http://127.0.0.1:13") {
+            break 0;
+        }
+        if forwards_to(&servers, 1).await.as_deref() == Some("http://127.0.0.1:9") {
+            break 1;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no replica names the other's address"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let through = &servers[follower].url;
+    common::host_ok(through, &["work-pool", "create", "--type", "process", "p"]);
+    common::host_ok(
+        through,
+        &["deployment", "create", "f/d", "--pool", "p", "--", "true"],
+    );
+    common::create_run(through, "f/d", json!({})).await;
+    let client = host::client::Client::new(through, None);
+    for _ in 0..3 {
+        let _: Value = client
+            .post("/api/deployments/f/d/runs", &json!({}))
+            .await
+            .expect("create");
+    }
+    let route = "/api/deployments/{flow}/{name}/runs";
+    assert_eq!(answered(through, "POST", route).await, 4);
 }

@@ -4,8 +4,8 @@ use crate::error::ErrorBody;
 use reqwest::Method;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub const DEFAULT_API_URL: &str = "http://127.0.0.1:4200";
@@ -35,6 +35,10 @@ impl ClientError {
     }
 }
 
+/// The header with which a replica that forwarded a write says where the
+/// writes of its shared database are made.
+pub const WRITER_HEADER: &str = "x-host-writer";
+
 /// Talks to one server, or to any of several replicas sharing a database:
 /// a request that cannot reach one goes to the next, and the one that
 /// answered is tried first from then on.
@@ -45,7 +49,23 @@ pub struct Client {
     current: Arc<AtomicUsize>,
     token: Option<String>,
     http: reqwest::Client,
+    /// Where writes go first, once a server said (`x-host-writer`): the
+    /// replica that batches a shared database's writes, one hop nearer than
+    /// the replica that forwards them. Forgotten when it cannot be reached.
+    writer: Arc<Mutex<WriterHint>>,
 }
+
+/// Where a server said writes go, and the last such address that could
+/// not be reached: that one is not taken up again for a while, so an
+/// address this client cannot reach (a replica's internal one, behind a
+/// load balancer) costs one failed connect per minute, not one per write.
+#[derive(Default)]
+struct WriterHint {
+    address: Option<String>,
+    unreachable: Option<(String, std::time::Instant)>,
+}
+
+const RETRY_UNREACHABLE_WRITER: Duration = Duration::from_secs(60);
 
 impl Client {
     /// `base` is a URL or a comma-separated list of them (`http://a,http://b`).
@@ -68,6 +88,7 @@ impl Client {
             current: Arc::default(),
             token: token.filter(|t| !t.is_empty()),
             http,
+            writer: Arc::default(),
         }
     }
 
@@ -116,8 +137,9 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
+        let writes = method != Method::GET;
         let (response, url) = self
-            .send(path, |url| {
+            .send(path, writes, |url| {
                 let request = self.http.request(method.clone(), url);
                 match body {
                     Some(body) => request.json(body),
@@ -162,7 +184,7 @@ impl Client {
         last_event_id: Option<&str>,
     ) -> Result<EventStream, ClientError> {
         let (response, url) = self
-            .send(&format!("/api/events?{query}"), |url| {
+            .send(&format!("/api/events?{query}"), false, |url| {
                 let request = self.http.get(url);
                 match last_event_id {
                     Some(id) => request.header("Last-Event-ID", id),
@@ -251,27 +273,40 @@ impl Client {
     /// other one while none can be reached (the same request: whatever is
     /// safe to retry is safe to send to another replica). A non-2xx answer
     /// becomes [`ClientError::Api`] with the server's message and field.
+    /// A write goes first to the server that makes the writes, once one
+    /// said where that is.
     async fn send(
         &self,
         path: &str,
+        writes: bool,
         request: impl Fn(&str) -> reqwest::RequestBuilder,
     ) -> Result<(reqwest::Response, String), ClientError> {
+        let authorized = |url: &str| match &self.token {
+            Some(token) => request(url).bearer_auth(token),
+            None => request(url),
+        };
+        if let Some(writer) = writes.then(|| self.writer()).flatten() {
+            let url = format!("{writer}{path}");
+            match authorized(&url).send().await {
+                Ok(response) => return Ok((self.checked(response, &url).await?, url)),
+                Err(e) => {
+                    tracing::info!(%writer, error = %root_cause(&e), "the writing server is unreachable; writing through the others");
+                    self.writer_unreachable(writer);
+                }
+            }
+        }
         let first = self.current.load(Ordering::Relaxed);
         let mut unreachable = Vec::new();
         for attempt in 0..self.bases.len() {
             let index = (first + attempt) % self.bases.len();
             let url = format!("{}{path}", self.bases[index]);
-            let mut builder = request(&url);
-            if let Some(token) = &self.token {
-                builder = builder.bearer_auth(token);
-            }
-            match builder.send().await {
+            match authorized(&url).send().await {
                 Ok(response) => {
                     if attempt > 0 {
                         tracing::info!(server = %self.bases[index], "failed over to another server");
                         self.current.store(index, Ordering::Relaxed);
                     }
-                    return Ok((Self::check(response, &url).await?, url));
+                    return Ok((self.checked(response, &url).await?, url));
                 }
                 Err(e) if self.bases.len() == 1 => unreachable.push(root_cause(&e)),
                 Err(e) => unreachable.push(format!("{}: {}", self.bases[index], root_cause(&e))),
@@ -281,6 +316,44 @@ impl Client {
             url: self.bases.join(", "),
             reason: unreachable.join("; "),
         })
+    }
+
+    fn writer(&self) -> Option<String> {
+        self.writer.lock().ok()?.address.clone()
+    }
+
+    fn learn_writer(&self, address: &str) {
+        if let Ok(mut hint) = self.writer.lock() {
+            let shunned = hint
+                .unreachable
+                .as_ref()
+                .is_some_and(|(unreachable, since)| {
+                    unreachable == address && since.elapsed() < RETRY_UNREACHABLE_WRITER
+                });
+            if !shunned {
+                hint.address = Some(address.to_string());
+            }
+        }
+    }
+
+    fn writer_unreachable(&self, address: String) {
+        if let Ok(mut hint) = self.writer.lock() {
+            hint.address = None;
+            hint.unreachable = Some((address, std::time::Instant::now()));
+        }
+    }
+
+    /// [`Client::check`], after noting where the server says writes go.
+    async fn checked(
+        &self,
+        response: reqwest::Response,
+        url: &str,
+    ) -> Result<reqwest::Response, ClientError> {
+        let writer = response.headers().get(WRITER_HEADER);
+        if let Some(writer) = writer.and_then(|w| w.to_str().ok()) {
+            self.learn_writer(writer);
+        }
+        Self::check(response, url).await
     }
 
     async fn check(

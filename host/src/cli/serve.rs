@@ -24,6 +24,12 @@ pub struct ServeArgs {
     /// redb file in the data dir.
     #[arg(long, env = "HOST_DATABASE_URL", conflicts_with = "data_dir")]
     database_url: Option<String>,
+    /// With --database-url: where the other replicas reach this one's API, so
+    /// that while it leads they forward their writes here and one writer
+    /// batches them all. Default: http://HOST:PORT as bound (none when bound
+    /// to every interface); empty: never forward here.
+    #[arg(long, env = "HOST_ADVERTISE_URL")]
+    advertise_url: Option<String>,
     /// SCHEDULED runs this many seconds past their time are marked Late.
     #[arg(long, default_value_t = 15)]
     late_after_seconds: u64,
@@ -51,6 +57,15 @@ pub fn default_data_dir() -> PathBuf {
 
 pub async fn run(args: ServeArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> {
     let runtime = &args.runtime;
+    let address = format!("{}:{}", args.host, args.port);
+    let listener = tokio::net::TcpListener::bind(&address)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?;
+    let local = listener.local_addr()?;
+    let advertised = match &args.database_url {
+        Some(url) if !url.is_empty() => advertised_url(args.advertise_url.as_deref(), local)?,
+        _ => None,
+    };
     let store = match (&args.database_url, args.data_dir) {
         (Some(url), _) if !url.is_empty() => Store::connect(url).await,
         (_, data_dir) => {
@@ -59,6 +74,7 @@ pub async fn run(args: ServeArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> {
         }
     }
     .map_err(|e| anyhow::anyhow!("{e}"))?;
+    store.advertise(advertised);
     let location = store.location();
     // The server only needs each plugin's description; the runtime is dropped
     // after loading so it costs no memory while serving.
@@ -83,11 +99,6 @@ pub async fn run(args: ServeArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> {
     );
     let scheduler = control.spawn_scheduler();
     let app = router(AppState::new(control, api.api_token.clone()));
-    let address = format!("{}:{}", args.host, args.port);
-    let listener = tokio::net::TcpListener::bind(&address)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?;
-    let local = listener.local_addr()?;
     // Tests and scripts wait for this line to know the server is up.
     println!("host serve: listening on http://{local} (data in {location})");
     // Whoever read the first line may have closed the pipe since.
@@ -98,6 +109,31 @@ pub async fn run(args: ServeArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> {
         .await?;
     scheduler.abort();
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where the other replicas reach this one: as given (empty: nowhere), else
+/// the bound address, unless that is every interface (which one would they
+/// use?).
+fn advertised_url(
+    given: Option<&str>,
+    local: std::net::SocketAddr,
+) -> anyhow::Result<Option<String>> {
+    match given.map(|url| url.trim().trim_end_matches('/')) {
+        Some("") => Ok(None),
+        Some(url) => match reqwest::Url::parse(url) {
+            Ok(parsed) if ["http", "https"].contains(&parsed.scheme()) && parsed.has_host() => {
+                Ok(Some(url.to_string()))
+            }
+            _ => anyhow::bail!(
+                "--advertise-url: {url:?} is not an http(s) URL; expected e.g. http://10.0.0.5:4200"
+            ),
+        },
+        None if local.ip().is_unspecified() => {
+            tracing::info!(%local, "bound to every interface: not advertising an address, so the other replicas do not forward writes here (set --advertise-url)");
+            Ok(None)
+        }
+        None => Ok(Some(format!("http://{local}"))),
+    }
 }
 
 /// SIGINT or SIGTERM.

@@ -131,6 +131,12 @@ impl Control {
     pub fn storage_health(&self) -> crate::store::Health {
         self.store.health()
     }
+
+    /// Where API writes go when another server sharing the database leads
+    /// (see `Store::writer_address`).
+    pub fn writer_address(&self) -> Option<String> {
+        self.store.writer_address()
+    }
 }
 
 impl Control {

@@ -6,6 +6,7 @@
 
 mod deployments;
 mod events;
+mod forward;
 mod openapi;
 mod pools;
 mod runs;
@@ -33,6 +34,7 @@ pub struct AppState {
     /// The UI's session cookie value for `token`.
     session: Option<Arc<str>>,
     metrics: Arc<ServerMetrics>,
+    forwarder: forward::Forwarder,
 }
 
 impl AppState {
@@ -43,6 +45,7 @@ impl AppState {
             session: token.as_deref().map(|t| Arc::from(ui::session_value(t))),
             token,
             metrics: Arc::default(),
+            forwarder: forward::Forwarder::default(),
         }
     }
 
@@ -239,16 +242,20 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
     tag = "health",
     summary = "Liveness and storage health; never needs the token",
     security(()),
-    responses((status = 200, description = "`ok`, or `degraded` with the reason", body = Object))
+    responses((status = 200, description = "`ok`, or `degraded` with the reason; on a shared database, `writes_forwarded_to` names the leading replica while another one leads", body = Object))
 )]
 async fn health(State(s): State<AppState>) -> Json<serde_json::Value> {
     let version = env!("CARGO_PKG_VERSION");
-    Json(match s.control.storage_health() {
+    let mut health = match s.control.storage_health() {
         crate::store::Health::Ok => serde_json::json!({"status": "ok", "version": version}),
         crate::store::Health::Degraded(reason) => {
             serde_json::json!({"status": "degraded", "reason": reason, "version": version})
         }
-    })
+    };
+    if let Some(writer) = s.control.writer_address() {
+        health["writes_forwarded_to"] = writer.into();
+    }
+    Json(health)
 }
 
 /// Prometheus text: counters kept as requests pass, gauges read from the store.
@@ -301,6 +308,10 @@ pub fn router(state: AppState) -> Router {
         .merge(protected)
         .merge(ui::routes(state.clone()))
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            forward::writes,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), count_request))
         .with_state(state)
 }

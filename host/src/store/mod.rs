@@ -85,6 +85,13 @@ trait Backend: Send + Sync {
     /// database, not once per server (scheduling, sweeps).
     fn lead(&self) -> Pin<Box<dyn Future<Output = bool> + Send + '_>>;
     fn on_remote_changes(&self, _hook: RemoteHook) {}
+    /// Where other servers on the database reach this one's API.
+    fn advertise(&self, _url: Option<String>) {}
+    /// Where the server that batches the database's writes is, when it is
+    /// not this one.
+    fn writer_address(&self) -> Option<String> {
+        None
+    }
     /// Where the data is, for people.
     fn location(&self) -> String;
 }
@@ -175,6 +182,19 @@ impl Store {
     /// shared database (never called for redb).
     pub fn on_remote_changes(&self, hook: RemoteHook) {
         self.backend.on_remote_changes(hook);
+    }
+
+    /// Where other servers on the database reach this one's API (`None`:
+    /// they do not forward writes here); only a shared database uses it.
+    pub fn advertise(&self, url: Option<String>) {
+        self.backend.advertise(url);
+    }
+
+    /// The leading server's API, when another server leads a shared
+    /// database: writes made there are batched with everyone's. `None`:
+    /// write here (redb, this server leads, or nobody says where).
+    pub fn writer_address(&self) -> Option<String> {
+        self.backend.writer_address()
     }
 
     /// Whether this server leads the once-per-database upkeep; always true

@@ -12,6 +12,9 @@ const CHANNEL: &str = "host_changes";
 const CATCH_UP_EVERY: Duration = Duration::from_secs(1);
 /// How often the leader trims the change log.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// The leader says where its API is; the others read it.
+const SET_LEADER: &str = "UPDATE leader SET url = $1 WHERE url <> $1";
+const LEADER: &str = "SELECT url FROM leader";
 /// Changes are kept this long for the listeners; far longer than they lag.
 const KEEP_CHANGES: &str = "10 minutes";
 /// The newest change after $1, and whether another replica made any.
@@ -73,6 +76,27 @@ pub(super) async fn try_lead(inner: &Inner) -> bool {
         // The leader also trims the change log the listeners have read.
         let prune = format!("DELETE FROM changes WHERE at < now() - interval '{KEEP_CHANGES}'");
         let _ = client.execute(prune.as_str(), &[]).await;
+    }
+    let own = inner.advertised.lock().ok().and_then(|a| a.clone());
+    let writer = if *held {
+        // Empty when this one does not say: the others then write themselves
+        // rather than to a leader that is gone.
+        let _ = client
+            .execute(SET_LEADER, &[&own.clone().unwrap_or_default()])
+            .await;
+        None
+    } else {
+        match client.query_one(LEADER, &[]).await {
+            Ok(row) => Some(row.get::<_, String>(0)),
+            Err(_) => None,
+        }
+        .filter(|url| !url.is_empty() && Some(url) != own.as_ref())
+    };
+    if let Ok(mut address) = inner.writer_address.lock() {
+        if *address != writer {
+            tracing::info!(replica = %inner.replica, writer = ?writer, "API writes now go to");
+        }
+        *address = writer;
     }
     *held
 }

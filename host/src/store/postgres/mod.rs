@@ -13,6 +13,8 @@
 //!   long-polls.
 //! - One server at a time holds a session-level advisory lock and leads the
 //!   once-per-database upkeep; the lock passes on when its connection drops.
+//!   The leader also writes where its API is: the others forward their API
+//!   writes there (`server::forward`), so one writer batches them all.
 //!
 //! The store's API is synchronous closures over reads; the driver is async.
 //! The driver's connections live on a small runtime of this module's own, so
@@ -76,6 +78,10 @@ struct Inner {
     leader: tokio::sync::Mutex<Option<(tokio_postgres::Client, bool)>>,
     /// When the leader last trimmed the change log.
     changes_pruned: Mutex<Option<std::time::Instant>>,
+    /// Where this replica's API is reached, if it says (see `listen`).
+    advertised: Mutex<Option<String>>,
+    /// Where the leading replica's API is, while another one leads.
+    writer_address: Mutex<Option<String>>,
 }
 
 /// The driver's runtime, shut down without waiting when dropped: a drop
@@ -206,6 +212,8 @@ impl PgStore {
             failed_commit: Mutex::new(None),
             leader: tokio::sync::Mutex::new(None),
             changes_pruned: Mutex::new(None),
+            advertised: Mutex::new(None),
+            writer_address: Mutex::new(None),
         });
         // The listener holds only a weak reference: it ends with the store.
         handle.spawn(listen(Arc::downgrade(&inner), last_seq));
@@ -353,6 +361,16 @@ impl Backend for PgStore {
                 .await
                 .unwrap_or(false)
         })
+    }
+
+    fn advertise(&self, url: Option<String>) {
+        if let Ok(mut advertised) = self.inner.advertised.lock() {
+            *advertised = url;
+        }
+    }
+
+    fn writer_address(&self) -> Option<String> {
+        self.inner.writer_address.lock().ok()?.clone()
     }
 
     fn on_remote_changes(&self, hook: RemoteHook) {

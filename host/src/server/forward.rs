@@ -1,0 +1,163 @@
+//! API writes through a replica that does not lead go to the one that does.
+//!
+//! Every replica can write (each batch takes the database's write lock, so
+//! every check holds, see `store::postgres`), but batches of several
+//! writers take turns at that lock and each finds the others' changes
+//! uncached. One writer taking everyone's requests makes bigger batches
+//! from a warm cache. So a replica that knows where the leading replica's
+//! API is sends its API writes there and relays the answer; when that
+//! replica cannot be reached, it writes itself, as with one server. Reads,
+//! event streams and the web UI stay where they arrive.
+
+use super::AppState;
+use crate::client::WRITER_HEADER;
+use crate::error::ApiError;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Marks a forwarded request: it is made where it arrives, never sent on.
+const FORWARDED: &str = "x-host-forwarded";
+/// Larger than any body the API accepts: the leader refuses what is too big.
+const MAX_BODY: usize = 64 << 20;
+
+/// A leader address that could not be reached is not tried again for this
+/// long: a wrong `--advertise-url` costs one failed connect per interval,
+/// not one per write.
+const RETRY_UNREACHABLE: Duration = Duration::from_secs(10);
+
+/// The HTTP client that relays writes, its connections kept between them,
+/// and the last address it could not reach.
+#[derive(Clone)]
+pub(super) struct Forwarder {
+    client: reqwest::Client,
+    unreachable: Arc<Mutex<Option<(String, Instant)>>>,
+}
+
+impl Forwarder {
+    fn shuns(&self, writer: &str) -> bool {
+        self.unreachable.lock().is_ok_and(|failed| {
+            failed
+                .as_ref()
+                .is_some_and(|(at, since)| at == writer && since.elapsed() < RETRY_UNREACHABLE)
+        })
+    }
+
+    fn unreachable(&self, writer: &str) {
+        if let Ok(mut failed) = self.unreachable.lock() {
+            *failed = Some((writer.to_string(), Instant::now()));
+        }
+    }
+}
+
+impl Default for Forwarder {
+    fn default() -> Forwarder {
+        let client = reqwest::Client::builder()
+            // A leader that is gone refuses at once; one that is unreachable
+            // must not hold the write long before it is made here.
+            .connect_timeout(Duration::from_secs(2))
+            .no_proxy()
+            .build()
+            .unwrap_or_default();
+        Forwarder {
+            client,
+            unreachable: Arc::default(),
+        }
+    }
+}
+
+pub(super) async fn writes(State(s): State<AppState>, request: Request, next: Next) -> Response {
+    let writes = !matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    let forwardable = writes
+        && request.uri().path().starts_with("/api/")
+        && !request.headers().contains_key(FORWARDED);
+    let writer = forwardable.then(|| s.control.writer_address()).flatten();
+    let Some(writer) = writer.filter(|writer| !s.forwarder.shuns(writer)) else {
+        return next.run(request).await;
+    };
+    let (parts, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(body) => body,
+        Err(e) => {
+            return ApiError::bad_request("body", format!("body: cannot be read ({e})"))
+                .into_response();
+        }
+    };
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut relayed = s
+        .forwarder
+        .client
+        .request(parts.method.clone(), format!("{writer}{path}"))
+        .header(FORWARDED, "1")
+        .body(body.clone());
+    for (name, value) in &parts.headers {
+        if !hop_by_hop(name) && name != header::HOST {
+            relayed = relayed.header(name, value);
+        }
+    }
+    match relayed.send().await {
+        Ok(answer) => {
+            let mut response = relay(answer).await;
+            // Clients that can reach it send their next writes there.
+            if let Ok(writer) = writer.parse() {
+                response.headers_mut().insert(WRITER_HEADER, writer);
+            }
+            response
+        }
+        Err(error) if error.is_connect() => {
+            // Nothing reached the leader: the write is made here instead.
+            tracing::warn!(%writer, %error, "leading replica unreachable; writing here");
+            s.forwarder.unreachable(&writer);
+            next.run(Request::from_parts(parts, Body::from(body))).await
+        }
+        Err(error) => ApiError::unavailable(format!(
+            "the leading replica ({writer}) did not answer ({error}); retry"
+        ))
+        .into_response(),
+    }
+}
+
+async fn relay(answer: reqwest::Response) -> Response {
+    let status = answer.status();
+    let headers = answer.headers().clone();
+    let body = match answer.bytes().await {
+        Ok(body) => body,
+        Err(error) => {
+            return ApiError::unavailable(format!(
+                "the leading replica's answer broke off ({error}); retry"
+            ))
+            .into_response();
+        }
+    };
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    for (name, value) in &headers {
+        if !hop_by_hop(name) {
+            response.headers_mut().append(name, value.clone());
+        }
+    }
+    response
+}
+
+/// Headers that describe one connection, not the message.
+fn hop_by_hop(name: &HeaderName) -> bool {
+    [
+        header::CONNECTION,
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::TE,
+        header::TRAILER,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+    ]
+    .contains(name)
+        || name.as_str() == "keep-alive"
+}
