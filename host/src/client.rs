@@ -52,17 +52,41 @@ pub struct Client {
     /// Where writes go first, once a server said (`x-host-writer`): the
     /// replica that batches a shared database's writes, one hop nearer than
     /// the replica that forwards them. Forgotten when it cannot be reached.
-    writer: Arc<Mutex<WriterHint>>,
+    writer: Arc<Mutex<Option<String>>>,
+    /// A writer address this client could not reach (a replica's internal
+    /// one, behind a load balancer): not taken up again for a minute.
+    unreachable_writer: Arc<SetAside>,
 }
 
-/// Where a server said writes go, and the last such address that could
-/// not be reached: that one is not taken up again for a while, so an
-/// address this client cannot reach (a replica's internal one, behind a
-/// load balancer) costs one failed connect per minute, not one per write.
-#[derive(Default)]
-struct WriterHint {
-    address: Option<String>,
-    unreachable: Option<(String, std::time::Instant)>,
+/// The last address that could not be reached, set aside for a while: an
+/// address that stays unreachable costs one failed connect per `window`,
+/// not one per request.
+pub(crate) struct SetAside {
+    window: Duration,
+    last: Mutex<Option<(String, std::time::Instant)>>,
+}
+
+impl SetAside {
+    pub(crate) fn new(window: Duration) -> SetAside {
+        SetAside {
+            window,
+            last: Mutex::new(None),
+        }
+    }
+
+    /// Whether `address` failed within the window.
+    pub(crate) fn holds(&self, address: &str) -> bool {
+        self.last.lock().is_ok_and(|last| {
+            last.as_ref()
+                .is_some_and(|(at, since)| at == address && since.elapsed() < self.window)
+        })
+    }
+
+    pub(crate) fn put(&self, address: &str) {
+        if let Ok(mut last) = self.last.lock() {
+            *last = Some((address.to_string(), std::time::Instant::now()));
+        }
+    }
 }
 
 const RETRY_UNREACHABLE_WRITER: Duration = Duration::from_secs(60);
@@ -89,6 +113,7 @@ impl Client {
             token: token.filter(|t| !t.is_empty()),
             http,
             writer: Arc::default(),
+            unreachable_writer: Arc::new(SetAside::new(RETRY_UNREACHABLE_WRITER)),
         }
     }
 
@@ -291,7 +316,7 @@ impl Client {
                 Ok(response) => return Ok((self.checked(response, &url).await?, url)),
                 Err(e) => {
                     tracing::info!(%writer, error = %root_cause(&e), "the writing server is unreachable; writing through the others");
-                    self.writer_unreachable(writer);
+                    self.writer_unreachable(&writer);
                 }
             }
         }
@@ -319,27 +344,22 @@ impl Client {
     }
 
     fn writer(&self) -> Option<String> {
-        self.writer.lock().ok()?.address.clone()
+        self.writer.lock().ok()?.clone()
     }
 
     fn learn_writer(&self, address: &str) {
-        if let Ok(mut hint) = self.writer.lock() {
-            let shunned = hint
-                .unreachable
-                .as_ref()
-                .is_some_and(|(unreachable, since)| {
-                    unreachable == address && since.elapsed() < RETRY_UNREACHABLE_WRITER
-                });
-            if !shunned {
-                hint.address = Some(address.to_string());
-            }
+        if self.unreachable_writer.holds(address) {
+            return;
+        }
+        if let Ok(mut writer) = self.writer.lock() {
+            *writer = Some(address.to_string());
         }
     }
 
-    fn writer_unreachable(&self, address: String) {
-        if let Ok(mut hint) = self.writer.lock() {
-            hint.address = None;
-            hint.unreachable = Some((address, std::time::Instant::now()));
+    fn writer_unreachable(&self, address: &str) {
+        self.unreachable_writer.put(address);
+        if let Ok(mut writer) = self.writer.lock() {
+            *writer = None;
         }
     }
 

@@ -10,15 +10,15 @@
 //! event streams and the web UI stay where they arrive.
 
 use super::AppState;
-use crate::client::WRITER_HEADER;
+use crate::client::{SetAside, WRITER_HEADER};
 use crate::error::ApiError;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Marks a forwarded request: it is made where it arrives, never sent on.
 const FORWARDED: &str = "x-host-forwarded";
@@ -31,27 +31,11 @@ const MAX_BODY: usize = 64 << 20;
 const RETRY_UNREACHABLE: Duration = Duration::from_secs(10);
 
 /// The HTTP client that relays writes, its connections kept between them,
-/// and the last address it could not reach.
+/// and the last leader address it could not reach.
 #[derive(Clone)]
 pub(super) struct Forwarder {
     client: reqwest::Client,
-    unreachable: Arc<Mutex<Option<(String, Instant)>>>,
-}
-
-impl Forwarder {
-    fn shuns(&self, writer: &str) -> bool {
-        self.unreachable.lock().is_ok_and(|failed| {
-            failed
-                .as_ref()
-                .is_some_and(|(at, since)| at == writer && since.elapsed() < RETRY_UNREACHABLE)
-        })
-    }
-
-    fn unreachable(&self, writer: &str) {
-        if let Ok(mut failed) = self.unreachable.lock() {
-            *failed = Some((writer.to_string(), Instant::now()));
-        }
-    }
+    unreachable: Arc<SetAside>,
 }
 
 impl Default for Forwarder {
@@ -65,7 +49,7 @@ impl Default for Forwarder {
             .unwrap_or_default();
         Forwarder {
             client,
-            unreachable: Arc::default(),
+            unreachable: Arc::new(SetAside::new(RETRY_UNREACHABLE)),
         }
     }
 }
@@ -79,7 +63,7 @@ pub(super) async fn writes(State(s): State<AppState>, request: Request, next: Ne
         && request.uri().path().starts_with("/api/")
         && !request.headers().contains_key(FORWARDED);
     let writer = forwardable.then(|| s.control.writer_address()).flatten();
-    let Some(writer) = writer.filter(|writer| !s.forwarder.shuns(writer)) else {
+    let Some(writer) = writer.filter(|writer| !s.forwarder.unreachable.holds(writer)) else {
         return next.run(request).await;
     };
     let (parts, body) = request.into_parts();
@@ -114,7 +98,7 @@ pub(super) async fn writes(State(s): State<AppState>, request: Request, next: Ne
         Err(error) if error.is_connect() => {
             // Nothing reached the leader: the write is made here instead.
             tracing::warn!(%writer, %error, "leading replica unreachable; writing here");
-            s.forwarder.unreachable(&writer);
+            s.forwarder.unreachable.put(&writer);
             next.run(Request::from_parts(parts, Body::from(body))).await
         }
         Err(error) => ApiError::unavailable(format!(
