@@ -114,7 +114,7 @@ impl TestServer {
             }
             Backend::Postgres => {
                 let cluster = postgres::shared().expect("PostgreSQL installed");
-                host::store::Store::connect(&cluster.new_database())
+                host::store::Store::connect(&cluster.new_database(), None)
                     .await
                     .expect("store")
             }

@@ -62,19 +62,17 @@ pub async fn run(args: ServeArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?;
     let local = listener.local_addr()?;
-    let advertised = match &args.database_url {
-        Some(url) if !url.is_empty() => advertised_url(args.advertise_url.as_deref(), local)?,
-        _ => None,
-    };
     let store = match (&args.database_url, args.data_dir) {
-        (Some(url), _) if !url.is_empty() => Store::connect(url).await,
+        (Some(url), _) if !url.is_empty() => {
+            let advertised = advertised_url(args.advertise_url.as_deref(), local)?;
+            Store::connect(url, advertised).await
+        }
         (_, data_dir) => {
             let data_dir = data_dir.unwrap_or_else(default_data_dir);
             Store::open_with(&data_dir.join("host.redb"), args.min_free_disk_mb << 20)
         }
     }
     .map_err(|e| anyhow::anyhow!("{e}"))?;
-    store.advertise(advertised);
     let location = store.location();
     // The server only needs each plugin's description; the runtime is dropped
     // after loading so it costs no memory while serving.

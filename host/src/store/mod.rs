@@ -85,8 +85,6 @@ trait Backend: Send + Sync {
     /// database, not once per server (scheduling, sweeps).
     fn lead(&self) -> Pin<Box<dyn Future<Output = bool> + Send + '_>>;
     fn on_remote_changes(&self, _hook: RemoteHook) {}
-    /// Where other servers on the database reach this one's API.
-    fn advertise(&self, _url: Option<String>) {}
     /// Where the server that batches the database's writes is, when it is
     /// not this one.
     fn writer_address(&self) -> Option<String> {
@@ -154,11 +152,13 @@ impl Store {
 
     /// Connects to PostgreSQL at `url` (`postgres://user@host:port/db`),
     /// bringing its schema up to date first. Refuses a database whose
-    /// schema is newer than this build knows.
-    pub async fn connect(url: &str) -> Result<Store, ApiError> {
+    /// schema is newer than this build knows. `advertised` is where the
+    /// other servers on the database reach this one's API (`None`: they do
+    /// not forward their writes here).
+    pub async fn connect(url: &str, advertised: Option<String>) -> Result<Store, ApiError> {
         let events = Arc::<Events>::default();
         let (writer, jobs) = mpsc::channel::<Job>();
-        let backend = postgres::PgStore::connect(url, jobs, events.clone()).await?;
+        let backend = postgres::PgStore::connect(url, advertised, jobs, events.clone()).await?;
         Ok(Store {
             backend,
             writer,
@@ -182,12 +182,6 @@ impl Store {
     /// shared database (never called for redb).
     pub fn on_remote_changes(&self, hook: RemoteHook) {
         self.backend.on_remote_changes(hook);
-    }
-
-    /// Where other servers on the database reach this one's API (`None`:
-    /// they do not forward writes here); only a shared database uses it.
-    pub fn advertise(&self, url: Option<String>) {
-        self.backend.advertise(url);
     }
 
     /// The leading server's API, when another server leads a shared

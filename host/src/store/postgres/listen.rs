@@ -77,12 +77,12 @@ pub(super) async fn try_lead(inner: &Inner) -> bool {
         let prune = format!("DELETE FROM changes WHERE at < now() - interval '{KEEP_CHANGES}'");
         let _ = client.execute(prune.as_str(), &[]).await;
     }
-    let own = inner.advertised.lock().ok().and_then(|a| a.clone());
+    let own = inner.advertised.as_ref();
     let writer = if *held {
         // Empty when this one does not say: the others then write themselves
         // rather than to a leader that is gone.
         let _ = client
-            .execute(SET_LEADER, &[&own.clone().unwrap_or_default()])
+            .execute(SET_LEADER, &[&own.map_or("", String::as_str)])
             .await;
         None
     } else {
@@ -90,7 +90,7 @@ pub(super) async fn try_lead(inner: &Inner) -> bool {
             Ok(row) => Some(row.get::<_, String>(0)),
             Err(_) => None,
         }
-        .filter(|url| !url.is_empty() && Some(url) != own.as_ref())
+        .filter(|url| !url.is_empty() && Some(url) != own)
     };
     if let Ok(mut address) = inner.writer_address.lock() {
         if *address != writer {

@@ -79,7 +79,7 @@ struct Inner {
     /// When the leader last trimmed the change log.
     changes_pruned: Mutex<Option<std::time::Instant>>,
     /// Where this replica's API is reached, if it says (see `listen`).
-    advertised: Mutex<Option<String>>,
+    advertised: Option<String>,
     /// Where the leading replica's API is, while another one leads.
     writer_address: Mutex<Option<String>>,
 }
@@ -159,6 +159,7 @@ fn redact(url: &str) -> String {
 impl PgStore {
     pub(super) async fn connect(
         url: &str,
+        advertised: Option<String>,
         jobs: mpsc::Receiver<Job>,
         events: Arc<Events>,
     ) -> Result<Arc<PgStore>, ApiError> {
@@ -212,7 +213,7 @@ impl PgStore {
             failed_commit: Mutex::new(None),
             leader: tokio::sync::Mutex::new(None),
             changes_pruned: Mutex::new(None),
-            advertised: Mutex::new(None),
+            advertised,
             writer_address: Mutex::new(None),
         });
         // The listener holds only a weak reference: it ends with the store.
@@ -361,12 +362,6 @@ impl Backend for PgStore {
                 .await
                 .unwrap_or(false)
         })
-    }
-
-    fn advertise(&self, url: Option<String>) {
-        if let Ok(mut advertised) = self.inner.advertised.lock() {
-            *advertised = url;
-        }
     }
 
     fn writer_address(&self) -> Option<String> {
