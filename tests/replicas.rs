@@ -230,6 +230,13 @@ async fn burst(kill_at: Option<usize>) {
 /// The index of the replica the others forward their writes to, once they
 /// all say so.
 async fn leading(servers: &[ServerProcess]) -> usize {
+    let urls: Vec<&str> = servers.iter().map(|s| s.url.as_str()).collect();
+    leading_at(servers, &urls).await
+}
+
+/// The index of the replica whose `advertised` address the others all name
+/// as where writes go (the `i`th replica advertises `advertised[i]`).
+async fn leading_at(servers: &[ServerProcess], advertised: &[&str]) -> usize {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let mut named = BTreeMap::new();
@@ -238,9 +245,9 @@ async fn leading(servers: &[ServerProcess]) -> usize {
                 *named.entry(url).or_insert(0) += 1;
             }
         }
-        if let Some(i) = servers
+        if let Some(i) = advertised
             .iter()
-            .position(|s| named.get(&s.url) == Some(&(servers.len() - 1)))
+            .position(|at| named.get(*at) == Some(&(servers.len() - 1)))
         {
             return i;
         }
@@ -602,20 +609,8 @@ async fn writes_go_to_the_leading_replica_and_survive_its_death() {
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let mut servers = replicas(cluster, dir.path(), 2);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let (leader, follower) = loop {
-        if forwards_to(&servers, 1).await.as_deref() == Some(servers[0].url.as_str()) {
-            break (0, 1);
-        }
-        if forwards_to(&servers, 0).await.as_deref() == Some(servers[1].url.as_str()) {
-            break (1, 0);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no replica names the other as the writer"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let leader = leading(&servers).await;
+    let follower = 1 - leader;
     let through = servers[follower].url.clone();
     common::host_ok(&through, &["work-pool", "create", "--type", "process", "p"]);
     common::host_ok(
@@ -675,7 +670,8 @@ async fn writes_are_made_where_they_arrive_when_the_leader_cannot_be_reached() {
     let dir = tempfile::tempdir().expect("tempdir");
     let database = cluster.new_database();
     // Ports 9 and 13 of loopback: nothing listens there.
-    let servers: Vec<_> = ["http://127.0.0.1:9", "http://127.0.0.1:13"]
+    let nowhere = ["http://127.0.0.1:9", "http://127.0.0.1:13"];
+    let servers: Vec<_> = nowhere
         .iter()
         .enumerate()
         .map(|(i, nowhere)| {
@@ -683,20 +679,7 @@ async fn writes_are_made_where_they_arrive_when_the_leader_cannot_be_reached() {
             ServerProcess::start_on_postgres(&database, &cache, &["--advertise-url", nowhere])
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let follower = loop {
-        if forwards_to(&servers, 0).await.as_deref() == Some("http://127.0.0.1:13") {
-            break 0;
-        }
-        if forwards_to(&servers, 1).await.as_deref() == Some("http://127.0.0.1:9") {
-            break 1;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no replica names the other's address"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let follower = 1 - leading_at(&servers, &nowhere).await;
     let through = &servers[follower].url;
     common::host_ok(through, &["work-pool", "create", "--type", "process", "p"]);
     common::host_ok(
