@@ -1,16 +1,20 @@
 //! Store benchmark: `cargo bench --bench replicas`.
 //!
 //! Real `host serve` processes on loopback: one on redb, one on PostgreSQL,
-//! three on one PostgreSQL database. For each, 16 clients (spread over the
-//! replicas) create runs, then take them with claims of one run; then a
-//! worker polling one replica runs flows created through another, one at a
-//! time: created → COMPLETED, from the run's own timestamps. Medians of 3
-//! rounds. PostgreSQL is started by the benchmark (Debian's binaries).
-//! `cargo bench --bench replicas -- pg1 pg3` measures only those setups;
-//! `pg3-plain` is three replicas driven by plain HTTP clients, each kept to
-//! its own replica (as behind a load balancer): their writes are relayed by
-//! that replica to the leading one, where the crate's client (`pg3`) sends
-//! them itself once told.
+//! three on one PostgreSQL database, all started first. In each round every
+//! setup in turn has 16 clients (spread over its replicas) create runs,
+//! then take them with claims of one run; this shared machine's speed
+//! drifts by a third within a minute, so setups measured one after the
+//! other would compare the drift, while rounds taken in turn see the same
+//! machine (the 3-replica over 1-replica figure is given round by round).
+//! Then, per setup, a worker polling one replica runs flows created through
+//! another, one at a time: created → COMPLETED, from the run's own
+//! timestamps. Medians of 5 rounds. PostgreSQL is started by the benchmark
+//! (Debian's binaries). `cargo bench --bench replicas -- pg1 pg3` measures
+//! only those setups; `pg3-plain` is three replicas driven by plain HTTP
+//! clients, each kept to its own replica (as behind a load balancer): their
+//! writes are relayed by that replica to the leading one, where the crate's
+//! client (`pg3`) sends them itself once told.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -23,7 +27,7 @@ use std::time::{Duration, Instant};
 
 const CLIENTS: usize = 16;
 const RUNS: usize = 4_000;
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 const END_TO_END: usize = 30;
 
 fn percentile(samples: &mut [Duration], p: f64) -> Duration {
@@ -96,49 +100,76 @@ where
     all
 }
 
-struct Figures {
-    create: f64,
-    claim: f64,
-    claim_p50: Duration,
-    claim_p99: Duration,
-    end_to_end_p50: Duration,
+/// One setup under test: its servers, its clients and its figures so far.
+struct Setup {
+    /// As named on the command line: `redb`, `pg1`, `pg3`, `pg3-plain`.
+    name: &'static str,
+    label: String,
+    servers: Vec<ServerProcess>,
+    clients: Vec<Caller>,
+    dir: std::path::PathBuf,
+    creates: Vec<f64>,
+    claims: Vec<f64>,
+    claim_latencies: Vec<Duration>,
 }
 
-async fn measure(servers: &[ServerProcess], dir: &std::path::Path, plain: bool) -> Figures {
-    let clients: Vec<_> = servers
-        .iter()
-        .map(|s| match plain {
-            true => Caller::Plain(reqwest::Client::new(), s.url.clone()),
-            false => Caller::Host(host::client::Client::new(&s.url, None)),
-        })
-        .collect();
-    let first = &host::client::Client::new(&servers[0].url, None);
-    let _: Value = first
-        .post(
-            "/api/work-pools",
-            &json!({"name": "bench", "type": "process"}),
-        )
-        .await
-        .expect("pool");
-    let _: Value = first
-        .put(
-            "/api/deployments",
-            &json!({"flow": "f", "name": "d", "pool": "bench"}),
-        )
-        .await
-        .expect("deployment");
-    let (mut creates, mut claims, mut claim_latencies) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
+impl Setup {
+    /// Clients for `servers`, and the pool and deployment the rounds use.
+    async fn new(
+        name: &'static str,
+        label: String,
+        servers: Vec<ServerProcess>,
+        dir: &std::path::Path,
+        plain: bool,
+    ) -> Setup {
+        settled(&servers).await;
+        let clients: Vec<_> = servers
+            .iter()
+            .map(|s| match plain {
+                true => Caller::Plain(reqwest::Client::new(), s.url.clone()),
+                false => Caller::Host(host::client::Client::new(&s.url, None)),
+            })
+            .collect();
+        let first = &host::client::Client::new(&servers[0].url, None);
+        let _: Value = first
+            .post(
+                "/api/work-pools",
+                &json!({"name": "bench", "type": "process"}),
+            )
+            .await
+            .expect("pool");
+        let _: Value = first
+            .put(
+                "/api/deployments",
+                &json!({"flow": "f", "name": "d", "pool": "bench"}),
+            )
+            .await
+            .expect("deployment");
+        Setup {
+            name,
+            label,
+            servers,
+            clients,
+            dir: dir.to_path_buf(),
+            creates: Vec::new(),
+            claims: Vec::new(),
+            claim_latencies: Vec::new(),
+        }
+    }
+
+    /// Creates `RUNS` runs, then claims them all, one per claim.
+    async fn round(&mut self) {
         let started = Instant::now();
-        let made = spread(&clients, RUNS, |client, _| async move {
+        let made = spread(&self.clients, RUNS, |client, _| async move {
             client.post("/api/deployments/f/d/runs", &json!({})).await;
             true
         })
         .await;
         assert_eq!(made.len(), RUNS);
-        creates.push(RUNS as f64 / started.elapsed().as_secs_f64());
+        self.creates
+            .push(RUNS as f64 / started.elapsed().as_secs_f64());
         let started = Instant::now();
-        let mut taken = spread(&clients, usize::MAX, |client, i| async move {
+        let mut taken = spread(&self.clients, usize::MAX, |client, i| async move {
             let answer = client
                 .post(
                     "/api/work-pools/bench/claim",
@@ -150,42 +181,58 @@ async fn measure(servers: &[ServerProcess], dir: &std::path::Path, plain: bool) 
                 .is_some_and(|runs| !runs.is_empty())
         })
         .await;
-        claims.push(taken.len() as f64 / started.elapsed().as_secs_f64());
+        self.claims
+            .push(taken.len() as f64 / started.elapsed().as_secs_f64());
         assert_eq!(taken.len(), RUNS, "every run claimed exactly once");
-        claim_latencies.append(&mut taken);
+        self.claim_latencies.append(&mut taken);
     }
 
-    // created → COMPLETED: a worker on the last replica, runs created on the first.
-    let _: Value = first
-        .put(
-            "/api/deployments",
-            &json!({"flow": "f", "name": "e2e", "pool": "bench", "command": ["true"]}),
-        )
-        .await
-        .expect("deployment");
-    let worker_url = &servers[servers.len() - 1].url;
-    let _worker = WorkerProcess::start(worker_url, &dir.join("worker/cache"), &["--pool", "bench"]);
-    let mut end_to_end = Vec::new();
-    for _ in 0..END_TO_END {
-        let run: Value = first
-            .post("/api/deployments/f/e2e/runs", &json!({}))
+    /// created → COMPLETED: a worker on the last replica runs flows created
+    /// through the first, one at a time; the median.
+    async fn end_to_end(&self) -> Duration {
+        let first = &host::client::Client::new(&self.servers[0].url, None);
+        let _: Value = first
+            .put(
+                "/api/deployments",
+                &json!({"flow": "f", "name": "e2e", "pool": "bench", "command": ["true"]}),
+            )
             .await
-            .expect("create");
-        let id = run["id"].as_str().expect("id");
-        let done = common::final_run(&servers[0].url, id, Duration::from_secs(60)).await;
-        assert_eq!(done["state"]["type"], "COMPLETED", "{done}");
-        let at = |v: &Value| {
-            chrono::DateTime::parse_from_rfc3339(v.as_str().expect("time")).expect("rfc3339")
-        };
-        let took = at(&done["state"]["timestamp"]) - at(&done["created"]);
-        end_to_end.push(took.to_std().unwrap_or_default());
+            .expect("deployment");
+        let worker_url = &self.servers[self.servers.len() - 1].url;
+        let _worker = WorkerProcess::start(
+            worker_url,
+            &self.dir.join("worker/cache"),
+            &["--pool", "bench"],
+        );
+        let mut end_to_end = Vec::new();
+        for _ in 0..END_TO_END {
+            let run: Value = first
+                .post("/api/deployments/f/e2e/runs", &json!({}))
+                .await
+                .expect("create");
+            let id = run["id"].as_str().expect("id");
+            let done = common::final_run(&self.servers[0].url, id, Duration::from_secs(60)).await;
+            assert_eq!(done["state"]["type"], "COMPLETED", "{done}");
+            let at = |v: &Value| {
+                chrono::DateTime::parse_from_rfc3339(v.as_str().expect("time")).expect("rfc3339")
+            };
+            let took = at(&done["state"]["timestamp"]) - at(&done["created"]);
+            end_to_end.push(took.to_std().unwrap_or_default());
+        }
+        percentile(&mut end_to_end, 0.5)
     }
-    Figures {
-        create: median(creates),
-        claim: median(claims),
-        claim_p50: percentile(&mut claim_latencies, 0.5),
-        claim_p99: percentile(&mut claim_latencies, 0.99),
-        end_to_end_p50: percentile(&mut end_to_end, 0.5),
+
+    async fn report(&mut self) {
+        let end_to_end = self.end_to_end().await;
+        println!(
+            "{:<38} create {:>6.0}/s   claim {:>6.0}/s   claim p50 {:>8.2?} p99 {:>8.2?}   created→COMPLETED p50 {:>8.2?}",
+            self.label,
+            median(self.creates.clone()),
+            median(self.claims.clone()),
+            percentile(&mut self.claim_latencies, 0.5),
+            percentile(&mut self.claim_latencies, 0.99),
+            end_to_end
+        );
     }
 }
 
@@ -208,41 +255,35 @@ async fn settled(servers: &[ServerProcess]) {
     println!("(the replicas did not settle on a leader within 15 s)");
 }
 
-fn report(label: &str, f: &Figures) {
-    println!(
-        "{label:<38} create {:>6.0}/s   claim {:>6.0}/s   claim p50 {:>8.2?} p99 {:>8.2?}   created→COMPLETED p50 {:>8.2?}",
-        f.create, f.claim, f.claim_p50, f.claim_p99, f.end_to_end_p50
-    );
+/// Each round's figure of `a` over the same round's of `b`, in percent:
+/// rounds taken one after the other see the same machine.
+fn ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter().zip(b).map(|(a, b)| 100.0 * a / b).collect()
 }
 
 #[tokio::main]
 async fn main() {
     // `cargo bench --bench replicas -- pg3` measures only that setup
-    // (`redb`, `pg1`, `pg3`); without one, all three.
+    // (`redb`, `pg1`, `pg3`, `pg3-plain`); without one, all of them.
     let wanted: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
     let runs = |setup: &str| wanted.is_empty() || wanted.iter().any(|w| w == setup);
     let dir = tempfile::tempdir().expect("tempdir");
+    let mut setups = Vec::new();
     if runs("redb") {
-        let redb = {
-            let server = ServerProcess::start(&dir.path().join("redb"), &[]);
-            measure(
-                std::slice::from_ref(&server),
-                &dir.path().join("redb"),
-                false,
-            )
-            .await
-        };
-        report("redb, 1 server", &redb);
+        let base = dir.path().join("redb");
+        let server = ServerProcess::start(&base, &[]);
+        setups.push(Setup::new("redb", "redb, 1 server".into(), vec![server], &base, false).await);
     }
-    let Some(cluster) = common::postgres::shared() else {
+    let cluster = common::postgres::shared();
+    if cluster.is_none() {
         println!("PostgreSQL is not installed: only redb measured");
-        return;
-    };
-    let setups = [("pg1", 1, false), ("pg3", 3, false), ("pg3-plain", 3, true)];
-    for (setup, replicas, plain) in setups.into_iter().filter(|(setup, ..)| runs(setup)) {
+    }
+    let pg = [("pg1", 1, false), ("pg3", 3, false), ("pg3-plain", 3, true)];
+    for (setup, replicas, plain) in pg.into_iter().filter(|(setup, ..)| runs(setup)) {
+        let Some(cluster) = cluster else { break };
         let database = cluster.new_database();
         let base = dir.path().join(setup);
         let servers: Vec<_> = (0..replicas)
@@ -250,16 +291,47 @@ async fn main() {
                 ServerProcess::start_on_postgres(&database, &base.join(format!("cache-{i}")), &[])
             })
             .collect();
-        settled(&servers).await;
-        let figures = measure(&servers, &base, plain).await;
         let clients = if plain { ", plain HTTP" } else { "" };
-        report(
-            &format!("PostgreSQL, {replicas} replica(s){clients}"),
-            &figures,
+        let label = format!("PostgreSQL, {replicas} replica(s){clients}");
+        setups.push(Setup::new(setup, label, servers, &base, plain).await);
+    }
+    for round in 0..ROUNDS {
+        // Every other round backwards: a setup's round is not always the
+        // one after the same other's (whose aftermath, such as PostgreSQL
+        // vacuuming its runs, it would always meet).
+        let order: Vec<usize> = match round % 2 {
+            0 => (0..setups.len()).collect(),
+            _ => (0..setups.len()).rev().collect(),
+        };
+        for i in order {
+            setups[i].round().await;
+        }
+    }
+    for setup in &mut setups {
+        setup.report().await;
+    }
+    let find = |name: &str| setups.iter().find(|s| s.name == name);
+    if let (Some(one), Some(three)) = (find("pg1"), find("pg3")) {
+        let (creates, claims) = (
+            ratios(&three.creates, &one.creates),
+            ratios(&three.claims, &one.claims),
+        );
+        let shown = |v: &[f64]| {
+            v.iter()
+                .map(|r| format!("{r:.0}%"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        println!(
+            "3 replicas / 1, round by round: creations {} (median {:.0}%), claims {} (median {:.0}%)",
+            shown(&creates),
+            median(creates.clone()),
+            shown(&claims),
+            median(claims.clone())
         );
     }
     println!(
-        "({RUNS} runs per round, {CLIENTS} clients spread over the replicas, claims of 1 run, medians of {ROUNDS} rounds; \
-         created→COMPLETED over {END_TO_END} runs created through the first replica and run by a worker polling the last)"
+        "({RUNS} runs per round, {CLIENTS} clients spread over the replicas, claims of 1 run, medians of {ROUNDS} rounds \
+         taken by the setups in turn; created→COMPLETED over {END_TO_END} runs created through the first replica and run by a worker polling the last)"
     );
 }
