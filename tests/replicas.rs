@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use tokio_postgres::{AsyncMessage, NoTls};
 
 const TERMINAL: [&str; 4] = ["COMPLETED", "FAILED", "CRASHED", "CANCELLED"];
 
@@ -696,4 +697,67 @@ async fn writes_are_made_where_they_arrive_when_the_leader_cannot_be_reached() {
     }
     let route = "/api/deployments/{flow}/{name}/runs";
     assert_eq!(answered(through, "POST", route).await, 4);
+}
+
+/// Every notification wakes every listening replica (a PostgreSQL backend
+/// and a `host serve` each): under load a replica announces its commits at
+/// most once per 10 ms, and the last announcement names its newest change.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_commits_is_announced_coalesced_up_to_its_last_change() {
+    let Some(cluster) = postgres::shared() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = cluster.new_database();
+    let database = url.rsplit('/').next().expect("name");
+    let server = ServerProcess::start_on_postgres(&url, &dir.path().join("cache"), &[]);
+    let (listener, mut connection) = tokio_postgres::connect(&url, NoTls).await.expect("connect");
+    let (heard, mut notices) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            if let AsyncMessage::Notification(n) = message {
+                let _ = heard.send((Instant::now(), n.payload().to_string()));
+            }
+        }
+    });
+    listener
+        .batch_execute("LISTEN host_changes")
+        .await
+        .expect("listen");
+    counting_deployment(&server.url, &dir.path().join("ledger"));
+    create_runs(&server.url, 1_000, |_| {}).await;
+
+    let newest: i64 = cluster
+        .psql(database, "SELECT max(seq) FROM changes")
+        .parse()
+        .expect("seq");
+    let batches: usize = cluster
+        .psql(database, "SELECT count(*) FROM changes")
+        .parse()
+        .expect("count");
+    let mut times = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(Some((at, text))) = tokio::time::timeout(left, notices.recv()).await else {
+            panic!("no announcement of change {newest} within 10 s");
+        };
+        times.push(at);
+        let seq: i64 = text
+            .rsplit(' ')
+            .next()
+            .and_then(|s| s.parse().ok())
+            .expect(&text);
+        if seq == newest {
+            break;
+        }
+    }
+    let spread = *times.last().expect("one") - times[0];
+    // Sent at least 10 ms apart; arrival may bunch a few.
+    let most = 3 + (spread.as_millis() / 10) as usize;
+    assert!(
+        times.len() <= most,
+        "{} announcements over {spread:?} for {batches} commits: more than one per 10 ms",
+        times.len()
+    );
 }

@@ -21,10 +21,8 @@ const PUT_MANY: &str = "INSERT INTO kv (tbl, key, value) \
                         ON CONFLICT (tbl, key) DO UPDATE SET value = excluded.value";
 const DELETE_MANY: &str = "DELETE FROM kv WHERE (tbl, key) IN \
                            (SELECT * FROM unnest($1::text[], $2::bytea[]))";
-/// The notification names the writing replica: a replica's own commits do
-/// not send it reading.
-const RECORD_CHANGES: &str = "WITH c AS (INSERT INTO changes (replica, payload) VALUES ($1, $2) \
-                              RETURNING seq) SELECT pg_notify('host_changes', $3 || seq) FROM c";
+/// Announced once committed (see `listen::announce`).
+const RECORD_CHANGES: &str = "INSERT INTO changes (replica, payload) VALUES ($1, $2) RETURNING seq";
 /// The number of the last batch that wrote, of any replica: a writer whose
 /// own last batch has that number knows nobody else wrote since, and keeps
 /// its cache (see `cache`).
@@ -212,8 +210,9 @@ impl WriteTxn for PgBatch<'_> {
 }
 
 impl PgBatch<'_> {
-    /// Sends the batch's writes and changes and commits.
-    fn commit(self, replica: &str) -> Result<(), ApiError> {
+    /// Sends the batch's writes and changes and commits; what to announce,
+    /// when it changed anything.
+    fn commit(self, replica: &str) -> Result<Option<Notice>, ApiError> {
         if self.broken.get() {
             return Err(ApiError::unavailable(
                 "a read in this batch failed, so none of its writes were committed; retry",
@@ -229,13 +228,18 @@ impl PgBatch<'_> {
         } else {
             version + 1
         };
-        self.send(replica, version).map_err(db_error)?;
+        let seq = self.send(replica, version).map_err(db_error)?;
+        let notice = seq.map(|seq| Notice {
+            replica: replica.to_string(),
+            kinds: Committed::of(&self.changes),
+            seq,
+        });
         let mut cache = self.cache.borrow_mut();
         for ((table, key), value) in self.pending {
             cache.apply(table, &key, value);
         }
         cache.at(version);
-        Ok(())
+        Ok(notice)
     }
 
     /// Sends the batch's writes, its commit and a wait for the WAL flush in
@@ -248,8 +252,9 @@ impl PgBatch<'_> {
     /// the WAL still, so a crash can only lose a suffix nobody was answered
     /// about. A statement that fails aborts the transaction (its COMMIT
     /// then rolls back) and its error is the answer.
-    /// It also numbers the batch `version`, when it wrote.
-    fn send(&self, replica: &str, version: i64) -> Result<(), tokio_postgres::Error> {
+    /// It also numbers the batch `version`, when it wrote, and answers its
+    /// row in `changes`, when it changed anything.
+    fn send(&self, replica: &str, version: i64) -> Result<Option<i64>, tokio_postgres::Error> {
         let (mut put_tables, mut put_keys, mut put_values) = (Vec::new(), Vec::new(), Vec::new());
         let (mut delete_tables, mut delete_keys) = (Vec::new(), Vec::new());
         for ((table, key), value) in &self.pending {
@@ -289,13 +294,14 @@ impl PgBatch<'_> {
                 Ok(())
             };
             let changes = async {
-                if !self.changes.is_empty() {
-                    let notice = Notice::prefix(replica, Committed::of(&self.changes));
-                    conn.client
-                        .query(&record_changes, &[&replica, &payload, &notice])
-                        .await?;
+                if self.changes.is_empty() {
+                    return Ok(None);
                 }
-                Ok(())
+                let row = conn
+                    .client
+                    .query_one(&record_changes, &[&replica, &payload])
+                    .await?;
+                Ok(Some(row.get::<_, i64>(0)))
             };
             let numbered = async {
                 if !self.pending.is_empty() {
@@ -307,7 +313,8 @@ impl PgBatch<'_> {
             let flushed = conn
                 .client
                 .batch_execute("BEGIN; SELECT txid_current(); COMMIT");
-            tokio::try_join!(biased; deletes, puts, changes, numbered, commit, flushed).map(|_| ())
+            tokio::try_join!(biased; deletes, puts, changes, numbered, commit, flushed)
+                .map(|((), (), seq, (), (), ())| seq)
         })
     }
 }
@@ -513,19 +520,24 @@ pub(super) fn write_loop(inner: &Inner, jobs: &mpsc::Receiver<Job>) {
         let completions: Vec<Completion> = batch.into_iter().map(|job| job(Ok(&mut txn))).collect();
         let outcome = txn.commit(&inner.replica);
         session.reads.borrow_mut().finish();
-        match &outcome {
-            Ok(()) => {
+        let outcome = match outcome {
+            Ok(notice) => {
                 if let Ok(mut failed) = inner.failed_commit.lock() {
                     failed.take();
                 }
+                if let Some(notice) = notice {
+                    inner.announce(notice);
+                }
+                Ok(())
             }
             Err(error) => {
                 tracing::error!(%error, "commit failed; every request in the batch gets the error");
-                inner.failed(error);
+                inner.failed(&error);
                 session.cache.borrow_mut().forget();
                 let _ = session.run(session.client.batch_execute("ROLLBACK"));
+                Err(error)
             }
-        }
+        };
         for completion in completions {
             completion(outcome.as_ref().err());
         }

@@ -1,4 +1,4 @@
-//! Following the other replicas: their changes, and the lead.
+//! Telling the other replicas of this one's changes, following theirs, and the lead.
 
 use super::{DbErrorText, Inner, LEAD_LOCK};
 use crate::events::Change;
@@ -10,6 +10,12 @@ const CHANNEL: &str = "host_changes";
 /// How often the listener looks for changes even without a notification
 /// (one can be lost while its connection is re-established).
 const CATCH_UP_EVERY: Duration = Duration::from_secs(1);
+/// Under load, how often a replica announces its commits at most. Each
+/// notification wakes every listening replica, and a `NOTIFY` inside each
+/// batch (~1,000/s) cost three replicas ~5% of their claims against one
+/// (see docs/ARCHITECTURE.md). The most an announcement waits, far under
+/// the 100 ms a long-poll on another replica may take to wake.
+const ANNOUNCE_EVERY: Duration = Duration::from_millis(10);
 /// How often the leader trims the change log.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// The leader says where its API is; the others read it.
@@ -118,21 +124,20 @@ pub(super) async fn listen(inner: std::sync::Weak<Inner>, mut last: i64) {
     }
 }
 
-/// What a batch's notification says: who committed, what kinds of change,
-/// and its row in `changes`.
+/// What a notification says: who committed, what kinds of change, and the
+/// newest of its rows in `changes`.
 pub(super) struct Notice {
-    replica: String,
-    kinds: Committed,
-    seq: i64,
+    pub(super) replica: String,
+    pub(super) kinds: Committed,
+    pub(super) seq: i64,
 }
 
 impl Notice {
-    /// `{replica} {kinds} `: the notification's text before the sequence
-    /// number, which the database appends.
-    pub(super) fn prefix(replica: &str, kinds: Committed) -> String {
-        let records = if kinds.records { "r" } else { "" };
-        let logs = if kinds.logs { "l" } else { "" };
-        format!("{replica} {records}{logs}- ")
+    /// `{replica} {kinds}- {seq}`.
+    fn text(&self) -> String {
+        let records = if self.kinds.records { "r" } else { "" };
+        let logs = if self.kinds.logs { "l" } else { "" };
+        format!("{} {records}{logs}- {}", self.replica, self.seq)
     }
 
     fn parse(text: &str) -> Option<Notice> {
@@ -146,6 +151,47 @@ impl Notice {
             },
             seq: seq.parse().ok()?,
         })
+    }
+
+    /// Says `later` as well: both kinds, up to the newer change.
+    fn absorb(&mut self, later: Notice) {
+        self.kinds = self.kinds.union(later.kinds);
+        self.seq = self.seq.max(later.seq);
+        self.replica = later.replica;
+    }
+}
+
+/// Sends this replica's notifications once their batches have committed,
+/// from outside the write lock: the first after a quiet spell at once,
+/// then at most one per [`ANNOUNCE_EVERY`] for all committed meanwhile.
+pub(super) async fn announce(
+    inner: std::sync::Weak<Inner>,
+    mut committed: tokio::sync::mpsc::UnboundedReceiver<Notice>,
+) {
+    while let Some(mut notice) = committed.recv().await {
+        while let Ok(later) = committed.try_recv() {
+            notice.absorb(later);
+        }
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let sent = async {
+            let client = inner.pool.get().await.map_err(|e| e.to_string())?;
+            let notify = client
+                .prepare_cached("SELECT pg_notify($1, $2)")
+                .await
+                .map_err(|e| DbErrorText(&e).to_string())?;
+            client
+                .execute(&notify, &[&CHANNEL, &notice.text()])
+                .await
+                .map_err(|e| DbErrorText(&e).to_string())
+        };
+        // The listeners' catch-up finds an unannounced change within a second.
+        if let Err(error) = sent.await {
+            tracing::debug!(%error, seq = notice.seq, "cannot announce a commit");
+        }
+        drop(inner);
+        tokio::time::sleep(ANNOUNCE_EVERY).await;
     }
 }
 
@@ -240,11 +286,10 @@ async fn listen_once(
 fn merge(news: Option<Notice>, notice: Option<Notice>, me: &str) -> Option<Notice> {
     match (news, notice) {
         (news, Some(notice)) if notice.replica != me => Some(match news {
-            Some(earlier) => Notice {
-                kinds: earlier.kinds.union(notice.kinds),
-                seq: earlier.seq.max(notice.seq),
-                ..notice
-            },
+            Some(mut earlier) => {
+                earlier.absorb(notice);
+                earlier
+            }
             None => notice,
         }),
         (news, _) => news,
