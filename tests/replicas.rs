@@ -761,3 +761,65 @@ async fn a_burst_of_commits_is_announced_coalesced_up_to_its_last_change() {
         times.len()
     );
 }
+
+/// A replica on which nobody waits for changes stops listening to the
+/// others' commits after a few seconds (each would wake it and its
+/// PostgreSQL backend for nobody); a long-poll that begins there has it
+/// listen again at once, and wakes on another replica's commit within the
+/// 100 ms a cross-replica wake-up may take, not at the once-a-second look.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claim_through_a_replica_nobody_waited_on_wakes_at_once_on_another_replicas_run() {
+    let Some(cluster) = postgres::shared() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let servers = replicas_with(cluster, dir.path(), 2, NO_FORWARDING);
+    let (a, b) = (servers[0].url.clone(), servers[1].url.clone());
+    common::host_ok(&a, &["work-pool", "create", "--type", "process", "p"]);
+    common::host_ok(
+        &a,
+        &["deployment", "create", "f/d", "--pool", "p", "--", "true"],
+    );
+    for round in 0..3 {
+        // Longer than a replica listens on after its last wait (5 s): the
+        // time without waiters is itself what this test is about.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let polled_before = last_polled(&a).await;
+        let claim = {
+            let b = b.clone();
+            tokio::spawn(async move {
+                let body = json!({"worker": "w", "limit": 1, "wait_ms": 10_000}).to_string();
+                let answer = common::http(
+                    "POST",
+                    &format!("{b}/api/work-pools/p/claim"),
+                    Some(&body),
+                    None,
+                )
+                .await;
+                (answer, Instant::now())
+            })
+        };
+        // The claim's first pass marks the queue polled; then it waits.
+        common::eventually(
+            &a,
+            "/api/work-pools/p/queues",
+            Duration::from_secs(10),
+            |q| q[0]["last_polled"] != polled_before,
+        )
+        .await;
+        let id = common::create_run(&a, "f/d", json!({})).await;
+        let created = Instant::now();
+        let ((status, answer), answered) = claim.await.expect("claim");
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["runs"][0]["flow_run"]["id"], id.as_str(), "{answer}");
+        let took = answered - created;
+        eprintln!("round {round}: created through A, claimed through B after {took:?}");
+        assert!(took < Duration::from_millis(250), "round {round}: {took:?}");
+    }
+}
+
+async fn last_polled(url: &str) -> Value {
+    let (_, queues) =
+        common::http("GET", &format!("{url}/api/work-pools/p/queues"), None, None).await;
+    queues[0]["last_polled"].clone()
+}

@@ -198,6 +198,7 @@ impl Control {
         }
         let deadline = tokio::time::Instant::now() + Duration::from_millis(request.wait_ms);
         let mut changes = self.subscribe();
+        let mut waiting = None;
         let mut first = true;
         loop {
             changes.borrow_and_update();
@@ -226,6 +227,7 @@ impl Control {
                 Some(due) => deadline.min(due),
                 None => deadline,
             };
+            waiting.get_or_insert_with(|| self.store.waiting());
             let _ = tokio::time::timeout_at(wake, changes.changed()).await;
         }
     }

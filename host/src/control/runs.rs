@@ -167,6 +167,7 @@ impl Control {
         let deadline = tokio::time::Instant::now() + wait;
         let mut changes = self.subscribe();
         let mut log_changes = self.log_changes.subscribe();
+        let mut waiting = None;
         loop {
             changes.borrow_and_update();
             log_changes.borrow_and_update();
@@ -187,6 +188,7 @@ impl Control {
                     _ = log_changes.changed() => {}
                 }
             };
+            waiting.get_or_insert_with(|| self.store.waiting());
             let _ = tokio::time::timeout_at(deadline, news).await;
         }
     }
@@ -200,12 +202,14 @@ impl Control {
     ) -> Result<FlowRun, ApiError> {
         let deadline = tokio::time::Instant::now() + wait;
         let mut changes = self.subscribe();
+        let mut waiting = None;
         loop {
             changes.borrow_and_update();
             let run = self.run(id)?;
             if seen.is_none_or(|t| run.updated > t) || tokio::time::Instant::now() >= deadline {
                 return Ok(run);
             }
+            waiting.get_or_insert_with(|| self.store.waiting());
             let _ = tokio::time::timeout_at(deadline, changes.changed()).await;
         }
     }

@@ -70,6 +70,9 @@ async fn stream(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .map_or(Start::Now, |id| Start::After(id.to_string()));
+    // Waiting first: on a shared database the server then follows the
+    // others' changes as they commit, from before this subscription on.
+    let waiting = s.control.store().waiting();
     let events = s.control.events().clone();
     let Subscription {
         missed,
@@ -83,6 +86,7 @@ async fn stream(
         live,
         reset,
         last_write: Instant::now() - MIN_GAP,
+        _waiting: waiting,
     };
     let body = futures_util::stream::unfold(reader, |mut reader| async move {
         let chunk = reader.next_chunk().await?;
@@ -105,6 +109,8 @@ struct Reader {
     live: broadcast::Receiver<Arc<Event>>,
     reset: bool,
     last_write: Instant,
+    /// For as long as the stream is read.
+    _waiting: crate::store::Waiting,
 }
 
 /// Events written in one chunk at most.

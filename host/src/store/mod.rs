@@ -85,6 +85,10 @@ trait Backend: Send + Sync {
     /// database, not once per server (scheduling, sweeps).
     fn lead(&self) -> Pin<Box<dyn Future<Output = bool> + Send + '_>>;
     fn on_remote_changes(&self, _hook: RemoteHook) {}
+    /// Held by a request while it waits for news (see [`Waiting`]).
+    fn waiting(&self) -> Waiting {
+        Waiting(None)
+    }
     /// Where the server that batches the database's writes is, when it is
     /// not this one.
     fn writer_address(&self) -> Option<String> {
@@ -99,6 +103,25 @@ pub struct Store {
     backend: Arc<dyn Backend>,
     writer: mpsc::Sender<Job>,
     events: Arc<Events>,
+}
+
+/// A request waiting for changes, until dropped (see [`Store::waiting`]).
+#[must_use = "the wait ends when this is dropped"]
+pub struct Waiting(Option<Box<dyn FnOnce() + Send + Sync>>);
+
+impl Waiting {
+    /// A wait that runs `done` when it ends.
+    fn until(done: impl FnOnce() + Send + Sync + 'static) -> Waiting {
+        Waiting(Some(Box::new(done)))
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Some(done) = self.0.take() {
+            done();
+        }
+    }
 }
 
 /// How the store is doing, for `/api/health`.
@@ -182,6 +205,13 @@ impl Store {
     /// shared database (never called for redb).
     pub fn on_remote_changes(&self, hook: RemoteHook) {
         self.backend.on_remote_changes(hook);
+    }
+
+    /// Held by a request for as long as it waits for changes (a long-poll,
+    /// an event stream): on a shared database a server follows the others'
+    /// changes as they commit only while somebody on it waits for them.
+    pub fn waiting(&self) -> Waiting {
+        self.backend.waiting()
     }
 
     /// The leading server's API, when another server leads a shared

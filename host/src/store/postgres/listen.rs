@@ -1,9 +1,10 @@
 //! Telling the other replicas of this one's changes, following theirs, and the lead.
 
-use super::{DbErrorText, Inner, LEAD_LOCK};
+use super::{DbErrorText, Inner, LEAD_LOCK, Waiters};
 use crate::events::Change;
 use crate::store::Committed;
-use std::time::Duration;
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::{Duration, Instant};
 use tokio_postgres::{AsyncMessage, NoTls};
 
 const CHANNEL: &str = "host_changes";
@@ -16,6 +17,9 @@ const CATCH_UP_EVERY: Duration = Duration::from_secs(1);
 /// (see docs/ARCHITECTURE.md). The most an announcement waits, far under
 /// the 100 ms a long-poll on another replica may take to wake.
 const ANNOUNCE_EVERY: Duration = Duration::from_millis(10);
+/// How long a server listens on after its last wait for changes ended: a
+/// worker's long-polls follow each other closely.
+const STOP_LISTENING_AFTER: Duration = Duration::from_secs(5);
 /// How often the leader trims the change log.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// The leader says where its API is; the others read it.
@@ -109,12 +113,16 @@ pub(super) async fn try_lead(inner: &Inner) -> bool {
 
 /// Feeds other servers' committed changes into this one, from `last` on,
 /// reconnecting as long as the store lives.
-pub(super) async fn listen(inner: std::sync::Weak<Inner>, mut last: i64) {
+pub(super) async fn listen(
+    inner: std::sync::Weak<Inner>,
+    waiters: std::sync::Arc<Waiters>,
+    mut last: i64,
+) {
     loop {
         let Some(config) = inner.upgrade().map(|i| i.config.clone()) else {
             return;
         };
-        match listen_once(&inner, &config, &mut last).await {
+        match listen_once(&inner, &waiters, &config, &mut last).await {
             Ok(()) => return,
             Err(error) => {
                 tracing::warn!(%error, "change listener lost its connection; reconnecting");
@@ -201,8 +209,14 @@ pub(super) async fn announce(
 /// the other servers' changes and publishes them. While nobody does, the
 /// notifications alone wake the long-polls, and the changes themselves are
 /// not read (most of the listener's work, and of the database's for it).
+/// While nobody on this server waits for changes at all, it does not even
+/// listen (every notification would wake it and its PostgreSQL backend
+/// for nobody), and looks once a second as it does when a notification
+/// may have been lost; a wait that begins has it listen again and catch
+/// up at once.
 async fn listen_once(
     inner: &std::sync::Weak<Inner>,
+    waiters: &Waiters,
     config: &tokio_postgres::Config,
     last: &mut i64,
 ) -> Result<(), String> {
@@ -232,6 +246,7 @@ async fn listen_once(
     // Listening first, then reading: nothing committed in between is missed.
     let mut catching_up = true;
     let mut news: Option<Notice> = None;
+    let (mut listening, mut waited_at, mut began) = (true, Instant::now(), 0);
     loop {
         if catching_up || news.is_some() {
             let Some(inner) = inner.upgrade() else {
@@ -271,9 +286,25 @@ async fn listen_once(
                         news = merge(news, Notice::parse(&text), &me);
                     }
                 }
+                () = waiters.arrived.notified(), if !listening => {
+                    if waiters.now.load(SeqCst) > 0 {
+                        client.batch_execute(&format!("LISTEN {CHANNEL}")).await.map_err(text)?;
+                        (listening, waited_at, catching_up) = (true, Instant::now(), true);
+                    }
+                }
                 () = &mut catch_up => {
                     if client.is_closed() {
                         return Err("the connection closed".into());
+                    }
+                    let seen = waiters.began.load(SeqCst);
+                    if waiters.now.load(SeqCst) > 0 || seen != began {
+                        (waited_at, began) = (Instant::now(), seen);
+                    }
+                    let wanted = waited_at.elapsed() < STOP_LISTENING_AFTER;
+                    if wanted != listening {
+                        let verb = if wanted { "LISTEN" } else { "UNLISTEN" };
+                        client.batch_execute(&format!("{verb} {CHANNEL}")).await.map_err(text)?;
+                        listening = wanted;
                     }
                     catching_up = true;
                 }

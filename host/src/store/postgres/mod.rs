@@ -10,8 +10,8 @@
 //!   and read capacity; writes scale by batching.
 //! - A batch also writes what it changed to `changes`; once it commits, the
 //!   server `NOTIFY`s (at most once per 10 ms under load); every
-//!   server listens and feeds other servers' changes into its own events and
-//!   long-polls.
+//!   server on which somebody waits for changes listens, and feeds other
+//!   servers' changes into its own events and long-polls.
 //! - One server at a time holds a session-level advisory lock and leads the
 //!   once-per-database upkeep; the lock passes on when its connection drops.
 //!   The leader also writes where its API is: the others forward their API
@@ -87,6 +87,19 @@ struct Inner {
     /// This replica's committed changes, for `listen::announce` to tell
     /// the others.
     announcements: tokio::sync::mpsc::UnboundedSender<Notice>,
+    /// Who on this server waits for changes (see `listen`).
+    waiters: Arc<Waiters>,
+}
+
+/// The requests waiting for changes on this server: the listener follows
+/// the other replicas' commits as they happen only while there are some.
+#[derive(Default)]
+struct Waiters {
+    now: std::sync::atomic::AtomicUsize,
+    /// Every wait that ever began: one that began and ended between two
+    /// looks still counts as recent.
+    began: std::sync::atomic::AtomicU64,
+    arrived: tokio::sync::Notify,
 }
 
 /// The driver's runtime, shut down without waiting when dropped: a drop
@@ -222,10 +235,15 @@ impl PgStore {
             advertised,
             writer_address: Mutex::new(None),
             announcements,
+            waiters: Arc::default(),
         });
         // The listener and the announcer hold only weak references: they
         // end with the store.
-        handle.spawn(listen(Arc::downgrade(&inner), last_seq));
+        handle.spawn(listen(
+            Arc::downgrade(&inner),
+            inner.waiters.clone(),
+            last_seq,
+        ));
         handle.spawn(announce(Arc::downgrade(&inner), committed));
         let thread_inner = inner.clone();
         std::thread::Builder::new()
@@ -380,6 +398,17 @@ impl Backend for PgStore {
 
     fn writer_address(&self) -> Option<String> {
         self.inner.writer_address.lock().ok()?.clone()
+    }
+
+    fn waiting(&self) -> super::Waiting {
+        use std::sync::atomic::Ordering::SeqCst;
+        let waiters = self.inner.waiters.clone();
+        waiters.now.fetch_add(1, SeqCst);
+        waiters.began.fetch_add(1, SeqCst);
+        waiters.arrived.notify_one();
+        super::Waiting::until(move || {
+            waiters.now.fetch_sub(1, SeqCst);
+        })
     }
 
     fn on_remote_changes(&self, hook: RemoteHook) {
