@@ -234,10 +234,7 @@ async fn listen_once(
             }
         }
     });
-    client
-        .batch_execute(&format!("LISTEN {CHANNEL}"))
-        .await
-        .map_err(text)?;
+    set_listening(&client, true).await.map_err(text)?;
     let changes_after = client.prepare(CHANGES_AFTER).await.map_err(text)?;
     let last_change = client.prepare(LAST_CHANGE).await.map_err(text)?;
     let Some(me) = inner.upgrade().map(|i| i.replica.clone()) else {
@@ -287,8 +284,8 @@ async fn listen_once(
                     }
                 }
                 () = waiters.arrived.notified(), if !listening => {
-                    if waiters.now.load(SeqCst) > 0 {
-                        client.batch_execute(&format!("LISTEN {CHANNEL}")).await.map_err(text)?;
+                    if waiters.any() {
+                        set_listening(&client, true).await.map_err(text)?;
                         (listening, waited_at, catching_up) = (true, Instant::now(), true);
                     }
                 }
@@ -297,13 +294,12 @@ async fn listen_once(
                         return Err("the connection closed".into());
                     }
                     let seen = waiters.began.load(SeqCst);
-                    if waiters.now.load(SeqCst) > 0 || seen != began {
+                    if waiters.any() || seen != began {
                         (waited_at, began) = (Instant::now(), seen);
                     }
                     let wanted = waited_at.elapsed() < STOP_LISTENING_AFTER;
                     if wanted != listening {
-                        let verb = if wanted { "LISTEN" } else { "UNLISTEN" };
-                        client.batch_execute(&format!("{verb} {CHANNEL}")).await.map_err(text)?;
+                        set_listening(&client, wanted).await.map_err(text)?;
                         listening = wanted;
                     }
                     catching_up = true;
@@ -311,6 +307,15 @@ async fn listen_once(
             }
         }
     }
+}
+
+/// Has this connection receive the replicas' notifications, or stop.
+async fn set_listening(
+    client: &tokio_postgres::Client,
+    on: bool,
+) -> Result<(), tokio_postgres::Error> {
+    let verb = if on { "LISTEN" } else { "UNLISTEN" };
+    client.batch_execute(&format!("{verb} {CHANNEL}")).await
 }
 
 /// Other servers' news, taken together; this server's own is not news.

@@ -102,6 +102,25 @@ struct Waiters {
     arrived: tokio::sync::Notify,
 }
 
+impl Waiters {
+    /// A wait that begins: a listener that stopped listens again at once.
+    fn begin(self: &Arc<Self>) -> super::Waiting {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.now.fetch_add(1, SeqCst);
+        self.began.fetch_add(1, SeqCst);
+        self.arrived.notify_one();
+        let waiters = self.clone();
+        super::Waiting::until(move || {
+            waiters.now.fetch_sub(1, SeqCst);
+        })
+    }
+
+    /// Whether somebody waits now.
+    fn any(&self) -> bool {
+        self.now.load(std::sync::atomic::Ordering::SeqCst) > 0
+    }
+}
+
 /// The driver's runtime, shut down without waiting when dropped: a drop
 /// may happen inside another runtime, where waiting is not allowed.
 struct DriverRuntime(Option<tokio::runtime::Runtime>);
@@ -401,14 +420,7 @@ impl Backend for PgStore {
     }
 
     fn waiting(&self) -> super::Waiting {
-        use std::sync::atomic::Ordering::SeqCst;
-        let waiters = self.inner.waiters.clone();
-        waiters.now.fetch_add(1, SeqCst);
-        waiters.began.fetch_add(1, SeqCst);
-        waiters.arrived.notify_one();
-        super::Waiting::until(move || {
-            waiters.now.fetch_sub(1, SeqCst);
-        })
+        self.inner.waiters.begin()
     }
 
     fn on_remote_changes(&self, hook: RemoteHook) {
