@@ -27,20 +27,7 @@ fn percentile(samples: &mut [Duration], p: f64) -> Duration {
 async fn main() {
     let server = TestServer::start().await;
     let client = server.client();
-    let _: serde_json::Value = client
-        .post(
-            "/api/work-pools",
-            &json!({"name": "bench", "type": "process"}),
-        )
-        .await
-        .expect("pool");
-    let _: serde_json::Value = client
-        .put(
-            "/api/deployments",
-            &json!({"flow": "f", "name": "d", "pool": "bench"}),
-        )
-        .await
-        .expect("deployment");
+    common::bench_deployment(&client).await;
 
     // Creation: 16 clients, RUNS in all.
     let started = Instant::now();

@@ -82,20 +82,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 async fn main() {
     let server = TestServer::start().await;
     let client = server.client();
-    let _: Value = client
-        .post(
-            "/api/work-pools",
-            &json!({"name": "bench", "type": "process"}),
-        )
-        .await
-        .expect("pool");
-    let _: Value = client
-        .put(
-            "/api/deployments",
-            &json!({"flow": "f", "name": "d", "pool": "bench"}),
-        )
-        .await
-        .expect("deployment");
+    common::bench_deployment(&client).await;
 
     // Latency: cancel a SCHEDULED run (one commit), wait for its event;
     // once with the changes spaced out, once back to back (where a busy

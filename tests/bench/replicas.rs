@@ -130,21 +130,7 @@ impl Setup {
                 false => Caller::Host(host::client::Client::new(&s.url, None)),
             })
             .collect();
-        let first = &host::client::Client::new(&servers[0].url, None);
-        let _: Value = first
-            .post(
-                "/api/work-pools",
-                &json!({"name": "bench", "type": "process"}),
-            )
-            .await
-            .expect("pool");
-        let _: Value = first
-            .put(
-                "/api/deployments",
-                &json!({"flow": "f", "name": "d", "pool": "bench"}),
-            )
-            .await
-            .expect("deployment");
+        common::bench_deployment(&host::client::Client::new(&servers[0].url, None)).await;
         Setup {
             name,
             label,

@@ -373,6 +373,17 @@ pub fn host_ok(url: &str, args: &[&str]) -> String {
     out
 }
 
+/// The benchmarks' pool `bench` (process) and its deployment `f/d`.
+pub async fn bench_deployment(client: &host::client::Client) {
+    let body = serde_json::json!({"name": "bench", "type": "process"});
+    let _: serde_json::Value = client.post("/api/work-pools", &body).await.expect("pool");
+    let body = serde_json::json!({"flow": "f", "name": "d", "pool": "bench"});
+    let _: serde_json::Value = client
+        .put("/api/deployments", &body)
+        .await
+        .expect("deployment");
+}
+
 /// Creates a run of `deployment` (FLOW/NAME) through the API; returns its id.
 pub async fn create_run(url: &str, deployment: &str, body: serde_json::Value) -> String {
     let path = format!("{url}/api/deployments/{deployment}/runs");
