@@ -243,7 +243,9 @@ async fn a_pool_turns_ready_live_when_its_worker_starts() {
     browser
         .click("form[action='/ui/pools'] button[type=submit]")
         .await;
-    assert_eq!(browser.text("h1").await, "my-pool");
+    // The form page's own heading stays until the browser has moved on.
+    let heading = browser.wait_text("h1", LIVE, |t| t == "my-pool").await;
+    assert_eq!(heading, "my-pool");
     assert!(browser.text("#pool-status").await.contains("NOT_READY"));
 
     browser.goto(url).await;
@@ -435,7 +437,9 @@ async fn the_browser_logs_in_once_and_the_stream_follows() {
     );
     browser.fill("#token", "s3cret").await;
     browser.click("form button[type=submit]").await;
-    assert_eq!(browser.text("h1").await, "Plugins");
+    // The login page's own heading stays until the browser has moved on.
+    let heading = browser.wait_text("h1", LIVE, |t| t == "Plugins").await;
+    assert_eq!(heading, "Plugins");
     assert!(browser.text("#plugin-process").await.contains("process"));
 
     browser.goto(url).await;
