@@ -5,188 +5,17 @@
 
 mod common;
 
-use common::postgres::{self, Postgres};
+use common::ledger::{
+    NO_FORWARDING, counting_deployment, counting_workers, create_runs, every_run_exactly_once,
+    replicas, replicas_with, url_list,
+};
+use common::postgres;
 use common::{ServerProcess, WorkerProcess};
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio_postgres::{AsyncMessage, NoTls};
-
-const TERMINAL: [&str; 4] = ["COMPLETED", "FAILED", "CRASHED", "CANCELLED"];
-
-/// `n` replicas on a new database of `cluster`.
-fn replicas(cluster: &Postgres, dir: &Path, n: usize) -> Vec<ServerProcess> {
-    replicas_with(cluster, dir, n, &[])
-}
-
-/// `n` replicas on a new database, each started with `extra` arguments.
-fn replicas_with(cluster: &Postgres, dir: &Path, n: usize, extra: &[&str]) -> Vec<ServerProcess> {
-    let database = cluster.new_database();
-    (0..n)
-        .map(|i| {
-            ServerProcess::start_on_postgres(&database, &dir.join(format!("cache-{i}")), extra)
-        })
-        .collect()
-}
-
-/// Replicas that never forward writes (none advertises an address): every
-/// write is made where it arrives, so what crosses replicas goes through
-/// the database's notifications alone.
-const NO_FORWARDING: &[&str] = &["--advertise-url="];
-
-/// The replicas' URLs as `HOST_API_URL` lists them, starting with the `first`th.
-fn url_list(servers: &[ServerProcess], first: usize) -> String {
-    (0..servers.len())
-        .map(|i| servers[(first + i) % servers.len()].url.as_str())
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// A process pool whose runs append their own id to `ledger`: how many
-/// times each run really executed, counted by the runs themselves.
-fn counting_deployment(urls: &str, ledger: &Path) {
-    common::host_ok(
-        urls,
-        &["work-pool", "create", "--type", "process", "shared"],
-    );
-    let script = format!("echo \"$HOST_FLOW_RUN_ID\" >> {}", ledger.display());
-    common::host_ok(
-        urls,
-        &[
-            "deployment",
-            "create",
-            "f/count",
-            "--pool",
-            "shared",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ],
-    );
-}
-
-/// One worker per replica on the counting pool, each polling a different
-/// replica first.
-fn counting_workers(servers: &[ServerProcess], dir: &Path, limit: u32) -> Vec<WorkerProcess> {
-    (0..servers.len())
-        .map(|i| {
-            WorkerProcess::start(
-                &url_list(servers, i),
-                &dir.join(format!("worker-{i}/cache")),
-                &[
-                    "--pool",
-                    "shared",
-                    "--limit",
-                    &limit.to_string(),
-                    "--name",
-                    &format!("w{i}"),
-                ],
-            )
-        })
-        .collect()
-}
-
-fn executions(ledger: &Path) -> BTreeMap<String, usize> {
-    let mut counts = BTreeMap::new();
-    for id in std::fs::read_to_string(ledger).unwrap_or_default().lines() {
-        *counts.entry(id.to_string()).or_insert(0) += 1;
-    }
-    counts
-}
-
-/// Creates `count` runs through a client that fails over between the
-/// replicas, retrying what the servers refuse while the database is away.
-/// Answers the ids acknowledged (201).
-async fn create_runs(urls: &str, count: usize, mut midway: impl FnMut(usize)) -> Vec<String> {
-    let client = host::client::Client::new(urls, None);
-    let mut acknowledged = Vec::with_capacity(count);
-    while acknowledged.len() < count {
-        midway(acknowledged.len());
-        let mut batch = tokio::task::JoinSet::new();
-        for _ in 0..50.min(count - acknowledged.len()) {
-            let client = client.clone();
-            batch.spawn(async move {
-                client
-                    .post::<_, Value>("/api/deployments/f/count/runs", &json!({}))
-                    .await
-            });
-        }
-        let mut refused = 0;
-        while let Some(answer) = batch.join_next().await {
-            match answer.expect("task") {
-                Ok(run) => acknowledged.push(run["id"].as_str().expect("id").to_string()),
-                Err(error) if error.status().is_none_or(|s| s >= 500) => refused += 1,
-                Err(error) => panic!("creation refused: {error}"),
-            }
-        }
-        if refused > 0 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    acknowledged
-}
-
-/// Waits until every run of `f/count` is terminal, then checks that each
-/// completed, ran exactly once, and that every acknowledged run is there.
-async fn every_run_exactly_once(url: &str, ledger: &Path, acknowledged: &[String]) {
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let states = loop {
-        let states = common::run_states(url, "f/count").await;
-        let open: Vec<_> = states
-            .iter()
-            .filter(|(_, s)| !TERMINAL.contains(&s.as_str()))
-            .collect();
-        if !states.is_empty() && open.is_empty() {
-            break states;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {} runs not finished, e.g. {:?}",
-            open.len(),
-            states.len(),
-            open.first()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    let stored: HashSet<&str> = states.iter().map(|(id, _)| id.as_str()).collect();
-    let lost: Vec<_> = acknowledged
-        .iter()
-        .filter(|id| !stored.contains(id.as_str()))
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "{} acknowledged runs lost, e.g. {:?}",
-        lost.len(),
-        lost.first()
-    );
-    let not_completed: Vec<_> = states.iter().filter(|(_, s)| s != "COMPLETED").collect();
-    assert!(
-        not_completed.is_empty(),
-        "{} of {} not COMPLETED, e.g. {:?}",
-        not_completed.len(),
-        states.len(),
-        not_completed.first()
-    );
-    let executed = executions(ledger);
-    let wrong: Vec<_> = states
-        .iter()
-        .filter(|(id, _)| executed.get(id) != Some(&1))
-        .map(|(id, _)| (id, executed.get(id)))
-        .collect();
-    assert!(
-        wrong.is_empty(),
-        "{} runs not executed exactly once, e.g. {:?}",
-        wrong.len(),
-        wrong.first()
-    );
-    assert_eq!(
-        executed.len(),
-        states.len(),
-        "no execution of an unknown run"
-    );
-}
 
 /// 3 replicas, 3 workers each polling a different one first, 3,000 runs
 /// created through all of them while the workers take them; when
@@ -368,42 +197,6 @@ async fn a_cancel_through_one_replica_reaches_a_worker_polling_another_within_a_
         common::wait_until(Duration::from_secs(5), || !common::process_alive(pid)).await,
         "the run's process is gone"
     );
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_postgres_restart_mid_load_loses_nothing() {
-    let Some(cluster) = postgres::private() else {
-        return;
-    };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let servers = replicas(&cluster, dir.path(), 2);
-    let ledger: PathBuf = dir.path().join("executed");
-    counting_deployment(&url_list(&servers, 0), &ledger);
-    let _workers = counting_workers(&servers, dir.path(), 20);
-    let mut restarted = false;
-    let acknowledged = create_runs(&url_list(&servers, 0), 600, |created| {
-        if created >= 300 && !restarted {
-            // Mid-load: runs created, taken and running through both replicas.
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while executions(&ledger).len() < 50 && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            restarted = true;
-            cluster.stop();
-            // Down long enough for every replica and worker to notice.
-            std::thread::sleep(Duration::from_secs(2));
-            cluster.start_again();
-        }
-    })
-    .await;
-    assert!(restarted);
-    every_run_exactly_once(&servers[0].url, &ledger, &acknowledged).await;
-    // Both replicas are back in business, not just the one the checks used.
-    for server in &servers {
-        let (status, _) =
-            common::http("GET", &format!("{}/api/work-pools", server.url), None, None).await;
-        assert_eq!(status, 200, "{}", server.url);
-    }
 }
 
 /// `host serve --database-url URL`, expected to refuse to start: (code, stderr).

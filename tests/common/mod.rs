@@ -3,6 +3,7 @@
 
 pub mod browser;
 pub mod docker;
+pub mod ledger;
 pub mod postgres;
 
 use host::runtime::{Runtime, RuntimeConfig};

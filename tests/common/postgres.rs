@@ -160,6 +160,10 @@ impl Postgres {
 
     /// `start`, `stop` or `restart`, waiting until done.
     fn pg_ctl(&self, action: &str) {
+        self.pg_ctl_mode("fast", action)
+    }
+
+    fn pg_ctl_mode(&self, mode: &str, action: &str) {
         let log = self.data.with_file_name("server.log");
         let options = format!(
             "-p {} -c listen_addresses=127.0.0.1 -k {} -c max_connections=300 -c fsync=on",
@@ -168,7 +172,7 @@ impl Postgres {
         );
         run(self
             .command("pg_ctl")
-            .args(["-w", "-t", "60", "-m", "fast", "-D"])
+            .args(["-w", "-t", "60", "-m", mode, "-D"])
             .arg(&self.data)
             .arg("-l")
             .arg(&log)
@@ -177,6 +181,13 @@ impl Postgres {
 
     pub fn stop(&self) {
         self.pg_ctl("stop");
+    }
+
+    /// An immediate stop: the server processes quit without a checkpoint
+    /// or a WAL flush, as a power cut or `kill -9` would leave the cluster
+    /// (only what reached the disk survives).
+    pub fn crash(&self) {
+        self.pg_ctl_mode("immediate", "stop");
     }
 
     pub fn start_again(&self) {

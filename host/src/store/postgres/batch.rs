@@ -16,6 +16,17 @@ use std::sync::mpsc;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
+/// A transaction that waits until the WAL is on disk up to its own commit,
+/// and so up to every commit before it on this connection. PostgreSQL
+/// flushes at commit only for a transaction that has an id *and* wrote WAL;
+/// one that only took an id (`SELECT txid_current()`) commits as lazily as
+/// an asynchronous one, and an immediate stop lost acknowledged batches.
+/// A transactional logical message takes an id and writes one small WAL
+/// record, touching no table (so no row any replica contends for). It
+/// commits synchronously whatever the server's default is.
+const FLUSH_WAL: &str = "BEGIN; SET LOCAL synchronous_commit TO on; \
+     SELECT pg_logical_emit_message(true, 'host-flush', ''); COMMIT";
+
 const PUT_MANY: &str = "INSERT INTO kv (tbl, key, value) \
                         SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[]) \
                         ON CONFLICT (tbl, key) DO UPDATE SET value = excluded.value";
@@ -246,8 +257,9 @@ impl PgBatch<'_> {
     /// one round trip; PostgreSQL runs them in that order. The batch
     /// commits without waiting for its WAL to reach the disk (`BEGIN` set
     /// that), so the write lock passes to the next replica's batch at once.
-    /// The transaction after it commits synchronously, flushing the WAL up
-    /// to its own commit record, which comes after the batch's. Later
+    /// The transaction after it ([`FLUSH_WAL`]) commits synchronously,
+    /// flushing the WAL up to its own commit record, which comes after the
+    /// batch's. Later
     /// batches (of any replica) that read this one's writes come later in
     /// the WAL still, so a crash can only lose a suffix nobody was answered
     /// about. A statement that fails aborts the transaction (its COMMIT
@@ -310,9 +322,7 @@ impl PgBatch<'_> {
                 Ok(())
             };
             let commit = conn.client.batch_execute("COMMIT");
-            let flushed = conn
-                .client
-                .batch_execute("BEGIN; SELECT txid_current(); COMMIT");
+            let flushed = conn.client.batch_execute(FLUSH_WAL);
             tokio::try_join!(biased; deletes, puts, changes, numbered, commit, flushed)
                 .map(|((), (), seq, (), (), ())| seq)
         })
