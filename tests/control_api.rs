@@ -830,7 +830,7 @@ async fn concurrent_claimers_each_take_every_run_exactly_once(backend: Backend) 
 
 async fn runs_of_a_worker_that_stays_offline_are_crashed_with_the_reason(backend: Backend) {
     let config = ControlConfig {
-        crash_offline_after: Duration::ZERO,
+        worker_lost_after: Duration::ZERO,
         ..ControlConfig::default()
     };
     let s = TestServer::start_on(backend, None, config).await;
@@ -899,6 +899,42 @@ async fn runs_of_a_worker_that_stays_offline_are_crashed_with_the_reason(backend
             .1["status"],
         "NOT_READY"
     );
+}
+
+/// Values the server could store but never act on are refused at once,
+/// naming the field, and nothing is stored: an interval past what time
+/// arithmetic holds (it panicked the scheduler), parameters too big for a
+/// flow's environment (every process run CRASHED with "Argument list too
+/// long").
+#[tokio::test]
+async fn values_no_run_could_use_are_refused_naming_the_field() {
+    let s = TestServer::start().await;
+    create_pool(&s, json!({"name": "p", "type": "process"})).await;
+    let huge = json!({"flow": "f", "name": "huge", "pool": "p",
+        "schedules": [{"interval_seconds": 9_223_372_036_854_775_807_u64}]});
+    let (status, error) = deployment(&s, huge).await;
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["field"], "schedules[0].interval_seconds", "{error}");
+    let big = "x".repeat(200 << 10);
+    let (status, error) = deployment(
+        &s,
+        json!({"flow": "f", "name": "big", "pool": "p", "parameters": {"blob": big}}),
+    )
+    .await;
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["field"], "parameters", "{error}");
+    let (status, _) = deployment(&s, json!({"flow": "f", "name": "d", "pool": "p"})).await;
+    assert_eq!(status, 201);
+    let (status, error) = run(&s, "f/d", json!({"parameters": {"blob": big}})).await;
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["field"], "parameters", "{error}");
+    let (_, runs) = http("GET", &format!("{}/api/flow-runs", s.url), None, None).await;
+    assert_eq!(runs["runs"].as_array().map(Vec::len), Some(0), "{runs}");
+    let (_, deployments) = http("GET", &format!("{}/api/deployments", s.url), None, None).await;
+    assert_eq!(deployments.as_array().map(Vec::len), Some(1), "{deployments}");
+    s.control.upkeep().await.expect("the scheduler goes on");
+    let (_, health) = http("GET", &format!("{}/api/health", s.url), None, None).await;
+    assert_eq!(health["status"], "ok", "{health}");
 }
 
 /// The points a schemathesis run found in the hand-written document, checked

@@ -113,3 +113,163 @@ async fn a_burst_with_an_immediate_postgres_restart_loses_nothing() {
     }
 }
 
+/// Sends `signal` to a process the test started.
+#[allow(unsafe_code)]
+fn signal(pid: u32, signal: i32) {
+    // SAFETY: kill(2) on a child this test started.
+    unsafe {
+        libc::kill(pid as i32, signal);
+    }
+}
+
+/// A process pool whose flows wait for the file `go`, then append their
+/// run id to `ledger` and exit 0; `count` runs of it RUNNING on one worker
+/// (heartbeat every second). Answers the worker and the run ids.
+async fn runs_waiting_for_go(
+    url: &str,
+    dir: &std::path::Path,
+    count: usize,
+) -> (common::WorkerProcess, Vec<String>) {
+    let (go, ledger) = (dir.join("go"), dir.join("ledger"));
+    let script = format!(
+        "while [ ! -e {go} ]; do sleep 0.05; done; echo \"$HOST_FLOW_RUN_ID\" >> {ledger}",
+        go = go.display(),
+        ledger = ledger.display()
+    );
+    common::host_ok(url, &["work-pool", "create", "--type", "process", "p"]);
+    common::host_ok(
+        url,
+        &["deployment", "create", "f/go", "--pool", "p", "--", "sh", "-c", &script],
+    );
+    let worker = common::WorkerProcess::start(
+        url,
+        &dir.join("worker/cache"),
+        &["--pool", "p", "--name", "w1", "--limit", &count.to_string()],
+    );
+    let mut ids = Vec::new();
+    for _ in 0..count {
+        ids.push(common::create_run(url, "f/go", json!({})).await);
+    }
+    for id in &ids {
+        common::run_in_state(url, id, &["RUNNING"], Duration::from_secs(60)).await;
+    }
+    (worker, ids)
+}
+
+/// Lets the flows of [`runs_waiting_for_go`] finish; checks that each run
+/// executed once and ended COMPLETED. Answers how many did not.
+async fn all_complete(url: &str, dir: &std::path::Path, ids: &[String]) -> usize {
+    std::fs::write(dir.join("go"), "").expect("go");
+    let mut wrong = 0;
+    for id in ids {
+        let run = common::final_run(url, id, Duration::from_secs(60)).await;
+        if run["state"]["type"] != "COMPLETED" {
+            eprintln!("not COMPLETED: {run}");
+            wrong += 1;
+        }
+    }
+    let executed = executions(&dir.join("ledger"));
+    assert!(
+        ids.iter().all(|id| executed.get(id) == Some(&1)),
+        "each run executed once: {executed:?}"
+    );
+    wrong
+}
+
+/// `host serve` paused (SIGSTOP) far past every heartbeat timeout and its
+/// grace, then resumed: the worker was not silent, the server was absent.
+/// No run is touched; all complete with the exit they really had.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_server_declares_nobody_crashed_when_it_resumes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(dir.path(), &["--worker-lost-after", "1"]);
+    let url = server.url.as_str();
+    let (_worker, ids) = runs_waiting_for_go(url, dir.path(), 5).await;
+    signal(server.child.id(), libc::SIGSTOP);
+    // Three missed 1 s heartbeats and the 1 s grace, three times over.
+    std::thread::sleep(Duration::from_secs(12));
+    signal(server.child.id(), libc::SIGCONT);
+    // The sweep runs every second: give it a few before the flows finish.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut touched = 0;
+    while Instant::now() < deadline {
+        touched = 0;
+        for id in &ids {
+            let (_, run) = http("GET", &format!("{url}/api/flow-runs/{id}"), None, None).await;
+            if run["state"]["name"] != "Running" {
+                touched += 1;
+            }
+        }
+        assert_eq!(touched, 0, "no run changed after the server's pause");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let wrong = all_complete(url, dir.path(), &ids).await;
+    println!(
+        "server paused 12 s: {} runs, {touched} changed on resume, {wrong} not COMPLETED",
+        ids.len()
+    );
+    assert_eq!(wrong, 0);
+}
+
+/// A worker paused past its heartbeat timeout: its runs are DISCONNECTED
+/// (not final) while it is silent, back to RUNNING when it heartbeats
+/// again, and end with what really happened.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_workers_runs_are_disconnected_then_report_their_real_outcome() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(dir.path(), &["--worker-lost-after", "300"]);
+    let url = server.url.as_str();
+    let (worker, ids) = runs_waiting_for_go(url, dir.path(), 5).await;
+    signal(worker.child.id(), libc::SIGSTOP);
+    for id in &ids {
+        let run = common::eventually(
+            url,
+            &format!("/api/flow-runs/{id}"),
+            Duration::from_secs(30),
+            |run| run["state"]["name"] == "Disconnected",
+        )
+        .await;
+        assert_eq!(run["state"]["type"], "RUNNING", "not final: {run}");
+    }
+    signal(worker.child.id(), libc::SIGCONT);
+    for id in &ids {
+        common::eventually(
+            url,
+            &format!("/api/flow-runs/{id}"),
+            Duration::from_secs(30),
+            |run| run["state"]["name"] == "Running",
+        )
+        .await;
+    }
+    let wrong = all_complete(url, dir.path(), &ids).await;
+    println!(
+        "worker paused past its heartbeat timeout: {} runs disconnected, {wrong} not COMPLETED",
+        ids.len()
+    );
+    assert_eq!(wrong, 0);
+}
+
+/// Past the grace, a silent worker's runs are CRASHED, saying why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_silent_past_the_grace_has_its_runs_crashed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(dir.path(), &["--worker-lost-after", "2"]);
+    let url = server.url.as_str();
+    let (mut worker, ids) = runs_waiting_for_go(url, dir.path(), 2).await;
+    signal(worker.child.id(), libc::SIGSTOP);
+    for id in &ids {
+        let run = common::final_run(url, id, Duration::from_secs(30)).await;
+        assert_eq!(run["state"]["type"], "CRASHED", "{run}");
+        let message = run["state"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("within 2s"), "{run}");
+        let history = run["history"].as_array().expect("history");
+        assert!(
+            history.iter().any(|s| s["name"] == "Disconnected"),
+            "disconnected first: {run}"
+        );
+    }
+    signal(worker.child.id(), libc::SIGCONT);
+    worker.kill();
+    // The flows outlive their worker (supervised): let them end.
+    std::fs::write(dir.path().join("go"), "").expect("go");
+}

@@ -13,8 +13,12 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 
-/// Events kept for resuming.
+/// Events kept for resuming: at most this many, and at most [`KEPT_BYTES`]
+/// of them (as JSON), so big runs (parameters of megabytes, say) cannot
+/// make the ring hold gigabytes. A reader resuming from before the oldest
+/// kept is told to reload.
 const KEPT: usize = 10_000;
+const KEPT_BYTES: usize = 32 << 20;
 
 /// What changed, as the store wrote it.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -62,6 +66,8 @@ impl Change {
 pub struct Event {
     pub seq: u64,
     pub change: Change,
+    /// The change's size as JSON, counted once as it is published.
+    bytes: usize,
     /// The event as an SSE frame, written once by the first stream that
     /// sends it (not by the store's writer thread), then shared by all.
     frame: std::sync::OnceLock<bytes::Bytes>,
@@ -108,6 +114,8 @@ pub struct Events {
 struct Recent {
     next_seq: u64,
     events: VecDeque<Arc<Event>>,
+    /// The sum of the kept events' `bytes`.
+    bytes: usize,
     /// Changes went by unpublished since the last event.
     after_gap: bool,
 }
@@ -119,6 +127,7 @@ impl Default for Events {
             recent: Mutex::new(Recent {
                 next_seq: 1,
                 events: VecDeque::with_capacity(KEPT),
+                bytes: 0,
                 after_gap: false,
             }),
             live: broadcast::channel(KEPT).0,
@@ -141,14 +150,19 @@ impl Events {
         for change in changes {
             let event = Arc::new(Event {
                 seq: recent.next_seq,
+                bytes: json_size(&change),
                 change,
                 frame: std::sync::OnceLock::new(),
             });
             recent.next_seq += 1;
-            if recent.events.len() == KEPT {
-                recent.events.pop_front();
-            }
+            recent.bytes += event.bytes;
             recent.events.push_back(event.clone());
+            while recent.events.len() > KEPT || (recent.bytes > KEPT_BYTES && recent.events.len() > 1)
+            {
+                if let Some(oldest) = recent.events.pop_front() {
+                    recent.bytes -= oldest.bytes;
+                }
+            }
             // Sent under the lock, so live order is commit order.
             let _ = self.live.send(event);
         }
@@ -166,6 +180,7 @@ impl Events {
         }
         if !recent.after_gap {
             recent.events.clear();
+            recent.bytes = 0;
             // An id no event has: every id issued before the gap is now older
             // than the oldest kept.
             recent.next_seq += 1;
@@ -213,6 +228,23 @@ impl Events {
     }
 }
 
+/// How many bytes `change` takes as JSON, without keeping the JSON.
+fn json_size(change: &Change) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, change);
+    count.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,6 +287,22 @@ mod tests {
         let up_to_date = events.subscribe(Start::After(last));
         assert!(!up_to_date.reset);
         assert!(up_to_date.missed.is_empty());
+    }
+
+    #[test]
+    fn the_ring_keeps_a_bounded_number_of_bytes() {
+        let events = Events::default();
+        let big = "x".repeat(1 << 20);
+        events.publish((0..100).map(|_| deleted(&big)).collect());
+        let recent = events.recent.lock().expect("lock");
+        assert!(recent.bytes <= KEPT_BYTES, "{} bytes kept", recent.bytes);
+        assert!(recent.events.len() < 100 && !recent.events.is_empty());
+        assert_eq!(
+            recent.bytes,
+            recent.events.iter().map(|e| e.bytes).sum::<usize>()
+        );
+        let newest = recent.events.back().expect("newest");
+        assert_eq!(newest.seq, 100, "the newest are the ones kept");
     }
 
     #[test]

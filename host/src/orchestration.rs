@@ -5,10 +5,18 @@
 //! COMPLETED | FAILED | CRASHED; CANCELLING → CANCELLED from any non-terminal
 //! state. Terminal states are final. A transition carrying an idempotency key
 //! already applied to the run is a replay: the caller gets the current state.
+//!
+//! A run whose worker went silent keeps its type under the name
+//! [`DISCONNECTED`]: its outcome is unknown, not decided. The worker that
+//! comes back reports what really happened; only a silence longer than the
+//! server's grace makes it CRASHED.
 
 use crate::error::ApiError;
 use crate::model::{FlowRun, State, StateType, Timestamp};
 use serde::{Deserialize, Serialize};
+
+/// The name of an active run's state while its worker is silent.
+pub const DISCONNECTED: &str = "Disconnected";
 
 /// How many idempotency keys a run remembers.
 const KEPT_TRANSITION_KEYS: usize = 16;
@@ -68,7 +76,9 @@ pub fn decide(run: &FlowRun, request: &Transition, now: Timestamp) -> Result<Dec
         return Ok(Decision::Replay);
     }
     let from = run.state.state_type;
-    if from == to && to != StateType::Scheduled {
+    // A report on a disconnected run is news even in the same type: the
+    // worker is back and says where the run really is.
+    if from == to && to != StateType::Scheduled && run.state.name != DISCONNECTED {
         return Ok(Decision::Replay);
     }
     if from.is_terminal() {
@@ -83,7 +93,8 @@ pub fn decide(run: &FlowRun, request: &Transition, now: Timestamp) -> Result<Dec
             "only a claim moves a SCHEDULED run to PENDING",
         ));
     }
-    if !allowed(from, to) {
+    let reconnecting = from == to && run.state.name == DISCONNECTED;
+    if !allowed(from, to) && !reconnecting {
         return Err(ApiError::conflict_on(
             "type",
             format!("cannot move flow run {} from {from} to {to}", run.id),
@@ -174,7 +185,39 @@ pub fn mark_late(run: &FlowRun, now: Timestamp, late_after: chrono::Duration) ->
     Some(next)
 }
 
-/// The worker holding a run went away: nothing will report on it any more.
+/// The worker holding a run went silent: its outcome is unknown until the
+/// worker reports again (or the silence outlasts the grace, see
+/// [`crash_abandoned`]). The type stays, so nothing else about the run changes.
+pub fn disconnect(run: &FlowRun, reason: &str, now: Timestamp) -> Option<FlowRun> {
+    if !run.state.state_type.is_active() || run.state.name == DISCONNECTED {
+        return None;
+    }
+    let mut next = run.clone();
+    let mut state = State::new(run.state.state_type, now);
+    state.name = DISCONNECTED.into();
+    state.message = Some(reason.to_string());
+    push_state(&mut next, state, now);
+    Some(next)
+}
+
+/// The worker holding a disconnected run is heard from again: the run is
+/// back in its type's plain state until the worker reports more.
+pub fn reconnect(run: &FlowRun, now: Timestamp) -> Option<FlowRun> {
+    if !run.state.state_type.is_active() || run.state.name != DISCONNECTED {
+        return None;
+    }
+    let mut next = run.clone();
+    let mut state = State::new(run.state.state_type, now);
+    state.message = Some(format!(
+        "worker `{}` is back in contact",
+        run.worker.as_deref().unwrap_or("?")
+    ));
+    push_state(&mut next, state, now);
+    Some(next)
+}
+
+/// The worker holding a run stayed away past the grace: nothing will report
+/// on it any more.
 pub fn crash_abandoned(run: &FlowRun, reason: &str, now: Timestamp) -> Option<FlowRun> {
     if !run.state.state_type.is_active() {
         return None;
@@ -286,6 +329,26 @@ mod tests {
         let mut request = to(StateType::Running);
         request.worker = Some("intruder".into());
         assert!(decide(&run(StateType::Pending), &request, now).is_err());
+    }
+
+    #[test]
+    fn a_silent_workers_run_is_disconnected_not_final_and_its_report_counts() {
+        let now = chrono::Utc::now();
+        let lost = disconnect(&run(StateType::Running), "silent", now).expect("disconnects");
+        assert_eq!(lost.state.state_type, StateType::Running);
+        assert_eq!(lost.state.name, DISCONNECTED);
+        assert!(disconnect(&lost, "silent", now).is_none(), "once");
+        let Ok(Decision::Apply(done)) = decide(&lost, &to(StateType::Completed), now) else {
+            panic!("the worker's report applies");
+        };
+        assert_eq!(done.state.state_type, StateType::Completed);
+        let Ok(Decision::Apply(back)) = decide(&lost, &to(StateType::Running), now) else {
+            panic!("a same-type report renames it back");
+        };
+        assert_eq!(back.state.name, "Running");
+        let back = reconnect(&lost, now).expect("reconnects");
+        assert_eq!(back.state.name, "Running");
+        assert!(reconnect(&back, now).is_none());
     }
 
     #[test]

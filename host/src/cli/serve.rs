@@ -33,9 +33,11 @@ pub struct ServeArgs {
     /// SCHEDULED runs this many seconds past their time are marked Late.
     #[arg(long, default_value_t = 15)]
     late_after_seconds: u64,
-    /// Runs of a worker OFFLINE this many seconds are marked CRASHED.
-    #[arg(long, default_value_t = 60)]
-    crash_offline_after_seconds: u64,
+    /// Seconds a silent worker's runs stay DISCONNECTED (outcome unknown,
+    /// still the worker's to report) before they are marked CRASHED. Only
+    /// time this server was up and sweeping counts.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    worker_lost_after: u64,
     /// Writes are refused (HTTP 507) while the data dir's disk has less free
     /// space than this, so the database never fills the disk mid-commit.
     #[arg(long, default_value_t = crate::store::DEFAULT_MIN_FREE_BYTES >> 20)]
@@ -57,6 +59,9 @@ pub fn default_data_dir() -> PathBuf {
 
 pub async fn run(args: ServeArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> {
     let runtime = &args.runtime;
+    let open_files = super::raise_open_file_limit();
+    crate::server::limit_event_streams(open_files);
+    tracing::debug!(open_files, "open-file limit");
     let address = format!("{}:{}", args.host, args.port);
     let listener = tokio::net::TcpListener::bind(&address)
         .await
@@ -90,7 +95,7 @@ pub async fn run(args: ServeArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> {
         catalog,
         ControlConfig {
             late_after: Duration::from_secs(args.late_after_seconds),
-            crash_offline_after: Duration::from_secs(args.crash_offline_after_seconds),
+            worker_lost_after: Duration::from_secs(args.worker_lost_after),
             max_log_lines_per_run: args.max_log_lines_per_run,
             ..ControlConfig::default()
         },

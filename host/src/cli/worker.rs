@@ -80,6 +80,7 @@ pub async fn run(command: WorkerCommand, api: &ApiArgs) -> anyhow::Result<ExitCo
             if args.limit == 0 {
                 anyhow::bail!("--limit: must be at least 1");
             }
+            super::raise_open_file_limit();
             let name = args.name.unwrap_or_else(|| default_name(&args.pool));
             let work_dir = args
                 .work_dir

@@ -55,6 +55,25 @@ pub struct RunRequest {
     pub name: Option<String>,
 }
 
+/// The most a run's parameters may take as JSON. They reach the flow in
+/// the `HOST_PARAMETERS` environment variable, and Linux refuses to start a
+/// process with one environment string over 128 KiB ("Argument list too
+/// long"): refused here, at once, rather than CRASHED on the worker.
+pub const MAX_PARAMETERS_BYTES: usize = 64 << 10;
+
+fn check_parameters(field: &str, parameters: &Map<String, Value>) -> Result<(), ApiError> {
+    let size = serde_json::to_vec(parameters).map_or(0, |json| json.len());
+    if size > MAX_PARAMETERS_BYTES {
+        return Err(ApiError::bad_request(
+            field,
+            format!(
+                "{field}: {size} bytes as JSON, more than the {MAX_PARAMETERS_BYTES} a flow can be handed (they travel in its environment); pass a reference (a path, a URL) instead"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn deployment_not_found(name: &str) -> ApiError {
     ApiError::not_found(format!("deployment `{name}` does not exist"))
 }
@@ -131,6 +150,7 @@ impl Control {
             &pool.base_job_template["variables"],
             &pool.name,
         )?;
+        check_parameters("parameters", &spec.parameters)?;
         let now = now();
         let outcome = self
             .store
@@ -248,6 +268,8 @@ impl Control {
             request.scheduled_at.unwrap_or(now),
             now,
         );
+        // Merged with the deployment's: the sum is what the flow gets.
+        check_parameters("parameters", &run.parameters)?;
         if let Some(name) = request.name {
             super::names::check_name("name", &name)?;
             run.name = name;

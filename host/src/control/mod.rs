@@ -9,6 +9,7 @@ mod pools;
 mod runs;
 pub mod scheduler;
 pub mod schema;
+pub mod supervise;
 
 pub use claim::{ClaimRequest, ClaimResponse};
 pub use deployments::{DeploymentSpec, RunRequest, UpsertOutcome};
@@ -93,8 +94,9 @@ impl Catalog {
 pub struct ControlConfig {
     /// SCHEDULED runs this long past their time are marked Late.
     pub late_after: Duration,
-    /// Runs of a worker OFFLINE this long are marked CRASHED.
-    pub crash_offline_after: Duration,
+    /// Runs of an OFFLINE worker are DISCONNECTED (outcome unknown); after
+    /// this long so, CRASHED. Silence counts only while this server sweeps.
+    pub worker_lost_after: Duration,
     /// How long a claim is held without news before it counts as abandoned.
     pub lease: Duration,
     /// Log lines kept per run, whatever workers send; past it one notice
@@ -106,7 +108,7 @@ impl Default for ControlConfig {
     fn default() -> Self {
         ControlConfig {
             late_after: Duration::from_secs(15),
-            crash_offline_after: Duration::from_secs(60),
+            worker_lost_after: Duration::from_secs(300),
             lease: Duration::from_secs(300),
             max_log_lines_per_run: 1_000_000,
         }
@@ -124,12 +126,19 @@ pub struct Control {
     /// Bumped after log lines are appended (kept apart so chatty runs do not
     /// wake every claim long-poll).
     log_changes: Arc<watch::Sender<u64>>,
+    sweep_clock: Arc<scheduler::SweepClock>,
+    tasks: Arc<supervise::Tasks>,
 }
 
 impl Control {
     /// How the store is doing: reads may work while writes are refused.
     pub fn storage_health(&self) -> crate::store::Health {
         self.store.health()
+    }
+
+    /// What is wrong with the background tasks (a panic), if anything.
+    pub fn task_trouble(&self) -> Option<String> {
+        self.tasks.trouble()
     }
 
     /// Where API writes go when another server sharing the database leads
@@ -161,6 +170,8 @@ impl Control {
             config: Arc::new(config),
             changes,
             log_changes,
+            sweep_clock: Arc::default(),
+            tasks: Arc::default(),
         }
     }
 

@@ -489,7 +489,19 @@ impl Control {
             .store
             .write(move |w| {
                 w.pool(&pool)?.ok_or_else(|| pool_not_found(&pool))?;
-                let created = w.worker(&pool, &beat.name)?.map_or(now, |old| old.created);
+                let old = w.worker(&pool, &beat.name)?;
+                let created = old.as_ref().map_or(now, |old| old.created);
+                // Back from a silence: the runs marked DISCONNECTED meanwhile
+                // are its again, until it reports what became of them.
+                if old.is_some_and(|old| old.status(now) == WorkerStatus::Offline) {
+                    for id in w.worker_runs(&pool, &beat.name)? {
+                        if let Some(run) = w.run(&id)?
+                            && let Some(back) = crate::orchestration::reconnect(&run, now)
+                        {
+                            w.put_run(Some(&run), &back)?;
+                        }
+                    }
+                }
                 let worker = Worker {
                     pool,
                     name: beat.name,

@@ -5,14 +5,15 @@
 //!   schedule that outruns its workers stops at that count instead of piling
 //!   up runs;
 //! - renames SCHEDULED runs Late when they wait `late_after` past their time;
-//! - marks CRASHED the runs of workers OFFLINE for `crash_offline_after`.
+//! - marks the runs of OFFLINE workers DISCONNECTED, and CRASHED once they
+//!   stay so for `worker_lost_after` (see `sweep_worker`).
 //!
 //! It writes only when there is something to do, so an idle server is idle.
 
 use super::deployments::new_run;
 use super::{Control, now};
 use crate::error::ApiError;
-use crate::model::{Deployment, FlowRun, Schedule, Timestamp, WorkerStatus};
+use crate::model::{Deployment, FlowRun, Schedule, Timestamp, Worker};
 use crate::orchestration;
 use crate::store::Records;
 use chrono::TimeZone;
@@ -25,6 +26,9 @@ const MAX_RUNS: usize = 100;
 const MIN_AHEAD: chrono::Duration = chrono::Duration::hours(1);
 const MAX_AHEAD: chrono::Duration = chrono::Duration::days(100);
 const TICK: Duration = Duration::from_secs(1);
+/// The longest interval a schedule may have: ten years. Far past any real
+/// schedule, and far inside what time arithmetic can hold.
+pub const MAX_INTERVAL_SECONDS: u64 = 10 * 366 * 24 * 3600;
 /// Runs changed per upkeep transaction at most; the rest wait for the next tick.
 const MAX_CHANGES_PER_TICK: usize = 2_000;
 
@@ -37,10 +41,12 @@ pub fn check_schedule(field: &str, schedule: &Schedule) -> Result<(), ApiError> 
                 format!("{field}: give exactly one of interval_seconds and cron"),
             ));
         }
-        (Some(0), None) => {
+        (Some(seconds), None) if !(1..=MAX_INTERVAL_SECONDS).contains(seconds) => {
             return Err(ApiError::bad_request(
                 format!("{field}.interval_seconds"),
-                format!("{field}.interval_seconds: must be at least 1"),
+                format!(
+                    "{field}.interval_seconds: must be between 1 and {MAX_INTERVAL_SECONDS} (10 years)"
+                ),
             ));
         }
         (None, Some(cron)) => {
@@ -93,7 +99,10 @@ pub fn next_occurrence(schedule: &Schedule, after: Timestamp) -> Option<Timestam
             .unwrap_or_else(|| chrono::Utc.timestamp_opt(0, 0).single().unwrap_or(after));
         let elapsed = (after - anchor).num_seconds();
         let steps = elapsed.div_euclid(interval) + 1;
-        return Some(anchor + chrono::Duration::seconds(steps * interval));
+        // Checked: a stored value past the bound (from before it) must not
+        // panic the scheduler; it just has no next occurrence.
+        let offset = chrono::Duration::try_seconds(steps.checked_mul(interval)?)?;
+        return anchor.checked_add_signed(offset);
     }
     let cron = croner::Cron::from_str(schedule.cron.as_deref()?).ok()?;
     let tz: chrono_tz::Tz = schedule.timezone.parse().ok()?;
@@ -144,6 +153,35 @@ fn scheduled_run_id(deployment_id: &str, at: Timestamp) -> String {
         .to_string()
 }
 
+/// Longest pause between two sweeps that still counts as watching: the
+/// upkeep ticks every second.
+const MAX_SWEEP_GAP: chrono::Duration = chrono::Duration::seconds(5);
+
+/// Since when this server has been sweeping without a gap. A server that
+/// was paused (SIGSTOP, a VM pause, a long GC), cut off, without its
+/// database or not leading could not hear heartbeats; its clock says
+/// nothing about the workers, so their silence counts only from here.
+#[derive(Default)]
+pub struct SweepClock {
+    inner: std::sync::Mutex<(Option<Timestamp>, Option<Timestamp>)>,
+}
+
+impl SweepClock {
+    fn watching_since(&self, now: Timestamp) -> Timestamp {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let (last, since) = &mut *inner;
+        match last {
+            Some(last) if now - *last <= MAX_SWEEP_GAP => {}
+            _ => *since = Some(now),
+        }
+        since.unwrap_or(now)
+    }
+
+    fn swept(&self, now: Timestamp) {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).0 = Some(now);
+    }
+}
+
 /// What one tick should write.
 #[derive(Default)]
 struct Upkeep {
@@ -152,29 +190,38 @@ struct Upkeep {
 }
 
 impl Control {
-    /// Runs the upkeep loop until the returned task is dropped/aborted.
-    pub fn spawn_scheduler(&self) -> tokio::task::JoinHandle<()> {
+    /// Runs the upkeep loop until the returned task is dropped or aborted;
+    /// a panic in it is reported by health and the loop started again.
+    pub fn spawn_scheduler(&self) -> super::supervise::Supervised {
         let control = self.clone();
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(TICK);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
-                // On a shared database one server does the upkeep; deterministic
-                // run ids would keep the others' from duplicating it anyway.
-                if !control.store.lead().await {
-                    continue;
-                }
-                if let Err(error) = control.upkeep().await {
-                    tracing::warn!(%error, "scheduler upkeep failed; retrying next tick");
+        super::supervise::supervise(self.tasks.clone(), "scheduler", move || {
+            control.clone().upkeep_loop()
+        })
+    }
+
+    async fn upkeep_loop(self) {
+        let mut ticker = tokio::time::interval(TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            // On a shared database one server does the upkeep; deterministic
+            // run ids would keep the others' from duplicating it anyway.
+            if !self.store.lead().await {
+                continue;
+            }
+            match self.upkeep().await {
+                Ok(_) => self.tasks.healthy("scheduler"),
+                Err(error) => {
+                    tracing::warn!(%error, "scheduler upkeep failed; retrying next tick")
                 }
             }
-        })
+        }
     }
 
     /// One pass of upkeep. Public so tests can drive it without waiting.
     pub async fn upkeep(&self) -> Result<usize, ApiError> {
         let now = now();
+        let watching_since = self.sweep_clock.watching_since(now);
         let plan = self.store.read(|r| {
             let mut plan = Upkeep::default();
             for deployment in r.deployments()? {
@@ -193,34 +240,16 @@ impl Control {
                     plan.updated_runs.push((run, late));
                 }
             }
-            let grace = chrono::Duration::from_std(self.config.crash_offline_after)
-                .unwrap_or(chrono::Duration::seconds(60));
+            let lost_after = chrono::Duration::from_std(self.config.worker_lost_after)
+                .unwrap_or(chrono::Duration::seconds(300));
             for worker in r.all_workers()? {
-                if worker.status(now) != WorkerStatus::Offline {
-                    continue;
-                }
-                let offline_since = worker.last_heartbeat
-                    + chrono::Duration::seconds(i64::from(
-                        worker.heartbeat_interval_seconds * crate::model::MISSED_HEARTBEATS_OFFLINE,
-                    ));
-                if now < offline_since + grace {
-                    continue;
-                }
-                let reason = format!(
-                    "worker `{}` stopped heartbeating at {} and did not come back",
-                    worker.name,
-                    worker.last_heartbeat.to_rfc3339()
-                );
-                for id in r.worker_runs(&worker.pool, &worker.name)? {
-                    if let Some(run) = r.run(&id)?
-                        && let Some(crashed) = orchestration::crash_abandoned(&run, &reason, now)
-                    {
-                        plan.updated_runs.push((run, crashed));
-                    }
-                }
+                self.sweep_worker(r, &worker, watching_since, lost_after, now, &mut plan)?;
             }
             Ok(plan)
         })?;
+        // Only a sweep that could read counts as watching: while the
+        // database was away, heartbeats could not be recorded either.
+        self.sweep_clock.swept(now);
         let changes = plan.new_runs.len() + plan.updated_runs.len();
         if changes == 0 {
             return Ok(0);
@@ -243,6 +272,56 @@ impl Control {
             .await?;
         self.changed();
         Ok(changes)
+    }
+
+    /// A silent worker's runs: DISCONNECTED once it is OFFLINE, CRASHED
+    /// once they stayed disconnected for `lost_after`. Silence is counted
+    /// from `watching_since` at the earliest: time this server was not
+    /// sweeping (paused, partitioned, not leading, without its database)
+    /// never counts against a worker.
+    fn sweep_worker(
+        &self,
+        r: &crate::store::Snapshot,
+        worker: &Worker,
+        watching_since: Timestamp,
+        lost_after: chrono::Duration,
+        now: Timestamp,
+        plan: &mut Upkeep,
+    ) -> Result<(), ApiError> {
+        let heard = worker.last_heartbeat.max(watching_since);
+        let allowed = chrono::Duration::seconds(i64::from(
+            worker.heartbeat_interval_seconds * crate::model::MISSED_HEARTBEATS_OFFLINE,
+        ));
+        if now - heard <= allowed {
+            return Ok(());
+        }
+        let silent = format!(
+            "worker `{}` stopped heartbeating at {}",
+            worker.name,
+            worker.last_heartbeat.to_rfc3339()
+        );
+        for id in r.worker_runs(&worker.pool, &worker.name)? {
+            let Some(run) = r.run(&id)? else { continue };
+            let next = if run.state.name != orchestration::DISCONNECTED {
+                let reason = format!(
+                    "{silent}; the run's outcome is unknown until it reports again (CRASHED after {}s more)",
+                    lost_after.num_seconds()
+                );
+                orchestration::disconnect(&run, &reason, now)
+            } else if now - run.state.timestamp.max(watching_since) >= lost_after {
+                let reason = format!(
+                    "{silent} and did not come back within {}s",
+                    lost_after.num_seconds()
+                );
+                orchestration::crash_abandoned(&run, &reason, now)
+            } else {
+                None
+            };
+            if let Some(next) = next {
+                plan.updated_runs.push((run, next));
+            }
+        }
+        Ok(())
     }
 
     fn missing_runs(
@@ -339,6 +418,19 @@ mod tests {
         ] {
             assert!(!matches(outside), "{outside} should not match");
         }
+    }
+
+    #[test]
+    fn an_interval_past_time_arithmetic_has_no_next_run_and_is_refused() {
+        let now = chrono::Utc::now();
+        let huge = every(i64::MAX as u64);
+        assert_eq!(next_occurrence(&huge, now), None);
+        assert_eq!(
+            check_schedule("s", &huge).expect_err("refused").field.as_deref(),
+            Some("s.interval_seconds")
+        );
+        assert!(check_schedule("s", &every(MAX_INTERVAL_SECONDS)).is_ok());
+        assert!(next_occurrence(&every(MAX_INTERVAL_SECONDS), now).is_some());
     }
 
     #[test]

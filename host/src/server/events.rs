@@ -16,9 +16,45 @@ use serde::Deserialize;
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+
+/// Streams open now, and how many may be: each holds a descriptor for its
+/// life, and past the process's open-file limit the server could accept
+/// nothing, health included. One past the cap is a 503 saying so.
+static OPEN_STREAMS: AtomicUsize = AtomicUsize::new(0);
+static MAX_STREAMS: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_STREAMS);
+const DEFAULT_MAX_STREAMS: usize = 256;
+
+/// Sets the cap from the open-file limit: a quarter of the descriptors,
+/// leaving the rest to requests, the database and the data files.
+pub fn limit_event_streams(open_files: u64) {
+    let cap = usize::try_from(open_files / 4).unwrap_or(usize::MAX);
+    MAX_STREAMS.store(cap.clamp(16, 100_000), Ordering::Relaxed);
+}
+
+/// One open stream, counted until dropped.
+struct StreamSlot;
+
+impl StreamSlot {
+    fn take() -> Option<StreamSlot> {
+        let max = MAX_STREAMS.load(Ordering::Relaxed);
+        OPEN_STREAMS
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < max).then_some(open + 1)
+            })
+            .ok()
+            .map(|_| StreamSlot)
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        OPEN_STREAMS.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/api/events", get(stream))
@@ -66,6 +102,13 @@ async fn stream(
     headers: HeaderMap,
     Params(filter): Params<Filter>,
 ) -> Response {
+    let Some(slot) = StreamSlot::take() else {
+        return crate::error::ApiError::unavailable(format!(
+            "too many event streams open ({}); close some, or raise the server's open-file limit (LimitNOFILE)",
+            MAX_STREAMS.load(Ordering::Relaxed)
+        ))
+        .into_response();
+    };
     let start = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -87,6 +130,7 @@ async fn stream(
         reset,
         last_write: Instant::now() - MIN_GAP,
         _waiting: waiting,
+        _slot: slot,
     };
     let body = futures_util::stream::unfold(reader, |mut reader| async move {
         let chunk = reader.next_chunk().await?;
@@ -111,6 +155,7 @@ struct Reader {
     last_write: Instant,
     /// For as long as the stream is read.
     _waiting: crate::store::Waiting,
+    _slot: StreamSlot,
 }
 
 /// Events written in one chunk at most.

@@ -12,6 +12,7 @@ mod pools;
 mod runs;
 mod ui;
 
+pub use events::limit_event_streams;
 pub use runs::{Appended, LogPage, TransitionResponse};
 
 use crate::control::Control;
@@ -252,6 +253,14 @@ async fn health(State(s): State<AppState>) -> Json<serde_json::Value> {
             serde_json::json!({"status": "degraded", "reason": reason, "version": version})
         }
     };
+    if let Some(trouble) = s.control.task_trouble() {
+        health["status"] = "degraded".into();
+        let reason = match health["reason"].as_str() {
+            Some(storage) => format!("{storage}; {trouble}"),
+            None => trouble,
+        };
+        health["reason"] = reason.into();
+    }
     if let Some(writer) = s.control.writer_address() {
         health["writes_forwarded_to"] = writer.into();
     }

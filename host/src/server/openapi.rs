@@ -165,6 +165,8 @@ const DATE_TIME: &str = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([0
 fn schedule_rules(schedule: &mut Value) {
     let properties = &mut schedule["properties"];
     properties["interval_seconds"]["minimum"] = json!(1);
+    properties["interval_seconds"]["maximum"] =
+        json!(crate::control::scheduler::MAX_INTERVAL_SECONDS);
     properties["cron"]["pattern"] = json!(crate::control::scheduler::cron_subset_pattern());
     let zones: Vec<&str> = chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name()).collect();
     properties["timezone"]["enum"] = json!(zones);
