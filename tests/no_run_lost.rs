@@ -208,6 +208,50 @@ async fn a_process_run_survives_its_worker_and_completes_with_all_its_output() {
     assert_eq!(run["exit_code"], 3, "{run}");
 }
 
+/// A run that ends while its worker is dead: the worker that comes back
+/// reports the real exit and ships every line written meanwhile, once.
+#[tokio::test]
+async fn output_written_while_the_worker_was_away_is_shipped_when_it_returns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("cache");
+    let server = ServerProcess::start(dir.path(), &[]);
+    let url = server.url.as_str();
+    // The flow goes on only once the test says so, after the worker died.
+    let go = dir.path().join("go");
+    let script = format!(
+        "echo before; while [ ! -e {go} ]; do sleep 0.05; done; echo away-1; echo away-2",
+        go = go.display()
+    );
+    process_deployment(url, "local", "f/away", &script);
+    let args = ["--pool", "local", "--name", "returner"];
+    let mut worker = WorkerProcess::start(url, &cache, &args);
+    let id = create_run(url, "f/away", json!({})).await;
+    let pid = handle_pid(&running(url, &id).await);
+    eventually(url, &format!("/api/flow-runs/{id}/logs"), LONG, |page| {
+        page["lines"]
+            .as_array()
+            .is_some_and(|lines| lines.iter().any(|l| l["message"] == "before"))
+    })
+    .await;
+    worker.kill();
+    std::fs::write(&go, "").expect("go");
+    assert!(
+        common::wait_until(LONG, || !process_alive(pid)).await,
+        "the run ends while its worker is away"
+    );
+    let _worker = WorkerProcess::start(url, &cache, &args);
+    let run = final_run(url, &id).await;
+    assert_eq!(run["state"]["type"], "COMPLETED", "{run}");
+    let logs = run_logs(url, &id).await;
+    for line in ["before", "away-1", "away-2"] {
+        assert_eq!(
+            logs.iter().filter(|l| *l == line).count(),
+            1,
+            "{line} once in {logs:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_killed_supervisor_ends_the_run_crashed_and_leaves_nothing_running() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -435,6 +435,16 @@ pub(super) async fn recover(
             watch_run(shared, &run_id, &handle, stops, log).await;
         }
         Ok(RunStatus::Exited(exit)) => {
+            // The lines written while the worker was away: `wait` on an
+            // exited run reads them from where this worker left off, and
+            // answers the same exit.
+            let exit = match stops
+                .race(shared.plugin.wait(&run_id, &handle, log.sink()))
+                .await
+            {
+                Ok(Ok(drained)) => drained,
+                _ => exit,
+            };
             let (state, message, code) = if cancelling {
                 (StateType::Cancelled, exit.message, exit.code)
             } else {
