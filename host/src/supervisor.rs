@@ -14,15 +14,26 @@
 //!   neither repeats nor skips lines;
 //! - `work/`: the working directory, when the plugin asked for a fresh one.
 //!
+//! - `released`: made by the capability when it let go of the run before
+//!   the supervisor said it started (a cancel during `start`): the
+//!   supervisor then kills what it started instead of running it.
+//!
 //! Its stdout tells the capability how the start went, in one line:
 //! `started PID` or `failed MESSAGE`.
+//!
+//! The whole tree is the run's, not only the first process: the supervisor
+//! is a child subreaper (as tini and systemd are), so every orphaned
+//! descendant, in whatever group or session, becomes its child. When the
+//! main process exits it kills every descendant left and says so in the
+//! exit's message; the capability signals the whole tree
+//! ([`descendants`]) for a stop. A run is over only when nothing of it runs.
 
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// The hidden subcommand that runs [`main`].
 pub const SUBCOMMAND: &str = "__supervise";
@@ -82,10 +93,14 @@ impl RunFiles {
     pub fn work(&self) -> PathBuf {
         self.dir.join("work")
     }
+    pub fn released(&self) -> PathBuf {
+        self.dir.join("released")
+    }
 
     /// Every file of the protocol (not `work/`, which belongs to the run).
-    pub fn state_files(&self) -> [PathBuf; 6] {
+    pub fn state_files(&self) -> [PathBuf; 7] {
         [
+            self.released(),
             self.spec(),
             self.output(),
             self.exit(),
@@ -123,6 +138,7 @@ impl RunFiles {
 /// `host __supervise DIR`.
 pub fn main(dir: &Path) -> ExitCode {
     leave_session();
+    become_subreaper();
     let files = RunFiles::new(dir);
     let spec = match files.read_spec() {
         Ok(spec) => spec,
@@ -170,15 +186,24 @@ pub fn main(dir: &Path) -> ExitCode {
             return announce_failure(&format!("cannot write to {}: {e}", dir.display()));
         }
     };
+    if files.released().exists() {
+        // Let go of before it started: nothing of it may run.
+        let _ = child.kill();
+        let _ = child.wait();
+        end_tree();
+        return announce_failure("the run was released before its process started");
+    }
     println!("started {pid}");
     let _ = std::io::stdout().flush();
+    std::thread::spawn(move || reap_orphans(pid as i32));
 
-    let sink = Mutex::new(OutputFile {
+    let sink = Arc::new(Mutex::new(OutputFile {
         file: output,
         written: 0,
         limit: spec.max_output_bytes,
         dropped_lines: 0,
-    });
+        closed: false,
+    }));
     let streams = [
         child
             .stdout
@@ -189,16 +214,16 @@ pub fn main(dir: &Path) -> ExitCode {
             .take()
             .map(|s| (b'e', Box::new(s) as Box<dyn Read + Send>)),
     ];
-    std::thread::scope(|scope| {
-        for (tag, stream) in streams.into_iter().flatten() {
-            let sink = &sink;
-            scope.spawn(move || forward(stream, tag, sink, spec.max_line_bytes));
-        }
-    });
-    if let Ok(mut sink) = sink.into_inner() {
-        sink.finish();
-    }
-    let exit = match child.wait() {
+    let forwarders: Vec<_> = streams
+        .into_iter()
+        .flatten()
+        .map(|(tag, stream)| {
+            let sink = sink.clone();
+            let max_line = spec.max_line_bytes;
+            std::thread::spawn(move || forward(stream, tag, &sink, max_line))
+        })
+        .collect();
+    let mut exit = match child.wait() {
         Ok(status) => recorded_exit(status),
         Err(e) => RecordedExit {
             code: None,
@@ -206,6 +231,27 @@ pub fn main(dir: &Path) -> ExitCode {
             message: format!("lost track of the process: {e}"),
         },
     };
+    let killed = end_tree();
+    if !killed.is_empty() {
+        exit.message = format!(
+            "{}; killed what it left running: {}",
+            exit.message,
+            killed.join(", ")
+        );
+    }
+    // Every writer of the pipes is gone now, so the forwarders reach their
+    // end; one that does not within the bound is cut off, so no record
+    // lands after the exit.
+    let deadline = std::time::Instant::now() + FORWARDERS_BOUND;
+    for forwarder in forwarders {
+        while !forwarder.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+    if let Ok(mut sink) = sink.lock() {
+        sink.finish();
+        sink.closed = true;
+    }
     match files.write_exit(&exit) {
         Ok(()) => ExitCode::SUCCESS,
         Err(_) => ExitCode::FAILURE,
@@ -229,15 +275,147 @@ fn leave_session() {
     }
 }
 
+/// How long the output forwarders may take to drain after the tree ended.
+const FORWARDERS_BOUND: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Orphans re-parented here while the main process runs are reaped as they
+/// end (the main process itself is `Child::wait`'s), so a flow that leaves
+/// many short-lived orphans does not fill the process table with zombies.
+fn reap_orphans(main: i32) {
+    let me = std::process::id() as i32;
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        for (pid, parent, zombie) in processes() {
+            if parent == me && zombie && pid != main {
+                reap(pid);
+            }
+        }
+    }
+}
+
+#[allow(unsafe_code)]
+fn reap(pid: i32) {
+    let mut status = 0;
+    // SAFETY: waitpid(2) on one of our own children, writing only `status`.
+    unsafe {
+        libc::waitpid(pid, &mut status, libc::WNOHANG);
+    }
+}
+
+/// Every process: (pid, parent pid, whether it is a zombie), from /proc.
+fn processes() -> Vec<(i32, i32, bool)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let pid: i32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // After the command name, which may itself hold spaces and ')'.
+            let mut rest = stat.rsplit_once(')')?.1.split_whitespace();
+            let state = rest.next()?;
+            let parent = rest.next()?.parse().ok()?;
+            Some((pid, parent, state == "Z"))
+        })
+        .collect()
+}
+
+/// The live (not zombie) descendants of `root`, whatever group or session
+/// they moved to: under a subreaper, that is everything the run started.
+pub fn descendants(root: i32) -> Vec<i32> {
+    let all = processes();
+    let mut found = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(parent) = frontier.pop() {
+        for &(pid, ppid, zombie) in &all {
+            if ppid == parent && pid != root {
+                frontier.push(pid);
+                if !zombie {
+                    found.push(pid);
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Sends `signal` to every live descendant of `root`; how many there were.
+#[allow(unsafe_code)]
+pub fn signal_tree(root: i32, signal: i32) -> usize {
+    let pids = descendants(root);
+    for &pid in &pids {
+        // SAFETY: kill(2) has no memory effects; the pids are `root`'s
+        // descendants as /proc listed them a moment ago.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+    }
+    pids.len()
+}
+
+/// Kills every descendant of this supervisor and reaps them; what was
+/// killed (`pid name`). Killing a process hands its children to us, so it
+/// goes on until none is left (or, for one that cannot die, 5 seconds).
+fn end_tree() -> Vec<String> {
+    let me = std::process::id() as i32;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut killed = Vec::new();
+    loop {
+        let left = descendants(me);
+        for &pid in &left {
+            if !killed.iter().any(|(p, _)| *p == pid) {
+                let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .map(|n| n.trim().to_string())
+                    .unwrap_or_default();
+                killed.push((pid, name));
+            }
+        }
+        signal_tree(me, libc::SIGKILL);
+        reap_all();
+        if left.is_empty() || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    killed
+        .into_iter()
+        .map(|(pid, name)| format!("pid {pid} {name}"))
+        .collect()
+}
+
+#[allow(unsafe_code)]
+fn reap_all() {
+    let mut status = 0;
+    // SAFETY: waitpid(2) on any of our children, writing only `status`;
+    // the main child was already waited for.
+    while unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) } > 0 {}
+}
+
+/// A child subreaper: orphaned descendants are re-parented to this process,
+/// not to init, so it can find and end them all.
+#[allow(unsafe_code)]
+fn become_subreaper() {
+    // SAFETY: prctl(2) with PR_SET_CHILD_SUBREAPER only sets a flag on this
+    // process.
+    unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    }
+}
+
 struct OutputFile {
     file: File,
     written: u64,
     limit: u64,
     dropped_lines: u64,
+    /// Set once the exit is about to be written: later records are dropped.
+    closed: bool,
 }
 
 impl OutputFile {
     fn record(&mut self, tag: u8, line: &[u8]) {
+        if self.closed {
+            return;
+        }
         let size = line.len() as u64 + 2;
         if self.written + size > self.limit {
             self.dropped_lines += 1;

@@ -112,14 +112,25 @@ impl Proc {
         format!("process {} (pid {})", self.id, self.child_pid)
     }
 
-    /// SIGKILLs the process group if it still runs and waits (briefly) for
+    /// Sends `signal` to everything of the run: the supervisor's whole tree
+    /// while it lives (every process the run started, in any group), the
+    /// first process's group otherwise.
+    fn signal_all(&self, signal: i32) -> Result<(), String> {
+        if self.supervisor_alive() {
+            crate::supervisor::signal_tree(self.supervisor_pid, signal);
+            return Ok(());
+        }
+        signal_group(self.child_pid, signal)
+    }
+
+    /// SIGKILLs the whole tree if it still runs and waits (briefly) for
     /// the supervisor to record the end; true when it was running.
     async fn kill_if_running(&self) -> bool {
         if !matches!(self.try_exit(), Ok(None)) {
             return false;
         }
-        let _ = signal_group(self.child_pid, libc::SIGKILL);
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.supervisor_ended()).await;
+        let _ = self.signal_all(libc::SIGKILL);
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.supervisor_ended()).await;
         true
     }
 }
@@ -210,7 +221,32 @@ impl ProcessTable {
         Ok(proc)
     }
 
+    /// The processes of `scope` this worker knows, in memory or on disk.
+    /// A `spawn` whose future was dropped (a cancel during `start`) left a
+    /// directory but no table entry: it is found here too. One whose
+    /// supervisor has not yet said which process it started is marked
+    /// released, and the supervisor kills what it started (see
+    /// `crate::supervisor`).
     fn of_scope(&self, scope: &str) -> Vec<Arc<Proc>> {
+        let on_disk: Vec<u64> = std::fs::read_dir(&self.root)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for id in on_disk {
+            let files = RunFiles::new(self.root.join(id.to_string()));
+            if files.read_spec().is_ok_and(|spec| spec.scope == scope)
+                && self.get(scope, id).is_err()
+            {
+                // Not started yet, as far as the files say.
+                let _ = std::fs::write(files.released(), "");
+                if self.get(scope, id).is_err() {
+                    continue;
+                }
+            }
+        }
         self.procs
             .lock()
             .map(|procs| {
@@ -221,6 +257,22 @@ impl ProcessTable {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Every flow run that has processes in this worker's directory, from
+    /// before a restart too: for reconciling them with the server.
+    pub fn scopes_on_disk(&self) -> Vec<String> {
+        let mut scopes: Vec<String> = std::fs::read_dir(&self.root)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| RunFiles::new(e.ok()?.path()).read_spec().ok())
+                    .map(|spec| spec.scope)
+                    .collect()
+            })
+            .unwrap_or_default();
+        scopes.sort();
+        scopes.dedup();
+        scopes
     }
 
     async fn spawn(&self, scope: &str, request: SpawnRequest) -> Result<Spawned, String> {
@@ -391,10 +443,11 @@ impl ProcessTable {
 
     fn signal(&self, scope: &str, id: u64, signal: i32) -> Result<(), String> {
         let proc = self.get(scope, id)?;
+        // Once the exit is written the supervisor has ended the whole tree.
         if proc.exit().is_some() {
             return Ok(());
         }
-        signal_group(proc.child_pid, signal)
+        proc.signal_all(signal)
     }
 
     fn remove_dir(&self, scope: &str, path: &str) -> Result<(), String> {

@@ -315,6 +315,16 @@ impl LoadedPlugin {
         left
     }
 
+    /// The flow runs with processes in this worker's directory (from before
+    /// a restart too), for reconciling them with the server.
+    pub fn runs_with_processes(&self) -> Vec<String> {
+        if self.grants.contains(Capability::Process) {
+            self.runtime.processes().scopes_on_disk()
+        } else {
+            Vec::new()
+        }
+    }
+
     async fn call<R>(
         &self,
         call: Call,

@@ -521,6 +521,17 @@ async fn recover(shared: &Arc<Shared>) {
     else {
         return;
     };
+    // Processes of runs this worker no longer holds (ended or cancelled on
+    // the server while it was away): nothing of them may run on.
+    for run in shared.plugin.runs_with_processes() {
+        if held.iter().any(|claimed| claimed.flow_run.id == run) {
+            continue;
+        }
+        let left = shared.plugin.release(&run).await;
+        if !left.is_empty() {
+            tracing::warn!(flow_run_id = %run, ?left, "processes of a run this worker no longer holds: killed and released");
+        }
+    }
     for claimed in held {
         tracing::info!(flow_run_id = %claimed.flow_run.id, state = %claimed.flow_run.state.state_type, "recovering run");
         // More held runs than slots wait for a slot, as new claims would.
