@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::ServerProcess;
+use common::{ServerProcess, host_ok, http};
 use reqwest::header::{CONTENT_TYPE, COOKIE, HOST, ORIGIN};
 use serde_json::{Value, json};
 
@@ -209,4 +209,123 @@ async fn bound_to_loopback_it_answers_only_loopback_hosts() {
             .expect("get");
         assert_eq!(local.status(), 200, "{host}");
     }
+}
+
+/// Two process pools, `p1` and `other`, a deployment in each, and a run of
+/// `p1` claimed and started by its worker `w1`; returns that run's id.
+async fn a_held_run(url: &str) -> String {
+    for (pool, deployment) in [("p1", "d1"), ("other", "d2")] {
+        let body = json!({"name": pool, "type": "process"}).to_string();
+        let (status, answer) =
+            http("POST", &format!("{url}/api/work-pools"), Some(&body), None).await;
+        assert_eq!(status, 201, "{answer}");
+        let body = json!({"flow": "f", "name": deployment, "pool": pool}).to_string();
+        let (status, answer) =
+            http("PUT", &format!("{url}/api/deployments"), Some(&body), None).await;
+        assert!(status == 200 || status == 201, "{answer}");
+    }
+    let id = common::create_run(url, "f/d1", json!({})).await;
+    let claimed = claim(url, "p1", "w1", 1).await;
+    assert_eq!(
+        claimed["runs"][0]["flow_run"]["id"],
+        id.as_str(),
+        "{claimed}"
+    );
+    let (status, answer) = set_state(url, &id, json!({"type": "RUNNING", "worker": "w1"})).await;
+    assert_eq!(status, 200, "{answer}");
+    id
+}
+
+async fn claim(url: &str, pool: &str, worker: &str, limit: u32) -> Value {
+    let body = json!({"worker": worker, "limit": limit}).to_string();
+    let path = format!("{url}/api/work-pools/{pool}/claim");
+    let (status, answer) = http("POST", &path, Some(&body), None).await;
+    assert_eq!(status, 200, "{answer}");
+    answer
+}
+
+async fn set_state(url: &str, id: &str, body: Value) -> (u16, Value) {
+    let path = format!("{url}/api/flow-runs/{id}/state");
+    http("POST", &path, Some(&body.to_string()), None).await
+}
+
+async fn state_of(url: &str, id: &str) -> String {
+    let (_, run) = http("GET", &format!("{url}/api/flow-runs/{id}"), None, None).await;
+    run["state"]["type"].as_str().expect("state").to_string()
+}
+
+/// A held run's process runs on whatever the server records: only the
+/// worker holding it reports its states; an operator overrides with
+/// `force`, and cancels by asking the holder.
+#[tokio::test]
+async fn only_the_holder_moves_a_held_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(dir.path(), &[]);
+    let url = &server.url;
+    let id = a_held_run(url).await;
+
+    for body in [
+        json!({"type": "FAILED"}),
+        json!({"type": "COMPLETED", "worker": "w2"}),
+        json!({"type": "FAILED", "worker": "w1", "force": "yes"}),
+    ] {
+        let (status, error) = set_state(url, &id, body.clone()).await;
+        assert!(status == 409 || status == 400, "{body}: {status} {error}");
+        let field = if status == 409 { "worker" } else { "force" };
+        assert_eq!(error["field"], field, "{body}: {error}");
+        assert_eq!(state_of(url, &id).await, "RUNNING", "{body}");
+    }
+
+    // Cancel asks the holder (CANCELLING), which then reports the outcome.
+    let out = host_ok(url, &["flow-run", "cancel", &id]);
+    assert!(out.contains("CANCELLING"), "{out}");
+    let (status, answer) = set_state(url, &id, json!({"type": "FAILED"})).await;
+    assert_eq!(status, 409, "still the holder's to finish: {answer}");
+
+    let (status, answer) = set_state(
+        url,
+        &id,
+        json!({"type": "CRASHED", "force": true, "message": "gone"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["flow_run"]["state"]["type"], "CRASHED");
+}
+
+/// Workers are per pool (`w1` of `p1` and `w1` of `other` are two): a
+/// claim through a pool hands out that pool's runs only, and a heartbeat
+/// under a live worker's name cannot change how long it is trusted.
+#[tokio::test]
+async fn claims_and_heartbeats_stay_in_their_pool() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(dir.path(), &[]);
+    let url = &server.url;
+    let held = a_held_run(url).await;
+    let waiting = common::create_run(url, "f/d1", json!({})).await;
+    host_ok(url, &["flow-run", "cancel", &held]);
+
+    let through_other = claim(url, "other", "w1", 10).await;
+    assert_eq!(through_other["runs"], json!([]), "{through_other}");
+    assert_eq!(through_other["cancelling"], json!([]), "{through_other}");
+    assert_eq!(state_of(url, &waiting).await, "SCHEDULED");
+
+    let beat = |pool: &'static str, interval: u32| async move {
+        let body = json!({"name": "w1", "heartbeat_interval_seconds": interval}).to_string();
+        let path = format!("{url}/api/work-pools/{pool}/workers/heartbeat");
+        http("POST", &path, Some(&body), None).await
+    };
+    assert_eq!(beat("p1", 10).await.0, 200);
+    let (status, error) = beat("p1", 3600).await;
+    assert_eq!(status, 409, "{error}");
+    assert_eq!(error["field"], "heartbeat_interval_seconds", "{error}");
+    assert_eq!(beat("p1", 10).await.0, 200, "the worker itself beats on");
+    assert_eq!(beat("other", 3600).await.0, 200, "another pool's w1");
+    let (_, workers) = http(
+        "GET",
+        &format!("{url}/api/work-pools/p1/workers"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(workers[0]["heartbeat_interval_seconds"], 10, "{workers}");
 }
