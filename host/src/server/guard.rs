@@ -8,7 +8,7 @@
 //! - bound to loopback, only loopback names are answered (`Host`);
 //! - a request that changes something and says it comes from another
 //!   origin (`Origin`, `Sec-Fetch-Site`) is refused;
-//! - an API request that may carry a body must say `application/json`,
+//! - an API request with a body must say `application/json`,
 //!   which no form can and a cross-origin `fetch` cannot without a CORS
 //!   preflight this server never grants;
 //! - the UI's actions carry the CSRF token of the page they came from.
@@ -83,7 +83,7 @@ pub(super) async fn guard(State(s): State<AppState>, request: Request, next: Nex
         return refuse(t);
     }
     if api {
-        if let Err(t) = json_body(request.method(), headers) {
+        if let Err(t) = json_body(headers) {
             return refuse(t);
         }
         return next.run(request).await;
@@ -161,12 +161,12 @@ pub(super) fn same_origin(headers: &HeaderMap) -> Result<(), Trespass> {
     Ok(())
 }
 
-/// Methods that carry a body must say it is JSON; a DELETE without one
-/// needs no type.
-fn json_body(method: &Method, headers: &HeaderMap) -> Result<(), Trespass> {
+/// A request with a body must say it is JSON; one without (a cancel, a
+/// delete) needs no type. A bodiless cross-origin POST is left to the
+/// `Origin` check: browsers send `Origin` with every POST.
+fn json_body(headers: &HeaderMap) -> Result<(), Trespass> {
     let Some(content_type) = headers.get(header::CONTENT_TYPE) else {
-        let bodiless = *method == Method::DELETE
-            && !headers.contains_key(header::TRANSFER_ENCODING)
+        let bodiless = !headers.contains_key(header::TRANSFER_ENCODING)
             && headers
                 .get(header::CONTENT_LENGTH)
                 .is_none_or(|length| length.as_bytes() == b"0");
