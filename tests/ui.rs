@@ -11,6 +11,15 @@ use std::time::Duration;
 
 const LIVE: Duration = Duration::from_secs(20);
 
+/// The `csrf` field of the first form on a page.
+fn csrf_of(html: &str) -> String {
+    let at = html
+        .find(r#"name="csrf" value=""#)
+        .unwrap_or_else(|| panic!("no csrf field in {html}"));
+    let rest = &html[at + r#"name="csrf" value=""#.len()..];
+    rest[..rest.find('"').expect("closing quote")].to_string()
+}
+
 fn no_redirects() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -37,9 +46,19 @@ async fn with_a_token_pages_and_the_stream_need_the_login_cookie() {
         let location = answer.headers()["location"].to_str().expect("location");
         assert!(location.starts_with("/login?next="), "{page} → {location}");
     }
+    // The login page's CSRF token is for no session: it opens no action.
+    let anonymous = csrf_of(
+        &web.get(format!("{url}/login"))
+            .send()
+            .await
+            .expect("get")
+            .text()
+            .await
+            .expect("page"),
+    );
     let action = web
         .post(format!("{url}/ui/pools"))
-        .form(&[("name", "p"), ("type", "process")])
+        .form(&[("name", "p"), ("type", "process"), ("csrf", &anonymous)])
         .send()
         .await
         .expect("post");
@@ -59,7 +78,7 @@ async fn with_a_token_pages_and_the_stream_need_the_login_cookie() {
 
     let wrong = web
         .post(format!("{url}/login"))
-        .form(&[("token", "guess"), ("next", "/runs")])
+        .form(&[("token", "guess"), ("next", "/runs"), ("csrf", &anonymous)])
         .send()
         .await
         .expect("login");
@@ -75,7 +94,7 @@ async fn with_a_token_pages_and_the_stream_need_the_login_cookie() {
 
     let right = web
         .post(format!("{url}/login"))
-        .form(&[("token", "s3cret"), ("next", "/runs")])
+        .form(&[("token", "s3cret"), ("next", "/runs"), ("csrf", &anonymous)])
         .send()
         .await
         .expect("login");
@@ -130,15 +149,17 @@ async fn actions_are_posts_from_the_ui_itself() {
         .await
         .expect("get");
     assert_eq!(get.status(), 405, "no state change on GET");
+    let home = web.get(format!("{url}/")).send().await.expect("get");
+    let csrf = csrf_of(&home.text().await.expect("page"));
 
     let elsewhere = web
         .post(format!("{url}/ui/pools"))
         .header("origin", "http://evil.example")
-        .form(&[("name", "p"), ("type", "process")])
+        .form(&[("name", "p"), ("type", "process"), ("csrf", &csrf)])
         .send()
         .await
         .expect("post");
-    assert_eq!(elsewhere.status(), 400);
+    assert_eq!(elsewhere.status(), 403);
     let (_, pools) = http("GET", &format!("{url}/api/work-pools"), None, None).await;
     assert_eq!(pools, json!([]), "nothing created from another site");
 
@@ -149,6 +170,7 @@ async fn actions_are_posts_from_the_ui_itself() {
             ("name", "p"),
             ("type", "process"),
             ("concurrency_limit", ""),
+            ("csrf", &csrf),
         ])
         .send()
         .await
@@ -162,6 +184,7 @@ async fn actions_are_posts_from_the_ui_itself() {
             ("name", "q"),
             ("type", "process"),
             ("concurrency_limit", "many"),
+            ("csrf", &csrf),
         ])
         .send()
         .await
@@ -176,7 +199,7 @@ async fn actions_are_posts_from_the_ui_itself() {
 
     let taken = web
         .post(format!("{url}/ui/pools"))
-        .form(&[("name", "p"), ("type", "process")])
+        .form(&[("name", "p"), ("type", "process"), ("csrf", &csrf)])
         .send()
         .await
         .expect("post");
@@ -192,7 +215,7 @@ async fn actions_are_posts_from_the_ui_itself() {
     // `back` never leads off this server.
     let paused = web
         .post(format!("{url}/ui/pools/p/pause"))
-        .form(&[("back", "//evil.example/")])
+        .form(&[("back", "//evil.example/"), ("csrf", &csrf)])
         .send()
         .await
         .expect("pause");

@@ -8,8 +8,11 @@ use serde::{Deserialize, Serialize};
 pub enum ErrorKind {
     BadRequest,
     Unauthorized,
+    /// Refused whoever asks this way: another site's page, a foreign `Host`.
+    Forbidden,
     NotFound,
     Conflict,
+    UnsupportedMediaType,
     Unavailable,
     /// The server's disk is too full to write.
     InsufficientStorage,
@@ -21,8 +24,10 @@ impl ErrorKind {
         match self {
             ErrorKind::BadRequest => 400,
             ErrorKind::Unauthorized => 401,
+            ErrorKind::Forbidden => 403,
             ErrorKind::NotFound => 404,
             ErrorKind::Conflict => 409,
+            ErrorKind::UnsupportedMediaType => 415,
             ErrorKind::Unavailable => 503,
             ErrorKind::InsufficientStorage => 507,
             ErrorKind::Internal => 500,
@@ -93,6 +98,20 @@ impl ApiError {
             kind: ErrorKind::InsufficientStorage,
             message: message.into(),
             field: None,
+        }
+    }
+    pub fn forbidden(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError {
+            kind: ErrorKind::Forbidden,
+            message: message.into(),
+            field: Some(field.into()),
+        }
+    }
+    pub fn unsupported_media_type(message: impl Into<String>) -> Self {
+        ApiError {
+            kind: ErrorKind::UnsupportedMediaType,
+            message: message.into(),
+            field: Some("content-type".into()),
         }
     }
     pub fn unauthorized() -> Self {

@@ -31,9 +31,13 @@ pub struct Transition {
     pub name: Option<String>,
     #[serde(default)]
     pub message: Option<String>,
-    /// The worker asking; must own the run while it is claimed.
+    /// The worker asking; while a worker holds the run, only that one.
     #[serde(default)]
     pub worker: Option<String>,
+    /// An operator's override of the holder check (logged). The held run's
+    /// process may still run: cancelling asks its worker to stop it.
+    #[serde(default)]
+    pub force: bool,
     #[serde(default)]
     pub idempotency_key: Option<String>,
     #[serde(default)]
@@ -100,13 +104,23 @@ pub fn decide(run: &FlowRun, request: &Transition, now: Timestamp) -> Result<Dec
             format!("cannot move flow run {} from {from} to {to}", run.id),
         ));
     }
-    if let (Some(owner), Some(asking)) = (&run.worker, &request.worker)
-        && owner != asking
+    // A held run's process runs on whatever is recorded: a state nobody
+    // reported from there would tell a lie about it.
+    if let Some(owner) = &run.worker
+        && !request.force
+        && request.worker.as_deref() != Some(owner.as_str())
     {
-        return Err(ApiError::conflict(format!(
-            "flow run {} is claimed by worker {owner}, not {asking}",
-            run.id
-        )));
+        let message = match &request.worker {
+            Some(asking) => format!(
+                "worker: flow run {} is held by worker {owner}, not {asking}",
+                run.id
+            ),
+            None => format!(
+                "worker: flow run {} is held by worker {owner}, which alone reports its states; cancel it, or set `force: true` to override",
+                run.id
+            ),
+        };
+        return Err(ApiError::conflict_on("worker", message));
     }
     let mut next = run.clone();
     let mut state = State::new(to, now);

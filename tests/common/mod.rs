@@ -125,13 +125,13 @@ impl TestServer {
             host::control::Catalog::from_registry(&registry),
             config,
         );
-        let app = host::server::router(host::server::AppState::new(
-            control.clone(),
-            token.map(String::from),
-        ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
+        let app = host::server::router(
+            host::server::AppState::new(control.clone(), token.map(String::from))
+                .bound_to(listener.local_addr().expect("addr")),
+        );
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.expect("serve");

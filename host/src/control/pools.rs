@@ -490,6 +490,12 @@ impl Control {
             .write(move |w| {
                 w.pool(&pool)?.ok_or_else(|| pool_not_found(&pool))?;
                 let old = w.worker(&pool, &beat.name)?;
+                if let Some(old) = &old
+                    && old.status(now) == WorkerStatus::Online
+                    && old.heartbeat_interval_seconds != beat.heartbeat_interval_seconds
+                {
+                    return Err(interval_of_a_live_worker(old));
+                }
                 let created = old.as_ref().map_or(now, |old| old.created);
                 // Back from a silence: the runs marked DISCONNECTED meanwhile
                 // are its again, until it reports what became of them.
@@ -532,4 +538,20 @@ impl Control {
                 .collect())
         })
     }
+}
+
+/// Heartbeats carry no proof of who sends them: one under a live worker's
+/// name may keep it alive, but not change how long it is trusted (a ghost
+/// setting 3600 s would keep a dead worker's runs from being crashed).
+fn interval_of_a_live_worker(old: &Worker) -> ApiError {
+    ApiError::conflict_on(
+        "heartbeat_interval_seconds",
+        format!(
+            "heartbeat_interval_seconds: worker {} of pool {} is ONLINE with {} s; its interval changes once it is OFFLINE ({} s without a heartbeat), or start this one under another name",
+            old.name,
+            old.pool,
+            old.heartbeat_interval_seconds,
+            old.heartbeat_interval_seconds * crate::model::MISSED_HEARTBEATS_OFFLINE
+        ),
+    )
 }

@@ -59,6 +59,9 @@ impl Control {
     ) -> Result<(FlowRun, bool), ApiError> {
         let id = id.to_string();
         let now = now();
+        let forced = request
+            .force
+            .then(|| (id.clone(), request.to, request.worker.clone()));
         let outcome = self
             .store
             .write(move |w| {
@@ -74,6 +77,9 @@ impl Control {
             .await?;
         if outcome.1 {
             self.changed();
+        }
+        if let (Some((id, to, asking)), true) = (forced, outcome.1) {
+            tracing::warn!(flow_run_id = %id, to = ?to, holder = ?outcome.0.worker, asking = ?asking, "state forced by an operator");
         }
         Ok(outcome)
     }

@@ -82,7 +82,10 @@ pub(super) async fn writes(State(s): State<AppState>, request: Request, next: Ne
         .header(FORWARDED, "1")
         .body(body.clone());
     for (name, value) in &parts.headers {
-        if !hop_by_hop(name) && name != header::HOST {
+        // Where the request came from was checked here (`guard`); against
+        // the leader's own address it would look like another origin.
+        let checked = name == header::ORIGIN || name.as_str().starts_with("sec-fetch-");
+        if !hop_by_hop(name) && name != header::HOST && !checked {
             relayed = relayed.header(name, value);
         }
     }

@@ -7,6 +7,7 @@
 mod deployments;
 mod events;
 mod forward;
+mod guard;
 mod openapi;
 mod pools;
 mod runs;
@@ -36,6 +37,10 @@ pub struct AppState {
     session: Option<Arc<str>>,
     metrics: Arc<ServerMetrics>,
     forwarder: forward::Forwarder,
+    /// Bound to loopback: only loopback names in `Host` (DNS rebinding).
+    loopback_only: bool,
+    /// Signs the UI's CSRF tokens.
+    csrf_key: Arc<[u8; 32]>,
 }
 
 impl AppState {
@@ -44,15 +49,24 @@ impl AppState {
         AppState {
             control,
             session: token.as_deref().map(|t| Arc::from(ui::session_value(t))),
-            token,
             metrics: Arc::default(),
             forwarder: forward::Forwarder::default(),
+            loopback_only: false,
+            csrf_key: Arc::new(csrf_key(token.as_deref())),
+            token,
         }
     }
 
-    /// The token in the `Authorization` header, or the UI's session cookie;
-    /// always when the server has no token.
-    fn authorized(&self, headers: &HeaderMap) -> bool {
+    /// The address the server listens on: bound to loopback, it answers
+    /// only requests naming a loopback host.
+    pub fn bound_to(mut self, local: std::net::SocketAddr) -> AppState {
+        self.loopback_only = local.ip().is_loopback();
+        self
+    }
+
+    /// The token in the `Authorization` header, or, where `cookie` allows,
+    /// the UI's session cookie; always when the server has no token.
+    fn authorized(&self, headers: &HeaderMap, cookie: bool) -> bool {
         let (Some(token), Some(session)) = (&self.token, &self.session) else {
             return true;
         };
@@ -60,8 +74,49 @@ impl AppState {
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        bearer == Some(token.as_ref()) || ui::session_cookie(headers) == Some(session.as_ref())
+        bearer == Some(token.as_ref())
+            || (cookie && ui::session_cookie(headers) == Some(session.as_ref()))
     }
+
+    /// The CSRF token of the UI's forms for this request's session (none
+    /// without a token): only a page of this server, read by the browser
+    /// that holds the session, has it.
+    fn csrf_token(&self, headers: &HeaderMap) -> String {
+        let session = ui::session_cookie(headers).unwrap_or("");
+        hmac_sha256(self.csrf_key.as_ref(), session.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+/// Derived from the API token when there is one, so that every replica and
+/// a restarted server accept the forms of the pages they served; random
+/// otherwise (a form outlives only the server that rendered it).
+fn csrf_key(token: Option<&str>) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let seed = match token {
+        Some(token) => format!("host-ui-csrf\0{token}"),
+        None => format!("{}{}", uuid::Uuid::new_v4(), uuid::Uuid::new_v4()),
+    };
+    Sha256::digest(seed.as_bytes()).into()
+}
+
+/// RFC 2104 over SHA-256 (the key is one block or less).
+fn hmac_sha256(key: &[u8; 32], message: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut block = [0u8; 64];
+    block[..32].copy_from_slice(key);
+    let pad = |byte: u8| block.map(|b| b ^ byte);
+    let inner = Sha256::new()
+        .chain_update(pad(0x36))
+        .chain_update(message)
+        .finalize();
+    Sha256::new()
+        .chain_update(pad(0x5c))
+        .chain_update(inner)
+        .finalize()
+        .into()
 }
 
 impl IntoResponse for ApiError {
@@ -229,8 +284,12 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The session cookie counts only for the UI's own reads (its event stream,
+/// a run's log lines): a browser sends it along with any page's form.
 async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if !state.authorized(request.headers()) {
+    let headers = request.headers();
+    let cookie = guard::is_safe(request.method()) && guard::same_origin(headers).is_ok();
+    if !state.authorized(headers, cookie) {
         return ApiError::unauthorized().into_response();
     }
     next.run(request).await
@@ -321,6 +380,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             forward::writes,
         ))
+        .layer(middleware::from_fn_with_state(state.clone(), guard::guard))
         .layer(middleware::from_fn_with_state(state.clone(), count_request))
         .with_state(state)
 }

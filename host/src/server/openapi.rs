@@ -22,10 +22,17 @@ pub enum Errors {
     BadRequest(ErrorBody),
     #[response(status = 401, description = "The API token is missing or wrong")]
     Unauthorized(ErrorBody),
+    #[response(
+        status = 403,
+        description = "Refused: another site's page (`Origin`, `Sec-Fetch-Site`), or a name other than loopback's while bound to loopback (`Host`)"
+    )]
+    Forbidden(ErrorBody),
     #[response(status = 404, description = "No such resource")]
     NotFound(ErrorBody),
     #[response(status = 409, description = "Conflicts with the current state")]
     Conflict(ErrorBody),
+    #[response(status = 415, description = "A body that is not `application/json`")]
+    UnsupportedMediaType(ErrorBody),
     #[response(status = 503, description = "The store is not available")]
     Unavailable(ErrorBody),
     #[response(

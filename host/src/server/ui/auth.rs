@@ -2,7 +2,7 @@
 //! (HttpOnly, SameSite=Strict) that the pages, actions and the event
 //! stream accept in place of the `Authorization` header.
 
-use super::{back_to, same_origin, view};
+use super::{back_to, view};
 use crate::server::AppState;
 use axum::Router;
 use axum::extract::{Form, Request, State};
@@ -47,7 +47,7 @@ pub async fn require_login(
     request: Request,
     next: Next,
 ) -> Response {
-    if state.authorized(request.headers()) {
+    if state.authorized(request.headers(), true) {
         return next.run(request).await;
     }
     // After logging in the browser GETs `next`: an action's path is no page.
@@ -86,6 +86,7 @@ fn login_page(next: &str, error: Option<&str>) -> maud::Markup {
             p { "This server needs its API token (" code { "HOST_API_TOKEN" } ")." }
             form.card method="post" action="/login" {
                 input type="hidden" name="next" value=(next);
+                (view::csrf_field())
                 (view::field_error_wrap("token", "API token", error, html! {
                     input #token type="password" name="token" autocomplete="current-password" required autofocus;
                 }))
@@ -104,10 +105,8 @@ struct LoginForm {
 
 async fn login(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Result<Response, super::PageError> {
-    same_origin(&headers)?;
     let next = form.next.as_deref().unwrap_or("/");
     let Some(session) = state.session.as_deref() else {
         return Ok(back_to(Some(next), "/").into_response());
@@ -120,8 +119,7 @@ async fn login(
     Ok(([(header::SET_COOKIE, cookie)], back_to(Some(next), "/")).into_response())
 }
 
-async fn logout(headers: HeaderMap) -> Result<Response, super::PageError> {
-    same_origin(&headers)?;
+async fn logout() -> Response {
     let cookie = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
-    Ok(([(header::SET_COOKIE, cookie)], Redirect::to("/login")).into_response())
+    ([(header::SET_COOKIE, cookie)], Redirect::to("/login")).into_response()
 }

@@ -3,7 +3,7 @@
 
 use super::form::{self, Submitted};
 use super::view::{self, Nav};
-use super::{Page, PageError, same_origin};
+use super::{Page, PageError};
 use crate::control::RunRequest;
 use crate::control::schema::host_variables;
 use crate::error::ApiError;
@@ -12,7 +12,7 @@ use crate::server::AppState;
 use crate::store::RunFilter;
 use axum::Router;
 use axum::extract::{Form, Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use maud::{Markup, html};
@@ -173,6 +173,7 @@ fn detail_page(
             p.muted { "Empty fields keep the deployment's and the pool's values." }
             @if let Some(e) = general { p.error role="alert" data-field=[e.field.as_deref()] { (e.message) } }
             form method="post" action=(run_action) {
+                (view::csrf_field())
                 @if !d.parameters.is_empty() {
                     fieldset {
                         legend { "Parameters" }
@@ -199,11 +200,9 @@ fn detail_page(
 
 async fn run(
     State(s): State<AppState>,
-    headers: HeaderMap,
     Path((flow, name)): Path<(String, String)>,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> Result<Response, PageError> {
-    same_origin(&headers)?;
     let deployment = s.control.deployment(&format!("{flow}/{name}"))?;
     let submitted: Submitted = pairs.into_iter().collect();
     let attempt = async {

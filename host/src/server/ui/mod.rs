@@ -25,8 +25,9 @@ pub use auth::{session_cookie, session_value};
 use super::AppState;
 use crate::error::ApiError;
 use axum::Router;
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 
@@ -41,12 +42,24 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .merge(deployments::routes())
         .merge(runs::routes())
         .merge(plugins::routes())
-        .route_layer(middleware::from_fn_with_state(state, auth::require_login));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_login,
+        ));
     Router::new()
         .merge(pages)
         .merge(auth::routes())
+        .route_layer(middleware::from_fn_with_state(state, with_csrf_token))
         .route("/ui/app.css", get(|| asset("text/css", APP_CSS)))
         .route("/ui/app.js", get(|| asset("text/javascript", APP_JS)))
+}
+
+/// Every form rendered for this request carries its session's CSRF token
+/// (the server's `guard` checks it when the form comes back); a scope, so
+/// that no page function has to pass it down to its forms.
+async fn with_csrf_token(State(s): State<AppState>, request: Request, next: Next) -> Response {
+    let token = s.csrf_token(request.headers());
+    view::CSRF_TOKEN.scope(token, next.run(request)).await
 }
 
 async fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -112,30 +125,4 @@ fn back_to(back: Option<&str>, fallback: &str) -> Redirect {
         .filter(|b| b.starts_with('/') && !b.starts_with("//") && !b.contains('\\'))
         .unwrap_or(fallback);
     Redirect::to(target)
-}
-
-/// Actions are refused from other sites: with no token set nothing else
-/// would stop a page elsewhere from posting a form here.
-fn same_origin(headers: &HeaderMap) -> Result<(), PageError> {
-    let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
-    if site.is_some_and(|s| s == "cross-site" || s == "same-site") {
-        return Err(forbidden());
-    }
-    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    if let (Some(origin), Some(host)) = (origin, host) {
-        let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-        if origin != "null" && origin_host != host {
-            return Err(forbidden());
-        }
-    }
-    Ok(())
-}
-
-fn forbidden() -> PageError {
-    PageError(ApiError {
-        kind: crate::error::ErrorKind::BadRequest,
-        message: "this action must come from the host UI's own pages".into(),
-        field: None,
-    })
 }

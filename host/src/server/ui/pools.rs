@@ -1,7 +1,7 @@
 //! Work Pools (the home page) and a pool's page with its tabs.
 
 use super::view::{self, Nav};
-use super::{Back, Page, PageError, same_origin};
+use super::{Back, Page, PageError};
 use crate::control::{PoolPatch, PoolSpec, PoolView, WorkerView};
 use crate::error::ApiError;
 use crate::model::{StateType, Timestamp};
@@ -9,7 +9,7 @@ use crate::server::AppState;
 use crate::store::RunFilter;
 use axum::Router;
 use axum::extract::{Form, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use maud::{Markup, html};
@@ -131,6 +131,7 @@ fn create_form(s: &AppState, form: &CreateForm, error: Option<&ApiError>) -> Mar
             @if let Some(e) = general { p.error role="alert" { (e.message) } }
             form method="post" action="/ui/pools" {
                 (view::field_error_wrap("name", "Name", error_on("name"), html! {
+                    (view::csrf_field())
                     input #name name="name" value=(form.name) required
                         aria-describedby=[error_on("name").map(|_| "name-error")];
                 }))
@@ -159,10 +160,8 @@ fn create_form(s: &AppState, form: &CreateForm, error: Option<&ApiError>) -> Mar
 
 async fn create(
     State(s): State<AppState>,
-    headers: HeaderMap,
     Form(form): Form<CreateForm>,
 ) -> Result<Response, PageError> {
-    same_origin(&headers)?;
     let created = match parse_limit(&form.concurrency_limit) {
         Ok(concurrency_limit) => {
             s.control
@@ -205,12 +204,10 @@ fn parse_limit(text: &str) -> Result<Option<u32>, ApiError> {
 
 async fn set_paused(
     s: &AppState,
-    headers: &HeaderMap,
     name: &str,
     paused: bool,
     back: Back,
 ) -> Result<Response, PageError> {
-    same_origin(headers)?;
     let patch = PoolPatch {
         paused: Some(paused),
         ..PoolPatch::default()
@@ -221,28 +218,24 @@ async fn set_paused(
 
 async fn pause(
     State(s): State<AppState>,
-    headers: HeaderMap,
     Path(name): Path<String>,
     Form(back): Form<Back>,
 ) -> Result<Response, PageError> {
-    set_paused(&s, &headers, &name, true, back).await
+    set_paused(&s, &name, true, back).await
 }
 
 async fn resume(
     State(s): State<AppState>,
-    headers: HeaderMap,
     Path(name): Path<String>,
     Form(back): Form<Back>,
 ) -> Result<Response, PageError> {
-    set_paused(&s, &headers, &name, false, back).await
+    set_paused(&s, &name, false, back).await
 }
 
 async fn delete(
     State(s): State<AppState>,
-    headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Response, PageError> {
-    same_origin(&headers)?;
     s.control.delete_pool(&name).await?;
     Ok(Redirect::to("/").into_response())
 }

@@ -169,11 +169,24 @@ pub fn segment(text: &str) -> String {
     query_escape(text).replace('/', "%2F")
 }
 
+tokio::task_local! {
+    /// The CSRF token of the request being answered (`ui::with_csrf_token`).
+    pub static CSRF_TOKEN: String;
+}
+
+/// The hidden field every form posting to this server carries. Outside a
+/// request's scope it is empty, and the form will be refused.
+pub fn csrf_field() -> Markup {
+    let token = CSRF_TOKEN.try_with(String::clone).unwrap_or_default();
+    html! { input type="hidden" name="csrf" value=(token); }
+}
+
 /// A POST button, with `app.js` asking first when `confirm` is given.
 pub fn action(path: &str, label: &str, back: &str, confirm: Option<&str>) -> Markup {
     html! {
         form.inline method="post" action=(path) data-confirm=[confirm] {
             input type="hidden" name="back" value=(back);
+            (csrf_field())
             button.danger[confirm.is_some()] type="submit" { (label) }
         }
     }

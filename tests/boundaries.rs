@@ -1,0 +1,331 @@
+//! Nobody in where they do not belong: a page of another site (or another
+//! port) driving the API or the UI's forms through the user's browser, a
+//! name that rebinds to loopback, and workers reaching past their own runs.
+//! All against a real `host serve`.
+
+mod common;
+
+use common::{ServerProcess, host_ok, http};
+use reqwest::header::{CONTENT_TYPE, COOKIE, HOST, ORIGIN};
+use serde_json::{Value, json};
+
+fn web() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+async fn answer(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+async fn pools(url: &str, token: Option<&str>) -> Value {
+    let mut request = web().get(format!("{url}/api/work-pools"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let (status, pools) = answer(request.send().await.expect("list")).await;
+    assert_eq!(status, 200, "{pools}");
+    pools
+}
+
+/// The `csrf` field of the first form on a page.
+fn csrf_of(html: &str) -> String {
+    let at = html
+        .find(r#"name="csrf" value=""#)
+        .unwrap_or_else(|| panic!("no csrf field in {html}"));
+    let rest = &html[at + r#"name="csrf" value=""#.len()..];
+    rest[..rest.find('"').expect("closing quote")].to_string()
+}
+
+/// What an `enctype=text/plain` form on any page can send: a JSON body
+/// under the wrong content type.
+#[tokio::test]
+async fn a_page_elsewhere_cannot_post_to_the_api() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(dir.path(), &[]);
+    let url = &server.url;
+    let pool = json!({"name": "p", "type": "process"}).to_string();
+    let post = || web().post(format!("{url}/api/work-pools"));
+
+    let form = post()
+        .header(CONTENT_TYPE, "text/plain")
+        .body(pool.clone())
+        .send()
+        .await
+        .expect("post");
+    let (status, error) = answer(form).await;
+    assert_eq!(status, 415, "{error}");
+    assert_eq!(error["field"], "content-type", "{error}");
+    let bare = post().body(pool.clone()).send().await.expect("post");
+    assert_eq!(answer(bare).await.0, 415, "a body with no content type");
+
+    // A page on another port is another origin, though the same site.
+    for (header, value, field) in [
+        ("origin", "http://127.0.0.1:1", "origin"),
+        ("origin", "null", "origin"),
+        ("sec-fetch-site", "same-site", "sec-fetch-site"),
+        ("sec-fetch-site", "cross-site", "sec-fetch-site"),
+    ] {
+        let sent = post()
+            .header(CONTENT_TYPE, "application/json")
+            .header(header, value)
+            .body(pool.clone())
+            .send()
+            .await
+            .expect("post");
+        let (status, error) = answer(sent).await;
+        assert_eq!(status, 403, "{header}: {value}: {error}");
+        assert_eq!(error["field"], field, "{error}");
+    }
+    assert_eq!(pools(url, None).await, json!([]), "nothing was created");
+
+    // The CLI's requests, and a page of this server's own.
+    let cli = post()
+        .header(CONTENT_TYPE, "application/json; charset=utf-8")
+        .body(pool.clone())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(answer(cli).await.0, 201);
+    let own = web()
+        .delete(format!("{url}/api/work-pools/p"))
+        .header(ORIGIN, url.as_str())
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(answer(own).await.0, 204, "a same-origin write goes through");
+}
+
+/// The UI's session cookie reaches the API only for the UI's own reads:
+/// a form elsewhere on the machine gets the cookie sent along too.
+#[tokio::test]
+async fn the_session_cookie_does_not_write_through_the_api() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(dir.path(), &["--api-token", "s3cret"]);
+    let url = &server.url;
+    let login_page = web().get(format!("{url}/login")).send().await.expect("get");
+    let csrf = csrf_of(&login_page.text().await.expect("page"));
+    let login = web()
+        .post(format!("{url}/login"))
+        .form(&[("token", "s3cret"), ("next", "/"), ("csrf", &csrf)])
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(login.status(), 303);
+    let cookie = login.headers()["set-cookie"].to_str().expect("cookie");
+    let session = cookie.split(';').next().expect("pair").to_string();
+
+    let write = web()
+        .post(format!("{url}/api/work-pools"))
+        .header(COOKIE, &session)
+        .header(CONTENT_TYPE, "application/json")
+        .json(&json!({"name": "p", "type": "process"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(answer(write).await.0, 401, "the cookie does not write");
+    assert_eq!(pools(url, Some("s3cret")).await, json!([]));
+
+    let read = web()
+        .get(format!("{url}/api/work-pools"))
+        .header(COOKIE, &session)
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(answer(read).await.0, 200, "the UI's own reads keep working");
+    let elsewhere = web()
+        .get(format!("{url}/api/work-pools"))
+        .header(COOKIE, &session)
+        .header("sec-fetch-site", "same-site")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(answer(elsewhere).await.0, 401, "nor reads from elsewhere");
+}
+
+/// The UI's actions carry a token only its own pages hold, bound to the
+/// session: a form on another port knows neither.
+#[tokio::test]
+async fn ui_forms_need_the_token_of_their_page() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(dir.path(), &[]);
+    let url = &server.url;
+    let create = |csrf: Option<&str>| {
+        let mut fields = vec![("name", "p"), ("type", "process")];
+        fields.extend(csrf.map(|c| ("csrf", c)));
+        web().post(format!("{url}/ui/pools")).form(&fields).send()
+    };
+
+    let (status, page) = answer(create(None).await.expect("post")).await;
+    assert_eq!(status, 403, "{page}");
+    let (status, _) = answer(create(Some("0123abcd")).await.expect("post")).await;
+    assert_eq!(status, 403, "a made-up token");
+    assert_eq!(pools(url, None).await, json!([]), "nothing was created");
+
+    let home = web().get(format!("{url}/")).send().await.expect("get");
+    let csrf = csrf_of(&home.text().await.expect("page"));
+    let created = create(Some(&csrf)).await.expect("post");
+    assert_eq!(created.status(), 303);
+    assert_eq!(pools(url, None).await[0]["name"], "p");
+}
+
+/// DNS rebinding: a name the attacker controls resolves to 127.0.0.1, and
+/// the browser then calls the page's own origin. Bound to loopback, the
+/// server answers only loopback names.
+#[tokio::test]
+async fn bound_to_loopback_it_answers_only_loopback_hosts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(dir.path(), &[]);
+    let url = &server.url;
+    let port = url.rsplit(':').next().expect("port");
+    for path in ["/api/work-pools", "/", "/api/health"] {
+        let rebound = web()
+            .get(format!("{url}{path}"))
+            .header(HOST, format!("rebind.attacker.example:{port}"))
+            .send()
+            .await
+            .expect("get");
+        let (status, error) = answer(rebound).await;
+        assert_eq!(status, 403, "{path}: {error}");
+        if path.starts_with("/api/") {
+            assert_eq!(error["field"], "host", "{error}");
+        }
+    }
+    for host in ["localhost", "127.0.0.1", "[::1]", "app.localhost"] {
+        let local = web()
+            .get(format!("{url}/api/work-pools"))
+            .header(HOST, format!("{host}:{port}"))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(local.status(), 200, "{host}");
+    }
+}
+
+/// Two process pools, `p1` and `other`, a deployment in each, and a run of
+/// `p1` claimed and started by its worker `w1`; returns that run's id.
+async fn a_held_run(url: &str) -> String {
+    for (pool, deployment) in [("p1", "d1"), ("other", "d2")] {
+        let body = json!({"name": pool, "type": "process"}).to_string();
+        let (status, answer) =
+            http("POST", &format!("{url}/api/work-pools"), Some(&body), None).await;
+        assert_eq!(status, 201, "{answer}");
+        let body = json!({"flow": "f", "name": deployment, "pool": pool}).to_string();
+        let (status, answer) =
+            http("PUT", &format!("{url}/api/deployments"), Some(&body), None).await;
+        assert!(status == 200 || status == 201, "{answer}");
+    }
+    let id = common::create_run(url, "f/d1", json!({})).await;
+    let claimed = claim(url, "p1", "w1", 1).await;
+    assert_eq!(
+        claimed["runs"][0]["flow_run"]["id"],
+        id.as_str(),
+        "{claimed}"
+    );
+    let (status, answer) = set_state(url, &id, json!({"type": "RUNNING", "worker": "w1"})).await;
+    assert_eq!(status, 200, "{answer}");
+    id
+}
+
+async fn claim(url: &str, pool: &str, worker: &str, limit: u32) -> Value {
+    let body = json!({"worker": worker, "limit": limit}).to_string();
+    let path = format!("{url}/api/work-pools/{pool}/claim");
+    let (status, answer) = http("POST", &path, Some(&body), None).await;
+    assert_eq!(status, 200, "{answer}");
+    answer
+}
+
+async fn set_state(url: &str, id: &str, body: Value) -> (u16, Value) {
+    let path = format!("{url}/api/flow-runs/{id}/state");
+    http("POST", &path, Some(&body.to_string()), None).await
+}
+
+async fn state_of(url: &str, id: &str) -> String {
+    let (_, run) = http("GET", &format!("{url}/api/flow-runs/{id}"), None, None).await;
+    run["state"]["type"].as_str().expect("state").to_string()
+}
+
+/// A held run's process runs on whatever the server records: only the
+/// worker holding it reports its states; an operator overrides with
+/// `force`, and cancels by asking the holder.
+#[tokio::test]
+async fn only_the_holder_moves_a_held_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(dir.path(), &[]);
+    let url = &server.url;
+    let id = a_held_run(url).await;
+
+    for body in [
+        json!({"type": "FAILED"}),
+        json!({"type": "COMPLETED", "worker": "w2"}),
+        json!({"type": "FAILED", "worker": "w1", "force": "yes"}),
+    ] {
+        let (status, error) = set_state(url, &id, body.clone()).await;
+        assert!(status == 409 || status == 400, "{body}: {status} {error}");
+        let field = if status == 409 { "worker" } else { "force" };
+        assert_eq!(error["field"], field, "{body}: {error}");
+        assert_eq!(state_of(url, &id).await, "RUNNING", "{body}");
+    }
+
+    // Cancel asks the holder (CANCELLING), which then reports the outcome.
+    let out = host_ok(url, &["flow-run", "cancel", &id]);
+    assert!(out.contains("CANCELLING"), "{out}");
+    let (status, answer) = set_state(url, &id, json!({"type": "FAILED"})).await;
+    assert_eq!(status, 409, "still the holder's to finish: {answer}");
+
+    let (status, answer) = set_state(
+        url,
+        &id,
+        json!({"type": "CRASHED", "force": true, "message": "gone"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["flow_run"]["state"]["type"], "CRASHED");
+}
+
+/// Workers are per pool (`w1` of `p1` and `w1` of `other` are two): a
+/// claim through a pool hands out that pool's runs only, and a heartbeat
+/// under a live worker's name cannot change how long it is trusted.
+#[tokio::test]
+async fn claims_and_heartbeats_stay_in_their_pool() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(dir.path(), &[]);
+    let url = &server.url;
+    let held = a_held_run(url).await;
+    let waiting = common::create_run(url, "f/d1", json!({})).await;
+    host_ok(url, &["flow-run", "cancel", &held]);
+
+    let through_other = claim(url, "other", "w1", 10).await;
+    assert_eq!(through_other["runs"], json!([]), "{through_other}");
+    assert_eq!(through_other["cancelling"], json!([]), "{through_other}");
+    assert_eq!(state_of(url, &waiting).await, "SCHEDULED");
+
+    let beat = |pool: &'static str, interval: u32| async move {
+        let body = json!({"name": "w1", "heartbeat_interval_seconds": interval}).to_string();
+        let path = format!("{url}/api/work-pools/{pool}/workers/heartbeat");
+        http("POST", &path, Some(&body), None).await
+    };
+    assert_eq!(beat("p1", 10).await.0, 200);
+    let (status, error) = beat("p1", 3600).await;
+    assert_eq!(status, 409, "{error}");
+    assert_eq!(error["field"], "heartbeat_interval_seconds", "{error}");
+    assert_eq!(beat("p1", 10).await.0, 200, "the worker itself beats on");
+    assert_eq!(beat("other", 3600).await.0, 200, "another pool's w1");
+    let (_, workers) = http(
+        "GET",
+        &format!("{url}/api/work-pools/p1/workers"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(workers[0]["heartbeat_interval_seconds"], 10, "{workers}");
+}
