@@ -931,7 +931,11 @@ async fn values_no_run_could_use_are_refused_naming_the_field() {
     let (_, runs) = http("GET", &format!("{}/api/flow-runs", s.url), None, None).await;
     assert_eq!(runs["runs"].as_array().map(Vec::len), Some(0), "{runs}");
     let (_, deployments) = http("GET", &format!("{}/api/deployments", s.url), None, None).await;
-    assert_eq!(deployments.as_array().map(Vec::len), Some(1), "{deployments}");
+    assert_eq!(
+        deployments.as_array().map(Vec::len),
+        Some(1),
+        "{deployments}"
+    );
     s.control.upkeep().await.expect("the scheduler goes on");
     let (_, health) = http("GET", &format!("{}/api/health", s.url), None, None).await;
     assert_eq!(health["status"], "ok", "{health}");

@@ -51,15 +51,21 @@ async fn an_acknowledged_creation_survives_an_immediate_postgres_stop() {
         let id = run["id"].as_str().expect("id").to_string();
         cluster.crash();
         cluster.start_again();
-        let (status, body) =
-            settled_get(&format!("{url}/api/flow-runs/{id}"), Duration::from_secs(60)).await;
+        let (status, body) = settled_get(
+            &format!("{url}/api/flow-runs/{id}"),
+            Duration::from_secs(60),
+        )
+        .await;
         match status {
             200 => {}
             404 => lost.push(id),
             other => panic!("round {round}: {other} {body}"),
         }
     }
-    println!("immediate stops: 20 acknowledged creations, {} lost", lost.len());
+    println!(
+        "immediate stops: 20 acknowledged creations, {} lost",
+        lost.len()
+    );
     assert!(lost.is_empty(), "acknowledged, then lost: {lost:?}");
 }
 
@@ -139,7 +145,17 @@ async fn runs_waiting_for_go(
     common::host_ok(url, &["work-pool", "create", "--type", "process", "p"]);
     common::host_ok(
         url,
-        &["deployment", "create", "f/go", "--pool", "p", "--", "sh", "-c", &script],
+        &[
+            "deployment",
+            "create",
+            "f/go",
+            "--pool",
+            "p",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
     );
     let worker = common::WorkerProcess::start(
         url,

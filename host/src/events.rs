@@ -157,7 +157,8 @@ impl Events {
             recent.next_seq += 1;
             recent.bytes += event.bytes;
             recent.events.push_back(event.clone());
-            while recent.events.len() > KEPT || (recent.bytes > KEPT_BYTES && recent.events.len() > 1)
+            while recent.events.len() > KEPT
+                || (recent.bytes > KEPT_BYTES && recent.events.len() > 1)
             {
                 if let Some(oldest) = recent.events.pop_front() {
                     recent.bytes -= oldest.bytes;

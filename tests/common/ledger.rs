@@ -18,7 +18,12 @@ pub fn replicas(cluster: &Postgres, dir: &Path, n: usize) -> Vec<ServerProcess> 
 }
 
 /// `n` replicas on a new database, each started with `extra` arguments.
-pub fn replicas_with(cluster: &Postgres, dir: &Path, n: usize, extra: &[&str]) -> Vec<ServerProcess> {
+pub fn replicas_with(
+    cluster: &Postgres,
+    dir: &Path,
+    n: usize,
+    extra: &[&str],
+) -> Vec<ServerProcess> {
     let database = cluster.new_database();
     (0..n)
         .map(|i| {
@@ -147,7 +152,12 @@ impl std::fmt::Display for Counts {
         write!(
             f,
             "{} acknowledged, {} lost, {} run twice, {} mis-reported, {} stuck, {} unknown executed",
-            self.acknowledged, self.lost, self.run_twice, self.misreported, self.stuck, self.unknown
+            self.acknowledged,
+            self.lost,
+            self.run_twice,
+            self.misreported,
+            self.stuck,
+            self.unknown
         )
     }
 }
@@ -212,4 +222,3 @@ pub async fn every_run_exactly_once(url: &str, ledger: &Path, acknowledged: &[St
     );
     counts
 }
-

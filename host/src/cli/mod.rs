@@ -252,4 +252,3 @@ pub fn raise_open_file_limit() -> u64 {
     }
     limit.rlim_cur
 }
-

@@ -426,7 +426,10 @@ mod tests {
         let huge = every(i64::MAX as u64);
         assert_eq!(next_occurrence(&huge, now), None);
         assert_eq!(
-            check_schedule("s", &huge).expect_err("refused").field.as_deref(),
+            check_schedule("s", &huge)
+                .expect_err("refused")
+                .field
+                .as_deref(),
             Some("s.interval_seconds")
         );
         assert!(check_schedule("s", &every(MAX_INTERVAL_SECONDS)).is_ok());
