@@ -241,7 +241,9 @@ impl std::fmt::Display for StateType {
 pub struct State {
     #[serde(rename = "type")]
     pub state_type: StateType,
-    /// "Scheduled" or "Late" for SCHEDULED; otherwise the type's name.
+    /// "Scheduled" or "Late" for SCHEDULED; "Disconnected" for an active run
+    /// whose worker went silent (`orchestration::DISCONNECTED`); otherwise
+    /// the type's name.
     pub name: String,
     #[schema(value_type = String, format = DateTime)]
     pub timestamp: Timestamp,
