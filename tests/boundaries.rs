@@ -211,6 +211,47 @@ async fn bound_to_loopback_it_answers_only_loopback_hosts() {
     }
 }
 
+/// Where the UI sends the browser after a login or an action is a path of
+/// this site: a tab the browser drops (`/\t/evil.example/` is
+/// `//evil.example/` to it) or a newline or NUL (no header can hold them;
+/// they answered 500) lead home instead.
+#[tokio::test]
+async fn redirects_stay_on_this_site() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(dir.path(), &[]);
+    for next in [
+        "/%09/evil.example/",
+        "/%0A/x",
+        "/%00",
+        "//evil.example/",
+        "/%5Cevil",
+    ] {
+        let response = web()
+            .get(format!("{}/login?next={next}", server.url))
+            .send()
+            .await
+            .expect("get");
+        let status = response.status().as_u16();
+        let location = response
+            .headers()
+            .get("location")
+            .and_then(|l| l.to_str().ok())
+            .map(String::from);
+        assert!((300..400).contains(&status), "{next}: {status}");
+        assert_eq!(location.as_deref(), Some("/"), "{next}");
+    }
+    let response = web()
+        .get(format!("{}/login?next=/work-pools", server.url))
+        .send()
+        .await
+        .expect("get");
+    let location = response.headers().get("location").cloned();
+    assert_eq!(
+        location.as_ref().and_then(|l| l.to_str().ok()),
+        Some("/work-pools")
+    );
+}
+
 /// Two process pools, `p1` and `other`, a deployment in each, and a run of
 /// `p1` claimed and started by its worker `w1`; returns that run's id.
 async fn a_held_run(url: &str) -> String {
@@ -328,4 +369,71 @@ async fn claims_and_heartbeats_stay_in_their_pool() {
     )
     .await;
     assert_eq!(workers[0]["heartbeat_interval_seconds"], 10, "{workers}");
+}
+
+/// The token read from a file serves the server, the CLI and the worker;
+/// a worker given the token in its environment does not hand it on: the
+/// run's supervisor (whose environment the workload's user can read) and
+/// the run itself never have it.
+#[tokio::test]
+async fn the_token_stays_out_of_the_runs_environment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "file-secret\n").expect("token file");
+    let file_arg = token_file.to_str().expect("utf-8 path");
+    let server = ServerProcess::start(dir.path(), &["--api-token-file", file_arg]);
+    let url = server.url.as_str();
+    let (status, _) = http("GET", &format!("{url}/api/work-pools"), None, None).await;
+    assert_eq!(status, 401, "the file's token is required");
+    let with_file = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_host"))
+            .args(args)
+            .env("HOST_API_URL", url)
+            .env("HOST_API_TOKEN_FILE", &token_file)
+            .env_remove("HOST_API_TOKEN")
+            .output()
+            .expect("run host")
+    };
+    let created = with_file(&["work-pool", "create", "--type", "process", "p"]);
+    assert!(created.status.success(), "{created:?}");
+    let script = "tr '\\0' '\\n' < /proc/$PPID/environ | grep -c HOST_API_TOKEN; echo run-has:${HOST_API_TOKEN:-nothing}";
+    let deployed = with_file(&[
+        "deployment",
+        "create",
+        "f/env",
+        "--pool",
+        "p",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert!(deployed.status.success(), "{deployed:?}");
+    // The legacy way: the token in the worker's own environment.
+    let mut worker = std::process::Command::new(env!("CARGO_BIN_EXE_host"))
+        .args([
+            "worker",
+            "start",
+            "--pool",
+            "p",
+            "--heartbeat-interval-seconds",
+            "1",
+        ])
+        .env("HOST_API_URL", url)
+        .env("HOST_API_TOKEN", "file-secret")
+        .env("HOST_CACHE_DIR", dir.path().join("cache"))
+        .env("HOST_WORK_DIR", dir.path().join("work"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("worker");
+    let run = with_file(&["deployment", "run", "f/env", "--watch"]);
+    let _ = worker.kill();
+    let _ = worker.wait();
+    let out = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{run:?}");
+    assert!(
+        out.contains("| 0"),
+        "the supervisor's environment has no token: {out}"
+    );
+    assert!(out.contains("run-has:nothing"), "{out}");
 }

@@ -54,11 +54,18 @@ impl RedbStore {
             min_free_bytes,
             failed_commit: Mutex::new(None),
         });
-        let thread_inner = inner.clone();
-        std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || write_loop(&thread_inner, &jobs))
-            .map_err(storage)?;
+        let (thread_inner, failed_inner) = (inner.clone(), inner.clone());
+        super::spawn_writer(
+            move || write_loop(&thread_inner, &jobs),
+            // Also makes the next batch reopen the file: redb's handle may
+            // be in any state after a panic inside it.
+            move |reason| {
+                if let Ok(mut failed) = failed_inner.failed_commit.lock() {
+                    *failed = Some(reason);
+                }
+            },
+        )
+        .map_err(storage)?;
         Ok(Arc::new(RedbStore { inner }))
     }
 }

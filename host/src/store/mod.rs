@@ -277,6 +277,38 @@ impl Store {
     }
 }
 
+/// Starts a backend's writer thread. A panic in a batch (a request's own
+/// code, or the database library on a damaged file) fails that batch: its
+/// requests are answered with an error as their jobs are dropped; `failed`
+/// gets the panic's message (the backend reports it in health and starts
+/// the next batch afresh) and the loop goes on. Before, the thread died and
+/// every later write was a 500 while health said ok.
+pub(crate) fn spawn_writer(
+    write_loop: impl Fn() + Send + 'static,
+    failed: impl Fn(String) + Send + 'static,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("store-writer".into())
+        .spawn(move || {
+            loop {
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(&write_loop)) {
+                    // The channel closed: the store is gone.
+                    Ok(()) => return,
+                    Err(panic) => {
+                        let message = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "(no message)".into());
+                        tracing::error!(panic = %message, "a write batch panicked; its requests failed, the writer goes on");
+                        failed(format!("a write panicked: {message}"));
+                    }
+                }
+            }
+        })
+        .map(|_| ())
+}
+
 /// Waits for up to [`MAX_BATCH`] jobs: the first blocking, the rest already queued.
 fn next_batch(jobs: &mpsc::Receiver<Job>) -> Option<Vec<Job>> {
     let first = jobs.recv().ok()?;
@@ -288,4 +320,28 @@ fn next_batch(jobs: &mpsc::Receiver<Job>) -> Option<Vec<Job>> {
         }
     }
     Some(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_in_a_batch_fails_that_batch_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("host.redb")).expect("store");
+        let failed = store
+            .write(|_: &mut Writer<'_>| -> Result<(), ApiError> { panic!("boom") })
+            .await;
+        assert!(failed.is_err(), "the panicking request gets an error");
+        match store.health() {
+            Health::Degraded(reason) => assert!(reason.contains("boom"), "{reason}"),
+            Health::Ok => panic!("health says what happened"),
+        }
+        store
+            .write(|_: &mut Writer<'_>| Ok(()))
+            .await
+            .expect("the next write works");
+        assert!(matches!(store.health(), Health::Ok), "healthy again");
+    }
 }

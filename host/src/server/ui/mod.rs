@@ -121,8 +121,16 @@ impl Back {
 /// Where to go after an action: the `back` field when it is a path on this
 /// server, else `fallback`. Never another site (`//evil`, `https://...`).
 fn back_to(back: Option<&str>, fallback: &str) -> Redirect {
-    let target = back
-        .filter(|b| b.starts_with('/') && !b.starts_with("//") && !b.contains('\\'))
-        .unwrap_or(fallback);
-    Redirect::to(target)
+    Redirect::to(back.filter(|b| is_local_path(b)).unwrap_or(fallback))
+}
+
+/// A path on this site and nothing else: browsers drop tabs and newlines
+/// from a `Location` (`/\t/evil.example/` becomes `//evil.example/`, another
+/// site) and a NUL or newline cannot be a header at all, so only visible
+/// ASCII is taken.
+fn is_local_path(path: &str) -> bool {
+    path.starts_with('/')
+        && !path.starts_with("//")
+        && !path.contains('\\')
+        && path.bytes().all(|b| b.is_ascii_graphic())
 }

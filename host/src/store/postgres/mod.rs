@@ -264,11 +264,16 @@ impl PgStore {
             last_seq,
         ));
         handle.spawn(announce(Arc::downgrade(&inner), committed));
-        let thread_inner = inner.clone();
-        std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || write_loop(&thread_inner, &jobs))
-            .map_err(|e| ApiError::internal(format!("cannot start the writer: {e}")))?;
+        let (thread_inner, failed_inner) = (inner.clone(), inner.clone());
+        super::spawn_writer(
+            move || write_loop(&thread_inner, &jobs),
+            move |reason| {
+                if let Ok(mut failed) = failed_inner.failed_commit.lock() {
+                    *failed = Some(reason);
+                }
+            },
+        )
+        .map_err(|e| ApiError::internal(format!("cannot start the writer: {e}")))?;
         tracing::info!(database = %inner.location, replica = %inner.replica, "connected to PostgreSQL");
         Ok(Arc::new(PgStore { inner }))
     }
