@@ -289,3 +289,52 @@ async fn a_worker_silent_past_the_grace_has_its_runs_crashed() {
     // The flows outlive their worker (supervised): let them end.
     std::fs::write(dir.path().join("go"), "").expect("go");
 }
+
+/// `HOST_API_URL=A,B` with A paused (it accepts connections, answers
+/// nothing): a read goes to B once A's deadline passes, instead of hanging;
+/// a write that A may have received is not sent again to B, and says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_server_in_the_url_list_is_skipped_after_the_deadline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = ServerProcess::start(&dir.path().join("a"), &[]);
+    let b = ServerProcess::start(&dir.path().join("b"), &[]);
+    common::host_ok(
+        &b.url,
+        &["work-pool", "create", "--type", "process", "only-on-b"],
+    );
+    signal(a.child.id(), libc::SIGSTOP);
+    let host = |args: &[&str]| {
+        let started = Instant::now();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_host"))
+            .args(args)
+            .env("HOST_API_URL", format!("{},{}", a.url, b.url))
+            .env("HOST_API_TIMEOUT", "2")
+            .env_remove("HOST_API_TOKEN")
+            .output()
+            .expect("run host");
+        (out, started.elapsed())
+    };
+    let (listed, took) = host(&["work-pool", "ls"]);
+    let (created, _) = host(&["work-pool", "create", "--type", "process", "maybe"]);
+    signal(a.child.id(), libc::SIGCONT);
+    println!("work-pool ls with the first server paused: answered by the second in {took:?}");
+    assert!(listed.status.success(), "{listed:?}");
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains("only-on-b"),
+        "{listed:?}"
+    );
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    assert!(!created.status.success(), "{created:?}");
+    assert!(
+        String::from_utf8_lossy(&created.stderr).contains("no answer within"),
+        "{created:?}"
+    );
+    let (status, _) = http(
+        "GET",
+        &format!("{}/api/work-pools/maybe", b.url),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 404, "not written twice");
+}

@@ -585,9 +585,11 @@ async fn a_background_process_does_not_outlive_its_completed_run() {
     let server = ServerProcess::start(dir.path(), &[]);
     let url = server.url.as_str();
     let pid_file = dir.path().join("bg.pid");
+    // The flow ends only once the background process wrote its pid, so
+    // there is one to look for.
     let script = format!(
-        "sh -c 'echo $$ > {}; exec sleep 3101' >/dev/null 2>&1 & echo bg",
-        pid_file.display()
+        "sh -c 'echo $$ > {f}; exec sleep 3101' >/dev/null 2>&1 & while [ ! -s {f} ]; do sleep 0.01; done; echo bg",
+        f = pid_file.display()
     );
     process_deployment(url, "local", "f/bg", &script);
     let _worker = WorkerProcess::start(url, &dir.path().join("cache"), &["--pool", "local"]);
@@ -601,7 +603,7 @@ async fn a_background_process_does_not_outlive_its_completed_run() {
     );
     let message = run["state"]["message"].as_str().unwrap_or_default();
     assert!(
-        message.contains("killed what it left running") && message.contains("sleep"),
+        message.contains("killed what it left running") && message.contains(&format!("pid {pid}")),
         "{run}"
     );
 }

@@ -56,7 +56,14 @@ pub struct Client {
     /// A writer address this client could not reach (a replica's internal
     /// one, behind a load balancer): not taken up again for a minute.
     unreachable_writer: Arc<SetAside>,
+    /// How long one request may take, answer included (event streams
+    /// excepted): a server that accepted the connection and then went
+    /// silent (paused, partitioned) must not hang its clients.
+    deadline: Duration,
 }
+
+/// A request's deadline unless the caller sets another ([`Client::with_deadline`]).
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
 
 /// The last address that could not be reached, set aside for a while: an
 /// address that stays unreachable costs one failed connect per `window`,
@@ -114,6 +121,16 @@ impl Client {
             http,
             writer: Arc::default(),
             unreachable_writer: Arc::new(SetAside::new(RETRY_UNREACHABLE_WRITER)),
+            deadline: DEFAULT_DEADLINE,
+        }
+    }
+
+    /// The same client (sharing which server answered last) with another
+    /// deadline per request: a long-poll's is its wait plus a margin.
+    pub fn with_deadline(&self, deadline: Duration) -> Client {
+        Client {
+            deadline,
+            ..self.clone()
         }
     }
 
@@ -165,7 +182,10 @@ impl Client {
         let writes = method != Method::GET;
         let (response, url) = self
             .send(path, writes, |url| {
-                let request = self.http.request(method.clone(), url);
+                let request = self
+                    .http
+                    .request(method.clone(), url)
+                    .timeout(self.deadline);
                 match body {
                     Some(body) => request.json(body),
                     None => request,
@@ -314,6 +334,14 @@ impl Client {
             let url = format!("{writer}{path}");
             match authorized(&url).send().await {
                 Ok(response) => return Ok((self.checked(response, &url).await?, url)),
+                Err(e) if e.is_timeout() && !e.is_connect() => {
+                    // It may have made the write: not sent again elsewhere.
+                    self.writer_unreachable(&writer);
+                    return Err(ClientError::Unreachable {
+                        url: writer,
+                        reason: format!("no answer within {:?}", self.deadline),
+                    });
+                }
                 Err(e) => {
                     tracing::info!(%writer, error = %root_cause(&e), "the writing server is unreachable; writing through the others");
                     self.writer_unreachable(&writer);
@@ -325,7 +353,15 @@ impl Client {
         for attempt in 0..self.bases.len() {
             let index = (first + attempt) % self.bases.len();
             let url = format!("{}{path}", self.bases[index]);
-            match authorized(&url).send().await {
+            let last = attempt + 1 == self.bases.len();
+            let failed = match authorized(&url).send().await {
+                // This replica cannot do it now (most often: it lost its
+                // database) and did nothing: another one may.
+                Ok(response)
+                    if response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE && !last =>
+                {
+                    format!("{}: answered 503", self.bases[index])
+                }
                 Ok(response) => {
                     if attempt > 0 {
                         tracing::info!(server = %self.bases[index], "failed over to another server");
@@ -333,9 +369,21 @@ impl Client {
                     }
                     return Ok((self.checked(response, &url).await?, url));
                 }
-                Err(e) if self.bases.len() == 1 => unreachable.push(root_cause(&e)),
-                Err(e) => unreachable.push(format!("{}: {}", self.bases[index], root_cause(&e))),
-            }
+                // Sent, and no answer in time: a write may have been made,
+                // so it is not sent again elsewhere; the next request starts
+                // with the next server.
+                Err(e) if e.is_timeout() && !e.is_connect() && writes => {
+                    self.current
+                        .store((index + 1) % self.bases.len(), Ordering::Relaxed);
+                    return Err(ClientError::Unreachable {
+                        url: self.bases[index].clone(),
+                        reason: format!("no answer within {:?}", self.deadline),
+                    });
+                }
+                Err(e) if self.bases.len() == 1 => root_cause(&e),
+                Err(e) => format!("{}: {}", self.bases[index], root_cause(&e)),
+            };
+            unreachable.push(failed);
         }
         Err(ClientError::Unreachable {
             url: self.bases.join(", "),
@@ -347,13 +395,45 @@ impl Client {
         self.writer.lock().ok()?.clone()
     }
 
-    fn learn_writer(&self, address: &str) {
-        if self.unreachable_writer.holds(address) {
+    /// Follows `x-host-writer` only to a server this client was given or
+    /// one the cluster itself names: the header crosses proxies, and one
+    /// that injected it would otherwise receive every later write, bearer
+    /// token included. Another address is taken only once the server this
+    /// client talks to confirms it in `/api/health` (`writes_forwarded_to`),
+    /// one look per new address.
+    async fn learn_writer(&self, address: &str) {
+        let address = address.trim_end_matches('/');
+        if self.unreachable_writer.holds(address) || self.writer().as_deref() == Some(address) {
+            return;
+        }
+        if !self.bases.iter().any(|b| b == address) && !self.cluster_names(address).await {
+            tracing::warn!(writer = %address, server = %self.base(), "a server named a writer it does not list; not following it");
+            self.unreachable_writer.put(address);
             return;
         }
         if let Ok(mut writer) = self.writer.lock() {
             *writer = Some(address.to_string());
         }
+    }
+
+    /// Whether the current server says its writes go to `address`.
+    async fn cluster_names(&self, address: &str) -> bool {
+        let url = format!("{}/api/health", self.base());
+        let health = async {
+            let response = self
+                .http
+                .get(&url)
+                .timeout(self.deadline)
+                .send()
+                .await
+                .ok()?;
+            response.json::<serde_json::Value>().await.ok()
+        };
+        health.await.is_some_and(|health| {
+            health["writes_forwarded_to"]
+                .as_str()
+                .is_some_and(|named| named.trim_end_matches('/') == address)
+        })
     }
 
     fn writer_unreachable(&self, address: &str) {
@@ -371,7 +451,7 @@ impl Client {
     ) -> Result<reqwest::Response, ClientError> {
         let writer = response.headers().get(WRITER_HEADER);
         if let Some(writer) = writer.and_then(|w| w.to_str().ok()) {
-            self.learn_writer(writer);
+            self.learn_writer(&writer.to_string()).await;
         }
         Self::check(response, url).await
     }

@@ -348,6 +348,10 @@ impl ProcessTable {
         let mut supervisor = tokio::process::Command::new(&self.supervisor)
             .arg(crate::supervisor::SUBCOMMAND)
             .arg(&files.dir)
+            // The worker's credentials are not the run's (the supervisor's
+            // environment is readable by the workload's user).
+            .env_remove("HOST_API_TOKEN")
+            .env_remove("HOST_API_TOKEN_FILE")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

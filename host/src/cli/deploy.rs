@@ -204,7 +204,7 @@ pub async fn run(args: DeployArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let client = api.client();
+    let client = api.client()?;
     for entry in chosen {
         let pool = args.pool.clone().or(entry.pool).ok_or_else(|| {
             anyhow::anyhow!(

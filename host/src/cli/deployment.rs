@@ -80,7 +80,7 @@ pub fn split_name(name: &str) -> anyhow::Result<(&str, &str)> {
 }
 
 pub async fn run(command: DeploymentCommand, api: &ApiArgs) -> anyhow::Result<ExitCode> {
-    let client = api.client();
+    let client = api.client()?;
     match command {
         DeploymentCommand::Create {
             name,

@@ -1,6 +1,6 @@
 //! `host flow-run ...`, and the follower behind `--watch` and `logs --follow`.
 
-use super::output::{print_json, print_table};
+use super::output::{print_json, print_table, visible};
 use super::{ApiArgs, OutputFormat};
 use crate::client::Client;
 use crate::model::{FlowRun, LogLine, State, StateType};
@@ -88,7 +88,7 @@ async fn list_runs(
 }
 
 pub async fn run(command: FlowRunCommand, api: &ApiArgs) -> anyhow::Result<ExitCode> {
-    let client = api.client();
+    let client = api.client()?;
     match command {
         FlowRunCommand::Ls {
             state,
@@ -130,7 +130,7 @@ pub async fn run(command: FlowRunCommand, api: &ApiArgs) -> anyhow::Result<ExitC
                 return print_json(&run).map(|()| ExitCode::SUCCESS);
             }
             println!("id:         {}", run.id);
-            println!("name:       {}", run.name);
+            println!("name:       {}", visible(&run.name));
             println!("deployment: {}", run.deployment);
             println!("pool/queue: {}/{}", run.pool, run.queue);
             println!(
@@ -172,14 +172,20 @@ pub async fn run(command: FlowRunCommand, api: &ApiArgs) -> anyhow::Result<ExitC
                     &serde_json::json!({}),
                 )
                 .await?;
-            println!("Flow run `{}` is {}", run.name, run.state.state_type);
+            println!(
+                "Flow run `{}` is {}",
+                visible(&run.name),
+                run.state.state_type
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn message(text: &Option<String>) -> String {
-    text.as_ref().map(|m| format!(": {m}")).unwrap_or_default()
+    text.as_ref()
+        .map(|m| format!(": {}", visible(m)))
+        .unwrap_or_default()
 }
 
 async fn logs_after(client: &Client, id: &str, after: Option<u64>) -> anyhow::Result<LogPage> {
@@ -241,8 +247,8 @@ impl Printed {
             return;
         }
         match show {
-            Show::Logs => println!("{}", line.message),
-            Show::StatesAndLogs => println!("  | {}", line.message),
+            Show::Logs => println!("{}", visible(&line.message)),
+            Show::StatesAndLogs => println!("  | {}", visible(&line.message)),
         }
         self.next_log = line.seq + 1;
     }

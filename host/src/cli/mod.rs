@@ -53,14 +53,49 @@ pub struct ApiArgs {
     /// that cannot reach one goes to the next).
     #[arg(long, global = true, env = "HOST_API_URL", default_value = crate::client::DEFAULT_API_URL)]
     pub api_url: String,
-    /// The API token, when the server requires one.
+    /// The API token, when the server requires one. Prefer
+    /// --api-token-file: a token given here shows in `ps`, and one in the
+    /// environment in `/proc/PID/environ` to every process of the same user.
     #[arg(long, global = true, env = "HOST_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+    /// A file whose first line is the API token.
+    #[arg(
+        long,
+        global = true,
+        env = "HOST_API_TOKEN_FILE",
+        value_name = "FILE",
+        conflicts_with = "api_token"
+    )]
+    pub api_token_file: Option<PathBuf>,
+    /// Seconds one request may take before the server counts as unreachable
+    /// (a read then goes to the next URL; long-polls add their wait).
+    #[arg(long, global = true, env = "HOST_API_TIMEOUT", default_value_t = crate::client::DEFAULT_DEADLINE.as_secs())]
+    pub api_timeout_seconds: u64,
 }
 
 impl ApiArgs {
-    pub fn client(&self) -> crate::client::Client {
-        crate::client::Client::new(&self.api_url, self.api_token.clone())
+    /// The token, from --api-token-file or --api-token / HOST_API_TOKEN.
+    pub fn token(&self) -> anyhow::Result<Option<String>> {
+        let Some(path) = &self.api_token_file else {
+            return Ok(self.api_token.clone().filter(|t| !t.is_empty()));
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("--api-token-file {}: {e}", path.display()))?;
+        match text.lines().next().map(str::trim) {
+            Some(token) if !token.is_empty() => Ok(Some(token.to_string())),
+            _ => anyhow::bail!(
+                "--api-token-file {}: the first line is empty; it should hold the token",
+                path.display()
+            ),
+        }
+    }
+
+    pub fn client(&self) -> anyhow::Result<crate::client::Client> {
+        Ok(
+            crate::client::Client::new(&self.api_url, self.token()?).with_deadline(
+                std::time::Duration::from_secs(self.api_timeout_seconds.max(1)),
+            ),
+        )
     }
 }
 

@@ -1,7 +1,31 @@
 //! Aligned tables for people; JSON goes through serde directly.
 
+/// `text` as a terminal may show it: control characters (ESC sequences,
+/// OSC titles, carriage returns, NULs), which names and log lines may
+/// hold, are written as `\x1b`-style escapes instead of acting on the
+/// terminal. Tabs stay.
+pub fn visible(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() && c != '\t') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut shown = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() && c != '\t' {
+            shown.push_str(&format!("\\x{:02x}", u32::from(c)));
+        } else {
+            shown.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(shown)
+}
+
 /// Prints rows under a header, columns padded to their widest cell.
 pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| visible(cell).into_owned()).collect())
+        .collect();
+    let rows = &rows;
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -70,4 +94,19 @@ pub fn parse_pairs(
         }
     }
     Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::visible;
+
+    #[test]
+    fn control_characters_are_shown_not_obeyed() {
+        assert_eq!(visible("plain\ttab"), "plain\ttab");
+        assert_eq!(
+            visible("\u{1b}]0;owned\u{7}x\u{0}\r"),
+            "\\x1b]0;owned\\x07x\\x00\\x0d"
+        );
+        assert_eq!(visible("\u{9b}31m"), "\\x9b31m", "C1 controls too");
+    }
 }

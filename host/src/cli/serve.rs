@@ -101,7 +101,7 @@ pub async fn run(args: ServeArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> {
         },
     );
     let scheduler = control.spawn_scheduler();
-    let app = router(AppState::new(control, api.api_token.clone()).bound_to(local));
+    let app = router(AppState::new(control, api.token()?).bound_to(local));
     // Tests and scripts wait for this line to know the server is up.
     println!("host serve: listening on http://{local} (data in {location})");
     // Whoever read the first line may have closed the pipe since.

@@ -77,7 +77,7 @@ fn read_template(path: &PathBuf) -> anyhow::Result<serde_json::Value> {
 }
 
 pub async fn run(command: WorkPoolCommand, api: &ApiArgs) -> anyhow::Result<ExitCode> {
-    let client = api.client();
+    let client = api.client()?;
     match command {
         WorkPoolCommand::Create {
             name,

@@ -54,7 +54,7 @@ pub enum WorkQueueCommand {
 }
 
 pub async fn run(command: WorkQueueCommand, api: &ApiArgs) -> anyhow::Result<ExitCode> {
-    let client = api.client();
+    let client = api.client()?;
     match command {
         WorkQueueCommand::Create {
             name,

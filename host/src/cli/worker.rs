@@ -74,7 +74,7 @@ pub struct StartArgs {
 }
 
 pub async fn run(command: WorkerCommand, api: &ApiArgs) -> anyhow::Result<ExitCode> {
-    let client = api.client();
+    let client = api.client()?;
     match command {
         WorkerCommand::Start(args) => {
             if args.limit == 0 {

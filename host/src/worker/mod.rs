@@ -328,6 +328,10 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
 
 /// Claims while there are free slots, until told to stop (or after one
 /// round with `run_once`, once those runs are done).
+/// What a claim long-poll may take past its wait before the server counts
+/// as gone (its answer, if it comes, is then lost: see `adopt_lost_claims`).
+const LONG_POLL_MARGIN: Duration = Duration::from_secs(15);
+
 async fn claim_loop(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(100);
     // Set when a claim request failed: its answer may have been lost after
@@ -361,6 +365,7 @@ async fn claim_loop(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
         let path = format!("/api/work-pools/{}/claim", shared.config.pool);
         match shared
             .client
+            .with_deadline(wait + LONG_POLL_MARGIN)
             .post::<_, ClaimResponse>(&path, &request)
             .await
         {
@@ -406,12 +411,11 @@ async fn cancel_loop(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
         "limit": 0,
         "wait_ms": shared.config.poll_wait.as_millis() as u64,
     });
+    let client = shared
+        .client
+        .with_deadline(shared.config.poll_wait + LONG_POLL_MARGIN);
     while !*stop.borrow() {
-        match shared
-            .client
-            .post::<_, ClaimResponse>(&path, &request)
-            .await
-        {
+        match client.post::<_, ClaimResponse>(&path, &request).await {
             Ok(answer) => {
                 shared.polled();
                 for id in answer.cancelling {
@@ -521,10 +525,22 @@ async fn recover(shared: &Arc<Shared>) {
     else {
         return;
     };
-    // Processes of runs this worker no longer holds (ended or cancelled on
-    // the server while it was away): nothing of them may run on.
+    // Processes of runs that ended (or were cancelled, or deleted) on the
+    // server while this worker was away: nothing of them may run on. A run
+    // still active elsewhere is left alone (a work dir may be shared).
     for run in shared.plugin.runs_with_processes() {
         if held.iter().any(|claimed| claimed.flow_run.id == run) {
+            continue;
+        }
+        let over = match shared
+            .client
+            .get::<crate::model::FlowRun>(&format!("/api/flow-runs/{run}"))
+            .await
+        {
+            Ok(stored) => stored.state.state_type.is_terminal(),
+            Err(error) => error.status() == Some(404),
+        };
+        if !over {
             continue;
         }
         let left = shared.plugin.release(&run).await;
