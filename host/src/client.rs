@@ -451,7 +451,7 @@ impl Client {
     ) -> Result<reqwest::Response, ClientError> {
         let writer = response.headers().get(WRITER_HEADER);
         if let Some(writer) = writer.and_then(|w| w.to_str().ok()) {
-            self.learn_writer(&writer.to_string()).await;
+            self.learn_writer(writer).await;
         }
         Self::check(response, url).await
     }
