@@ -139,3 +139,13 @@ impl From<&ApiError> for ErrorBody {
         }
     }
 }
+
+/// The message a panic carried (`panic!("...")` gives a `&str` or a
+/// `String`), for logs and health.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}

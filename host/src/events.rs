@@ -66,23 +66,22 @@ impl Change {
 pub struct Event {
     pub seq: u64,
     pub change: Change,
-    /// The change's size as JSON, counted once as it is published.
-    bytes: usize,
-    /// The event as an SSE frame, written once by the first stream that
-    /// sends it (not by the store's writer thread), then shared by all.
-    frame: std::sync::OnceLock<bytes::Bytes>,
+    /// The event as an SSE frame, written once as it is published and
+    /// shared by every stream; its length is what the ring counts.
+    frame: bytes::Bytes,
 }
 
 impl Event {
     /// `id`, `event` and one `data` line (serde_json writes no newlines).
-    pub fn sse_frame(&self, events: &Events) -> bytes::Bytes {
-        self.frame
-            .get_or_init(|| {
-                let json = serde_json::to_string(&self.change).unwrap_or_else(|_| "{}".into());
-                let (id, name) = (events.id(self), self.change.name());
-                format!("id: {id}\nevent: {name}\ndata: {json}\n\n").into()
-            })
-            .clone()
+    fn new(epoch: &str, seq: u64, change: Change) -> Event {
+        let json = serde_json::to_string(&change).unwrap_or_else(|_| "{}".into());
+        let name = change.name();
+        let frame = format!("id: {epoch}-{seq}\nevent: {name}\ndata: {json}\n\n").into();
+        Event { seq, change, frame }
+    }
+
+    pub fn sse_frame(&self) -> bytes::Bytes {
+        self.frame.clone()
     }
 }
 
@@ -114,7 +113,7 @@ pub struct Events {
 struct Recent {
     next_seq: u64,
     events: VecDeque<Arc<Event>>,
-    /// The sum of the kept events' `bytes`.
+    /// The sum of the kept events' frame lengths.
     bytes: usize,
     /// Changes went by unpublished since the last event.
     after_gap: bool,
@@ -148,20 +147,15 @@ impl Events {
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         recent.after_gap = false;
         for change in changes {
-            let event = Arc::new(Event {
-                seq: recent.next_seq,
-                bytes: json_size(&change),
-                change,
-                frame: std::sync::OnceLock::new(),
-            });
+            let event = Arc::new(Event::new(&self.epoch, recent.next_seq, change));
             recent.next_seq += 1;
-            recent.bytes += event.bytes;
+            recent.bytes += event.frame.len();
             recent.events.push_back(event.clone());
             while recent.events.len() > KEPT
                 || (recent.bytes > KEPT_BYTES && recent.events.len() > 1)
             {
                 if let Some(oldest) = recent.events.pop_front() {
-                    recent.bytes -= oldest.bytes;
+                    recent.bytes -= oldest.frame.len();
                 }
             }
             // Sent under the lock, so live order is commit order.
@@ -229,23 +223,6 @@ impl Events {
     }
 }
 
-/// How many bytes `change` takes as JSON, without keeping the JSON.
-fn json_size(change: &Change) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    let _ = serde_json::to_writer(&mut count, change);
-    count.0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,7 +277,7 @@ mod tests {
         assert!(recent.events.len() < 100 && !recent.events.is_empty());
         assert_eq!(
             recent.bytes,
-            recent.events.iter().map(|e| e.bytes).sum::<usize>()
+            recent.events.iter().map(|e| e.frame.len()).sum::<usize>()
         );
         let newest = recent.events.back().expect("newest");
         assert_eq!(newest.seq, 100, "the newest are the ones kept");

@@ -339,18 +339,20 @@ pub fn descendants(root: i32) -> Vec<i32> {
     found
 }
 
-/// Sends `signal` to every live descendant of `root`; how many there were.
+/// Sends `signal` to every live descendant of `root`.
+pub fn signal_tree(root: i32, signal: i32) {
+    signal_all(&descendants(root), signal);
+}
+
 #[allow(unsafe_code)]
-pub fn signal_tree(root: i32, signal: i32) -> usize {
-    let pids = descendants(root);
-    for &pid in &pids {
-        // SAFETY: kill(2) has no memory effects; the pids are `root`'s
-        // descendants as /proc listed them a moment ago.
+fn signal_all(pids: &[i32], signal: i32) {
+    for &pid in pids {
+        // SAFETY: kill(2) has no memory effects; the pids are descendants
+        // as /proc listed them a moment ago.
         unsafe {
             libc::kill(pid, signal);
         }
     }
-    pids.len()
 }
 
 /// Kills every descendant of this supervisor and reaps them; what was
@@ -370,7 +372,7 @@ fn end_tree() -> Vec<String> {
                 killed.push((pid, name));
             }
         }
-        signal_tree(me, libc::SIGKILL);
+        signal_all(&left, libc::SIGKILL);
         reap_all();
         if left.is_empty() || std::time::Instant::now() > deadline {
             break;

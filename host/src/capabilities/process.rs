@@ -228,23 +228,11 @@ impl ProcessTable {
     /// released, and the supervisor kills what it started (see
     /// `crate::supervisor`).
     fn of_scope(&self, scope: &str) -> Vec<Arc<Proc>> {
-        let on_disk: Vec<u64> = std::fs::read_dir(&self.root)
-            .map(|entries| {
-                entries
-                    .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        for id in on_disk {
-            let files = RunFiles::new(self.root.join(id.to_string()));
-            if files.read_spec().is_ok_and(|spec| spec.scope == scope)
-                && self.get(scope, id).is_err()
-            {
-                // Not started yet, as far as the files say.
+        for (id, files, spec) in self.on_disk() {
+            if spec.scope == scope && self.get(scope, id).is_err() {
                 let _ = std::fs::write(files.released(), "");
-                if self.get(scope, id).is_err() {
-                    continue;
-                }
+                // It may have said "started" meanwhile: then `get` loads it.
+                let _ = self.get(scope, id);
             }
         }
         self.procs
@@ -262,17 +250,29 @@ impl ProcessTable {
     /// Every flow run that has processes in this worker's directory, from
     /// before a restart too: for reconciling them with the server.
     pub fn scopes_on_disk(&self) -> Vec<String> {
-        let mut scopes: Vec<String> = std::fs::read_dir(&self.root)
-            .map(|entries| {
-                entries
-                    .filter_map(|e| RunFiles::new(e.ok()?.path()).read_spec().ok())
-                    .map(|spec| spec.scope)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut scopes: Vec<String> = self
+            .on_disk()
+            .into_iter()
+            .map(|(_, _, spec)| spec.scope)
+            .collect();
         scopes.sort();
         scopes.dedup();
         scopes
+    }
+
+    /// The process directories under the root, with what each was spawned as.
+    fn on_disk(&self) -> Vec<(u64, RunFiles, Spec)> {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|entry| {
+                let id: u64 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+                let files = RunFiles::new(self.root.join(id.to_string()));
+                let spec = files.read_spec().ok()?;
+                Some((id, files, spec))
+            })
+            .collect()
     }
 
     async fn spawn(&self, scope: &str, request: SpawnRequest) -> Result<Spawned, String> {

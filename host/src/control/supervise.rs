@@ -43,7 +43,8 @@ impl Tasks {
     }
 }
 
-/// Aborts the supervised task (and the one it runs) when dropped or aborted.
+/// A task aborted when this is dropped or aborted: the supervising loop
+/// (whose own `Supervised` then ends the task it runs), or that task.
 pub struct Supervised {
     handle: tokio::task::JoinHandle<()>,
 }
@@ -69,10 +70,12 @@ where
     let handle = tokio::spawn(async move {
         loop {
             // Dropped with this loop (abort), so the inner task ends with it.
-            let mut inner = AbortOnDrop(tokio::spawn(make()));
-            match (&mut inner.0).await {
+            let mut inner = Supervised {
+                handle: tokio::spawn(make()),
+            };
+            match (&mut inner.handle).await {
                 Err(error) if error.is_panic() => {
-                    let message = panic_message(error.into_panic());
+                    let message = crate::error::panic_message(&*error.into_panic());
                     tracing::error!(task = name, panic = %message, "background task panicked; restarting it");
                     tasks.failed(
                         name,
@@ -88,22 +91,6 @@ where
         }
     });
     Supervised { handle }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(no message)".into())
 }
 
 #[cfg(test)]

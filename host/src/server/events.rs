@@ -116,14 +116,13 @@ async fn stream(
     // Waiting first: on a shared database the server then follows the
     // others' changes as they commit, from before this subscription on.
     let waiting = s.control.store().waiting();
-    let events = s.control.events().clone();
+    let events = s.control.events();
     let Subscription {
         missed,
         live,
         reset,
     } = events.subscribe(start);
     let reader = Reader {
-        events,
         filter,
         pending: missed.into(),
         live,
@@ -147,7 +146,6 @@ async fn stream(
 }
 
 struct Reader {
-    events: Arc<crate::events::Events>,
     filter: Filter,
     pending: VecDeque<Arc<Event>>,
     live: broadcast::Receiver<Arc<Event>>,
@@ -198,7 +196,7 @@ impl Reader {
             }
             for event in self.pending.drain(..) {
                 if self.filter.admits(&event) {
-                    frames.push(event.sse_frame(&self.events));
+                    frames.push(event.sse_frame());
                 }
             }
             self.last_write = Instant::now();

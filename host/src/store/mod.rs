@@ -295,11 +295,7 @@ pub(crate) fn spawn_writer(
                     // The channel closed: the store is gone.
                     Ok(()) => return,
                     Err(panic) => {
-                        let message = panic
-                            .downcast_ref::<&str>()
-                            .map(|s| s.to_string())
-                            .or_else(|| panic.downcast_ref::<String>().cloned())
-                            .unwrap_or_else(|| "(no message)".into());
+                        let message = crate::error::panic_message(&*panic);
                         tracing::error!(panic = %message, "a write batch panicked; its requests failed, the writer goes on");
                         failed(format!("a write panicked: {message}"));
                     }
