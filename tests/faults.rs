@@ -19,12 +19,17 @@ use std::time::{Duration, Instant};
 
 /// An answer from the server once it answers at all (not a 5xx, not a
 /// refused connection): the database may still be coming back.
-async fn settled_get(url: &str, timeout: Duration) -> (u16, serde_json::Value) {
+async fn settled(
+    method: &str,
+    url: &str,
+    body: Option<&str>,
+    timeout: Duration,
+) -> (u16, serde_json::Value) {
     let deadline = Instant::now() + timeout;
     loop {
-        let (status, body) = http("GET", url, None, None).await;
+        let (status, answer) = http(method, url, body, None).await;
         if (200..500).contains(&status) || Instant::now() > deadline {
-            return (status, body);
+            return (status, answer);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -46,16 +51,14 @@ async fn an_acknowledged_creation_survives_an_immediate_postgres_stop() {
     common::host_ok(url, &["deployment", "create", "f/d", "--pool", "p"]);
     let mut lost = Vec::new();
     for round in 0..20 {
-        let (status, run) = settled_post(&format!("{url}/api/deployments/f/d/runs")).await;
+        let creation = format!("{url}/api/deployments/f/d/runs");
+        let (status, run) = settled("POST", &creation, Some("{}"), Duration::from_secs(60)).await;
         assert_eq!(status, 201, "round {round}: {run}");
         let id = run["id"].as_str().expect("id").to_string();
         cluster.crash();
         cluster.start_again();
-        let (status, body) = settled_get(
-            &format!("{url}/api/flow-runs/{id}"),
-            Duration::from_secs(60),
-        )
-        .await;
+        let read = format!("{url}/api/flow-runs/{id}");
+        let (status, body) = settled("GET", &read, None, Duration::from_secs(60)).await;
         match status {
             200 => {}
             404 => lost.push(id),
@@ -67,19 +70,6 @@ async fn an_acknowledged_creation_survives_an_immediate_postgres_stop() {
         lost.len()
     );
     assert!(lost.is_empty(), "acknowledged, then lost: {lost:?}");
-}
-
-/// A creation once the server can write again (after a restart it may
-/// answer 503 for a moment).
-async fn settled_post(url: &str) -> (u16, serde_json::Value) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (status, body) = http("POST", url, Some(&json!({}).to_string()), None).await;
-        if (200..500).contains(&status) || Instant::now() > deadline {
-            return (status, body);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// A burst through two replicas with PostgreSQL stopped immediately in the

@@ -38,6 +38,16 @@ fn handle_pid(run: &Value) -> i32 {
     handle["pid"].as_i64().expect("pid") as i32
 }
 
+/// Waits until run `id` has logged the line `message`.
+async fn logged(url: &str, id: &str, message: &str) {
+    eventually(url, &format!("/api/flow-runs/{id}/logs"), LONG, |page| {
+        page["lines"]
+            .as_array()
+            .is_some_and(|lines| lines.iter().any(|l| l["message"] == message))
+    })
+    .await;
+}
+
 fn process_deployment(url: &str, pool: &str, name: &str, script: &str) {
     ok(url, &["work-pool", "create", "--type", "process", pool]);
     ok(
@@ -182,12 +192,7 @@ async fn a_process_run_survives_its_worker_and_completes_with_all_its_output() {
     let pid = handle_pid(&running(url, &id).await);
     running(url, &failing).await;
     for run in [&id, &failing] {
-        eventually(url, &format!("/api/flow-runs/{run}/logs"), LONG, |page| {
-            page["lines"]
-                .as_array()
-                .is_some_and(|lines| lines.iter().any(|l| l["message"] == "before"))
-        })
-        .await;
+        logged(url, run, "before").await;
     }
     worker.kill();
     assert!(process_alive(pid), "the run outlives its worker");
@@ -227,12 +232,7 @@ async fn output_written_while_the_worker_was_away_is_shipped_when_it_returns() {
     let mut worker = WorkerProcess::start(url, &cache, &args);
     let id = create_run(url, "f/away", json!({})).await;
     let pid = handle_pid(&running(url, &id).await);
-    eventually(url, &format!("/api/flow-runs/{id}/logs"), LONG, |page| {
-        page["lines"]
-            .as_array()
-            .is_some_and(|lines| lines.iter().any(|l| l["message"] == "before"))
-    })
-    .await;
+    logged(url, &id, "before").await;
     worker.kill();
     std::fs::write(&go, "").expect("go");
     assert!(
