@@ -142,6 +142,11 @@ fn hostile_server(root: &Path) -> ServerProcess {
 
 /// A pool, a deployment and a worker for the hostile plugin.
 fn hostile_setup(url: &str, root: &Path, extra: &[&str]) -> WorkerProcess {
+    hostile_worker(url, root, extra, None)
+}
+
+/// A hostile pool's worker, its log in `log` when given.
+fn hostile_worker(url: &str, root: &Path, extra: &[&str], log: Option<&Path>) -> WorkerProcess {
     let plugins = root.join("plugins");
     common::host_ok(
         url,
@@ -162,7 +167,10 @@ fn hostile_setup(url: &str, root: &Path, extra: &[&str]) -> WorkerProcess {
         "1",
     ];
     args.extend_from_slice(extra);
-    WorkerProcess::start(url, &root.join("cache"), &args)
+    match log {
+        Some(log) => WorkerProcess::start_logging_to(url, &root.join("cache"), &args, log),
+        None => WorkerProcess::start(url, &root.join("cache"), &args),
+    }
 }
 
 async fn attack(url: &str, variables: Value) -> (String, Value) {
@@ -215,6 +223,27 @@ async fn calls_that_never_return_and_values_that_never_end_each_crash_one_run() 
     // And the worker carries on.
     let (_, run) = attack(url, json!({"mode": "ok"})).await;
     assert_eq!(run["state"]["type"], "COMPLETED", "{run}");
+}
+
+/// 20,000 warnings of 64 KiB from one call reach the worker's log as one
+/// call's worth and one notice, and the run goes on.
+#[tokio::test]
+async fn a_plugins_messages_are_bounded_per_call() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = hostile_server(dir.path());
+    let url = server.url.as_str();
+    let log = dir.path().join("worker.log");
+    let _worker = hostile_worker(url, dir.path(), &[], Some(&log));
+    let (_, run) = attack(url, json!({"mode": "warn-flood"})).await;
+    assert_eq!(run["state"]["type"], "COMPLETED", "{run}");
+    let size = std::fs::metadata(&log).expect("log").len();
+    assert!(size < 2 << 20, "the worker logged {size} bytes");
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert_eq!(
+        text.matches("the rest of this call's are dropped").count(),
+        1,
+        "one notice"
+    );
 }
 
 /// A run whose plugin is in a `start` that floods the log and never returns.

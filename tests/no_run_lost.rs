@@ -4,7 +4,8 @@
 mod common;
 
 use common::{
-    ServerProcess, WorkerProcess, create_run, eventually, process_alive, run_logs, run_states,
+    ServerProcess, WorkerProcess, create_run, eventually, process_alive, process_deployment,
+    run_logs, run_states,
 };
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -46,24 +47,6 @@ async fn logged(url: &str, id: &str, message: &str) {
             .is_some_and(|lines| lines.iter().any(|l| l["message"] == message))
     })
     .await;
-}
-
-fn process_deployment(url: &str, pool: &str, name: &str, script: &str) {
-    ok(url, &["work-pool", "create", "--type", "process", pool]);
-    ok(
-        url,
-        &[
-            "deployment",
-            "create",
-            name,
-            "--pool",
-            pool,
-            "--",
-            "sh",
-            "-c",
-            script,
-        ],
-    );
 }
 
 #[tokio::test]
@@ -562,102 +545,4 @@ async fn the_server_keeps_a_bounded_log_per_run_whatever_workers_send() {
     let logs = run_logs(url, &id).await;
     assert_eq!(logs.len(), 11, "10 lines and one notice: {logs:?}");
     assert!(logs[10].contains("keeps 10 log lines"), "{logs:?}");
-}
-
-/// The pid a flow wrote into `file`, once it did.
-async fn pid_in(file: &std::path::Path) -> i32 {
-    let mut pid = None;
-    common::wait_until(LONG, || {
-        pid = std::fs::read_to_string(file)
-            .ok()
-            .and_then(|text| text.trim().parse().ok());
-        pid.is_some()
-    })
-    .await;
-    pid.unwrap_or_else(|| panic!("no pid in {}", file.display()))
-}
-
-/// A process the flow left in the background, its output elsewhere, ends
-/// with the run, and the run's message says what was killed.
-#[tokio::test]
-async fn a_background_process_does_not_outlive_its_completed_run() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = ServerProcess::start(dir.path(), &[]);
-    let url = server.url.as_str();
-    let pid_file = dir.path().join("bg.pid");
-    // The flow ends only once the background process wrote its pid, so
-    // there is one to look for.
-    let script = format!(
-        "sh -c 'echo $$ > {f}; exec sleep 3101' >/dev/null 2>&1 & while [ ! -s {f} ]; do sleep 0.01; done; echo bg",
-        f = pid_file.display()
-    );
-    process_deployment(url, "local", "f/bg", &script);
-    let _worker = WorkerProcess::start(url, &dir.path().join("cache"), &["--pool", "local"]);
-    let id = create_run(url, "f/bg", json!({})).await;
-    let run = final_run(url, &id).await;
-    assert_eq!(run["state"]["type"], "COMPLETED", "{run}");
-    let pid = pid_in(&pid_file).await;
-    assert!(
-        common::wait_until(Duration::from_secs(10), || !process_alive(pid)).await,
-        "the background sleep ({pid}) ended with the run"
-    );
-    let message = run["state"]["message"].as_str().unwrap_or_default();
-    assert!(
-        message.contains("killed what it left running") && message.contains(&format!("pid {pid}")),
-        "{run}"
-    );
-}
-
-/// A cancel ends every process of the run, also one in a session of its
-/// own that holds the run's stdout.
-#[tokio::test]
-async fn a_cancel_ends_the_whole_tree_of_a_run() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = ServerProcess::start(dir.path(), &[]);
-    let url = server.url.as_str();
-    let pid_file = dir.path().join("escaped.pid");
-    let script = format!(
-        "setsid sh -c 'echo $$ > {}; exec sleep 3102' & exec sleep 3103",
-        pid_file.display()
-    );
-    process_deployment(url, "local", "f/tree", &script);
-    let _worker = WorkerProcess::start(url, &dir.path().join("cache"), &["--pool", "local"]);
-    let id = create_run(url, "f/tree", json!({})).await;
-    running(url, &id).await;
-    let escaped = pid_in(&pid_file).await;
-    ok(url, &["flow-run", "cancel", &id]);
-    let run = final_run(url, &id).await;
-    assert_eq!(run["state"]["type"], "CANCELLED", "{run}");
-    assert!(
-        common::wait_until(Duration::from_secs(10), || !process_alive(escaped)).await,
-        "the process in its own session ({escaped}) ended with the run: {run}"
-    );
-}
-
-/// A run cancelled (and made final by the sweep) while its worker was
-/// dead: the worker that starts again with its name kills what is left.
-#[tokio::test]
-async fn a_restarted_worker_kills_the_processes_of_runs_it_no_longer_holds() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cache = dir.path().join("cache");
-    let server = ServerProcess::start(dir.path(), &["--worker-lost-after", "0"]);
-    let url = server.url.as_str();
-    let pid_file = dir.path().join("orphan.pid");
-    let script = format!("echo $$ > {}; exec sleep 3104", pid_file.display());
-    process_deployment(url, "local", "f/orphaned", &script);
-    let args = ["--pool", "local", "--name", "again"];
-    let mut worker = WorkerProcess::start(url, &cache, &args);
-    let id = create_run(url, "f/orphaned", json!({})).await;
-    running(url, &id).await;
-    let pid = pid_in(&pid_file).await;
-    worker.kill();
-    ok(url, &["flow-run", "cancel", &id]);
-    let run = final_run(url, &id).await;
-    assert_eq!(run["state"]["type"], "CANCELLED", "{run}");
-    assert!(process_alive(pid), "the process outlived its worker");
-    let _worker = WorkerProcess::start(url, &cache, &args);
-    assert!(
-        common::wait_until(Duration::from_secs(30), || !process_alive(pid)).await,
-        "the restarted worker killed {pid}"
-    );
 }

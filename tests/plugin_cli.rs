@@ -17,12 +17,26 @@ impl Host {
     }
 
     fn run(&self, args: &[&str]) -> Output {
+        let tmp = self.tmp();
+        std::fs::create_dir_all(&tmp).expect("tmp");
         Command::new(env!("CARGO_BIN_EXE_host"))
             .args(args)
             .env("HOST_CACHE_DIR", self.cache.path())
+            .env("TMPDIR", tmp)
             .env_remove("HOST_PLUGIN_DIR")
             .output()
             .expect("run host")
+    }
+
+    fn tmp(&self) -> std::path::PathBuf {
+        self.cache.path().join("tmp")
+    }
+
+    /// What `host plugin test` left in the temp dir's `host-runs`.
+    fn runs_left(&self) -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(self.tmp().join("host-runs"))
+            .map(|entries| entries.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
     }
 }
 
@@ -103,6 +117,11 @@ fn plugin_test_passes_for_the_builtins_and_the_sdk_example() {
             stderr(&out)
         );
         assert!(stdout(&out).contains("checks passed"), "{}", stdout(&out));
+        assert_eq!(
+            host.runs_left(),
+            Vec::<std::path::PathBuf>::new(),
+            "{target}"
+        );
     }
 }
 
@@ -169,6 +188,7 @@ fn plugin_test_names_each_failed_check() {
         stderr(&out).trim_end(),
         "error: 2 of 12 checks failed: start-wait, stop"
     );
+    assert_eq!(host.runs_left(), Vec::<std::path::PathBuf>::new());
 }
 
 #[test]

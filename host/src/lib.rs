@@ -15,6 +15,7 @@
 //! - [`template`]: `{{ placeholder }}` rendering of base job templates.
 //! - [`supervisor`]: `host __supervise`, which holds one process run and
 //!   outlives its worker.
+//! - [`secret`]: random keys and HMAC, for records others must trust.
 //! - [`cli`]: one file per command group; `main.rs` only calls [`cli::run`].
 
 pub mod capabilities;
@@ -31,6 +32,7 @@ pub mod orchestration;
 pub mod plugins;
 pub mod runtime;
 pub mod scaffold;
+pub mod secret;
 pub mod server;
 pub mod store;
 pub mod supervisor;

@@ -4,22 +4,30 @@
 //! outlives the worker that started it, so a restarted worker re-attaches to a
 //! process run as it does to a container.
 //!
-//! DIR is the whole protocol between the supervisor and the `process`
-//! capability ([`RunFiles`] names its files):
+//! DIR and the supervisor's stdin and stdout are the whole protocol between
+//! the supervisor and the `process` capability ([`RunFiles`] names the files):
 //! - `spec.json`: what to run, written by the capability before the start;
+//! - `key`: the run's key, kept by the capability for after a restart;
 //! - `supervisor.pid`, `child.pid`;
 //! - `output`: one record per line: `o` or `e`, the line, `\n`;
-//! - `exit.json`: the exit, renamed into place after the last output record;
+//! - `exit.json`: the exit and its MAC under the run's key, renamed into
+//!   place after the last output record;
 //! - `read`: how far the capability has read `output`, so a restarted worker
 //!   neither repeats nor skips lines;
-//! - `work/`: the working directory, when the plugin asked for a fresh one.
-//!
 //! - `released`: made by the capability when it let go of the run before
 //!   the supervisor said it started (a cancel during `start`): the
 //!   supervisor then kills what it started instead of running it.
 //!
-//! Its stdout tells the capability how the start went, in one line:
-//! `started PID` or `failed MESSAGE`.
+//! The capability writes the run's key in hex on the supervisor's stdin,
+//! which the workload never inherits (its stdin is /dev/null). The
+//! supervisor's stdout tells the capability how the start went, in one
+//! line: `started PID` or `failed MESSAGE`.
+//!
+//! DIR is not the workload's working directory nor beside it, and its name
+//! holds a random part: a workload finds no record by walking up from where
+//! it runs. One running as the worker's own user can still search for them
+//! and read the key; `host worker start --run-as USER` runs it as another
+//! user, to whom DIR is closed ([`RunAs`]).
 //!
 //! The whole tree is the run's, not only the first process: the supervisor
 //! is a child subreaper (as tini and systemd are), so every orphaned
@@ -28,6 +36,7 @@
 //! exit's message; the capability signals the whole tree
 //! ([`descendants`]) for a stop. A run is over only when nothing of it runs.
 
+use crate::secret;
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -52,6 +61,59 @@ pub struct Spec {
     pub max_line_bytes: usize,
     /// Output kept at most; past it one notice is written and the rest dropped.
     pub max_output_bytes: u64,
+    /// The user the workload runs as; the supervisor's own when `None`.
+    #[serde(default)]
+    pub run_as: Option<RunAs>,
+}
+
+/// Another user for workloads (`host worker start --run-as USER`): the
+/// supervisor, as the worker's user, keeps its records where that user
+/// cannot reach them and starts the workload with that user's ids.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunAs {
+    pub user: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+}
+
+impl RunAs {
+    /// The user named `user` in the password database.
+    #[allow(unsafe_code)]
+    pub fn lookup(user: &str) -> Result<RunAs, String> {
+        let name =
+            std::ffi::CString::new(user).map_err(|_| format!("{user:?}: not a user name"))?;
+        // SAFETY: passwd is plain data (integers and pointers): all zeros
+        // is a valid value, overwritten by getpwnam_r.
+        let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut buffer = vec![0 as libc::c_char; 16 << 10];
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: getpwnam_r writes only into `entry`, `buffer` (whose
+        // length it is given) and `found`; the strings it points `entry`
+        // at live in `buffer`, read below while it is alive.
+        let rc = unsafe {
+            libc::getpwnam_r(
+                name.as_ptr(),
+                &mut entry,
+                buffer.as_mut_ptr(),
+                buffer.len(),
+                &mut found,
+            )
+        };
+        if rc != 0 || found.is_null() {
+            return Err(format!("{user:?}: no such user"));
+        }
+        // SAFETY: pw_dir points into `buffer`, NUL-terminated by getpwnam_r.
+        let home = unsafe { std::ffi::CStr::from_ptr(entry.pw_dir) };
+        Ok(RunAs {
+            user: user.to_string(),
+            uid: entry.pw_uid,
+            gid: entry.pw_gid,
+            home: PathBuf::from(
+                <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(home.to_bytes()),
+            ),
+        })
+    }
 }
 
 /// How the process ended, as written to `exit.json`.
@@ -90,24 +152,11 @@ impl RunFiles {
     pub fn supervisor_pid(&self) -> PathBuf {
         self.dir.join("supervisor.pid")
     }
-    pub fn work(&self) -> PathBuf {
-        self.dir.join("work")
+    pub fn key(&self) -> PathBuf {
+        self.dir.join("key")
     }
     pub fn released(&self) -> PathBuf {
         self.dir.join("released")
-    }
-
-    /// Every file of the protocol (not `work/`, which belongs to the run).
-    pub fn state_files(&self) -> [PathBuf; 7] {
-        [
-            self.released(),
-            self.spec(),
-            self.output(),
-            self.exit(),
-            self.read_offset(),
-            self.child_pid(),
-            self.supervisor_pid(),
-        ]
     }
 
     pub fn read_spec(&self) -> std::io::Result<Spec> {
@@ -115,9 +164,19 @@ impl RunFiles {
         serde_json::from_slice(&text).map_err(std::io::Error::other)
     }
 
-    pub fn read_exit(&self) -> Option<RecordedExit> {
+    /// The exit, if its supervisor wrote it: a record without the MAC of
+    /// the run's `key` is not believed, whoever wrote it.
+    pub fn read_exit(&self, key: &[u8; 32]) -> Option<RecordedExit> {
         let text = std::fs::read(self.exit()).ok()?;
-        serde_json::from_slice(&text).ok()
+        let signed: SignedExit = serde_json::from_slice(&text).ok()?;
+        let mac = secret::from_hex(&signed.mac)?;
+        secret::same(&mac, &exit_mac(key, &signed.exit)).then_some(signed.exit)
+    }
+
+    /// Whether something is at `exit.json` that [`RunFiles::read_exit`]
+    /// does not believe.
+    pub fn has_unsigned_exit(&self, key: &[u8; 32]) -> bool {
+        self.exit().exists() && self.read_exit(key).is_none()
     }
 
     pub fn read_pid(path: &Path) -> Option<i32> {
@@ -125,20 +184,46 @@ impl RunFiles {
     }
 
     /// Written whole or not at all: readers never see half an exit.
-    fn write_exit(&self, exit: &RecordedExit) -> std::io::Result<()> {
+    fn write_exit(&self, exit: &RecordedExit, key: &[u8; 32]) -> std::io::Result<()> {
+        let signed = SignedExit {
+            exit: exit.clone(),
+            mac: secret::to_hex(&exit_mac(key, exit)),
+        };
         let partial = self.dir.join("exit.json.partial");
         std::fs::write(
             &partial,
-            serde_json::to_vec(exit).map_err(std::io::Error::other)?,
+            serde_json::to_vec(&signed).map_err(std::io::Error::other)?,
         )?;
         std::fs::rename(partial, self.exit())
     }
+}
+
+/// `exit.json`: the exit and its MAC under the run's key.
+#[derive(Serialize, Deserialize)]
+struct SignedExit {
+    exit: RecordedExit,
+    mac: String,
+}
+
+fn exit_mac(key: &[u8; 32], exit: &RecordedExit) -> [u8; 32] {
+    let text = serde_json::to_vec(exit).unwrap_or_default();
+    secret::hmac_sha256(key, &text)
+}
+
+/// The run's key, the first line of the supervisor's stdin.
+fn read_key() -> Option<[u8; 32]> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).ok()?;
+    secret::from_hex(&line)
 }
 
 /// `host __supervise DIR`.
 pub fn main(dir: &Path) -> ExitCode {
     leave_session();
     become_subreaper();
+    let Some(key) = read_key() else {
+        return announce_failure("no key on stdin");
+    };
     let files = RunFiles::new(dir);
     let spec = match files.read_spec() {
         Ok(spec) => spec,
@@ -157,6 +242,21 @@ pub fn main(dir: &Path) -> ExitCode {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    if let Some(user) = &spec.run_as {
+        // Its supplementary groups go too: std drops them when root sets a uid.
+        std::os::unix::process::CommandExt::uid(&mut command, user.uid);
+        std::os::unix::process::CommandExt::gid(&mut command, user.gid);
+        let home = user.home.to_string_lossy();
+        for (name, value) in [
+            ("USER", user.user.as_str()),
+            ("LOGNAME", user.user.as_str()),
+            ("HOME", home.as_ref()),
+        ] {
+            if !spec.env.iter().any(|(k, _)| k == name) {
+                command.env(name, value);
+            }
+        }
+    }
     if !spec.env.iter().any(|(k, _)| k == "PATH")
         && let Some(path) = std::env::var_os("PATH")
     {
@@ -252,7 +352,7 @@ pub fn main(dir: &Path) -> ExitCode {
         sink.finish();
         sink.closed = true;
     }
-    match files.write_exit(&exit) {
+    match files.write_exit(&exit, &key) {
         Ok(()) => ExitCode::SUCCESS,
         Err(_) => ExitCode::FAILURE,
     }

@@ -122,14 +122,28 @@ impl LocalProcess {
     }
 }
 
-/// Merges `overrides` over `env`: a key set in both takes the override.
+/// Merges `overrides` over `env`: a key set in both takes the override,
+/// except the run's identity the host put in `env` (`HOST_FLOW_RUN_ID`,
+/// `HOST_API_URL`, every `HOST_*` it set): a job's configuration cannot
+/// make a workload believe it is another run or report elsewhere.
 pub fn merge_env(
     mut env: Vec<(String, String)>,
     overrides: impl IntoIterator<Item = (String, String)>,
 ) -> Vec<(String, String)> {
+    let identity: Vec<String> = env
+        .iter()
+        .filter(|(k, _)| k.starts_with(IDENTITY_PREFIX))
+        .map(|(k, _)| k.clone())
+        .collect();
     for (key, value) in overrides {
+        if identity.contains(&key) {
+            continue;
+        }
         env.retain(|(k, _)| *k != key);
         env.push((key, value));
     }
     env
 }
+
+/// The prefix of the variables that say which run a workload is.
+pub const IDENTITY_PREFIX: &str = "HOST_";

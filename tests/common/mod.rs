@@ -272,6 +272,21 @@ pub struct WorkerProcess {
 
 impl WorkerProcess {
     pub fn start(url: &str, cache: &Path, args: &[&str]) -> WorkerProcess {
+        Self::start_logging(url, cache, args, std::process::Stdio::inherit())
+    }
+
+    /// A worker whose log (stderr) goes to `log`.
+    pub fn start_logging_to(url: &str, cache: &Path, args: &[&str], log: &Path) -> WorkerProcess {
+        let file = std::fs::File::create(log).expect("worker log");
+        Self::start_logging(url, cache, args, file.into())
+    }
+
+    fn start_logging(
+        url: &str,
+        cache: &Path,
+        args: &[&str],
+        stderr: std::process::Stdio,
+    ) -> WorkerProcess {
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_host"))
             .args([
                 "worker",
@@ -289,7 +304,7 @@ impl WorkerProcess {
             .env("HOST_LOG", "warn")
             .env_remove("HOST_API_TOKEN")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start host worker");
         WorkerProcess { child }
@@ -482,4 +497,36 @@ pub async fn store_runs(control: &host::control::Control, deployment: &str, coun
     for task in tasks {
         task.await.expect("join");
     }
+}
+
+/// A `process` pool `pool` and a deployment `name` on it running `sh -c script`.
+pub fn process_deployment(url: &str, pool: &str, name: &str, script: &str) {
+    host_ok(url, &["work-pool", "create", "--type", "process", pool]);
+    host_ok(
+        url,
+        &[
+            "deployment",
+            "create",
+            name,
+            "--pool",
+            pool,
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+    );
+}
+
+/// The pid a flow wrote into `file`, once it did.
+pub async fn pid_in(file: &Path, timeout: Duration) -> i32 {
+    let mut pid = None;
+    wait_until(timeout, || {
+        pid = std::fs::read_to_string(file)
+            .ok()
+            .and_then(|text| text.trim().parse().ok());
+        pid.is_some()
+    })
+    .await;
+    pid.unwrap_or_else(|| panic!("no pid in {}", file.display()))
 }

@@ -3,6 +3,7 @@
 
 use crate::contract::OutputStream;
 use crate::contract::host::infra::log::{Host, Level};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -84,20 +85,135 @@ pub fn truncate(mut text: String, max: usize) -> String {
     text
 }
 
+/// A plugin's messages go to the worker's own log, which one flooding
+/// plugin would fill: past either bound (a call's, or a flow run's across
+/// its calls) one notice says so and the rest are dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageBound {
+    pub messages: u64,
+    pub bytes: u64,
+}
+
+pub const PER_CALL: MessageBound = MessageBound {
+    messages: 1_000,
+    bytes: 1 << 20,
+};
+pub const PER_RUN: MessageBound = MessageBound {
+    messages: 10_000,
+    bytes: 8 << 20,
+};
+
+/// What each flow run's plugin calls have logged, until the run is released.
+#[derive(Default)]
+pub struct MessageBudgets {
+    runs: Mutex<HashMap<String, Spent>>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Spent {
+    messages: u64,
+    bytes: u64,
+    over: bool,
+}
+
+impl Spent {
+    /// Counts one message; `Some(first)` once past `bound` (`first` only
+    /// the first time).
+    fn take(&mut self, bound: MessageBound, bytes: usize) -> Option<bool> {
+        if self.over {
+            return Some(false);
+        }
+        self.messages += 1;
+        self.bytes += bytes as u64;
+        if self.messages > bound.messages || self.bytes > bound.bytes {
+            self.over = true;
+            return Some(true);
+        }
+        None
+    }
+}
+
+impl MessageBudgets {
+    fn take(&self, run: &str, bytes: usize) -> Option<bool> {
+        let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+        runs.entry(run.to_string())
+            .or_default()
+            .take(PER_RUN, bytes)
+    }
+
+    /// The run is over for this worker: its count goes.
+    pub fn forget(&self, run: &str) {
+        if let Ok(mut runs) = self.runs.lock() {
+            runs.remove(run);
+        }
+    }
+}
+
 pub struct LogHost {
     plugin: String,
     sink: Arc<dyn OutputSink>,
+    /// The flow run the call is for, and every run's budget.
+    run: Option<(String, Arc<MessageBudgets>)>,
+    call: Spent,
 }
 
 impl LogHost {
-    pub fn new(plugin: String, sink: Arc<dyn OutputSink>) -> Self {
-        LogHost { plugin, sink }
+    pub fn new(
+        plugin: String,
+        sink: Arc<dyn OutputSink>,
+        run: Option<(String, Arc<MessageBudgets>)>,
+    ) -> Self {
+        LogHost {
+            plugin,
+            sink,
+            run,
+            call: Spent::default(),
+        }
+    }
+
+    /// Whether the message may go to the log; says once when it may not.
+    fn within_bounds(&mut self, bytes: usize) -> bool {
+        let plugin = self.plugin.as_str();
+        let flow_run_id = self.run.as_ref().map(|(run, _)| run.as_str());
+        if let Some(first) = self.call.take(PER_CALL, bytes) {
+            if first {
+                tracing::warn!(
+                    plugin,
+                    flow_run_id,
+                    "the plugin logged more than {} messages or {} bytes in one call: the rest of this call's are dropped",
+                    PER_CALL.messages,
+                    PER_CALL.bytes
+                );
+            }
+            return false;
+        }
+        let Some((run, budgets)) = &self.run else {
+            return true;
+        };
+        match budgets.take(run, bytes) {
+            None => true,
+            Some(first) => {
+                if first {
+                    tracing::warn!(
+                        plugin,
+                        flow_run_id,
+                        "the plugin logged more than {} messages or {} bytes for this flow run: the rest are dropped",
+                        PER_RUN.messages,
+                        PER_RUN.bytes
+                    );
+                }
+                false
+            }
+        }
     }
 }
 
 impl Host for LogHost {
     async fn message(&mut self, level: Level, text: String) {
         let text = truncate(text, MAX_LINE_BYTES);
+        if !self.within_bounds(text.len()) {
+            return;
+        }
         let plugin = self.plugin.as_str();
         match level {
             Level::Trace => tracing::trace!(plugin, "{text}"),
@@ -115,3 +231,29 @@ impl Host for LogHost {
 }
 
 impl crate::contract::host::infra::types::Host for LogHost {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_and_a_run_are_bounded_and_say_so_once() {
+        let mut call = Spent::default();
+        for _ in 0..PER_CALL.messages {
+            assert_eq!(call.take(PER_CALL, 10), None);
+        }
+        assert_eq!(call.take(PER_CALL, 10), Some(true));
+        assert_eq!(call.take(PER_CALL, 10), Some(false));
+
+        let budgets = MessageBudgets::default();
+        let big = (PER_RUN.bytes / 4) as usize;
+        for _ in 0..4 {
+            assert_eq!(budgets.take("r", big), None);
+        }
+        assert_eq!(budgets.take("r", 1), Some(true));
+        assert_eq!(budgets.take("r", 1), Some(false));
+        assert_eq!(budgets.take("other", 1), None);
+        budgets.forget("r");
+        assert_eq!(budgets.take("r", 1), None);
+    }
+}

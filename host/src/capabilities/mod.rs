@@ -7,7 +7,8 @@ mod process;
 
 pub use container_runtime::{ContainerHost, ContainerPolicy, ContainerTable, SCOPE_LABEL};
 pub use log::{
-    CollectOutput, DiscardOutput, LogHost, MAX_LINE_BYTES, OutputSink, discard_output, truncate,
+    CollectOutput, DiscardOutput, LogHost, MAX_LINE_BYTES, MessageBudgets, OutputSink,
+    discard_output, truncate,
 };
 pub use process::{OutputLimits, ProcessHost, ProcessTable};
 

@@ -5,12 +5,19 @@
 //! under this worker's root, and outlives the worker. So the table is a cache
 //! of what is on disk: a restarted worker finds a process again by its id.
 //!
+//! The root holds two trees, so a workload's working directory is never
+//! under or beside its supervisor's records:
+//! - `records/ID.RANDOM/`: the supervisor's files (0700);
+//! - `work/ID/`: working directories made for a spawn (the workload's,
+//!   owned by the `--run-as` user when there is one).
+//!
 //! Every call is for one flow run (its scope) and sees only the processes and
 //! directories spawned for that run.
 
 use crate::contract::host::infra::process::{Host, OutputBatch, SpawnRequest, Spawned};
 use crate::contract::{ExitStatus, OutputStream};
-use crate::supervisor::{RecordedExit, RunFiles, Spec};
+use crate::secret;
+use crate::supervisor::{RecordedExit, RunAs, RunFiles, Spec};
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -51,6 +58,8 @@ struct Proc {
     supervisor_pid: i32,
     cwd: PathBuf,
     made_cwd: bool,
+    /// Authenticates the supervisor's exit record.
+    key: [u8; 32],
     /// Set when this worker started the supervisor: turns true once it exited.
     /// After a restart the supervisor is someone else's child: see
     /// `supervisor_alive`.
@@ -61,7 +70,7 @@ struct Proc {
 
 impl Proc {
     fn exit(&self) -> Option<RecordedExit> {
-        self.files.read_exit()
+        self.files.read_exit(&self.key)
     }
 
     fn supervisor_alive(&self) -> bool {
@@ -74,6 +83,12 @@ impl Proc {
     fn lost(&self) -> String {
         // Nothing may run on unowned: kill what the supervisor held.
         let _ = signal_group(self.child_pid, libc::SIGKILL);
+        if self.files.has_unsigned_exit(&self.key) {
+            return format!(
+                "the exit record of process {} (pid {}) was not written by its supervisor; its outcome is unknown",
+                self.id, self.child_pid
+            );
+        }
         format!(
             "the supervisor of process {} (pid {}) was killed before it ended; its outcome is unknown",
             self.id, self.child_pid
@@ -151,19 +166,61 @@ pub struct ProcessTable {
     /// The program re-executed as the supervisor (the `host` binary).
     supervisor: PathBuf,
     limits: OutputLimits,
+    run_as: Option<RunAs>,
     procs: Mutex<HashMap<u64, Arc<Proc>>>,
     last_id: Mutex<u64>,
 }
 
 impl ProcessTable {
-    pub fn new(root: PathBuf, supervisor: PathBuf, limits: OutputLimits) -> Self {
+    pub fn new(
+        root: PathBuf,
+        supervisor: PathBuf,
+        limits: OutputLimits,
+        run_as: Option<RunAs>,
+    ) -> Self {
         ProcessTable {
             root,
             supervisor,
             limits,
+            run_as,
             procs: Mutex::new(HashMap::new()),
             last_id: Mutex::new(0),
         }
+    }
+
+    fn records(&self) -> PathBuf {
+        self.root.join("records")
+    }
+
+    fn work(&self) -> PathBuf {
+        self.root.join("work")
+    }
+
+    /// Makes the root's two trees. With `--run-as`, the workload's user
+    /// must reach `work/` (search permission on every directory above it)
+    /// and nothing else: an error names the directory it cannot pass.
+    pub fn prepare(&self) -> Result<(), String> {
+        use std::os::unix::fs::PermissionsExt;
+        let shared = if self.run_as.is_some() { 0o711 } else { 0o700 };
+        let made = make_dir(&self.root, shared)
+            .and_then(|()| make_dir(&self.records(), 0o700))
+            .and_then(|()| make_dir(&self.work(), shared));
+        made.map_err(|e| format!("cannot prepare {}: {e}", self.root.display()))?;
+        let Some(user) = &self.run_as else {
+            return Ok(());
+        };
+        for dir in self.work().ancestors() {
+            let mode = std::fs::metadata(dir).map_or(0, |m| m.permissions().mode());
+            if mode & 0o001 == 0 {
+                return Err(format!(
+                    "--run-as {}: the user cannot reach {} (mode {:o}): give others search permission (chmod o+x) or choose another --work-dir",
+                    user.user,
+                    dir.display(),
+                    mode & 0o7777
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Nanoseconds since the epoch, strictly increasing: unique in this
@@ -191,11 +248,15 @@ impl ProcessTable {
                 Err(missing())
             };
         }
-        let files = RunFiles::new(self.root.join(id.to_string()));
+        let files = self.records_of(id).ok_or_else(missing)?;
         let spec = files.read_spec().map_err(|_| missing())?;
         if spec.scope != scope {
             return Err(missing());
         }
+        let key = std::fs::read_to_string(files.key())
+            .ok()
+            .and_then(|text| secret::from_hex(&text))
+            .ok_or_else(missing)?;
         let (Some(child_pid), Some(supervisor_pid)) = (
             RunFiles::read_pid(&files.child_pid()),
             RunFiles::read_pid(&files.supervisor_pid()),
@@ -214,6 +275,7 @@ impl ProcessTable {
             supervisor_pid,
             cwd: spec.cwd,
             made_cwd: spec.made_cwd,
+            key,
             supervisor_exited: None,
             read: tokio::sync::Mutex::new(read),
         });
@@ -260,30 +322,48 @@ impl ProcessTable {
         scopes
     }
 
-    /// The process directories under the root, with what each was spawned as.
+    /// The supervisors' directories, with what each was spawned as.
     fn on_disk(&self) -> Vec<(u64, RunFiles, Spec)> {
-        let Ok(entries) = std::fs::read_dir(&self.root) else {
+        self.record_dirs()
+            .into_iter()
+            .filter_map(|(id, files)| Some((id, files.clone(), files.read_spec().ok()?)))
+            .collect()
+    }
+
+    /// The directories under `records/`, named `ID.RANDOM`.
+    fn record_dirs(&self) -> Vec<(u64, RunFiles)> {
+        let Ok(entries) = std::fs::read_dir(self.records()) else {
             return Vec::new();
         };
         entries
             .filter_map(|entry| {
-                let id: u64 = entry.ok()?.file_name().to_str()?.parse().ok()?;
-                let files = RunFiles::new(self.root.join(id.to_string()));
-                let spec = files.read_spec().ok()?;
-                Some((id, files, spec))
+                let name = entry.ok()?.file_name();
+                let id = name.to_str()?.split_once('.')?.0.parse().ok()?;
+                Some((id, RunFiles::new(self.records().join(name))))
             })
             .collect()
+    }
+
+    fn records_of(&self, id: u64) -> Option<RunFiles> {
+        self.record_dirs()
+            .into_iter()
+            .find_map(|(found, files)| (found == id).then_some(files))
     }
 
     async fn spawn(&self, scope: &str, request: SpawnRequest) -> Result<Spawned, String> {
         if request.argv.is_empty() {
             return Err("spawn: empty argv".into());
         }
+        self.prepare()?;
         let id = self.next_id();
-        let files = RunFiles::new(self.root.join(id.to_string()));
+        let key = secret::random_key();
+        let files = RunFiles::new(self.records().join(format!(
+            "{id}.{}",
+            &secret::to_hex(&secret::random_key())[..16]
+        )));
         let (cwd, made_cwd) = match request.cwd {
             Some(dir) => (PathBuf::from(dir), false),
-            None => (files.work(), true),
+            None => (self.work().join(id.to_string()), true),
         };
         let spec = Spec {
             scope: scope.to_string(),
@@ -293,28 +373,36 @@ impl ProcessTable {
             made_cwd,
             max_line_bytes: self.limits.max_line_bytes,
             max_output_bytes: self.limits.max_output_bytes,
+            run_as: self.run_as.clone(),
         };
-        let prepared = make_private_dir(&files.dir)
+        let prepared = make_dir(&files.dir, 0o700)
             .and_then(|()| {
                 if made_cwd {
-                    std::fs::create_dir(&cwd)
+                    self.make_work_dir(&cwd)
                 } else {
                     Ok(())
                 }
             })
+            .and_then(|()| write_private(&files.key(), secret::to_hex(&key).as_bytes()))
             .and_then(|()| {
                 let text = serde_json::to_vec(&spec).map_err(std::io::Error::other)?;
                 std::fs::write(files.spec(), text)
             });
-        if let Err(e) = prepared {
+        let forget = || {
             let _ = std::fs::remove_dir_all(&files.dir);
+            if made_cwd {
+                let _ = std::fs::remove_dir_all(&cwd);
+            }
+        };
+        if let Err(e) = prepared {
+            forget();
             return Err(format!("cannot prepare {}: {e}", files.dir.display()));
         }
-        let started = self.start_supervisor(&files).await;
+        let started = self.start_supervisor(&files, &key).await;
         let (child_pid, supervisor_pid, exited) = match started {
             Ok(started) => started,
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&files.dir);
+                forget();
                 return Err(e);
             }
         };
@@ -326,6 +414,7 @@ impl ProcessTable {
             supervisor_pid,
             cwd: cwd.clone(),
             made_cwd,
+            key,
             supervisor_exited: Some(exited),
             read: tokio::sync::Mutex::new(0),
         });
@@ -340,11 +429,23 @@ impl ProcessTable {
         })
     }
 
-    /// Starts `host __supervise DIR` and reads how the start went.
+    /// A fresh working directory, the workload's user's own.
+    fn make_work_dir(&self, dir: &Path) -> std::io::Result<()> {
+        make_dir(dir, 0o700)?;
+        match &self.run_as {
+            Some(user) => std::os::unix::fs::chown(dir, Some(user.uid), Some(user.gid)),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts `host __supervise DIR`, hands it the run's key and reads how
+    /// the start went.
     async fn start_supervisor(
         &self,
         files: &RunFiles,
+        key: &[u8; 32],
     ) -> Result<(i32, i32, watch::Receiver<bool>), String> {
+        use tokio::io::AsyncWriteExt;
         let mut supervisor = tokio::process::Command::new(&self.supervisor)
             .arg(crate::supervisor::SUBCOMMAND)
             .arg(&files.dir)
@@ -352,7 +453,7 @@ impl ProcessTable {
             // environment is readable by the workload's user).
             .env_remove("HOST_API_TOKEN")
             .env_remove("HOST_API_TOKEN_FILE")
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .kill_on_drop(false)
@@ -364,6 +465,11 @@ impl ProcessTable {
                 )
             })?;
         let supervisor_pid = supervisor.id().map_or(0, |p| p as i32);
+        if let Some(mut stdin) = supervisor.stdin.take() {
+            // Closed when dropped: the supervisor reads one line.
+            let line = format!("{}\n", secret::to_hex(key));
+            let _ = stdin.write_all(line.as_bytes()).await;
+        }
         let mut first = String::new();
         if let Some(stdout) = supervisor.stdout.take() {
             let mut stdout = tokio::io::BufReader::new(stdout);
@@ -458,10 +564,10 @@ impl ProcessTable {
         let refuse = || {
             format!("refusing to remove {path}: not a working directory spawned for this flow run")
         };
-        // A directory made by spawn is ROOT/ID/work.
+        // A directory made by spawn is ROOT/work/ID.
         let path = Path::new(path);
         let id = path
-            .strip_prefix(&self.root)
+            .strip_prefix(self.work())
             .ok()
             .and_then(|rest| rest.components().next())
             .and_then(|first| first.as_os_str().to_str()?.parse::<u64>().ok())
@@ -507,16 +613,16 @@ impl ProcessTable {
                 left.push(format!("{} was still running: killed", proc.describe()));
             }
             if proc.made_cwd && proc.cwd.exists() {
+                let removed = match std::fs::remove_dir_all(&proc.cwd) {
+                    Ok(()) => "removed".to_string(),
+                    Err(e) => format!("cannot remove it: {e}"),
+                };
                 left.push(format!(
-                    "working directory {} was left behind",
+                    "working directory {} was left behind: {removed}",
                     proc.cwd.display()
                 ));
             }
-            for file in proc.files.state_files() {
-                let _ = std::fs::remove_file(file);
-            }
-            // Removed only when empty: a kept working directory stays.
-            let _ = std::fs::remove_dir(&proc.files.dir);
+            let _ = std::fs::remove_dir_all(&proc.files.dir);
             if let Ok(mut procs) = self.procs.lock() {
                 procs.remove(&proc.id);
             }
@@ -525,12 +631,27 @@ impl ProcessTable {
     }
 }
 
-fn make_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
+/// Makes `dir` (and what is missing above it) and gives it `mode`, also
+/// when it was there already.
+fn make_dir(dir: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o700)
-        .create(dir)
+        .mode(mode)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+}
+
+/// A file only its owner may read.
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(contents)
 }
 
 /// Complete records of `output` after `offset` (moved past them), up to

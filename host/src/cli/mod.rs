@@ -132,12 +132,17 @@ impl RuntimeArgs {
 
     /// A runtime whose process runs live under `work_dir`.
     pub fn runtime_in(&self, work_dir: Option<PathBuf>) -> anyhow::Result<Runtime> {
+        Runtime::new(self.config_in(work_dir)?)
+    }
+
+    /// What [`RuntimeArgs::runtime_in`] makes its runtime from.
+    pub fn config_in(&self, work_dir: Option<PathBuf>) -> anyhow::Result<RuntimeConfig> {
         if self.plugin_quick_call_seconds == 0 || self.plugin_slow_call_seconds == 0 {
             anyhow::bail!(
                 "--plugin-quick-call-seconds and --plugin-slow-call-seconds: must be at least 1"
             );
         }
-        Runtime::new(RuntimeConfig {
+        Ok(RuntimeConfig {
             quick_call: std::time::Duration::from_secs(self.plugin_quick_call_seconds),
             slow_call: std::time::Duration::from_secs(self.plugin_slow_call_seconds),
             work_dir,

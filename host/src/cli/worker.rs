@@ -69,8 +69,29 @@ pub struct StartArgs {
     /// working directories); default: TMPDIR/host-runs-UID/POOL/NAME.
     #[arg(long, env = "HOST_WORK_DIR")]
     work_dir: Option<std::path::PathBuf>,
+    /// Run process runs' workloads as this user (the worker must run as
+    /// root): they cannot reach the worker, its records or other users'
+    /// runs. Without it they run as the worker's own user.
+    #[arg(long, value_name = "USER")]
+    run_as: Option<String>,
     #[command(flatten)]
     runtime: RuntimeArgs,
+}
+
+/// The `--run-as` user, which only root can become.
+fn run_as(user: &str) -> anyhow::Result<crate::supervisor::RunAs> {
+    let user =
+        crate::supervisor::RunAs::lookup(user).map_err(|e| anyhow::anyhow!("--run-as: {e}"))?;
+    // SAFETY: geteuid(2) only reads this process's credentials.
+    #[allow(unsafe_code)]
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 && euid != user.uid {
+        anyhow::bail!(
+            "--run-as {}: only a worker running as root can run workloads as another user",
+            user.user
+        );
+    }
+    Ok(user)
 }
 
 pub async fn run(command: WorkerCommand, api: &ApiArgs) -> anyhow::Result<ExitCode> {
@@ -104,9 +125,11 @@ pub async fn run(command: WorkerCommand, api: &ApiArgs) -> anyhow::Result<ExitCo
                     max_bytes: args.max_log_bytes_per_run,
                 },
             };
+            let mut runtime = args.runtime.config_in(Some(work_dir))?;
+            runtime.run_as = args.run_as.as_deref().map(run_as).transpose()?;
             run_worker(
                 client,
-                args.runtime.runtime_in(Some(work_dir))?,
+                crate::runtime::Runtime::new(runtime)?,
                 config,
                 super::serve::shutdown_signal(),
             )

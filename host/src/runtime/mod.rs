@@ -24,7 +24,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use crate::capabilities::{ContainerTable, OutputLimits, ProcessTable};
+use crate::capabilities::{ContainerTable, MessageBudgets, OutputLimits, ProcessTable};
+use crate::supervisor::RunAs;
 
 /// The contract this host speaks: `host:infra@0.1.x`.
 pub const CONTRACT_PACKAGE: &str = "host:infra";
@@ -54,6 +55,9 @@ pub struct RuntimeConfig {
     /// this executable.
     pub supervisor: Option<PathBuf>,
     pub output_limits: OutputLimits,
+    /// The user process runs' workloads run as (`--run-as`); this
+    /// process's own when `None`.
+    pub run_as: Option<RunAs>,
 }
 
 impl Default for RuntimeConfig {
@@ -68,6 +72,7 @@ impl Default for RuntimeConfig {
             work_dir: None,
             supervisor: None,
             output_limits: OutputLimits::default(),
+            run_as: None,
         }
     }
 }
@@ -108,7 +113,19 @@ struct RuntimeInner {
     cache: ComponentCache,
     processes: Arc<ProcessTable>,
     containers: Arc<ContainerTable>,
+    message_budgets: Arc<MessageBudgets>,
     call_metrics: PluginCallMetrics,
+    /// The directory made for this runtime alone (no `work_dir` given),
+    /// removed with it: `host plugin test` leaves nothing in the temp dir.
+    fresh_work_dir: Option<PathBuf>,
+}
+
+impl Drop for RuntimeInner {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.fresh_work_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 impl Runtime {
@@ -132,28 +149,41 @@ impl Runtime {
         let engine = Engine::new(&wasm)
             .map_err(|e| anyhow::anyhow!("cannot create the wasm engine: {e:#}"))?;
         spawn_epoch_ticker(&engine);
-        let work_dir = config.work_dir.clone().unwrap_or_else(|| {
+        let fresh_work_dir = config.work_dir.is_none().then(|| {
             std::env::temp_dir()
                 .join("host-runs")
                 .join(uuid::Uuid::new_v4().to_string())
         });
+        let work_dir = config
+            .work_dir
+            .clone()
+            .or_else(|| fresh_work_dir.clone())
+            .unwrap_or_default();
         let supervisor = match &config.supervisor {
             Some(program) => program.clone(),
             None => std::env::current_exe()
                 .map_err(|e| anyhow::anyhow!("cannot find this program's path: {e}"))?,
         };
+        let processes = ProcessTable::new(
+            work_dir,
+            supervisor,
+            config.output_limits,
+            config.run_as.clone(),
+        );
+        if config.run_as.is_some() {
+            // Known at start rather than at the first run's spawn.
+            processes.prepare().map_err(|e| anyhow::anyhow!(e))?;
+        }
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
                 engine,
                 cache: ComponentCache::new(config.cache_dir.clone()),
-                processes: Arc::new(ProcessTable::new(
-                    work_dir,
-                    supervisor,
-                    config.output_limits,
-                )),
+                processes: Arc::new(processes),
                 config,
                 containers: Arc::new(ContainerTable::new()),
+                message_budgets: Arc::default(),
                 call_metrics: PluginCallMetrics::default(),
+                fresh_work_dir,
             }),
         })
     }
@@ -173,6 +203,10 @@ impl Runtime {
 
     pub(crate) fn cache(&self) -> &ComponentCache {
         &self.inner.cache
+    }
+
+    pub(crate) fn message_budgets(&self) -> &Arc<MessageBudgets> {
+        &self.inner.message_budgets
     }
 
     pub(crate) fn processes(&self) -> &Arc<ProcessTable> {

@@ -305,6 +305,7 @@ impl LoadedPlugin {
     /// whatever the plugin left, and says what that was (nothing, when the
     /// plugin kept its promises).
     pub async fn release(&self, run: &str) -> Vec<String> {
+        self.runtime.message_budgets().forget(run);
         let mut left = Vec::new();
         if self.grants.contains(Capability::Process) {
             left.extend(self.runtime.processes().release(run).await);
@@ -406,7 +407,13 @@ impl LoadedPlugin {
             table: ResourceTable::new(),
             memory: MemoryCap::new(config.memory_limit_bytes),
             stderr,
-            log: LogHost::new(self.info.name.clone(), sink),
+            log: LogHost::new(
+                self.info.name.clone(),
+                sink,
+                scope
+                    .clone()
+                    .map(|run| (run, self.runtime.message_budgets().clone())),
+            ),
             process: ProcessHost::new(self.runtime.processes().clone(), scope.clone()),
             containers: ContainerHost::new(
                 self.runtime.containers().clone(),

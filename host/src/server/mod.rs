@@ -83,10 +83,10 @@ impl AppState {
     /// that holds the session, has it.
     fn csrf_token(&self, headers: &HeaderMap) -> String {
         let session = ui::session_cookie(headers).unwrap_or("");
-        hmac_sha256(self.csrf_key.as_ref(), session.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        crate::secret::to_hex(&crate::secret::hmac_sha256(
+            self.csrf_key.as_ref(),
+            session.as_bytes(),
+        ))
     }
 }
 
@@ -100,23 +100,6 @@ fn csrf_key(token: Option<&str>) -> [u8; 32] {
         None => format!("{}{}", uuid::Uuid::new_v4(), uuid::Uuid::new_v4()),
     };
     Sha256::digest(seed.as_bytes()).into()
-}
-
-/// RFC 2104 over SHA-256 (the key is one block or less).
-fn hmac_sha256(key: &[u8; 32], message: &[u8]) -> [u8; 32] {
-    use sha2::{Digest, Sha256};
-    let mut block = [0u8; 64];
-    block[..32].copy_from_slice(key);
-    let pad = |byte: u8| block.map(|b| b ^ byte);
-    let inner = Sha256::new()
-        .chain_update(pad(0x36))
-        .chain_update(message)
-        .finalize();
-    Sha256::new()
-        .chain_update(pad(0x5c))
-        .chain_update(inner)
-        .finalize()
-        .into()
 }
 
 impl IntoResponse for ApiError {

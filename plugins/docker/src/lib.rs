@@ -131,11 +131,10 @@ impl Plugin for DockerPlugin {
             Some(command) => split_command(command)?,
             None => job.command.clone(),
         };
-        let mut env = job.env.clone();
-        for (key, value) in config.env.clone().unwrap_or_default() {
-            env.retain(|(k, _)| *k != key);
-            env.push((key, value));
-        }
+        let env = host_plugin_sdk::local::merge_env(
+            job.env.clone(),
+            config.env.clone().unwrap_or_default(),
+        );
         let mut labels: Vec<(String, String)> = config
             .labels
             .clone()

@@ -1,5 +1,6 @@
 //! Attacks the host during runs, as the job variable `mode` says:
 //! - `validate-flood`, `start-flood`: call `log.message` forever in that call;
+//! - `warn-flood`: 20,000 warnings of 64 KiB in `start`, then run as `ok`;
 //! - `big-handle`, `big-error`, `big-exit`: answer with 50 MB values;
 //! - `flood`: send output lines for `seconds` seconds, then exit 0;
 //! - `signal`: SIGKILL the process `target` (another run's), exit 0 when refused;
@@ -88,6 +89,12 @@ impl Plugin for Hostile {
         let config = job.config;
         match config.mode.as_str() {
             "start-flood" => flood_messages(),
+            "warn-flood" => {
+                let text = "w".repeat(64 << 10);
+                for _ in 0..20_000 {
+                    log::warn(&text);
+                }
+            }
             "big-error" => return Err(Error::fatal("e".repeat(BIG))),
             _ => {}
         }
