@@ -405,6 +405,63 @@ async fn a_damaged_or_empty_database_is_refused_and_left_untouched() {
     }
 }
 
+/// 64 KiB flipped in the middle of a database full of records: refused at
+/// start, naming the file, which is left as it was; a clean copy of the
+/// same file starts.
+#[tokio::test]
+async fn a_database_damaged_in_the_middle_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = ServerProcess::start(dir.path(), &[]);
+    let description = "d".repeat(30 << 10);
+    for i in 0..200 {
+        let body =
+            json!({"name": format!("pool-{i}"), "type": "process", "description": description});
+        let (status, answer) = common::http(
+            "POST",
+            &format!("{}/api/work-pools", server.url),
+            Some(&body.to_string()),
+            None,
+        )
+        .await;
+        assert_eq!(status, 201, "{answer}");
+    }
+    server.kill();
+    let db = dir.path().join("host.redb");
+    let clean = std::fs::read(&db).expect("db");
+    let mut damaged = clean.clone();
+    let middle = damaged.len() / 2;
+    for byte in &mut damaged[middle..middle + (64 << 10)] {
+        *byte = !*byte;
+    }
+    std::fs::write(&db, &damaged).expect("damage");
+    let (code, stderr) = serve_refused(dir.path());
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("host.redb") && stderr.contains("untouched"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        std::fs::read(&db).expect("db") == damaged,
+        "the damaged file is left as it was"
+    );
+    assert!(
+        !dir.path().join("host.redb.checking").exists(),
+        "the checked copy is gone"
+    );
+
+    std::fs::write(&db, &clean).expect("restore");
+    let server = ServerProcess::start(dir.path(), &[]);
+    let pools = ok(&server.url, &["work-pool", "ls", "--output", "json"]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&pools)
+            .expect("json")
+            .as_array()
+            .map(Vec::len),
+        Some(200)
+    );
+}
+
 /// A small tmpfs for the data dir, unmounted on drop.
 struct SmallDisk {
     dir: tempfile::TempDir,

@@ -42,6 +42,7 @@ impl RedbStore {
             std::fs::create_dir_all(parent).map_err(storage)?;
         }
         check_existing(path)?;
+        check_integrity(path)?;
         let db = Arc::new(open_database(path)?);
         let txn = db.begin_write().map_err(storage)?;
         for def in tables::ALL {
@@ -282,15 +283,57 @@ fn damaged(path: &Path, why: &str) -> ApiError {
 /// redb asserts (panics) on some damaged files, e.g. a truncated one; that
 /// is an error about the file, not a crash of the server.
 fn open_database(path: &Path) -> Result<Database, ApiError> {
+    match quietly(|| Database::create(path)) {
+        Some(Ok(db)) => Ok(db),
+        Some(Err(e)) => Err(storage(format!("cannot open {}: {e}", path.display()))),
+        None => Err(damaged(path, "it is damaged (truncated?)")),
+    }
+}
+
+/// Verifies every page of the file against its checksum before it is
+/// used, so damage in the middle is found at start rather than by a read
+/// that panics later. redb's check repairs what it can in place, so it
+/// runs on a copy beside the file (a reflink where the filesystem has
+/// them): a damaged file is refused as it is. Recovery from an unclean
+/// stop (a kill, a power cut) happens on the copy's open and is not
+/// damage.
+fn check_integrity(path: &Path) -> Result<(), ApiError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let copy = path.with_extension("redb.checking");
+    let _ = std::fs::remove_file(&copy);
+    if let Err(error) = std::fs::copy(path, &copy) {
+        let _ = std::fs::remove_file(&copy);
+        tracing::warn!(path = %path.display(), %error, "cannot copy the database to check it; opening it unchecked");
+        return Ok(());
+    }
+    let checked = quietly(|| {
+        let mut db = Database::create(&copy)?;
+        db.check_integrity()
+    });
+    let _ = std::fs::remove_file(&copy);
+    match checked {
+        Some(Ok(true)) => Ok(()),
+        Some(Ok(false)) => Err(damaged(
+            path,
+            "pages of it fail their checksums (what they held would be lost)",
+        )),
+        Some(Err(e)) => Err(damaged(
+            path,
+            &format!("it fails its integrity check ({e})"),
+        )),
+        None => Err(damaged(path, "it is damaged (its check stopped on it)")),
+    }
+}
+
+/// Runs `f`, a panic inside it becoming `None` and printing nothing.
+fn quietly<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Option<T> {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let opened = std::panic::catch_unwind(|| Database::create(path));
+    let result = std::panic::catch_unwind(f).ok();
     std::panic::set_hook(previous);
-    match opened {
-        Ok(Ok(db)) => Ok(db),
-        Ok(Err(e)) => Err(storage(format!("cannot open {}: {e}", path.display()))),
-        Err(_) => Err(damaged(path, "it is damaged (truncated?)")),
-    }
+    result
 }
 
 #[allow(unsafe_code)]
