@@ -46,13 +46,17 @@ pub fn url_list(servers: &[ServerProcess], first: usize) -> String {
 }
 
 /// A process pool whose runs append their own id to `ledger`: how many
-/// times each run really executed, counted by the runs themselves.
+/// times each run really executed, counted by the runs themselves. Each
+/// also writes `executed ID` to its output, which its log must keep.
 pub fn counting_deployment(urls: &str, ledger: &Path) {
     super::host_ok(
         urls,
         &["work-pool", "create", "--type", "process", "shared"],
     );
-    let script = format!("echo \"$HOST_FLOW_RUN_ID\" >> {}", ledger.display());
+    let script = format!(
+        "echo \"$HOST_FLOW_RUN_ID\" >> {}; echo \"executed $HOST_FLOW_RUN_ID\"",
+        ledger.display()
+    );
     super::host_ok(
         urls,
         &[
@@ -145,19 +149,22 @@ pub struct Counts {
     pub stuck: usize,
     /// Executions of runs the server does not know.
     pub unknown: usize,
+    /// COMPLETED runs whose log misses the line the flow wrote.
+    pub lines_lost: usize,
 }
 
 impl std::fmt::Display for Counts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} acknowledged, {} lost, {} run twice, {} mis-reported, {} stuck, {} unknown executed",
+            "{} acknowledged, {} lost, {} run twice, {} mis-reported, {} stuck, {} unknown executed, {} log lines lost",
             self.acknowledged,
             self.lost,
             self.run_twice,
             self.misreported,
             self.stuck,
-            self.unknown
+            self.unknown,
+            self.lines_lost
         )
     }
 }
@@ -200,6 +207,14 @@ pub async fn every_run_exactly_once(url: &str, ledger: &Path, acknowledged: &[St
         .keys()
         .filter(|id| !stored.contains(id.as_str()))
         .count();
+    // A run's log is shipped before its final state is reported.
+    let mut lines_lost = Vec::new();
+    for (id, state) in &states {
+        let line = format!("executed {id}");
+        if state == "COMPLETED" && !super::run_logs(url, id).await.contains(&line) {
+            lines_lost.push(id);
+        }
+    }
     let counts = Counts {
         acknowledged: acknowledged.len(),
         lost: lost.len(),
@@ -207,18 +222,21 @@ pub async fn every_run_exactly_once(url: &str, ledger: &Path, acknowledged: &[St
         misreported: misreported.len(),
         stuck: stuck.len(),
         unknown,
+        lines_lost: lines_lost.len(),
     };
     assert!(
         lost.is_empty()
             && run_twice.is_empty()
             && misreported.is_empty()
             && stuck.is_empty()
-            && unknown == 0,
-        "{counts}; e.g. lost {:?}, run twice {:?}, mis-reported {:?}, stuck {:?}",
+            && unknown == 0
+            && lines_lost.is_empty(),
+        "{counts}; e.g. lost {:?}, run twice {:?}, mis-reported {:?}, stuck {:?}, line lost {:?}",
         lost.first(),
         run_twice.first(),
         misreported.first(),
-        stuck.first()
+        stuck.first(),
+        lines_lost.first()
     );
     counts
 }
