@@ -115,6 +115,72 @@ async fn a_restarted_worker_kills_the_processes_of_runs_it_no_longer_holds() {
     );
 }
 
+/// Live processes whose command line holds `marker`.
+fn processes_with(marker: &str) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(marker))
+        })
+        .filter(|pid| process_alive(*pid))
+        .collect()
+}
+
+/// 200 runs cancelled as they are created, many of them while the worker
+/// is in their `start`: once every run is final, none of their processes
+/// runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_cancelled_while_starting_leave_nothing_running() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(dir.path(), &[]);
+    let url = server.url.as_str();
+    process_deployment(url, "local", "f/slow", "exec sleep 3107");
+    let _worker = WorkerProcess::start(
+        url,
+        &dir.path().join("cache"),
+        &["--pool", "local", "--limit", "200"],
+    );
+    // All created at once, then all cancelled at once: the worker is in
+    // the middle of starting many of them.
+    let mut creations = tokio::task::JoinSet::new();
+    for _ in 0..200 {
+        let url = url.to_string();
+        creations.spawn(async move { create_run(&url, "f/slow", json!({})).await });
+    }
+    let ids = creations.join_all().await;
+    let mut cancels = tokio::task::JoinSet::new();
+    for id in &ids {
+        let cancel = format!("{url}/api/flow-runs/{id}/cancel");
+        cancels.spawn(async move { common::http("POST", &cancel, Some("{}"), None).await });
+    }
+    for (status, body) in cancels.join_all().await {
+        assert!(status < 300, "{status} {body}");
+    }
+    let mut while_starting = 0;
+    for id in &ids {
+        let run = common::final_run(url, id, LONG).await;
+        assert_eq!(run["state"]["type"], "CANCELLED", "{run}");
+        let message = run["state"]["message"].as_str().unwrap_or_default();
+        while_starting += usize::from(message.contains("while starting"));
+    }
+    let mut left = Vec::new();
+    let ended = common::wait_until(Duration::from_secs(30), || {
+        left = processes_with("sleep 3107");
+        left.is_empty()
+    })
+    .await;
+    println!(
+        "200 runs cancelled at once: {while_starting} while starting, {} processes left",
+        left.len()
+    );
+    assert!(ended, "still running: {left:?}");
+}
+
 /// A record valid in form for how a process ended, plain or signed, with a
 /// MAC nobody computed.
 const FORGED_EXIT: &str = concat!(
