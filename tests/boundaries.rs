@@ -437,3 +437,64 @@ async fn the_token_stays_out_of_the_runs_environment() {
     );
     assert!(out.contains("run-has:nothing"), "{out}");
 }
+
+/// The document says what the server asks: a bearer token when it has
+/// one, nothing when it has none (schemathesis' auth checks failed).
+#[tokio::test]
+async fn the_api_document_asks_for_a_token_only_when_the_server_has_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let open = ServerProcess::start(&dir.path().join("open"), &[]);
+    let (status, doc) = http("GET", &format!("{}/api/openapi.json", open.url), None, None).await;
+    assert_eq!(status, 200);
+    assert!(
+        doc.get("security").is_none_or(|s| s == &json!([])),
+        "{}",
+        doc["security"]
+    );
+    assert!(
+        doc["components"]["securitySchemes"].is_null(),
+        "{}",
+        doc["components"]["securitySchemes"]
+    );
+
+    let closed = ServerProcess::start(&dir.path().join("closed"), &["--api-token", "s3cret"]);
+    let url = format!("{}/api/openapi.json", closed.url);
+    let (status, doc) = http("GET", &url, None, Some("s3cret")).await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["security"], json!([{"token": []}]));
+    assert_eq!(
+        doc["components"]["securitySchemes"]["token"]["scheme"],
+        "bearer"
+    );
+}
+
+/// A state's name fits its type: a CANCELLED run named `Completed` (or
+/// anything) told a lie in every list. The type's own name and the names
+/// the server itself gives (`Late`) are taken; `Disconnected` is the
+/// server's to give.
+#[tokio::test]
+async fn a_state_is_named_as_its_type() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(dir.path(), &[]);
+    let url = &server.url;
+    let id = a_held_run(url).await;
+    for body in [
+        json!({"type": "CANCELLED", "name": "Completed", "worker": "w1"}),
+        json!({"type": "FAILED", "name": "anything at all", "worker": "w1"}),
+        json!({"type": "RUNNING", "name": "Disconnected", "worker": "w1"}),
+        json!({"type": "COMPLETED", "name": "completed", "worker": "w1"}),
+    ] {
+        let (status, error) = set_state(url, &id, body.clone()).await;
+        assert_eq!(status, 400, "{body}: {error}");
+        assert_eq!(error["field"], "name", "{body}: {error}");
+    }
+    assert_eq!(state_of(url, &id).await, "RUNNING");
+    let (status, answer) = set_state(
+        url,
+        &id,
+        json!({"type": "COMPLETED", "name": "Completed", "worker": "w1"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["flow_run"]["state"]["name"], "Completed");
+}
