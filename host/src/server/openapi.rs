@@ -31,6 +31,8 @@ pub enum Errors {
     NotFound(ErrorBody),
     #[response(status = 409, description = "Conflicts with the current state")]
     Conflict(ErrorBody),
+    #[response(status = 413, description = "A body over the server's limit (2 MiB)")]
+    PayloadTooLarge(ErrorBody),
     #[response(status = 415, description = "A body that is not `application/json`")]
     UnsupportedMediaType(ErrorBody),
     #[response(status = 503, description = "The store is not available")]
