@@ -104,6 +104,23 @@ async fn a_page_elsewhere_cannot_post_to_the_api() {
     assert_eq!(answer(own).await.0, 204, "a same-origin write goes through");
 }
 
+/// Logs in through the UI's form; the `Set-Cookie` it answers.
+async fn log_in(url: &str, token: &str) -> String {
+    let login_page = web().get(format!("{url}/login")).send().await.expect("get");
+    let csrf = csrf_of(&login_page.text().await.expect("page"));
+    let login = web()
+        .post(format!("{url}/login"))
+        .form(&[("token", token), ("next", "/"), ("csrf", &csrf)])
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(login.status(), 303);
+    login.headers()["set-cookie"]
+        .to_str()
+        .expect("cookie")
+        .to_string()
+}
+
 /// The UI's session cookie reaches the API only for the UI's own reads:
 /// a form elsewhere on the machine gets the cookie sent along too.
 #[tokio::test]
@@ -111,16 +128,7 @@ async fn the_session_cookie_does_not_write_through_the_api() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = ServerProcess::start(dir.path(), &["--api-token", "s3cret"]);
     let url = &server.url;
-    let login_page = web().get(format!("{url}/login")).send().await.expect("get");
-    let csrf = csrf_of(&login_page.text().await.expect("page"));
-    let login = web()
-        .post(format!("{url}/login"))
-        .form(&[("token", "s3cret"), ("next", "/"), ("csrf", &csrf)])
-        .send()
-        .await
-        .expect("login");
-    assert_eq!(login.status(), 303);
-    let cookie = login.headers()["set-cookie"].to_str().expect("cookie");
+    let cookie = log_in(url, "s3cret").await;
     let session = cookie.split(';').next().expect("pair").to_string();
 
     let write = web()
@@ -436,4 +444,280 @@ async fn the_token_stays_out_of_the_runs_environment() {
         "the supervisor's environment has no token: {out}"
     );
     assert!(out.contains("run-has:nothing"), "{out}");
+}
+
+/// A session is the server's own, one per login: random (it was a hash of
+/// the token, the same for everyone and forever), and over at logout.
+#[tokio::test]
+async fn each_login_is_its_own_session_and_logout_ends_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(dir.path(), &["--api-token", "s3cret"]);
+    let url = &server.url;
+    let first = log_in(url, "s3cret").await;
+    let second = log_in(url, "s3cret").await;
+    let pair = |cookie: &str| cookie.split(';').next().expect("pair").trim().to_string();
+    let (one, two) = (pair(&first), pair(&second));
+    assert_ne!(one, two, "each login gets a session of its own");
+    let attributes: Vec<&str> = first.split(';').map(str::trim).collect();
+    for wanted in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(attributes.contains(&wanted), "{wanted}: {first}");
+    }
+    assert!(
+        !attributes.contains(&"Secure"),
+        "plain HTTP: a Secure cookie would never come back: {first}"
+    );
+    let id = one.split_once('=').expect("name=value").1;
+    assert!(id.len() >= 32, "at least 128 bits: {id}");
+
+    let page = |session: String| {
+        web()
+            .get(format!("{url}/runs"))
+            .header(COOKIE, session)
+            .send()
+    };
+    let api = |session: String| {
+        web()
+            .get(format!("{url}/api/work-pools"))
+            .header(COOKIE, session)
+            .header("sec-fetch-site", "same-origin")
+            .send()
+    };
+    let home = page(one.clone()).await.expect("page");
+    assert_eq!(home.status(), 200);
+    let csrf = csrf_of(&home.text().await.expect("page"));
+    let logout = web()
+        .post(format!("{url}/logout"))
+        .header(COOKIE, &one)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .expect("logout");
+    assert_eq!(logout.status(), 303);
+
+    let after = page(one.clone()).await.expect("page");
+    assert_eq!(after.status(), 303, "the page asks for a login again");
+    let location = after.headers().get("location").map(|l| l.to_str().ok());
+    assert!(
+        location.flatten().is_some_and(|l| l.starts_with("/login")),
+        "{location:?}"
+    );
+    assert_eq!(api(one).await.expect("api").status(), 401, "the API too");
+    assert_eq!(page(two.clone()).await.expect("page").status(), 200);
+    assert_eq!(
+        api(two).await.expect("api").status(),
+        200,
+        "another login lives on"
+    );
+}
+
+fn address_of(url: &str) -> String {
+    url.trim_start_matches("http://").to_string()
+}
+
+/// Everything the server sends on `socket` until it closes it; `None` if it
+/// is still open after `within`.
+async fn closed_within(
+    socket: &mut tokio::net::TcpStream,
+    within: std::time::Duration,
+) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(within, async {
+        let mut buffer = [0u8; 4096];
+        loop {
+            match socket.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buffer[..n]),
+            }
+        }
+    })
+    .await;
+    read.ok()
+        .map(|()| String::from_utf8_lossy(&received).into_owned())
+}
+
+/// Slowloris: a client that sends part of a header and then nothing, or
+/// nothing at all, held a connection (and its memory) for as long as it
+/// liked. Each is closed once the header timeout passes; an event stream,
+/// whose headers came in long ago, goes on.
+#[tokio::test]
+async fn a_slow_or_silent_connection_is_closed() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(dir.path(), &["--header-timeout-seconds", "1"]);
+    let url = &server.url;
+    let address = address_of(url);
+    let mut events = web()
+        .get(format!("{url}/api/events"))
+        .send()
+        .await
+        .expect("event stream");
+    assert_eq!(events.status(), 200);
+
+    let mut slow = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    slow.write_all(format!("GET /api/health HTTP/1.1\r\nHost: {address}\r\nX-Slow: ").as_bytes())
+        .await
+        .expect("a partial header");
+    let mut silent = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    let bound = std::time::Duration::from_secs(10);
+    for (name, socket) in [("slow", &mut slow), ("silent", &mut silent)] {
+        let answer = closed_within(socket, bound).await;
+        assert!(answer.is_some(), "{name}: still open after {bound:?}");
+    }
+
+    let body = json!({"name": "after", "type": "process"}).to_string();
+    let (status, created) = http("POST", &format!("{url}/api/work-pools"), Some(&body), None).await;
+    assert_eq!(status, 201, "{created}");
+    let news = tokio::time::timeout(bound, async {
+        let mut seen = String::new();
+        while let Some(chunk) = events.chunk().await.expect("stream") {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if seen.contains("\"after\"") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(news, Ok(true), "the event stream outlived the timeout");
+}
+
+/// Past the connection cap a new connection is turned away at once instead
+/// of waiting (and holding memory) for a slot; when one frees, the next
+/// gets in.
+#[tokio::test]
+async fn connections_past_the_cap_are_turned_away_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(dir.path(), &["--max-connections", "4"]);
+    let address = address_of(&server.url);
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut socket = tokio::net::TcpStream::connect(&address)
+            .await
+            .expect("connect");
+        // An answer shows the server took the connection.
+        let request = format!("GET /api/health HTTP/1.1\r\nHost: {address}\r\n\r\n");
+        socket.write_all(request.as_bytes()).await.expect("send");
+        let mut answer = [0u8; 1024];
+        let n = socket.read(&mut answer).await.expect("answer");
+        assert!(
+            answer[..n].starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&answer[..n])
+        );
+        held.push(socket);
+    }
+    let mut fifth = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("the kernel still accepts");
+    let turned_away = closed_within(&mut fifth, std::time::Duration::from_secs(5)).await;
+    let answer = turned_away.expect("the fifth connection was left waiting");
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 503"),
+        "{answer}"
+    );
+
+    drop(held.pop());
+    let healthy = || {
+        use std::io::{Read, Write};
+        let Ok(mut socket) = std::net::TcpStream::connect(&address) else {
+            return false;
+        };
+        let request = format!("GET /api/health HTTP/1.1\r\nHost: {address}\r\n\r\n");
+        let _ = socket.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+        let mut answer = [0u8; 12];
+        socket.write_all(request.as_bytes()).is_ok()
+            && socket.read_exact(&mut answer).is_ok()
+            && answer == *b"HTTP/1.1 200"
+    };
+    let back = common::wait_until(std::time::Duration::from_secs(10), healthy).await;
+    assert!(back, "a freed slot takes the next connection");
+}
+
+/// A body past the limit is 413 naming the limit (it was 400, as if the
+/// request were malformed).
+#[tokio::test]
+async fn a_body_over_the_limit_is_413() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(dir.path(), &[]);
+    let big = json!({"name": "p", "type": "process", "padding": "x".repeat(3 << 20)}).to_string();
+    let (status, error) = http(
+        "POST",
+        &format!("{}/api/work-pools", server.url),
+        Some(&big),
+        None,
+    )
+    .await;
+    assert_eq!(status, 413, "{error}");
+    assert_eq!(error["field"], "body", "{error}");
+    assert!(
+        error["error"].as_str().is_some_and(|e| e.contains("2 MiB")),
+        "{error}"
+    );
+}
+
+/// The document says what the server asks: a bearer token when it has
+/// one, nothing when it has none (schemathesis' auth checks failed).
+#[tokio::test]
+async fn the_api_document_asks_for_a_token_only_when_the_server_has_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let open = ServerProcess::start(&dir.path().join("open"), &[]);
+    let (status, doc) = http("GET", &format!("{}/api/openapi.json", open.url), None, None).await;
+    assert_eq!(status, 200);
+    assert!(
+        doc.get("security").is_none_or(|s| s == &json!([])),
+        "{}",
+        doc["security"]
+    );
+    assert!(
+        doc["components"]["securitySchemes"].is_null(),
+        "{}",
+        doc["components"]["securitySchemes"]
+    );
+
+    let closed = ServerProcess::start(&dir.path().join("closed"), &["--api-token", "s3cret"]);
+    let url = format!("{}/api/openapi.json", closed.url);
+    let (status, doc) = http("GET", &url, None, Some("s3cret")).await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["security"], json!([{"token": []}]));
+    assert_eq!(
+        doc["components"]["securitySchemes"]["token"]["scheme"],
+        "bearer"
+    );
+}
+
+/// A state's name fits its type: a CANCELLED run named `Completed` (or
+/// anything) told a lie in every list. The type's own name and the names
+/// the server itself gives (`Late`) are taken; `Disconnected` is the
+/// server's to give.
+#[tokio::test]
+async fn a_state_is_named_as_its_type() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(dir.path(), &[]);
+    let url = &server.url;
+    let id = a_held_run(url).await;
+    for body in [
+        json!({"type": "CANCELLED", "name": "Completed", "worker": "w1"}),
+        json!({"type": "FAILED", "name": "anything at all", "worker": "w1"}),
+        json!({"type": "RUNNING", "name": "Disconnected", "worker": "w1"}),
+        json!({"type": "COMPLETED", "name": "completed", "worker": "w1"}),
+    ] {
+        let (status, error) = set_state(url, &id, body.clone()).await;
+        assert_eq!(status, 400, "{body}: {error}");
+        assert_eq!(error["field"], "name", "{body}: {error}");
+    }
+    assert_eq!(state_of(url, &id).await, "RUNNING");
+    let (status, answer) = set_state(
+        url,
+        &id,
+        json!({"type": "COMPLETED", "name": "Completed", "worker": "w1"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["flow_run"]["state"]["name"], "Completed");
 }

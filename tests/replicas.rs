@@ -454,6 +454,47 @@ async fn writes_go_to_the_leading_replica_and_survive_its_death() {
     }
 }
 
+/// A follower used to read up to 64 MiB of a write before relaying it to
+/// the leader, which alone checked the token: anyone could make it buffer.
+/// It checks the token first, answering 401 from the headers alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_refuses_an_unauthenticated_write_before_reading_its_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(cluster) = postgres::shared() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let servers = replicas_with(cluster, dir.path(), 2, &["--api-token", "s3cret"]);
+    let follower = &servers[1 - leading(&servers).await];
+    let address = follower.url.trim_start_matches("http://");
+    let mut socket = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /api/work-pools HTTP/1.1\r\nHost: {address}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        60 << 20
+    );
+    socket.write_all(head.as_bytes()).await.expect("headers");
+    // Not a byte of the body is sent: the answer comes from the headers.
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), socket.read(&mut answer))
+        .await
+        .expect("answered before the body was sent")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+
+    let body = json!({"name": "p", "type": "process"}).to_string();
+    let (status, created) = common::http(
+        "POST",
+        &format!("{}/api/work-pools", follower.url),
+        Some(&body),
+        Some("s3cret"),
+    )
+    .await;
+    assert_eq!(status, 201, "with the token, relayed as before: {created}");
+}
+
 /// A leader that advertises an address the others cannot reach costs a
 /// failed connect now and then: writes are made where they arrive.
 #[tokio::test(flavor = "multi_thread")]

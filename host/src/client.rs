@@ -103,7 +103,9 @@ impl Client {
     pub fn new(base: &str, token: Option<String>) -> Client {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
-            .pool_idle_timeout(Duration::from_secs(60))
+            // Under the server's header timeout (30 s), which closes idle
+            // connections: never a request on one it is closing.
+            .pool_idle_timeout(Duration::from_secs(20))
             .build()
             .unwrap_or_default();
         let mut bases: Vec<String> = base

@@ -12,6 +12,8 @@ pub enum ErrorKind {
     Forbidden,
     NotFound,
     Conflict,
+    /// A body past the server's limit.
+    PayloadTooLarge,
     UnsupportedMediaType,
     Unavailable,
     /// The server's disk is too full to write.
@@ -27,6 +29,7 @@ impl ErrorKind {
             ErrorKind::Forbidden => 403,
             ErrorKind::NotFound => 404,
             ErrorKind::Conflict => 409,
+            ErrorKind::PayloadTooLarge => 413,
             ErrorKind::UnsupportedMediaType => 415,
             ErrorKind::Unavailable => 503,
             ErrorKind::InsufficientStorage => 507,
@@ -105,6 +108,13 @@ impl ApiError {
             kind: ErrorKind::Forbidden,
             message: message.into(),
             field: Some(field.into()),
+        }
+    }
+    pub fn payload_too_large(message: impl Into<String>) -> Self {
+        ApiError {
+            kind: ErrorKind::PayloadTooLarge,
+            message: message.into(),
+            field: Some("body".into()),
         }
     }
     pub fn unsupported_media_type(message: impl Into<String>) -> Self {

@@ -17,6 +17,27 @@ use serde::{Deserialize, Serialize};
 
 /// The name of an active run's state while its worker is silent.
 pub const DISCONNECTED: &str = "Disconnected";
+/// The name of a SCHEDULED run's state once it waited past its time.
+pub const LATE: &str = "Late";
+
+/// The names a request may give a state of this type: the type's own, and
+/// the names the server gives it too where a client may say the same (a
+/// run handed back late is `Late`). A name is what lists and pages show
+/// of a state, so it may not tell another story than its type (a CANCELLED
+/// run named `Completed`). `Disconnected` is the server's alone: a worker
+/// that reports is not silent.
+pub fn state_names(state: StateType) -> &'static [&'static str] {
+    match state {
+        StateType::Scheduled => &["Scheduled", LATE],
+        StateType::Pending => &["Pending"],
+        StateType::Running => &["Running"],
+        StateType::Completed => &["Completed"],
+        StateType::Failed => &["Failed"],
+        StateType::Crashed => &["Crashed"],
+        StateType::Cancelling => &["Cancelling"],
+        StateType::Cancelled => &["Cancelled"],
+    }
+}
 
 /// How many idempotency keys a run remembers.
 const KEPT_TRANSITION_KEYS: usize = 16;
@@ -74,6 +95,18 @@ pub fn decide(run: &FlowRun, request: &Transition, now: Timestamp) -> Result<Dec
     let to = request
         .to
         .ok_or_else(|| ApiError::bad_request("type", "type: the target state is required"))?;
+    if let Some(name) = &request.name
+        && !state_names(to).contains(&name.as_str())
+    {
+        let shown: String = name.chars().take(100).collect();
+        return Err(ApiError::bad_request(
+            "name",
+            format!(
+                "name: {shown:?} is not a name of a {to} state; leave it out or use {}",
+                state_names(to).join(" or ")
+            ),
+        ));
+    }
     if let Some(key) = &request.idempotency_key
         && run.transition_keys.contains(key)
     {
@@ -194,7 +227,7 @@ pub fn mark_late(run: &FlowRun, now: Timestamp, late_after: chrono::Duration) ->
     }
     let mut next = run.clone();
     let mut state = State::new(StateType::Scheduled, now);
-    state.name = "Late".into();
+    state.name = LATE.into();
     push_state(&mut next, state, now);
     Some(next)
 }

@@ -133,9 +133,12 @@ impl TestServer {
                 .bound_to(listener.local_addr().expect("addr")),
         );
         let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.expect("serve");
-        });
+        let task = tokio::spawn(host::server::serve(
+            listener,
+            app,
+            host::server::Limits::default(),
+            std::future::pending(),
+        ));
         TestServer {
             url,
             control,

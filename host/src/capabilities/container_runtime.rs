@@ -115,12 +115,9 @@ impl ContainerTable {
         dockerfile: &str,
         tag: &str,
     ) -> Result<(), String> {
-        let context = context_dir.to_string();
+        let (context, file) = (context_dir.to_string(), dockerfile.to_string());
         let archive = tokio::task::spawn_blocking(move || {
-            let mut builder = tar::Builder::new(Vec::new());
-            builder.follow_symlinks(false);
-            builder.append_dir_all(".", &context)?;
-            builder.into_inner()
+            super::build_context::pack(std::path::Path::new(&context), &file)
         })
         .await
         .map_err(|e| format!("cannot pack the build context: {e}"))?

@@ -1,6 +1,7 @@
 //! Host interfaces that plugins import, one file each. A plugin reaches the
 //! outside world only through these, and only through those it was granted.
 
+pub mod build_context;
 mod container_runtime;
 mod log;
 mod process;

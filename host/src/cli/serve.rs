@@ -42,6 +42,16 @@ pub struct ServeArgs {
     /// space than this, so the database never fills the disk mid-commit.
     #[arg(long, default_value_t = crate::store::DEFAULT_MIN_FREE_BYTES >> 20)]
     min_free_disk_mb: u64,
+    /// Seconds a connection has to send a request's headers, counted from
+    /// when it opened or its previous answer ended: slow and idle
+    /// connections are closed after it. Long answers (claims' long-polls,
+    /// event streams) are not cut.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    header_timeout_seconds: u64,
+    /// Connections served at once; past it a new one is answered 503 and
+    /// closed. Default: 4096, or half the open-file limit if that is lower.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_connections: Option<u64>,
     /// Log lines kept per flow run (workers have their own, smaller, limits).
     #[arg(long, default_value_t = crate::control::ControlConfig::default().max_log_lines_per_run)]
     max_log_lines_per_run: u64,
@@ -102,14 +112,17 @@ pub async fn run(args: ServeArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> {
     );
     let scheduler = control.spawn_scheduler();
     let app = router(AppState::new(control, api.token()?).bound_to(local));
+    let mut limits = crate::server::Limits::for_open_files(open_files);
+    limits.header_timeout = Duration::from_secs(args.header_timeout_seconds);
+    if let Some(max) = args.max_connections {
+        limits.max_connections = usize::try_from(max).unwrap_or(usize::MAX);
+    }
     // Tests and scripts wait for this line to know the server is up.
     println!("host serve: listening on http://{local} (data in {location})");
     // Whoever read the first line may have closed the pipe since.
     let _ = writeln!(std::io::stdout(), "host serve: web UI at http://{local}/");
-    tracing::info!(%local, "listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    tracing::info!(%local, max_connections = limits.max_connections, header_timeout_seconds = args.header_timeout_seconds, "listening");
+    crate::server::serve(listener, app, limits, shutdown_signal()).await;
     scheduler.abort();
     Ok(ExitCode::SUCCESS)
 }

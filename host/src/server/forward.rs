@@ -22,8 +22,6 @@ use std::time::Duration;
 
 /// Marks a forwarded request: it is made where it arrives, never sent on.
 const FORWARDED: &str = "x-host-forwarded";
-/// Larger than any body the API accepts: the leader refuses what is too big.
-const MAX_BODY: usize = 64 << 20;
 
 /// A leader address that could not be reached is not tried again for this
 /// long: a wrong `--advertise-url` costs one failed connect per interval,
@@ -44,6 +42,9 @@ impl Default for Forwarder {
             // A leader that is gone refuses at once; one that is unreachable
             // must not hold the write long before it is made here.
             .connect_timeout(Duration::from_secs(2))
+            // Under the leader's header timeout: never a write on a
+            // connection it is closing.
+            .pool_idle_timeout(Duration::from_secs(20))
             .no_proxy()
             .build()
             .unwrap_or_default();
@@ -66,9 +67,18 @@ pub(super) async fn writes(State(s): State<AppState>, request: Request, next: Ne
     let Some(writer) = writer.filter(|writer| !s.forwarder.unreachable.holds(writer)) else {
         return next.run(request).await;
     };
+    // The body is buffered to be relayed: only for whoever may write.
+    // The leader checks the token again; this check keeps anyone else
+    // from making this replica read and hold a body.
+    if !s.authorized(request.headers(), false) {
+        return ApiError::unauthorized().into_response();
+    }
     let (parts, body) = request.into_parts();
-    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+    let body = match axum::body::to_bytes(body, super::MAX_BODY).await {
         Ok(body) => body,
+        Err(e) if super::limits::too_large(&e) => {
+            return super::limits::body_too_large().into_response();
+        }
         Err(e) => {
             return ApiError::bad_request("body", format!("body: cannot be read ({e})"))
                 .into_response();

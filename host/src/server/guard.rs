@@ -25,9 +25,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::net::IpAddr;
 
-/// The largest UI form read for its token (axum's default body limit).
-const MAX_FORM: usize = 2 << 20;
-
 /// Why a request was refused before it reached its handler.
 #[derive(Debug, thiserror::Error)]
 pub enum Trespass {
@@ -59,14 +56,7 @@ impl From<Trespass> for ApiError {
 
 pub(super) async fn guard(State(s): State<AppState>, request: Request, next: Next) -> Response {
     let api = is_api(request.uri().path());
-    let refuse = |t: Trespass| {
-        let error = ApiError::from(t);
-        if api {
-            error.into_response()
-        } else {
-            super::ui::PageError::from(error).into_response()
-        }
-    };
+    let refuse = |t: Trespass| refuse_error(api, ApiError::from(t));
     let headers = request.headers();
     if s.loopback_only
         && let Some(host) = headers.get(header::HOST)
@@ -91,13 +81,26 @@ pub(super) async fn guard(State(s): State<AppState>, request: Request, next: Nex
     // The UI's actions: the token is a field of the form.
     let expected = s.csrf_token(headers);
     let (parts, body) = request.into_parts();
-    let Ok(body) = axum::body::to_bytes(body, MAX_FORM).await else {
-        return refuse(Trespass::Csrf);
+    let body = match axum::body::to_bytes(body, super::MAX_BODY).await {
+        Ok(body) => body,
+        Err(e) if super::limits::too_large(&e) => {
+            return refuse_error(api, super::limits::body_too_large());
+        }
+        Err(_) => return refuse(Trespass::Csrf),
     };
     if form_field(&body, "csrf").as_deref() != Some(expected.as_str()) {
         return refuse(Trespass::Csrf);
     }
     next.run(Request::from_parts(parts, Body::from(body))).await
+}
+
+/// As JSON for the API, as a page for the UI.
+fn refuse_error(api: bool, error: ApiError) -> Response {
+    if api {
+        error.into_response()
+    } else {
+        super::ui::PageError::from(error).into_response()
+    }
 }
 
 pub(super) fn is_api(path: &str) -> bool {

@@ -8,13 +8,17 @@ mod deployments;
 mod events;
 mod forward;
 mod guard;
+mod limits;
 mod openapi;
 mod pools;
 mod runs;
+mod sessions;
 mod ui;
 
 pub use events::limit_event_streams;
+pub use limits::{Limits, MAX_BODY, serve};
 pub use runs::{Appended, LogPage, TransitionResponse};
+pub use sessions::Sessions;
 
 use crate::control::Control;
 use crate::error::{ApiError, ErrorBody, ErrorKind};
@@ -33,8 +37,12 @@ use std::sync::Arc;
 pub struct AppState {
     pub control: Control,
     token: Option<Arc<str>>,
-    /// The UI's session cookie value for `token`.
-    session: Option<Arc<str>>,
+    /// The UI's logins (only with a token).
+    sessions: Arc<Sessions>,
+    /// Requests arrive over TLS, so cookies are `Secure`. Nothing sets it
+    /// yet: the server speaks plain HTTP (a proxy in front that ends TLS
+    /// would set it, once there is a flag for it).
+    over_tls: bool,
     metrics: Arc<ServerMetrics>,
     forwarder: forward::Forwarder,
     /// Bound to loopback: only loopback names in `Host` (DNS rebinding).
@@ -48,7 +56,8 @@ impl AppState {
         let token: Option<Arc<str>> = token.filter(|t| !t.is_empty()).map(Arc::from);
         AppState {
             control,
-            session: token.as_deref().map(|t| Arc::from(ui::session_value(t))),
+            sessions: Arc::default(),
+            over_tls: false,
             metrics: Arc::default(),
             forwarder: forward::Forwarder::default(),
             loopback_only: false,
@@ -64,10 +73,16 @@ impl AppState {
         self
     }
 
+    /// Cookies it sets are `Secure`: for a server reached over TLS.
+    pub fn served_over_tls(mut self, over_tls: bool) -> AppState {
+        self.over_tls = over_tls;
+        self
+    }
+
     /// The token in the `Authorization` header, or, where `cookie` allows,
-    /// the UI's session cookie; always when the server has no token.
+    /// a live UI session's cookie; always when the server has no token.
     fn authorized(&self, headers: &HeaderMap, cookie: bool) -> bool {
-        let (Some(token), Some(session)) = (&self.token, &self.session) else {
+        let Some(token) = &self.token else {
             return true;
         };
         let bearer = headers
@@ -75,7 +90,7 @@ impl AppState {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         bearer == Some(token.as_ref())
-            || (cookie && ui::session_cookie(headers) == Some(session.as_ref()))
+            || (cookie && ui::session_cookie(headers).is_some_and(|id| self.sessions.holds(id)))
     }
 
     /// The CSRF token of the UI's forms for this request's session (none
@@ -145,7 +160,13 @@ async fn parse_body<S: Send + Sync, T: DeserializeOwned>(
 ) -> Result<T, ApiError> {
     let bytes = axum::body::Bytes::from_request(req, state)
         .await
-        .map_err(|e| ApiError::bad_request("body", format!("cannot read the request body: {e}")))?;
+        .map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                limits::body_too_large()
+            } else {
+                ApiError::bad_request("body", format!("cannot read the request body: {e}"))
+            }
+        })?;
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
     if first.is_some_and(|b| *b != opening) {
         return Err(ApiError::bad_request(
@@ -359,6 +380,7 @@ pub fn router(state: AppState) -> Router {
         .merge(protected)
         .merge(ui::routes(state.clone()))
         .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             forward::writes,

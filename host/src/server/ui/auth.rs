@@ -1,6 +1,7 @@
-//! The token, asked once: `/login` checks it and keeps a session cookie
-//! (HttpOnly, SameSite=Strict) that the pages, actions and the event
-//! stream accept in place of the `Authorization` header.
+//! The token, asked once: `/login` checks it and begins a session (a
+//! random id the server keeps, `server::sessions`) whose cookie (HttpOnly,
+//! SameSite=Strict) the pages, actions and the event stream accept in
+//! place of the `Authorization` header. `/logout` ends it.
 
 use super::{back_to, view};
 use crate::server::AppState;
@@ -20,13 +21,6 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
-}
-
-/// The cookie's value for a token: derived, so the cookie never holds the
-/// token itself and needs no escaping whatever characters the token has.
-pub fn session_value(token: &str) -> String {
-    let digest = Sha256::digest(format!("host-ui-session\0{token}").as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The session cookie's value in a request, if any.
@@ -105,21 +99,42 @@ struct LoginForm {
 
 async fn login(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Result<Response, super::PageError> {
     let next = form.next.as_deref().unwrap_or("/");
-    let Some(session) = state.session.as_deref() else {
+    let Some(token) = state.token.as_deref() else {
         return Ok(back_to(Some(next), "/").into_response());
     };
-    if session_value(&form.token) != session {
+    // Digests compare in the same time wherever the typed token differs.
+    if Sha256::digest(form.token.as_bytes()) != Sha256::digest(token.as_bytes()) {
         let page = login_page(next, Some("token: not this server's API token"));
         return Ok((StatusCode::UNAUTHORIZED, page).into_response());
     }
-    let cookie = format!("{SESSION_COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict");
+    // A session the browser had before is replaced, not kept alongside.
+    if let Some(old) = session_cookie(&headers) {
+        state.sessions.end(old);
+    }
+    let id = state
+        .sessions
+        .begin()
+        .map_err(|e| super::PageError::from(crate::error::ApiError::internal(e.to_string())))?;
+    let cookie = cookie(&state, &id, state.sessions.lifetime().as_secs());
     Ok(([(header::SET_COOKIE, cookie)], back_to(Some(next), "/")).into_response())
 }
 
-async fn logout() -> Response {
-    let cookie = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(id) = session_cookie(&headers) {
+        state.sessions.end(id);
+    }
+    let cookie = cookie(&state, "", 0);
     ([(header::SET_COOKIE, cookie)], Redirect::to("/login")).into_response()
+}
+
+/// The session cookie: never readable by scripts, never sent by another
+/// site's page, and over TLS never sent in the clear. It lasts no longer
+/// than the session it names.
+fn cookie(state: &AppState, id: &str, max_age: u64) -> String {
+    let secure = if state.over_tls { "; Secure" } else { "" };
+    format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}")
 }

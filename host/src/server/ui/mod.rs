@@ -20,7 +20,7 @@ mod pools;
 mod runs;
 mod view;
 
-pub use auth::{session_cookie, session_value};
+pub use auth::session_cookie;
 
 use super::AppState;
 use crate::error::ApiError;
@@ -59,7 +59,10 @@ pub fn routes(state: AppState) -> Router<AppState> {
 /// that no page function has to pass it down to its forms.
 async fn with_csrf_token(State(s): State<AppState>, request: Request, next: Next) -> Response {
     let token = s.csrf_token(request.headers());
-    view::CSRF_TOKEN.scope(token, next.run(request)).await
+    let logged_in = s.token.is_some()
+        && session_cookie(request.headers()).is_some_and(|id| s.sessions.holds(id));
+    let page = view::CSRF_TOKEN.scope(token, next.run(request));
+    view::LOGGED_IN.scope(logged_in, page).await
 }
 
 async fn asset(content_type: &'static str, body: &'static str) -> Response {

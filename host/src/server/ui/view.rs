@@ -41,6 +41,12 @@ pub fn page(title: &str, nav: Nav, events: Option<&str>, body: Markup) -> Markup
                         (link(Nav::Plugins, "/plugins", "Plugins"))
                     }
                     span.live #live-indicator hidden title="Receiving live updates" { "● live" }
+                    @if LOGGED_IN.try_with(|l| *l).unwrap_or(false) {
+                        form.inline.logout method="post" action="/logout" {
+                            (csrf_field())
+                            button type="submit" { "Log out" }
+                        }
+                    }
                 }
                 main { (body) }
             }
@@ -172,6 +178,9 @@ pub fn segment(text: &str) -> String {
 tokio::task_local! {
     /// The CSRF token of the request being answered (`ui::with_csrf_token`).
     pub static CSRF_TOKEN: String;
+    /// Whether the request being answered came with a live session: its
+    /// pages offer to end it.
+    pub static LOGGED_IN: bool;
 }
 
 /// The hidden field every form posting to this server carries. Outside a
