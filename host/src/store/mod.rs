@@ -330,10 +330,19 @@ mod tests {
             .write(|_: &mut Writer<'_>| -> Result<(), ApiError> { panic!("boom") })
             .await;
         assert!(failed.is_err(), "the panicking request gets an error");
-        match store.health() {
-            Health::Degraded(reason) => assert!(reason.contains("boom"), "{reason}"),
-            Health::Ok => panic!("health says what happened"),
-        }
+        // The request learns of the failure as the batch unwinds, a moment
+        // before the writer records it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let reason = loop {
+            match store.health() {
+                Health::Degraded(reason) => break reason,
+                Health::Ok if std::time::Instant::now() > deadline => {
+                    panic!("health says what happened")
+                }
+                Health::Ok => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+            }
+        };
+        assert!(reason.contains("boom"), "{reason}");
         store
             .write(|_: &mut Writer<'_>| Ok(()))
             .await
