@@ -152,3 +152,41 @@ async fn other_pools_and_runs_are_filtered_out() {
         ("pool", &json!("p2"))
     );
 }
+
+/// Past a quarter of the server's open-file limit, a new event stream is
+/// refused with a 503 that says why, and the server keeps answering; a
+/// stream given back makes room for the next.
+#[tokio::test]
+async fn event_streams_past_the_cap_are_refused_with_503() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = common::ServerProcess::start_with_open_files(dir.path(), 256);
+    let events = format!("{}/api/events", server.url);
+    let client = reqwest::Client::new();
+    let mut open = Vec::new();
+    for i in 0..64 {
+        let stream = client.get(&events).send().await.expect("stream");
+        assert_eq!(stream.status(), 200, "stream {i}");
+        open.push(stream);
+    }
+    let refused = client.get(&events).send().await.expect("answer");
+    assert_eq!(refused.status(), 503);
+    let body = refused.text().await.expect("body");
+    assert!(body.contains("too many event streams"), "{body}");
+    let (status, _) = http("GET", &format!("{}/api/work-pools", server.url), None, None).await;
+    assert_eq!(status, 200, "the server answers the rest");
+    drop(open.pop());
+    // The server lets go of the slot once it sees the connection closed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = client.get(&events).send().await.expect("answer");
+        if answer.status() == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a closed stream made room: {}",
+            answer.status()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

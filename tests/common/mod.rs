@@ -211,9 +211,28 @@ impl ServerProcess {
         Self::spawn(&args, cache)
     }
 
+    /// A server whose open-file limit (soft and hard) is `open_files`.
+    pub fn start_with_open_files(data_dir: &Path, open_files: u64) -> ServerProcess {
+        let mut command = std::process::Command::new("prlimit");
+        command
+            .arg(format!("--nofile={open_files}:{open_files}"))
+            .arg(env!("CARGO_BIN_EXE_host"));
+        let args = ["--data-dir", data_dir.to_str().expect("utf-8 path")];
+        Self::launch(command, &args, &data_dir.join("cache"))
+    }
+
     fn spawn(args: &[&str], cache: &Path) -> ServerProcess {
+        Self::launch(
+            std::process::Command::new(env!("CARGO_BIN_EXE_host")),
+            args,
+            cache,
+        )
+    }
+
+    /// `command` (the host binary, or a wrapper of it) with `serve ARGS`.
+    fn launch(mut command: std::process::Command, args: &[&str], cache: &Path) -> ServerProcess {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_host"))
+        let mut child = command
             .arg("serve")
             .args(if args.contains(&"--port") {
                 &[][..]
