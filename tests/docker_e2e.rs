@@ -231,20 +231,41 @@ async fn a_restarted_worker_reattaches_to_its_container() {
     let Some(()) = docker::ready("a_restarted_worker_reattaches_to_its_container") else {
         return;
     };
+    // Twenty lines within the same second or two, so Docker's whole-second
+    // `since` alone could not tell the shipped ones from the rest.
     let setup = Setup::new(
         "slow/job",
-        &["sh", "-c", "echo started; sleep 4; echo finished"],
+        &[
+            "sh",
+            "-c",
+            "for i in $(echo 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20); do echo line $i; done; sleep 4; echo finished",
+        ],
     );
     let mut worker = setup.worker("stable-name");
     let id = setup.run("slow/job", json!({})).await;
     setup.wait_state(&id, &["RUNNING"]).await;
+    // The first worker shipped the first lines.
+    let logs = format!("/api/flow-runs/{id}/logs?limit=1000");
+    eventually(setup.url(), &logs, LONG, |page| {
+        page["lines"]
+            .as_array()
+            .is_some_and(|lines| lines.iter().any(|l| l["message"] == "line 20"))
+    })
+    .await;
     worker.kill();
     let _worker = setup.worker("stable-name");
     let run = setup.final_state(&id).await;
     assert_eq!(run["state"]["type"], "COMPLETED", "{run}");
     let logs = setup.logs(&id).await;
     assert!(logs.iter().any(|l| l.contains("re-attached")), "{logs:?}");
-    assert!(logs.contains(&"finished".to_string()), "{logs:?}");
+    // Each line once: the restarted worker went on where the first stopped.
+    for line in (1..=20)
+        .map(|i| format!("line {i}"))
+        .chain(["finished".into()])
+    {
+        let times = logs.iter().filter(|l| **l == line).count();
+        assert_eq!(times, 1, "{line:?} in {logs:?}");
+    }
     assert!(setup.all_removed().await, "{:?}", setup.containers());
 }
 
@@ -363,4 +384,50 @@ async fn a_plugin_cannot_stop_or_remove_a_container_it_did_not_create() {
         hostile.release(&run).await.is_empty(),
         "the attacker made nothing"
     );
+}
+
+/// The worker's peak resident memory, from /proc.
+fn peak_rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmHWM");
+    kib / 1024
+}
+
+#[tokio::test]
+async fn a_huge_output_line_is_cut_while_it_is_read() {
+    let Some(()) = docker::ready("a_huge_output_line_is_cut_while_it_is_read") else {
+        return;
+    };
+    // 8 bytes doubled 24 times: one line of 128 MiB, then a short one.
+    let setup = Setup::new(
+        "big/line",
+        &[
+            "sh",
+            "-c",
+            "s=aaaaaaaa; for i in $(echo 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24); do s=$s$s; done; echo $s; echo after",
+        ],
+    );
+    let worker = setup.worker("docker-worker");
+    let id = setup.run("big/line", json!({})).await;
+    let run = setup.final_state(&id).await;
+    assert_eq!(run["state"]["type"], "COMPLETED", "{run}");
+    let peak = peak_rss_mib(worker.child.id());
+    eprintln!("the worker peaked at {peak} MiB");
+    assert!(peak < 100, "the worker peaked at {peak} MiB");
+    let logs = setup.logs(&id).await;
+    let cut = logs
+        .iter()
+        .find(|l| l.starts_with("aaaa"))
+        .unwrap_or_else(|| panic!("{logs:?}"));
+    assert!(cut.len() <= 16 << 10, "{} bytes", cut.len());
+    assert!(
+        cut.contains("line truncated"),
+        "says so: {}",
+        &cut[cut.len() - 60..]
+    );
+    assert!(logs.contains(&"after".to_string()), "{logs:?}");
 }

@@ -9,6 +9,7 @@
 //! - [`plugins`]: the registry of built-in and plugin-directory plugins.
 //! - [`conformance`]: the checks behind `host plugin test`.
 //! - [`scaffold`]: the plugin crate `host plugin new` writes.
+//! - [`lines`]: output cut into bounded lines while it is read.
 //! - [`events`]: the feed of committed changes behind `/api/events`.
 //! - [`server`]: the HTTP API and, in `server::ui`, the web UI at `/`.
 //! - [`metrics`]: Prometheus metrics of the server, the worker and plugin calls.
@@ -26,6 +27,7 @@ pub mod contract;
 pub mod control;
 pub mod error;
 pub mod events;
+pub mod lines;
 pub mod metrics;
 pub mod model;
 pub mod orchestration;

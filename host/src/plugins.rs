@@ -46,10 +46,13 @@ pub const BUILTINS: &[Builtin] = &[
 /// [my-plugin.container]        # narrows container-runtime
 /// privileged = false           # refuse privileged containers
 /// mount_sources = ["/srv/data"] # the only host paths it may mount
+/// network_modes = ["host"]     # may share the host's network
 /// ```
 ///
 /// A section named after a built-in (`[docker.container]`) narrows the
 /// built-in the same way; the built-ins' capabilities themselves are fixed.
+/// The built-in docker plugin has `network_modes = ["host"]` unless its
+/// section says otherwise.
 pub const GRANTS_FILE: &str = "grants.toml";
 
 #[derive(Default)]
@@ -76,10 +79,18 @@ impl Registry {
             None => HashMap::new(),
         };
         for builtin in BUILTINS {
-            let mut builtin_grants = Grants::new(builtin.grants.iter().copied());
-            if let Some(entry) = grants.get(builtin.name) {
-                builtin_grants = builtin_grants.with_container_policy(entry.container.clone());
+            let mut policy = grants
+                .get(builtin.name)
+                .map(|entry| entry.container.clone())
+                .unwrap_or_default();
+            if builtin.grants.contains(&Capability::ContainerRuntime) {
+                // The docker plugin runs a flow's container on the host's
+                // network when the API is on the worker's localhost, which the
+                // container could not reach otherwise.
+                policy.host_network.get_or_insert(true);
             }
+            let builtin_grants =
+                Grants::new(builtin.grants.iter().copied()).with_container_policy(policy);
             let plugin = LoadedPlugin::load(
                 runtime,
                 builtin.name,
@@ -286,6 +297,18 @@ fn container_policy(
                     );
                 }
                 policy.mount_sources = Some(sources.into_iter().map(PathBuf::from).collect());
+            }
+            "network_modes" => {
+                let modes: Vec<String> = value.clone().try_into().map_err(|_| {
+                    anyhow::anyhow!("{}: a list of modes", at(".container.network_modes"))
+                })?;
+                if let Some(other) = modes.iter().find(|m| *m != "host") {
+                    anyhow::bail!(
+                        "{}: {other:?} cannot be granted: only \"host\" needs a grant (a container's own networks need none, another run's container is never allowed)",
+                        at(".container.network_modes")
+                    );
+                }
+                policy.host_network = Some(!modes.is_empty());
             }
             other => warnings.push(format!(
                 "{}: unknown key `{other}`, ignored",

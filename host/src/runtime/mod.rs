@@ -164,6 +164,7 @@ impl Runtime {
             None => std::env::current_exe()
                 .map_err(|e| anyhow::anyhow!("cannot find this program's path: {e}"))?,
         };
+        let containers = ContainerTable::new().with_positions(work_dir.join("containers"));
         let processes = ProcessTable::new(
             work_dir,
             supervisor,
@@ -180,7 +181,7 @@ impl Runtime {
                 cache: ComponentCache::new(config.cache_dir.clone()),
                 processes: Arc::new(processes),
                 config,
-                containers: Arc::new(ContainerTable::new()),
+                containers: Arc::new(containers),
                 message_budgets: Arc::default(),
                 call_metrics: PluginCallMetrics::default(),
                 fresh_work_dir,

@@ -291,6 +291,9 @@ fn slug(name: &str) -> String {
     let slug = slug.trim_matches('-').to_string();
     if slug.is_empty() {
         "flow-run".into()
+    } else if slug.len() >= 12 && slug.bytes().all(|b| b.is_ascii_hexdigit()) {
+        // The host refuses names that look like container ids.
+        format!("flow-run-{slug}")
     } else {
         slug
     }

@@ -8,7 +8,16 @@
 //! - `stop-container`, `remove-container`: stop or remove container `target`,
 //!   exit 0 when it is still there afterwards;
 //! - `create-privileged`, `create-mount`: create a privileged container, or one
-//!   mounting the host's /etc; exit 0 when the grant refused it;
+//!   mounting `target` (the host's /etc when empty); exit 0 when the grant
+//!   refused it;
+//! - `name-as`: create a container named `target` (another run's container
+//!   id), then stop and remove `target`; exit 0 when the create was refused;
+//! - `create-remove`: create a container named `target` and remove it again;
+//!   exit 0 when both worked;
+//! - `create-network`: create a container with network mode `target`; exit 0
+//!   when refused;
+//! - `share-own-network`: start a container of its own, then create one in
+//!   its network (`container:NAME`); exit 0 when allowed;
 //! - `ok`: exit 0.
 //!
 //! Every attack that the host refuses ends the run COMPLETED, every one that
@@ -57,6 +66,22 @@ fn outcome(refused: bool, what: String) -> Result<Exit> {
             ..Exit::default()
         }
     })
+}
+
+/// A container that exits at once, named `name`, in `network`.
+fn spec(name: Option<&str>, network: Option<&str>) -> container_runtime::ContainerSpec {
+    container_runtime::ContainerSpec {
+        image: "busybox:latest".into(),
+        command: vec!["true".into()],
+        env: vec![],
+        labels: vec![],
+        name: name.map(String::from),
+        network_mode: network.map(String::from),
+        mounts: vec![],
+        memory_limit_bytes: None,
+        auto_remove: false,
+        privileged: false,
+    }
 }
 
 impl Plugin for Hostile {
@@ -160,10 +185,10 @@ impl Plugin for Hostile {
                     labels: vec![],
                     name: None,
                     network_mode: None,
-                    mounts: if privileged {
-                        vec![]
-                    } else {
-                        vec!["/etc:/host-etc".into()]
+                    mounts: match (privileged, target.as_str()) {
+                        (true, _) => vec![],
+                        (false, "") => vec!["/etc:/host-etc".into()],
+                        (false, source) => vec![format!("{source}:/host-etc")],
                     },
                     memory_limit_bytes: None,
                     auto_remove: true,
@@ -173,6 +198,50 @@ impl Plugin for Hostile {
                 let refused =
                     matches!(&result, Err(e) if e.contains("not allowed by this plugin's grant"));
                 outcome(refused, format!("{}: {result:?}", handle.mode))
+            }
+            "name-as" => match container_runtime::create(&spec(Some(&target), None)) {
+                Err(e) => Ok(Exit {
+                    code: Some(0),
+                    message: e,
+                    ..Exit::default()
+                }),
+                Ok(id) => {
+                    let stop = container_runtime::stop(&target, 0);
+                    let remove = container_runtime::remove(&target, true);
+                    let mine = container_runtime::remove(&id, true);
+                    outcome(
+                        false,
+                        format!(
+                            "created {id} as {target}; stop {stop:?}, remove {remove:?}, {mine:?}"
+                        ),
+                    )
+                }
+            },
+            "create-remove" => {
+                let created = container_runtime::create(&spec(Some(&target), None));
+                let removed = created
+                    .as_ref()
+                    .map(|_| container_runtime::remove(&target, true));
+                outcome(
+                    matches!(removed, Ok(Ok(()))),
+                    format!("create {created:?}, remove {removed:?}"),
+                )
+            }
+            "create-network" => {
+                let result = container_runtime::create(&spec(None, Some(&target)));
+                let refused = matches!(&result, Err(e) if e.contains("not allowed by this plugin's grant")
+                    || e.contains("was created for this flow run"));
+                outcome(refused, format!("{}: {result:?}", handle.mode))
+            }
+            "share-own-network" => {
+                let mut first = spec(Some(&target), None);
+                first.command = vec!["sleep".into(), "300".into()];
+                let shared = container_runtime::create(&first).and_then(|id| {
+                    container_runtime::start(&id)?;
+                    let network = format!("container:{target}");
+                    container_runtime::create(&spec(None, Some(&network)))
+                });
+                outcome(shared.is_ok(), format!("{}: {shared:?}", handle.mode))
             }
             _ => {
                 std::thread::sleep(Duration::from_millis(handle.seconds * 1000));
