@@ -39,7 +39,7 @@
 use crate::secret;
 use serde::{Deserialize, Serialize};
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::{Arc, Mutex};
@@ -548,47 +548,26 @@ impl OutputFile {
 }
 
 /// Copies one stream into the output file line by line, cutting lines longer
-/// than `max_line` so one endless line cannot take the memory of anyone.
-fn forward(stream: impl Read, tag: u8, sink: &Mutex<OutputFile>, max_line: usize) {
-    let mut reader = BufReader::with_capacity(64 << 10, stream);
-    let mut line = Vec::new();
-    let mut cut = 0usize;
-    let emit = |line: &mut Vec<u8>, cut: &mut usize| {
-        while line.last() == Some(&b'\r') {
-            line.pop();
-        }
-        if *cut > 0 {
-            line.extend_from_slice(format!(" …[line truncated: {cut} more bytes]").as_bytes());
-        }
+/// than `max_line` while reading, so one endless line cannot take the memory
+/// of anyone.
+fn forward(mut stream: impl Read, tag: u8, sink: &Mutex<OutputFile>, max_line: usize) {
+    let mut cutter = crate::lines::LineCutter::new(max_line);
+    let mut buffer = vec![0u8; 64 << 10];
+    let record = |line: Vec<u8>| {
         if let Ok(mut sink) = sink.lock() {
-            sink.record(tag, line);
+            sink.record(tag, &line);
         }
-        line.clear();
-        *cut = 0;
     };
     loop {
-        let buffer = match reader.fill_buf() {
-            Ok(buffer) => buffer,
+        match stream.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(read) => cutter.push(&buffer[..read], &record),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => break,
-        };
-        if buffer.is_empty() {
-            if !line.is_empty() || cut > 0 {
-                emit(&mut line, &mut cut);
-            }
-            break;
         }
-        let (chunk, consumed, complete) = match buffer.iter().position(|b| *b == b'\n') {
-            Some(end) => (&buffer[..end], end + 1, true),
-            None => (buffer, buffer.len(), false),
-        };
-        let room = max_line.saturating_sub(line.len()).min(chunk.len());
-        line.extend_from_slice(&chunk[..room]);
-        cut += chunk.len() - room;
-        reader.consume(consumed);
-        if complete {
-            emit(&mut line, &mut cut);
-        }
+    }
+    if let Some(line) = cutter.finish() {
+        record(line);
     }
 }
 
