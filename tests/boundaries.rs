@@ -721,3 +721,59 @@ async fn a_state_is_named_as_its_type() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["flow_run"]["state"]["name"], "Completed");
 }
+
+/// A page of this server shown in another site's frame would take the
+/// user's clicks as their own (their session, the form's token): no page
+/// may be framed.
+#[tokio::test]
+async fn no_page_may_be_framed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(dir.path(), &[]);
+    for path in ["/", "/login", "/api/work-pools"] {
+        let page = web()
+            .get(format!("{}{path}", server.url))
+            .send()
+            .await
+            .expect("get");
+        let headers = page.headers();
+        assert_eq!(headers["x-frame-options"], "DENY", "{path}");
+        assert_eq!(
+            headers["content-security-policy"], "frame-ancestors 'none'",
+            "{path}"
+        );
+    }
+}
+
+/// A UI form is not waited for outside a session (it goes to the login
+/// form unread), and within one it has a bound of time to arrive: a body
+/// promised and never sent holds no connection.
+#[tokio::test]
+async fn a_form_promised_and_never_sent_is_not_waited_for() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(dir.path(), &[]);
+    let guarded = ServerProcess::start(&dir.path().join("guarded"), &["--api-token", "s3cret"]);
+    let cookie = log_in(&guarded.url, "s3cret").await;
+    let session = cookie.split(';').next().expect("cookie").to_string();
+    for (url, cookie, bound, expect) in [
+        (&guarded.url, None, 5, "303"),
+        (&server.url, None, 20, "408"),
+        (&guarded.url, Some(session.as_str()), 20, "408"),
+    ] {
+        let address = address_of(url);
+        let mut socket = tokio::net::TcpStream::connect(&address)
+            .await
+            .expect("connect");
+        let cookie = cookie.map_or(String::new(), |c| format!("Cookie: {c}\r\n"));
+        let head = format!(
+            "POST /ui/pools HTTP/1.1\r\nHost: {address}\r\n{cookie}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\ncsrf="
+        );
+        socket.write_all(head.as_bytes()).await.expect("send");
+        let answer = closed_within(&mut socket, std::time::Duration::from_secs(bound)).await;
+        let answer = answer.unwrap_or_else(|| panic!("{url} {cookie}: no answer within {bound} s"));
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {expect}")),
+            "{url} {cookie}: {answer}"
+        );
+    }
+}

@@ -20,10 +20,28 @@ use super::AppState;
 use crate::error::ApiError;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, Method, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use std::net::IpAddr;
+
+/// The largest UI form read for its token: the UI's largest field (a
+/// run's parameters) is 64 KiB.
+const MAX_FORM: usize = 256 << 10;
+/// How long a UI form's body may take to arrive.
+const FORM_READ_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// No page of this server may be shown in another's frame: a click there
+/// would be the user's own, with their session and the form's token.
+pub(super) async fn no_framing(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("frame-ancestors 'none'"),
+    );
+    response
+}
 
 /// Why a request was refused before it reached its handler.
 #[derive(Debug, thiserror::Error)]
@@ -78,15 +96,35 @@ pub(super) async fn guard(State(s): State<AppState>, request: Request, next: Nex
         }
         return next.run(request).await;
     }
-    // The UI's actions: the token is a field of the form.
+    // The UI's actions: the token is a field of the form. Nobody is made
+    // to wait for, or hold, the body of a form that is refused anyway: one
+    // from outside a session goes to the login form unread, and every form
+    // is read within a bound of size and time.
+    if request.uri().path() != "/login" && !s.authorized(headers, true) {
+        return Redirect::to("/login").into_response();
+    }
     let expected = s.csrf_token(headers);
     let (parts, body) = request.into_parts();
-    let body = match axum::body::to_bytes(body, super::MAX_BODY).await {
-        Ok(body) => body,
-        Err(e) if super::limits::too_large(&e) => {
-            return refuse_error(api, super::limits::body_too_large());
+    let read = tokio::time::timeout(FORM_READ_TIME, axum::body::to_bytes(body, MAX_FORM)).await;
+    let body = match read {
+        Ok(Ok(body)) => body,
+        Ok(Err(e)) if super::limits::too_large(&e) => {
+            return refuse_error(
+                api,
+                ApiError::payload_too_large(format!(
+                    "body: a form larger than the {} KiB this server reads",
+                    MAX_FORM >> 10
+                )),
+            );
         }
-        Err(_) => return refuse(Trespass::Csrf),
+        Ok(Err(_)) => return refuse(Trespass::Csrf),
+        Err(_) => {
+            return (
+                StatusCode::REQUEST_TIMEOUT,
+                "the form did not arrive in time",
+            )
+                .into_response();
+        }
     };
     if form_field(&body, "csrf").as_deref() != Some(expected.as_str()) {
         return refuse(Trespass::Csrf);

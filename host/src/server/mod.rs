@@ -386,6 +386,7 @@ pub fn router(state: AppState) -> Router {
             forward::writes,
         ))
         .layer(middleware::from_fn_with_state(state.clone(), guard::guard))
+        .layer(middleware::map_response(guard::no_framing))
         .layer(middleware::from_fn_with_state(state.clone(), count_request))
         .with_state(state)
 }
