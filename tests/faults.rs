@@ -510,7 +510,10 @@ async fn writes_through_a_follower_go_on_when_the_leader_loses_its_database() {
     })
     .await;
     let lost = common::eventually(&a.url, "/api/health", Duration::from_secs(10), |h| {
-        h["database"] == "unreachable" && h["leading"] == false && h["status"] == "degraded"
+        h["database"] == "unreachable"
+            && h["leading"] == false
+            && h["status"] == "degraded"
+            && h["writes"] == "refused"
     })
     .await;
     let listed = cli_lists_through_both(&a.url, &b.url);

@@ -45,10 +45,7 @@ impl Proxy {
 
     /// `url` (a `postgres://` URL) with its port replaced by the proxy's.
     pub fn url(&self, url: &str, target_port: u16) -> String {
-        url.replace(
-            &format!(":{target_port}/"),
-            &format!(":{}/", self.port),
-        )
+        url.replace(&format!(":{target_port}/"), &format!(":{}/", self.port))
     }
 
     /// Stops moving bytes, both ways, on every connection, old and new;
