@@ -365,12 +365,15 @@ impl Client {
                         reason: "it stopped being the writer while it had the request, which may or may not have been made".into(),
                     });
                 }
-                Some(Err(e)) if e.is_timeout() && !e.is_connect() => {
-                    // It may have made the write: not sent again elsewhere.
+                Some(Err(e)) if was_sent(&e) => {
+                    // Sent, then no answer in time or the connection broke
+                    // (the writer killed): it may have made the write, so
+                    // it is not sent again elsewhere (a claim made there is
+                    // adopted by the worker after this error).
                     self.writer_unreachable(&writer);
                     return Err(ClientError::Unreachable {
                         url: writer,
-                        reason: format!("no answer within {:?}", self.deadline),
+                        reason: unanswered(&e, self.deadline),
                     });
                 }
                 Some(Err(e)) => {
@@ -403,15 +406,15 @@ impl Client {
                     }
                     return Ok((self.checked(response, &url).await?, url));
                 }
-                // Sent, and no answer in time: a write may have been made,
-                // so it is not sent again elsewhere; the next request starts
-                // with the next server.
-                Err(e) if e.is_timeout() && !e.is_connect() && writes => {
+                // Sent, and no answer in time or the connection broke: a
+                // write may have been made, so it is not sent again
+                // elsewhere; the next request starts with the next server.
+                Err(e) if writes && was_sent(&e) => {
                     self.current
                         .store((index + 1) % self.bases.len(), Ordering::Relaxed);
                     return Err(ClientError::Unreachable {
                         url: self.bases[index].clone(),
-                        reason: format!("no answer within {:?}", self.deadline),
+                        reason: unanswered(&e, self.deadline),
                     });
                 }
                 Err(e) if self.bases.len() == 1 => root_cause(&e),
@@ -547,6 +550,24 @@ impl Client {
             message,
             field,
         })
+    }
+}
+
+/// Whether a failed request reached the server (it was not refused at
+/// connect, nor malformed here): a write's outcome is then unknown.
+fn was_sent(error: &reqwest::Error) -> bool {
+    !error.is_connect() && !error.is_builder()
+}
+
+/// Why a request that was sent has no answer: its outcome is unknown.
+fn unanswered(error: &reqwest::Error, deadline: Duration) -> String {
+    if error.is_timeout() {
+        format!("no answer within {deadline:?}; the write may or may not have been made")
+    } else {
+        format!(
+            "the connection broke before the answer ({}); the write may or may not have been made",
+            root_cause(error)
+        )
     }
 }
 
