@@ -3,8 +3,10 @@
 //! real processes, and a checker over what the flows themselves wrote:
 //! every acknowledged creation exists, every run executed exactly once,
 //! every final state matches the exit the flow really had, no run stuck,
-//! no line a flow wrote missing from its log. Each scenario prints its
-//! counts. A damaged redb file is `no_run_lost`'s.
+//! no line a flow wrote missing from its log. Also failover between
+//! replicas with the leading one paused or cut off from PostgreSQL
+//! (through `common::proxy`). Each scenario prints its counts. A damaged
+//! redb file is `no_run_lost`'s.
 
 mod common;
 
@@ -367,4 +369,213 @@ async fn a_paused_server_in_the_url_list_is_skipped_after_the_deadline() {
     )
     .await;
     assert_eq!(status, 404, "not written twice");
+}
+
+/// Which of two replicas leads: the one the other forwards its writes to.
+async fn leader_of(servers: &[ServerProcess]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for (i, server) in servers.iter().enumerate() {
+            let health = format!("{}/api/health", servers[1 - i].url);
+            let (_, health) = http("GET", &health, None, None).await;
+            if health["writes_forwarded_to"].as_str() == Some(server.url.as_str()) {
+                return i;
+            }
+        }
+        assert!(Instant::now() < deadline, "no replica leads");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A run acknowledged through the healthy replica, and when it was first
+/// asked for.
+struct Asked {
+    id: String,
+    at: Instant,
+}
+
+/// Asks for `count` runs of `f/count` through `url` alone, one after
+/// another; an error (a 504: the outcome is unknown; a 503) is answered by
+/// asking again, as a user would. Each run must be acknowledged within
+/// `bound` of its first asking. Answers the runs and how many answers
+/// were errors (their runs may or may not exist).
+async fn ask_for_runs(url: &str, count: usize, bound: Duration) -> (Vec<Asked>, usize) {
+    let mut asked = Vec::new();
+    let mut errors = 0;
+    for i in 0..count {
+        let at = Instant::now();
+        loop {
+            let left = bound.saturating_sub(at.elapsed());
+            assert!(
+                !left.is_zero(),
+                "run {i} through {url} not acknowledged within {bound:?} ({errors} errors so far)"
+            );
+            let client = host::client::Client::new(url, None).with_deadline(left);
+            match client
+                .post::<_, serde_json::Value>("/api/deployments/f/count/runs", &json!({}))
+                .await
+            {
+                Ok(run) => {
+                    let id = run["id"].as_str().expect("id").to_string();
+                    asked.push(Asked { id, at });
+                    break;
+                }
+                Err(error) => {
+                    eprintln!("run {i}: {error}");
+                    errors += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+    (asked, errors)
+}
+
+/// Waits for each run to be COMPLETED within `bound` of its first asking;
+/// answers the longest it took.
+async fn all_completed_within(url: &str, asked: &[Asked], bound: Duration) -> Duration {
+    let mut longest = Duration::ZERO;
+    for run in asked {
+        let left = bound.saturating_sub(run.at.elapsed());
+        let done = common::final_run(url, &run.id, left).await;
+        assert_eq!(done["state"]["type"], "COMPLETED", "{done}");
+        longest = longest.max(run.at.elapsed());
+    }
+    longest
+}
+
+/// Two replicas, `f/count` made through the follower, a worker polling the
+/// follower only, and one run COMPLETED through it (so everybody learned
+/// where writes go). Answers the worker.
+async fn two_replicas_with_a_worker(
+    servers: &[ServerProcess],
+    leader: usize,
+    dir: &std::path::Path,
+) -> common::WorkerProcess {
+    let follower = &servers[1 - leader].url;
+    counting_deployment(follower, &dir.join("executed"));
+    let worker = common::WorkerProcess::start(
+        follower,
+        &dir.join("worker/cache"),
+        &["--pool", "shared", "--limit", "20", "--name", "w"],
+    );
+    let (first, _) = ask_for_runs(follower, 1, Duration::from_secs(10)).await;
+    all_completed_within(follower, &first, Duration::from_secs(30)).await;
+    worker
+}
+
+/// The CLI given both replicas, the sick one first, still answers: a read
+/// goes on to the follower once the first one's deadline passed.
+fn cli_lists_through_both(sick: &str, healthy: &str) -> Duration {
+    let started = Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_host"))
+        .args(["work-pool", "ls"])
+        .env("HOST_API_URL", format!("{sick},{healthy}"))
+        .env("HOST_API_TIMEOUT", "2")
+        .env_remove("HOST_API_TOKEN")
+        .output()
+        .expect("run host");
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("shared"),
+        "{out:?}"
+    );
+    started.elapsed()
+}
+
+/// Leader forwarding with the leader paused (SIGSTOP): the follower gives
+/// up on it within seconds (its lead in the database goes stale, and a
+/// relayed write has a deadline) and writes itself. Runs asked for through
+/// the follower are acknowledged and COMPLETED within 10 s; once the
+/// leader resumes, nothing acknowledged is lost and nothing ran twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_through_a_follower_go_on_while_the_leader_is_paused() {
+    let Some(cluster) = postgres::shared() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let servers = replicas(cluster, dir.path(), 2);
+    let leader = leader_of(&servers).await;
+    let (a, b) = (&servers[leader], &servers[1 - leader]);
+    let _worker = two_replicas_with_a_worker(&servers, leader, dir.path()).await;
+    signal(a.child.id(), libc::SIGSTOP);
+    let (asked, errors) = ask_for_runs(&b.url, 10, Duration::from_secs(10)).await;
+    let longest = all_completed_within(&b.url, &asked, Duration::from_secs(10)).await;
+    let (_, health) = http("GET", &format!("{}/api/health", b.url), None, None).await;
+    let listed = cli_lists_through_both(&a.url, &b.url);
+    signal(a.child.id(), libc::SIGCONT);
+    assert_eq!(health["writes"], "here", "{health}");
+    let ids: Vec<String> = asked.iter().map(|run| run.id.clone()).collect();
+    let counts = every_run_exactly_once(&b.url, &dir.path().join("executed"), &ids).await;
+    println!(
+        "leader paused: {} created through the follower ({errors} answers with an unknown outcome), all COMPLETED within {longest:?}; CLI read with the leader first in {listed:?}; after the resume: {counts}",
+        asked.len()
+    );
+}
+
+/// The leader cut off from PostgreSQL (a proxy black-holes its
+/// connections): it gives up the lead and says so; the follower stops
+/// forwarding to it and writes itself. Runs asked for through the follower
+/// are acknowledged and COMPLETED within 10 s; the CLI given both replicas
+/// (the cut one first) writes through the follower.
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_through_a_follower_go_on_when_the_leader_loses_its_database() {
+    let Some(cluster) = postgres::shared() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database = cluster.new_database();
+    let target = std::net::SocketAddr::from(([127, 0, 0, 1], cluster.port));
+    let proxy = common::proxy::Proxy::start(target).await;
+    let a = ServerProcess::start_on_postgres(
+        &proxy.url(&database, cluster.port),
+        &dir.path().join("cache-a"),
+        &[],
+    );
+    // A leads before B starts (`leading` is said by builds that know it).
+    common::eventually(&a.url, "/api/health", Duration::from_secs(30), |h| {
+        h.get("leading").is_none_or(|leading| leading == true)
+    })
+    .await;
+    let b = ServerProcess::start_on_postgres(&database, &dir.path().join("cache-b"), &[]);
+    let servers = [a, b];
+    assert_eq!(leader_of(&servers).await, 0, "the proxied replica leads");
+    let (a, b) = (&servers[0], &servers[1]);
+    let _worker = two_replicas_with_a_worker(&servers, 0, dir.path()).await;
+    proxy.cut();
+    let (asked, errors) = ask_for_runs(&b.url, 10, Duration::from_secs(10)).await;
+    let longest = all_completed_within(&b.url, &asked, Duration::from_secs(10)).await;
+    let writes_here = common::eventually(&b.url, "/api/health", Duration::from_secs(10), |h| {
+        h["writes"] == "here"
+    })
+    .await;
+    let lost = common::eventually(&a.url, "/api/health", Duration::from_secs(10), |h| {
+        h["database"] == "unreachable"
+            && h["leading"] == false
+            && h["status"] == "degraded"
+            && h["writes"] == "refused"
+    })
+    .await;
+    let listed = cli_lists_through_both(&a.url, &b.url);
+    // A write through both, the cut one first: it says it wrote nothing,
+    // and the follower makes it.
+    let started = Instant::now();
+    let created = common::host_ok(
+        &format!("{},{}", a.url, b.url),
+        &["deployment", "run", "f/count"],
+    );
+    let through_both = started.elapsed();
+    let id = created
+        .split(['(', ')'])
+        .nth(1)
+        .expect("run id")
+        .to_string();
+    let mut ids: Vec<String> = asked.iter().map(|run| run.id.clone()).collect();
+    ids.push(id);
+    let counts = every_run_exactly_once(&b.url, &dir.path().join("executed"), &ids).await;
+    proxy.close_all();
+    println!(
+        "leader cut from PostgreSQL: {} created through the follower ({errors} answers with an unknown outcome), all COMPLETED within {longest:?}; follower: {writes_here}; cut replica: {lost}; CLI read with the cut replica first in {listed:?}, a write in {through_both:?}; {counts}",
+        asked.len()
+    );
 }

@@ -39,6 +39,15 @@ impl ClientError {
 /// writes of its shared database are made.
 pub const WRITER_HEADER: &str = "x-host-writer";
 
+/// Set on a 503 by a server that did nothing of the request (most often:
+/// it cannot reach its database), so the write may be made elsewhere. A
+/// 503 without it (a proxy's, say) may follow a write that was made.
+pub const NOT_WRITTEN_HEADER: &str = "x-host-not-written";
+
+/// How often a request sent straight to the writer asks the client's own
+/// server whether that is still the writer, once it has waited this long.
+const WRITER_WATCH: Duration = Duration::from_secs(1);
+
 /// Talks to one server, or to any of several replicas sharing a database:
 /// a request that cannot reach one goes to the next, and the one that
 /// answered is tried first from then on.
@@ -334,17 +343,42 @@ impl Client {
         };
         if let Some(writer) = writes.then(|| self.writer()).flatten() {
             let url = format!("{writer}{path}");
-            match authorized(&url).send().await {
-                Ok(response) => return Ok((self.checked(response, &url).await?, url)),
-                Err(e) if e.is_timeout() && !e.is_connect() => {
-                    // It may have made the write: not sent again elsewhere.
+            let sent = tokio::select! {
+                sent = authorized(&url).send() => Some(sent),
+                () = self.writer_disowned(&writer) => None,
+            };
+            match sent {
+                Some(Ok(response)) if !not_written(&response) => {
+                    return Ok((self.checked(response, &url).await?, url));
+                }
+                Some(Ok(_)) => {
+                    // It did nothing (it lost its database): the replicas
+                    // this client was given will make it.
+                    tracing::info!(%writer, "the writing server cannot write; writing through the others");
+                    self.writer_unreachable(&writer);
+                }
+                None => {
+                    // Sent, and the replicas no longer write there (it was
+                    // paused or cut off): it may have made the write, so it
+                    // is not sent again elsewhere.
                     self.writer_unreachable(&writer);
                     return Err(ClientError::Unreachable {
                         url: writer,
-                        reason: format!("no answer within {:?}", self.deadline),
+                        reason: "it stopped being the writer while it had the request, which may or may not have been made".into(),
                     });
                 }
-                Err(e) => {
+                Some(Err(e)) if was_sent(&e) => {
+                    // Sent, then no answer in time or the connection broke
+                    // (the writer killed): it may have made the write, so
+                    // it is not sent again elsewhere (a claim made there is
+                    // adopted by the worker after this error).
+                    self.writer_unreachable(&writer);
+                    return Err(ClientError::Unreachable {
+                        url: writer,
+                        reason: unanswered(&e, self.deadline),
+                    });
+                }
+                Some(Err(e)) => {
                     tracing::info!(%writer, error = %root_cause(&e), "the writing server is unreachable; writing through the others");
                     self.writer_unreachable(&writer);
                 }
@@ -358,9 +392,12 @@ impl Client {
             let last = attempt + 1 == self.bases.len();
             let failed = match authorized(&url).send().await {
                 // This replica cannot do it now (most often: it lost its
-                // database) and did nothing: another one may.
+                // database) and did nothing: another one may. A write goes
+                // on only when the server said it did nothing.
                 Ok(response)
-                    if response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE && !last =>
+                    if !last
+                        && response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                        && (!writes || not_written(&response)) =>
                 {
                     format!("{}: answered 503", self.bases[index])
                 }
@@ -371,15 +408,15 @@ impl Client {
                     }
                     return Ok((self.checked(response, &url).await?, url));
                 }
-                // Sent, and no answer in time: a write may have been made,
-                // so it is not sent again elsewhere; the next request starts
-                // with the next server.
-                Err(e) if e.is_timeout() && !e.is_connect() && writes => {
+                // Sent, and no answer in time or the connection broke: a
+                // write may have been made, so it is not sent again
+                // elsewhere; the next request starts with the next server.
+                Err(e) if writes && was_sent(&e) => {
                     self.current
                         .store((index + 1) % self.bases.len(), Ordering::Relaxed);
                     return Err(ClientError::Unreachable {
                         url: self.bases[index].clone(),
-                        reason: format!("no answer within {:?}", self.deadline),
+                        reason: unanswered(&e, self.deadline),
                     });
                 }
                 Err(e) if self.bases.len() == 1 => root_cause(&e),
@@ -395,6 +432,39 @@ impl Client {
 
     fn writer(&self) -> Option<String> {
         self.writer.lock().ok()?.clone()
+    }
+
+    /// Resolves once this client's own server names another writer than
+    /// `writer` (`writer` in `/api/health`), or none: the replicas stopped
+    /// writing there. Never, when that server is `writer` itself: it is
+    /// then this request's server, and its deadline rules.
+    async fn writer_disowned(&self, writer: &str) {
+        if self.base() == writer {
+            return std::future::pending().await;
+        }
+        let url = format!("{}/api/health", self.base());
+        loop {
+            tokio::time::sleep(WRITER_WATCH).await;
+            let health = async {
+                let response = self
+                    .http
+                    .get(&url)
+                    .timeout(WRITER_WATCH * 2)
+                    .send()
+                    .await
+                    .ok()?;
+                response.json::<serde_json::Value>().await.ok()
+            };
+            // No answer (or a server too old to say) says nothing: the
+            // request's own deadline rules.
+            let Some(health) = health.await.filter(|h| h.get("writes").is_some()) else {
+                continue;
+            };
+            let named = health["writer"].as_str().map(|w| w.trim_end_matches('/'));
+            if named != Some(writer) {
+                return;
+            }
+        }
     }
 
     /// Follows `x-host-writer` only to a server this client was given or
@@ -483,6 +553,30 @@ impl Client {
             field,
         })
     }
+}
+
+/// Whether a failed request reached the server (it was not refused at
+/// connect, nor malformed here): a write's outcome is then unknown.
+fn was_sent(error: &reqwest::Error) -> bool {
+    !error.is_connect() && !error.is_builder()
+}
+
+/// Why a request that was sent has no answer: its outcome is unknown.
+fn unanswered(error: &reqwest::Error, deadline: Duration) -> String {
+    if error.is_timeout() {
+        format!("no answer within {deadline:?}; the write may or may not have been made")
+    } else {
+        format!(
+            "the connection broke before the answer ({}); the write may or may not have been made",
+            root_cause(error)
+        )
+    }
+}
+
+/// A 503 by which the server says it did nothing.
+fn not_written(response: &reqwest::Response) -> bool {
+    response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE
+        && response.headers().contains_key(NOT_WRITTEN_HEADER)
 }
 
 fn root_cause(error: &dyn std::error::Error) -> String {

@@ -15,7 +15,13 @@ pub enum ErrorKind {
     /// A body past the server's limit.
     PayloadTooLarge,
     UnsupportedMediaType,
+    /// Nothing was done (most often: the database is unreachable);
+    /// another replica may do it.
     Unavailable,
+    /// The request was sent on (to the leading replica, or to the database
+    /// as a commit) and no answer came: it may or may not have been made,
+    /// so it must not be made again elsewhere without a check.
+    OutcomeUnknown,
     /// The server's disk is too full to write.
     InsufficientStorage,
     Internal,
@@ -32,6 +38,7 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::UnsupportedMediaType => 415,
             ErrorKind::Unavailable => 503,
+            ErrorKind::OutcomeUnknown => 504,
             ErrorKind::InsufficientStorage => 507,
             ErrorKind::Internal => 500,
         }
@@ -92,6 +99,13 @@ impl ApiError {
     pub fn unavailable(message: impl Into<String>) -> Self {
         ApiError {
             kind: ErrorKind::Unavailable,
+            message: message.into(),
+            field: None,
+        }
+    }
+    pub fn outcome_unknown(message: impl Into<String>) -> Self {
+        ApiError {
+            kind: ErrorKind::OutcomeUnknown,
             message: message.into(),
             field: None,
         }

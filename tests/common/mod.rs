@@ -5,6 +5,7 @@ pub mod browser;
 pub mod docker;
 pub mod ledger;
 pub mod postgres;
+pub mod proxy;
 
 use host::runtime::{Runtime, RuntimeConfig};
 use std::path::Path;

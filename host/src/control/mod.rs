@@ -146,6 +146,11 @@ impl Control {
     pub fn writer_address(&self) -> Option<String> {
         self.store.writer_address()
     }
+
+    /// This server as a replica of a shared database (see `Store::replica`).
+    pub fn replica(&self) -> Option<crate::store::Replica> {
+        self.store.replica()
+    }
 }
 
 impl Control {

@@ -8,9 +8,16 @@
 //! API is sends its API writes there and relays the answer; when that
 //! replica cannot be reached, it writes itself, as with one server. Reads,
 //! event streams and the web UI stay where they arrive.
+//!
+//! A relayed write has a deadline, and is given up as soon as the leader
+//! stops refreshing its lead (paused, cut off from the database). Then it
+//! was sent and its outcome is unknown: the answer is a 504 saying so, and
+//! it is never made here as well (that could make it twice); the next
+//! writes are made here. A 503 the leader marks as nothing written
+//! (`x-host-not-written`) is made here at once.
 
 use super::AppState;
-use crate::client::{SetAside, WRITER_HEADER};
+use crate::client::{NOT_WRITTEN_HEADER, SetAside, WRITER_HEADER};
 use crate::error::ApiError;
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -27,6 +34,14 @@ const FORWARDED: &str = "x-host-forwarded";
 /// long: a wrong `--advertise-url` costs one failed connect per interval,
 /// not one per write.
 const RETRY_UNREACHABLE: Duration = Duration::from_secs(10);
+
+/// How long a relayed write may take, answer included, on top of the wait
+/// a long-poll asks for (a claim's `wait_ms`).
+const DEADLINE: Duration = Duration::from_secs(10);
+/// The longest wait a long-poll may ask for (the claim's bound).
+const MAX_WAIT: Duration = Duration::from_secs(60);
+/// How often a relayed write looks whether the leader still leads.
+const WATCH_EVERY: Duration = Duration::from_millis(250);
 
 /// The HTTP client that relays writes, its connections kept between them,
 /// and the last leader address it could not reach.
@@ -99,40 +114,105 @@ pub(super) async fn writes(State(s): State<AppState>, request: Request, next: Ne
             relayed = relayed.header(name, value);
         }
     }
-    match relayed.send().await {
-        Ok(answer) => {
-            let mut response = relay(answer).await;
+    let deadline = DEADLINE + long_poll_wait(&parts, &body);
+    let relayed = async {
+        let answer = relayed.send().await.map_err(Failed::Send)?;
+        if answer.status() == axum::http::StatusCode::SERVICE_UNAVAILABLE
+            && answer.headers().contains_key(NOT_WRITTEN_HEADER)
+        {
+            return Err(Failed::NotWritten);
+        }
+        relay(answer).await.map_err(Failed::Answer)
+    };
+    let outcome = tokio::select! {
+        outcome = tokio::time::timeout(deadline, relayed) => {
+            outcome.unwrap_or_else(|_| Err(Failed::Late(deadline)))
+        }
+        () = stops_leading(&s, &writer) => Err(Failed::Deposed),
+    };
+    match outcome {
+        Ok(mut response) => {
             // Clients that can reach it send their next writes there.
             if let Ok(writer) = writer.parse() {
                 response.headers_mut().insert(WRITER_HEADER, writer);
             }
             response
         }
-        Err(error) if error.is_connect() => {
+        Err(Failed::Send(error)) if error.is_connect() => {
             // Nothing reached the leader: the write is made here instead.
             tracing::warn!(%writer, %error, "leading replica unreachable; writing here");
             s.forwarder.unreachable.put(&writer);
             next.run(Request::from_parts(parts, Body::from(body))).await
         }
-        Err(error) => ApiError::unavailable(format!(
-            "the leading replica ({writer}) did not answer ({error}); retry"
-        ))
-        .into_response(),
+        Err(Failed::NotWritten) => {
+            // It did nothing (most often: it lost its database).
+            tracing::warn!(%writer, "the leading replica cannot write; writing here");
+            s.forwarder.unreachable.put(&writer);
+            next.run(Request::from_parts(parts, Body::from(body))).await
+        }
+        Err(failed) => {
+            // It got the request and may have made the write: making it
+            // here too could make it twice. The next writes are made here.
+            s.forwarder.unreachable.put(&writer);
+            let why = match failed {
+                Failed::Send(error) | Failed::Answer(error) => format!("broke off ({error})"),
+                Failed::Late(deadline) => format!("did not answer within {deadline:?}"),
+                Failed::Deposed => {
+                    "stopped refreshing its lead (paused, or cut off from the database)".into()
+                }
+                Failed::NotWritten => "wrote nothing".into(),
+            };
+            tracing::warn!(%writer, %why, method = %parts.method, %path, "a relayed write's outcome is unknown; writing here from now on");
+            ApiError::outcome_unknown(format!(
+                "the leading replica ({writer}) {why}: this write may or may not have been made there (it was not made here); check before retrying. Writes through this replica are made here from now on"
+            ))
+            .into_response()
+        }
     }
 }
 
-async fn relay(answer: reqwest::Response) -> Response {
+/// Why a relayed write has no answer to relay.
+enum Failed {
+    /// Not sent (a connect error), or sent and then the connection broke.
+    Send(reqwest::Error),
+    /// The leader answered 503 and says it wrote nothing.
+    NotWritten,
+    /// Its answer broke off.
+    Answer(reqwest::Error),
+    /// No answer within the deadline.
+    Late(Duration),
+    /// The leader stopped refreshing its lead while it had the request.
+    Deposed,
+}
+
+/// The wait a long-poll asks for (a claim's `wait_ms`), bounded as the
+/// claim bounds it; zero for every other write.
+fn long_poll_wait(parts: &axum::http::request::Parts, body: &[u8]) -> Duration {
+    if !parts.uri.path().ends_with("/claim") {
+        return Duration::ZERO;
+    }
+    let wait_ms = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|body| body.get("wait_ms")?.as_u64())
+        .unwrap_or(0);
+    Duration::from_millis(wait_ms).min(MAX_WAIT)
+}
+
+/// Resolves once this replica no longer forwards to `writer`: the leader
+/// row went stale (see `store::postgres::lead`), or another leads.
+async fn stops_leading(s: &AppState, writer: &str) {
+    loop {
+        tokio::time::sleep(WATCH_EVERY).await;
+        if s.control.writer_address().as_deref() != Some(writer) {
+            return;
+        }
+    }
+}
+
+async fn relay(answer: reqwest::Response) -> Result<Response, reqwest::Error> {
     let status = answer.status();
     let headers = answer.headers().clone();
-    let body = match answer.bytes().await {
-        Ok(body) => body,
-        Err(error) => {
-            return ApiError::unavailable(format!(
-                "the leading replica's answer broke off ({error}); retry"
-            ))
-            .into_response();
-        }
-    };
+    let body = answer.bytes().await?;
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
     for (name, value) in &headers {
@@ -140,7 +220,7 @@ async fn relay(answer: reqwest::Response) -> Response {
             response.headers_mut().append(name, value.clone());
         }
     }
-    response
+    Ok(response)
 }
 
 /// Headers that describe one connection, not the message.

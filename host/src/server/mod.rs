@@ -124,7 +124,16 @@ impl IntoResponse for ApiError {
         if self.kind == ErrorKind::Internal {
             tracing::error!(error = %self.message, "internal error");
         }
-        (status, Json(ErrorBody::from(&self))).into_response()
+        let mut response = (status, Json(ErrorBody::from(&self))).into_response();
+        if self.kind == ErrorKind::Unavailable {
+            // Said only where nothing was done: a replica relaying a write
+            // (and a client with several URLs) may then make it elsewhere.
+            response.headers_mut().insert(
+                crate::client::NOT_WRITTEN_HEADER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        response
     }
 }
 
@@ -306,7 +315,7 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
     tag = "health",
     summary = "Liveness and storage health; never needs the token",
     security(()),
-    responses((status = 200, description = "`ok`, or `degraded` with the reason; on a shared database, `writes_forwarded_to` names the leading replica while another one leads", body = Object))
+    responses((status = 200, description = "`ok`, or `degraded` with the reason. On a shared database also `leading` (this replica holds the lead), `database` (`ok`, or `unreachable`: it gave up the lead and answers 503), `writes` (`here`, `forwarded` to `writes_forwarded_to`, the leading replica, or `refused` while the database is unreachable) and `writer` (the leading replica's address, when the replicas follow one)", body = Object))
 )]
 async fn health(State(s): State<AppState>) -> Json<serde_json::Value> {
     let version = env!("CARGO_PKG_VERSION");
@@ -324,7 +333,32 @@ async fn health(State(s): State<AppState>) -> Json<serde_json::Value> {
         };
         health["reason"] = reason.into();
     }
-    if let Some(writer) = s.control.writer_address() {
+    let writer = s.control.writer_address();
+    if let Some(replica) = s.control.replica() {
+        health["leading"] = replica.leading.into();
+        health["database"] = if replica.database_lost.is_some() {
+            "unreachable".into()
+        } else {
+            "ok".into()
+        };
+        // Where this replica's API writes are made: here, at the leading
+        // replica it forwards them to, or nowhere while it lost its database.
+        health["writes"] = match (&replica.database_lost, &writer) {
+            (Some(_), _) => "refused",
+            (None, Some(_)) => "forwarded",
+            (None, None) => "here",
+        }
+        .into();
+        // The writer, as the replicas agree on it: clients that write to it
+        // directly give up a request once their server names another.
+        let named = writer
+            .clone()
+            .or_else(|| replica.advertised.filter(|_| replica.leading));
+        if let Some(named) = named {
+            health["writer"] = named.into();
+        }
+    }
+    if let Some(writer) = writer {
         health["writes_forwarded_to"] = writer.into();
     }
     Json(health)

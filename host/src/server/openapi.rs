@@ -35,8 +35,16 @@ pub enum Errors {
     PayloadTooLarge(ErrorBody),
     #[response(status = 415, description = "A body that is not `application/json`")]
     UnsupportedMediaType(ErrorBody),
-    #[response(status = 503, description = "The store is not available")]
+    #[response(
+        status = 503,
+        description = "Nothing was done: the store is not available here (`x-host-not-written: 1`); another replica may do it"
+    )]
     Unavailable(ErrorBody),
+    #[response(
+        status = 504,
+        description = "Sent on (to the leading replica, or committing to the database) without an answer: the write may or may not have been made"
+    )]
+    OutcomeUnknown(ErrorBody),
     #[response(
         status = 507,
         description = "Writes refused: the data disk is nearly full"

@@ -94,6 +94,10 @@ trait Backend: Send + Sync {
     fn writer_address(&self) -> Option<String> {
         None
     }
+    /// This server as one replica of a shared database; `None` for redb.
+    fn replica(&self) -> Option<Replica> {
+        None
+    }
     /// Where the data is, for people.
     fn location(&self) -> String;
 }
@@ -122,6 +126,17 @@ impl Drop for Waiting {
             done();
         }
     }
+}
+
+/// A replica of a shared database as it sees itself, for `/api/health`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replica {
+    /// Holds the lead (upkeep, and the others' writes when it advertises).
+    pub leading: bool,
+    /// Why the database is out of reach, while it is.
+    pub database_lost: Option<String>,
+    /// Where this replica says its API is.
+    pub advertised: Option<String>,
 }
 
 /// How the store is doing, for `/api/health`.
@@ -219,6 +234,11 @@ impl Store {
     /// write here (redb, this server leads, or nobody says where).
     pub fn writer_address(&self) -> Option<String> {
         self.backend.writer_address()
+    }
+
+    /// This server as a replica of a shared database; `None` for redb.
+    pub fn replica(&self) -> Option<Replica> {
+        self.backend.replica()
     }
 
     /// Whether this server leads the once-per-database upkeep; always true

@@ -4,7 +4,7 @@ use super::cache::Cache;
 use super::listen::Notice;
 use super::prefetch::{self, Asks, Read, Reads};
 use super::read::{Conn, GET_MANY, Rows, get_on, keys_on, range_on};
-use super::{Inner, WRITE_LOCK, db_error};
+use super::{DbError, DbErrorText, Inner, WRITE_LOCK, db_error, lost_error};
 use crate::error::ApiError;
 use crate::events::Change;
 use crate::store::tables::{Def, ReadTxn, WriteTxn};
@@ -26,6 +26,23 @@ use tokio_postgres::{NoTls, Row};
 /// commits synchronously whatever the server's default is.
 const FLUSH_WAL: &str = "BEGIN; SET LOCAL synchronous_commit TO on; \
      SELECT pg_logical_emit_message(true, 'host-flush', ''); COMMIT";
+
+/// Set on the writer's connection. A replica paused (or cut off) inside a
+/// batch holds the write lock, and every replica's writes wait for it:
+/// PostgreSQL ends a transaction left idle this long (a batch's statements
+/// follow each other within milliseconds), and with it the lock. The
+/// keepalives find a peer that vanished while a statement runs.
+const WRITER_SESSION: &str = "SET plan_cache_mode TO force_generic_plan; \
+     SET idle_in_transaction_session_timeout = '5s'; SET tcp_keepalives_idle = 5; \
+     SET tcp_keepalives_interval = 2; SET tcp_keepalives_count = 3";
+/// How long one round trip of the writer may take, the wait for the write
+/// lock included (another replica's batch, or the 5 s above for one that
+/// stalled). Past it the connection is dropped and the batch fails: a
+/// database out of reach must not hold this replica's writes forever.
+const ROUND_TRIP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+/// Connecting, the handshake included (`connect_timeout` covers only the
+/// socket's).
+const CONNECT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
 const PUT_MANY: &str = "INSERT INTO kv (tbl, key, value) \
                         SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[]) \
@@ -239,7 +256,15 @@ impl PgBatch<'_> {
         } else {
             version + 1
         };
-        let seq = self.send(replica, version).map_err(db_error)?;
+        let seq = match self.send(replica, version) {
+            Ok(seq) => seq,
+            Err(Unsent::NotCommitted(error)) => return Err(db_error(error)),
+            Err(Unsent::Unknown(why)) => {
+                return Err(ApiError::outcome_unknown(format!(
+                    "the database did not confirm the commit ({why}): the write may or may not have been made; read before retrying"
+                )));
+            }
+        };
         let notice = seq.map(|seq| Notice {
             replica: replica.to_string(),
             kinds: Committed::of(&self.changes),
@@ -266,7 +291,7 @@ impl PgBatch<'_> {
     /// then rolls back) and its error is the answer.
     /// It also numbers the batch `version`, when it wrote, and answers its
     /// row in `changes`, when it changed anything.
-    fn send(&self, replica: &str, version: i64) -> Result<Option<i64>, tokio_postgres::Error> {
+    fn send(&self, replica: &str, version: i64) -> Result<Option<i64>, Unsent> {
         let (mut put_tables, mut put_keys, mut put_values) = (Vec::new(), Vec::new(), Vec::new());
         let (mut delete_tables, mut delete_keys) = (Vec::new(), Vec::new());
         for ((table, key), value) in &self.pending {
@@ -284,11 +309,20 @@ impl PgBatch<'_> {
         }
         let payload = serde_json::to_string(&self.changes).unwrap_or_else(|_| "[]".into());
         let conn = self.conn;
+        // Before the pipeline below nothing is sent that could commit.
+        let prepared = conn.run(async {
+            Ok::<_, tokio_postgres::Error>((
+                conn.statement(DELETE_MANY).await?,
+                conn.statement(PUT_MANY).await?,
+                conn.statement(RECORD_CHANGES).await?,
+                conn.statement(NEXT_VERSION).await?,
+            ))
+        });
+        let (delete_many, put_many, record_changes, next_version) =
+            prepared.map_err(|e| Unsent::NotCommitted(e.into()))?;
+        // Each step's error says whether it came before the commit's answer.
+        let before = |e: tokio_postgres::Error| (false, e);
         conn.run(async {
-            let delete_many = conn.statement(DELETE_MANY).await?;
-            let put_many = conn.statement(PUT_MANY).await?;
-            let record_changes = conn.statement(RECORD_CHANGES).await?;
-            let next_version = conn.statement(NEXT_VERSION).await?;
             // A request goes out when its future is first polled: `biased`
             // polls them in the order written.
             let deletes = async {
@@ -323,10 +357,37 @@ impl PgBatch<'_> {
             };
             let commit = conn.client.batch_execute("COMMIT");
             let flushed = conn.client.batch_execute(FLUSH_WAL);
-            tokio::try_join!(biased; deletes, puts, changes, numbered, commit, flushed)
-                .map(|((), (), seq, (), (), ())| seq)
+            tokio::try_join!(
+                biased;
+                async { deletes.await.map_err(before) },
+                async { puts.await.map_err(before) },
+                async { changes.await.map_err(before) },
+                async { numbered.await.map_err(before) },
+                async { commit.await.map_err(before) },
+                async { flushed.await.map_err(|e| (true, e)) },
+            )
+            .map(|((), (), seq, (), (), ())| seq)
+        })
+        .map_err(|(after_commit, error)| {
+            // PostgreSQL's refusal of a statement before the commit aborts
+            // the transaction (its COMMIT then rolls back). A broken
+            // connection, or a failed flush after the commit, leaves it
+            // unknown whether the commit was made.
+            if !after_commit && error.as_db_error().is_some() && !error.is_closed() {
+                Unsent::NotCommitted(error.into())
+            } else {
+                Unsent::Unknown(DbErrorText(&error).to_string())
+            }
         })
     }
+}
+
+/// Why a batch's commit did not go through.
+enum Unsent {
+    /// Nothing was committed.
+    NotCommitted(DbError),
+    /// The commit may have been made.
+    Unknown(String),
 }
 
 /// The writer's own connection, driven on the writer thread by a runtime
@@ -336,6 +397,9 @@ struct WriterConn {
     runtime: tokio::runtime::Runtime,
     config: tokio_postgres::Config,
     client: Option<tokio_postgres::Client>,
+    /// The task driving `client`'s connection: aborted when a round trip
+    /// overstays, which fails every request waiting on it.
+    connection: Option<tokio::task::AbortHandle>,
     statements: RefCell<HashMap<&'static str, tokio_postgres::Statement>>,
     cache: RefCell<Cache>,
     reads: RefCell<Reads>,
@@ -345,6 +409,7 @@ struct WriterConn {
 struct Session<'a> {
     runtime: &'a tokio::runtime::Runtime,
     client: &'a tokio_postgres::Client,
+    connection: Option<&'a tokio::task::AbortHandle>,
     statements: &'a RefCell<HashMap<&'static str, tokio_postgres::Statement>>,
     cache: &'a RefCell<Cache>,
     reads: &'a RefCell<Reads>,
@@ -358,14 +423,23 @@ impl WriterConn {
                 .build()?,
             config,
             client: None,
+            connection: None,
             statements: RefCell::default(),
             cache: RefCell::default(),
             reads: RefCell::default(),
         })
     }
 
+    /// Drops the connection: the next batch makes a new one.
+    fn disconnect(&mut self) {
+        self.client = None;
+        if let Some(connection) = self.connection.take() {
+            connection.abort();
+        }
+    }
+
     /// The connection, made again when the last one broke.
-    fn session(&mut self) -> Result<Session<'_>, tokio_postgres::Error> {
+    fn session(&mut self) -> Result<Session<'_>, DbError> {
         let client = match self.client.take() {
             Some(client) if !client.is_closed() => client,
             _ => {
@@ -373,19 +447,39 @@ impl WriterConn {
                 // What the last connection saw may have been lost since (a
                 // database restart loses commits not yet flushed).
                 self.cache.borrow_mut().forget();
-                let (client, connection) = self.runtime.block_on(self.config.connect(NoTls))?;
-                self.runtime.spawn(connection);
-                // The writer's statements are the same few over and over,
-                // and each plan fits every parameter: planning them once
-                // takes that work out of the time the write lock is held.
-                self.runtime
-                    .block_on(client.batch_execute("SET plan_cache_mode TO force_generic_plan"))?;
+                if let Some(old) = self.connection.take() {
+                    old.abort();
+                }
+                let connect = async {
+                    let (client, connection) = self.config.connect(NoTls).await?;
+                    let connection = self.runtime.spawn(connection).abort_handle();
+                    // The writer's statements are the same few over and
+                    // over, and each plan fits every parameter: planning
+                    // them once takes that work out of the time the write
+                    // lock is held.
+                    match client.batch_execute(WRITER_SESSION).await {
+                        Ok(()) => Ok((client, connection)),
+                        Err(error) => {
+                            connection.abort();
+                            Err(error)
+                        }
+                    }
+                };
+                let connected = self
+                    .runtime
+                    .block_on(async { tokio::time::timeout(CONNECT_DEADLINE, connect).await });
+                let (client, connection) = match connected {
+                    Ok(connected) => connected?,
+                    Err(_) => return Err(DbError::timed_out(CONNECT_DEADLINE)),
+                };
+                self.connection = Some(connection);
                 client
             }
         };
         Ok(Session {
             runtime: &self.runtime,
             client: self.client.insert(client),
+            connection: self.connection.as_ref(),
             statements: &self.statements,
             cache: &self.cache,
             reads: &self.reads,
@@ -394,8 +488,24 @@ impl WriterConn {
 }
 
 impl Session<'_> {
+    /// Waits for `f`, a round trip on this session's connection; past
+    /// [`ROUND_TRIP_DEADLINE`] the connection is dropped, so `f` fails as
+    /// on a broken connection (and the next batch connects afresh).
     fn run<F: Future>(&self, f: F) -> F::Output {
-        self.runtime.block_on(f)
+        self.runtime.block_on(async {
+            let mut f = std::pin::pin!(f);
+            tokio::select! {
+                biased;
+                out = &mut f => out,
+                () = tokio::time::sleep(ROUND_TRIP_DEADLINE) => {
+                    tracing::warn!(deadline = ?ROUND_TRIP_DEADLINE, "the database did not answer the writer in time; dropping the connection");
+                    if let Some(connection) = self.connection {
+                        connection.abort();
+                    }
+                    f.await
+                }
+            }
+        })
     }
 
     async fn statement(
@@ -419,7 +529,7 @@ impl Session<'_> {
     /// waiting for its WAL to reach the disk, so the lock passes on at
     /// once; the flush is awaited after the lock is released (see
     /// `PgBatch::send`).
-    fn begin(&self) -> Result<(), tokio_postgres::Error> {
+    fn begin(&self) -> Result<(), DbError> {
         let begin = format!(
             "BEGIN; SET LOCAL synchronous_commit TO off; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
         );
@@ -470,15 +580,11 @@ async fn query_ranges(
 }
 
 impl Conn for Session<'_> {
-    fn rows(
-        &self,
-        sql: &'static str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Vec<Row>, tokio_postgres::Error> {
-        self.run(async {
+    fn rows(&self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, DbError> {
+        Ok(self.run(async {
             let statement = self.statement(sql).await?;
             self.client.query(&statement, params).await
-        })
+        })?)
     }
 }
 
@@ -491,6 +597,17 @@ pub(super) fn write_loop(inner: &Inner, jobs: &mpsc::Receiver<Job>) {
         }
     };
     while let Some(mut batch) = next_batch(jobs) {
+        // A replica that knows it lost its database says so at once, rather
+        // than after a round trip's deadline, and connects afresh once it
+        // is back (the old connection may be black-holed).
+        if let Some(reason) = inner.lost() {
+            conn.disconnect();
+            let error = lost_error(&reason);
+            for job in batch {
+                job(Err(&error))(None);
+            }
+            continue;
+        }
         let session = conn.session().map_err(db_error).and_then(|session| {
             if let Err(error) = session.begin() {
                 session.cache.borrow_mut().forget();

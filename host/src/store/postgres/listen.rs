@@ -1,6 +1,6 @@
-//! Telling the other replicas of this one's changes, following theirs, and the lead.
+//! Telling the other replicas of this one's changes, and following theirs.
 
-use super::{DbErrorText, Inner, LEAD_LOCK, Waiters};
+use super::{DbErrorText, Inner, Waiters};
 use crate::events::Change;
 use crate::store::Committed;
 use std::sync::atomic::Ordering::SeqCst;
@@ -20,96 +20,11 @@ const ANNOUNCE_EVERY: Duration = Duration::from_millis(10);
 /// How long a server listens on after its last wait for changes ended: a
 /// worker's long-polls follow each other closely.
 const STOP_LISTENING_AFTER: Duration = Duration::from_secs(5);
-/// How often the leader trims the change log.
-const PRUNE_EVERY: Duration = Duration::from_secs(60);
-/// The leader says where its API is; the others read it.
-const SET_LEADER: &str = "UPDATE leader SET url = $1 WHERE url <> $1";
-const LEADER: &str = "SELECT url FROM leader";
-/// Changes are kept this long for the listeners; far longer than they lag.
-const KEEP_CHANGES: &str = "10 minutes";
 /// The newest change after $1, and whether another replica made any.
 const LAST_CHANGE: &str = "SELECT max(seq), bool_or(replica <> $2) FROM changes WHERE seq > $1";
 /// Other replicas' payloads only: this one's are not even read from disk.
 const CHANGES_AFTER: &str = "SELECT seq, CASE WHEN replica <> $2 THEN payload END FROM changes \
                              WHERE seq > $1 ORDER BY seq LIMIT 1000";
-
-/// Holds (or takes) the session-level lead lock on a connection of its own.
-impl Inner {
-    /// Whether the change log is due for a trim; answering yes starts the
-    /// next wait.
-    fn prune_due(&self) -> bool {
-        let Ok(mut last) = self.changes_pruned.lock() else {
-            return true;
-        };
-        let due = last.is_none_or(|at| at.elapsed() >= PRUNE_EVERY);
-        if due {
-            *last = Some(std::time::Instant::now());
-        }
-        due
-    }
-}
-
-pub(super) async fn try_lead(inner: &Inner) -> bool {
-    let mut slot = inner.leader.lock().await;
-    if slot.as_ref().is_some_and(|(client, _)| client.is_closed()) {
-        tracing::warn!(replica = %inner.replica, "lost the connection holding the lead");
-        *slot = None;
-    }
-    if slot.is_none() {
-        match inner.config.connect(NoTls).await {
-            Ok((client, connection)) => {
-                tokio::spawn(connection);
-                *slot = Some((client, false));
-            }
-            Err(error) => {
-                tracing::debug!(error = %DbErrorText(&error), "cannot connect to take the lead");
-                return false;
-            }
-        }
-    }
-    let Some((client, held)) = slot.as_mut() else {
-        return false;
-    };
-    if !*held {
-        *held = match client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&LEAD_LOCK])
-            .await
-        {
-            Ok(row) => row.get(0),
-            Err(_) => false,
-        };
-        if *held {
-            tracing::info!(replica = %inner.replica, "leading the database's upkeep");
-        }
-    }
-    if *held && inner.prune_due() {
-        // The leader also trims the change log the listeners have read.
-        let prune = format!("DELETE FROM changes WHERE at < now() - interval '{KEEP_CHANGES}'");
-        let _ = client.execute(prune.as_str(), &[]).await;
-    }
-    let own = inner.advertised.as_ref();
-    let writer = if *held {
-        // Empty when this one does not say: the others then write themselves
-        // rather than to a leader that is gone.
-        let _ = client
-            .execute(SET_LEADER, &[&own.map_or("", String::as_str)])
-            .await;
-        None
-    } else {
-        match client.query_one(LEADER, &[]).await {
-            Ok(row) => Some(row.get::<_, String>(0)),
-            Err(_) => None,
-        }
-        .filter(|url| !url.is_empty() && Some(url) != own)
-    };
-    if let Ok(mut address) = inner.writer_address.lock() {
-        if *address != writer {
-            tracing::info!(replica = %inner.replica, writer = ?writer, "API writes now go to");
-        }
-        *address = writer;
-    }
-    *held
-}
 
 /// Feeds other servers' committed changes into this one, from `last` on,
 /// reconnecting as long as the store lives.

@@ -14,8 +14,12 @@
 //!   servers' changes into its own events and long-polls.
 //! - One server at a time holds a session-level advisory lock and leads the
 //!   once-per-database upkeep; the lock passes on when its connection drops.
-//!   The leader also writes where its API is: the others forward their API
-//!   writes there (`server::forward`), so one writer batches them all.
+//!   The leader also writes where its API is, and when it last said so:
+//!   the others forward their API writes there while it says so lately
+//!   (`server::forward`), so one writer batches them all.
+//! - Nothing waits on the database without a deadline: a replica cut off
+//!   from it, or another replica paused holding a lock, costs seconds, and
+//!   the replica that lost its database says so (health) and answers 503.
 //!
 //! The store's API is synchronous closures over reads; the driver is async.
 //! The driver's connections live on a small runtime of this module's own, so
@@ -25,23 +29,25 @@
 //! # Layout
 //! - `batch`: the writer, its connection and its batches' transactions.
 //! - `cache`: what the writer knows of the database between its batches.
-//! - `listen`: announcing this replica's changes, following the others',
-//!   and the lead.
+//! - `lead`: the lead, the leader row, and whether the database is in reach.
+//! - `listen`: announcing this replica's changes, and following the others'.
 //! - `prefetch`: what a batch will likely read, read with the write lock.
 //! - `read`: reads outside a batch, and the statements all reads share.
 
 mod batch;
 mod cache;
+mod lead;
 mod listen;
 mod prefetch;
 mod read;
 
 use batch::write_loop;
-use listen::{Notice, announce, listen, try_lead};
+use lead::keep_lead;
+use listen::{Notice, announce, listen};
 use read::PgRead;
 
 use super::tables::ReadTxn;
-use super::{Backend, Committed, Health, Job, RemoteHook};
+use super::{Backend, Committed, Health, Job, RemoteHook, Replica};
 use crate::error::ApiError;
 use crate::events::{Change, Events};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -76,10 +82,10 @@ struct Inner {
     events: Arc<Events>,
     hooks: Mutex<Vec<RemoteHook>>,
     failed_commit: Mutex<Option<String>>,
-    /// The connection holding the lead lock, and whether it holds it.
-    leader: tokio::sync::Mutex<Option<(tokio_postgres::Client, bool)>>,
-    /// When the leader last trimmed the change log.
-    changes_pruned: Mutex<Option<std::time::Instant>>,
+    /// Whether this replica holds the lead (see `lead`).
+    leading: std::sync::atomic::AtomicBool,
+    /// Why the database is out of reach, while it is (see `lead`).
+    lost: Mutex<Option<String>>,
     /// Where this replica's API is reached, if it says (see `listen`).
     advertised: Option<String>,
     /// Where the leading replica's API is, while another one leads.
@@ -149,6 +155,13 @@ enum DbError {
     Other(String),
 }
 
+impl DbError {
+    /// No answer within `deadline`: as good as unreachable.
+    fn timed_out(deadline: Duration) -> DbError {
+        DbError::Unreachable(format!("no answer within {deadline:?}"))
+    }
+}
+
 impl From<tokio_postgres::Error> for DbError {
     fn from(e: tokio_postgres::Error) -> DbError {
         let text = match e.as_db_error() {
@@ -177,6 +190,14 @@ impl From<deadpool_postgres::PoolError> for DbError {
             other => DbError::Unreachable(other.to_string()),
         }
     }
+}
+
+/// What a replica that lost its database answers: nothing was done here,
+/// so another replica may do it.
+fn lost_error(reason: &str) -> ApiError {
+    ApiError::unavailable(format!(
+        "this replica cannot reach its database ({reason}); nothing was done: retry, or ask another replica"
+    ))
 }
 
 /// The URL without its password, for logs and messages.
@@ -209,6 +230,11 @@ impl PgStore {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
+        // A database host that vanished mid-statement is noticed in seconds,
+        // not the kernel's two hours.
+        config.keepalives_idle(Duration::from_secs(5));
+        config.keepalives_interval(Duration::from_secs(2));
+        config.keepalives_retries(3);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("store-postgres")
@@ -249,8 +275,8 @@ impl PgStore {
             events,
             hooks: Mutex::new(Vec::new()),
             failed_commit: Mutex::new(None),
-            leader: tokio::sync::Mutex::new(None),
-            changes_pruned: Mutex::new(None),
+            leading: std::sync::atomic::AtomicBool::new(false),
+            lost: Mutex::new(None),
             advertised,
             writer_address: Mutex::new(None),
             announcements,
@@ -264,6 +290,7 @@ impl PgStore {
             last_seq,
         ));
         handle.spawn(announce(Arc::downgrade(&inner), committed));
+        handle.spawn(keep_lead(Arc::downgrade(&inner)));
         let (thread_inner, failed_inner) = (inner.clone(), inner.clone());
         super::spawn_writer(
             move || write_loop(&thread_inner, &jobs),
@@ -347,7 +374,15 @@ impl Inner {
     }
 
     fn connection(&self) -> Result<deadpool_postgres::Object, ApiError> {
+        if let Some(reason) = self.lost() {
+            return Err(lost_error(&reason));
+        }
         self.block(self.pool.get()).map_err(db_error)
+    }
+
+    /// Why the database is out of reach, while it is.
+    fn lost(&self) -> Option<String> {
+        self.lost.lock().ok()?.clone()
     }
 
     fn publish_remote(&self, changes: Vec<Change>) {
@@ -403,6 +438,11 @@ impl Backend for PgStore {
     }
 
     fn health(&self) -> Health {
+        if let Some(reason) = self.inner.lost() {
+            return Health::Degraded(format!(
+                "the database is unreachable ({reason}); not leading, and answering 503 until it is back"
+            ));
+        }
         match self.inner.failed_commit.lock().ok().and_then(|f| f.clone()) {
             Some(reason) => Health::Degraded(reason),
             None => Health::Ok,
@@ -410,13 +450,15 @@ impl Backend for PgStore {
     }
 
     fn lead(&self) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
-        let inner = self.inner.clone();
-        Box::pin(async move {
-            let handle = inner.handle.clone();
-            handle
-                .spawn(async move { try_lead(&inner).await })
-                .await
-                .unwrap_or(false)
+        let leading = self.inner.leading.load(std::sync::atomic::Ordering::SeqCst);
+        Box::pin(std::future::ready(leading))
+    }
+
+    fn replica(&self) -> Option<Replica> {
+        Some(Replica {
+            leading: self.inner.leading.load(std::sync::atomic::Ordering::SeqCst),
+            database_lost: self.inner.lost(),
+            advertised: self.inner.advertised.clone(),
         })
     }
 

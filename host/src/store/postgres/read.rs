@@ -1,6 +1,6 @@
 //! Reads outside a batch, and the statements a batch's reads share.
 
-use super::{Inner, db_error};
+use super::{DbError, Inner, db_error};
 use crate::error::ApiError;
 use crate::store::tables::{Def, ReadTxn};
 use std::sync::Arc;
@@ -29,25 +29,30 @@ pub(super) struct PgRead {
     pub(super) client: deadpool_postgres::Object,
 }
 
+/// How long a read outside a batch may wait for its rows: a database cut
+/// off (its packets dropped) must not hold a request, or the scheduler's
+/// upkeep, forever. These reads take milliseconds.
+const READ_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A connection that runs one statement and waits for its rows.
 pub(super) trait Conn {
-    fn rows(
-        &self,
-        sql: &'static str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Vec<Row>, tokio_postgres::Error>;
+    fn rows(&self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, DbError>;
 }
 
 impl Conn for PgRead {
-    fn rows(
-        &self,
-        sql: &'static str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Vec<Row>, tokio_postgres::Error> {
-        self.inner.block(async {
-            let statement = self.client.prepare_cached(sql).await?;
-            self.client.query(&statement, params).await
-        })
+    fn rows(&self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, DbError> {
+        // The timer is made inside `block`, on the store's runtime.
+        let rows = self.inner.block(async {
+            tokio::time::timeout(READ_DEADLINE, async {
+                let statement = self.client.prepare_cached(sql).await?;
+                self.client.query(&statement, params).await
+            })
+            .await
+        });
+        match rows {
+            Ok(rows) => Ok(rows?),
+            Err(_) => Err(DbError::timed_out(READ_DEADLINE)),
+        }
     }
 }
 
