@@ -99,6 +99,11 @@ const TEST_GUESTS: &[Guest] = &[
         artifact: "guest_broken_describe",
     },
     Guest {
+        name: "broken_exit",
+        package: "guest-broken-exit",
+        artifact: "guest_broken_exit",
+    },
+    Guest {
         name: "flood_wait",
         package: "guest-flood-wait",
         artifact: "guest_flood_wait",
@@ -112,6 +117,11 @@ const TEST_GUESTS: &[Guest] = &[
         name: "nice_example",
         package: "nice-plugin",
         artifact: "nice_plugin",
+    },
+    Guest {
+        name: "bwrap_example",
+        package: "bwrap-plugin",
+        artifact: "bwrap_plugin",
     },
 ];
 

@@ -103,12 +103,17 @@ fn plugin_inspect_shows_the_default_base_job_template() {
 #[test]
 fn plugin_test_passes_for_the_builtins_and_the_sdk_example() {
     let host = Host::new();
-    for target in [
+    let mut targets = vec![
         "process",
         "mock-serverless",
         guests::HELLO_EXAMPLE,
         guests::NICE_EXAMPLE,
-    ] {
+    ];
+    match bwrap_unavailable() {
+        None => targets.push(guests::BWRAP_EXAMPLE),
+        Some(why) => println!("skipping the bwrap example: {why}"),
+    }
+    for target in targets {
         let out = host.run(&["plugin", "test", target, "--grant", "process"]);
         assert!(
             out.status.success(),
@@ -122,6 +127,23 @@ fn plugin_test_passes_for_the_builtins_and_the_sdk_example() {
             Vec::<std::path::PathBuf>::new(),
             "{target}"
         );
+    }
+}
+
+/// Why bubblewrap cannot make a sandbox here (not installed, no user
+/// namespaces), or `None` when it can.
+fn bwrap_unavailable() -> Option<String> {
+    let out = Command::new("bwrap")
+        .args("--unshare-all --ro-bind /usr /usr --symlink usr/lib /lib".split(' '))
+        .args("--symlink usr/lib64 /lib64 -- /usr/bin/true".split(' '))
+        .output();
+    match out {
+        Err(e) => Some(format!("bwrap cannot be run: {e}")),
+        Ok(out) if !out.status.success() => Some(format!(
+            "bwrap cannot make a sandbox (user namespaces?): {}",
+            stderr(&out).trim()
+        )),
+        Ok(_) => None,
     }
 }
 
@@ -347,4 +369,78 @@ fn plugin_new_refuses_bad_names_and_existing_directories() {
     let out = host.run(&["plugin", "new", "taken", "--dir", dir_arg]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+}
+
+/// A value the plugin would refuse is refused by the server when the run is
+/// created, naming the field: the plugin says it in its schema (here nice's
+/// `command` must not be blank), which the server checks; the plugin's
+/// `validate` runs only on the worker, after the run was accepted.
+#[test]
+fn a_value_the_plugins_schema_refuses_is_refused_when_the_run_is_created() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).expect("mkdir");
+    std::fs::copy(guests::NICE_EXAMPLE, plugins.join("nice.wasm")).expect("copy");
+    std::fs::write(
+        plugins.join("grants.toml"),
+        "[nice]\ncapabilities = [\"process\"]\n",
+    )
+    .expect("grants");
+    let plugin_dir = plugins.to_str().expect("utf-8");
+    let server = common::ServerProcess::start(dir.path(), &["--plugin-dir", plugin_dir]);
+    let url = server.url.as_str();
+    common::host_ok(url, &["work-pool", "create", "--type", "nice", "niced"]);
+    common::host_ok(url, &["deployment", "create", "f/nice", "--pool", "niced"]);
+    let (code, out, err) = common::host_cli(
+        url,
+        &[
+            "deployment",
+            "run",
+            "f/nice",
+            "--job-variable",
+            "command=   ",
+        ],
+    );
+    assert_ne!(code, 0, "a blank command was accepted: {out}");
+    assert!(err.contains("job_variables.command"), "{err}");
+    let (code, out, err) = common::host_cli(
+        url,
+        &[
+            "deployment",
+            "run",
+            "f/nice",
+            "--job-variable",
+            "command=echo fine",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+/// When the example run fails, `host plugin test` shows what it printed last;
+/// when a check leaves something running, what the host then killed.
+#[test]
+fn plugin_test_shows_a_failing_runs_output_and_what_it_left_running() {
+    let host = Host::new();
+    let out = host.run(&["plugin", "test", guests::BROKEN_EXIT, "--grant", "process"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    let failed = text
+        .split_once("FAILED  start-wait")
+        .map(|(_, rest)| rest)
+        .unwrap_or_else(|| panic!("start-wait failed: {text}"));
+    let (promised, last) = (
+        failed.find("promised").expect(&text),
+        failed.find("the last words").expect(&text),
+    );
+    assert!(promised < last, "in order: {text}");
+
+    let out = host.run(&["plugin", "test", guests::BROKEN_STOP, "--grant", "process"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    let failed = text
+        .split_once("FAILED  stop")
+        .map(|(_, rest)| rest)
+        .unwrap_or_else(|| panic!("stop failed: {text}"));
+    assert!(failed.contains("was still running: killed"), "{text}");
+    assert_eq!(host.runs_left(), Vec::<std::path::PathBuf>::new());
 }

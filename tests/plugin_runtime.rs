@@ -414,3 +414,52 @@ async fn mock_serverless_simulates_throttling_failures_and_crashes() {
         RunStatus::Pending
     );
 }
+
+/// `LocalProcess::stop` returns only once nothing of the run runs, also when
+/// the workload ignores SIGTERM and the SIGKILL after the grace ends it: a
+/// caller that checks right after `stop` (the conformance suite, the worker's
+/// "nothing of it still runs") must not depend on timing.
+#[tokio::test]
+async fn sdk_stop_returns_only_when_the_whole_run_is_gone() {
+    let nice = Arc::new(
+        load_guest(guests::NICE_EXAMPLE, Grants::new([Capability::Process]))
+            .await
+            .expect("loads"),
+    );
+    for attempt in 0..3 {
+        let run = format!("11111111-2222-4333-8444-00000000000{attempt}");
+        let mut job = job(
+            serde_json::json!({
+                "command": "trap '' TERM; for i in 1 2 3 4 5 6 7 8; do sleep 300 & done; echo ready; wait",
+                "niceness": 5
+            }),
+            &[],
+        );
+        job.flow_run_id = run.clone();
+        let handle = nice.start(job).await.expect("start");
+        let output = Arc::new(CollectOutput::default());
+        let waiter = {
+            let (nice, run, handle, output) =
+                (nice.clone(), run.clone(), handle.clone(), output.clone());
+            tokio::spawn(async move { nice.wait(&run, &handle, output).await })
+        };
+        assert!(
+            common::wait_until(Duration::from_secs(10), || !output.lines().is_empty()).await,
+            "started"
+        );
+        nice.stop(&run, &handle, 1).await.expect("stop");
+        assert_eq!(
+            nice.still_running(&run).await,
+            Vec::<String>::new(),
+            "attempt {attempt}: stop returned while the run was still running"
+        );
+        let exit = tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("wait ends")
+            .expect("join")
+            .expect("wait");
+        assert_eq!(exit.signal, Some(9), "{exit:?}");
+        nice.destroy(&run, &handle).await.expect("destroy");
+        assert_eq!(nice.release(&run).await, Vec::<String>::new());
+    }
+}

@@ -6,24 +6,31 @@
 //! nothing behind" are checked against those records, and the capabilities
 //! `describe` lists against the component's real imports.
 
-use crate::capabilities::CollectOutput;
+use crate::capabilities::OutputSink;
+use crate::contract::OutputStream;
 use crate::runtime::{CallError, Capability, ErrorKind, Job, LoadedPlugin, RunStatus};
 use crate::template;
 use serde_json::{Map, Value};
+use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How long one check may take before it counts as hung.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the long-running example gets to come up before it is stopped.
 const STARTUP: Duration = Duration::from_secs(30);
+/// How many of a failing run's last output lines a failed check shows.
+pub const OUTPUT_TAIL_LINES: usize = 20;
 
 #[derive(Debug, Clone)]
 pub struct Check {
     pub name: &'static str,
     /// `Ok(detail)` passed; `Err(reason)` failed.
     pub outcome: Result<String, String>,
+    /// What helps to see why it failed: the run's last output lines, what
+    /// the host found still running or left behind and removed.
+    pub notes: Vec<String>,
 }
 
 impl Check {
@@ -52,7 +59,7 @@ pub async fn run(plugin: &LoadedPlugin) -> Vec<Check> {
     checks.push(check("validate-example", validate_example(plugin, &configuration)).await);
     checks.push(check("reject-bad-configuration", reject_bad_configuration(plugin)).await);
     checks.extend(example_run(plugin, &configuration).await);
-    checks.push(check("stop", stop_a_running_job(plugin)).await);
+    checks.push(stop_check(plugin).await);
     checks.push(check("foreign-handle", foreign_handle(plugin)).await);
     checks
 }
@@ -137,25 +144,32 @@ async fn example_run(plugin: &LoadedPlugin, configuration: &str) -> Vec<Check> {
     let handle = match started {
         Ok(handle) => handle,
         Err(error) => {
-            let _ = plugin.release(&run).await;
+            let left = plugin.release(&run).await;
             checks.push(Check {
                 name: "start-wait",
                 outcome: Err(format!("start: {error}")),
+                notes: host_report("after the failed start", left),
             });
             return checks;
         }
     };
-    let output = Arc::new(CollectOutput::default());
-    checks.push(
-        check(
-            "start-wait",
-            wait_for_success(plugin, &run, &handle, &output),
-        )
-        .await,
-    );
+    let output = Arc::new(TailOutput::default());
+    let mut waited = check(
+        "start-wait",
+        wait_for_success(plugin, &run, &handle, &output),
+    )
+    .await;
+    if !waited.passed() {
+        waited.notes = output.tail_notes();
+        waited.notes.extend(host_report(
+            "still running after it",
+            plugin.still_running(&run).await,
+        ));
+    }
+    checks.push(waited);
     checks.push(
         check("output", async {
-            match output.lines().len() {
+            match output.count() {
                 0 => Err("the example run's output never reached log.output".into()),
                 n => Ok(format!("{n} line(s) forwarded")),
             }
@@ -193,7 +207,7 @@ async fn wait_for_success(
     plugin: &LoadedPlugin,
     run: &str,
     handle: &str,
-    output: &Arc<CollectOutput>,
+    output: &Arc<TailOutput>,
 ) -> Result<String, String> {
     let exit = plugin
         .wait(run, handle, output.clone())
@@ -226,19 +240,20 @@ async fn destroy_leaves_nothing(
 }
 
 /// `stop` on a job that is still running, checked through the capabilities.
-async fn stop_a_running_job(plugin: &LoadedPlugin) -> Result<String, String> {
+async fn stop_a_running_job(plugin: &LoadedPlugin) -> Result<String, (String, Vec<String>)> {
     let info = plugin.info();
     if info.long_running_variables.trim().is_empty() {
-        return Err(
+        return Err((
             "the plugin offers no long-running example (Plugin::long_running_example), so stop cannot be checked"
                 .into(),
-        );
+            Vec::new(),
+        ));
     }
     let configuration = example_configuration(
         &info.default_base_job_template,
         &info.long_running_variables,
     )
-    .map_err(|e| format!("long-running example: {e}"))?;
+    .map_err(|e| (format!("long-running example: {e}"), Vec::new()))?;
     let job = job(&configuration, "stop");
     let run = job.flow_run_id.clone();
     let outcome = async {
@@ -281,9 +296,87 @@ async fn stop_a_running_job(plugin: &LoadedPlugin) -> Result<String, String> {
         Ok("a running job was stopped: nothing of it still runs".to_string())
     }
     .await;
-    // Whatever happened, nothing of the check may outlive it.
-    let _ = plugin.release(&run).await;
-    outcome
+    // Whatever happened, nothing of the check may outlive it; when it failed,
+    // what the host had to end is said. (After a passing check, what
+    // `destroy` left is the `destroy` check's business.)
+    let left = plugin.release(&run).await;
+    outcome.map_err(|reason| (reason, left))
+}
+
+/// The `stop` check, with what the host released after it as notes.
+async fn stop_check(plugin: &LoadedPlugin) -> Check {
+    let outcome = tokio::time::timeout(CHECK_TIMEOUT, stop_a_running_job(plugin)).await;
+    let (outcome, notes) = match outcome {
+        Ok(Ok(detail)) => (Ok(detail), Vec::new()),
+        Ok(Err((reason, left))) => (Err(reason), host_report("then the host", left)),
+        Err(_) => (
+            Err(format!(
+                "did not finish within {}s",
+                CHECK_TIMEOUT.as_secs()
+            )),
+            Vec::new(),
+        ),
+    };
+    Check {
+        name: "stop",
+        outcome,
+        notes,
+    }
+}
+
+/// Notes saying what the host found of the run (`what`), one per item.
+fn host_report(what: &str, found: Vec<String>) -> Vec<String> {
+    found
+        .into_iter()
+        .map(|item| format!("{what}: {item}"))
+        .collect()
+}
+
+/// The example run's output: how many lines, and the last ones, for a
+/// failing check to show.
+#[derive(Default)]
+struct TailOutput {
+    lines: Mutex<(u64, VecDeque<(OutputStream, String)>)>,
+}
+
+impl TailOutput {
+    fn count(&self) -> u64 {
+        self.lines.lock().map(|l| l.0).unwrap_or_default()
+    }
+
+    fn tail_notes(&self) -> Vec<String> {
+        let Ok(lines) = self.lines.lock() else {
+            return Vec::new();
+        };
+        let (count, tail) = &*lines;
+        if *count == 0 {
+            return vec!["the run printed nothing".into()];
+        }
+        let mut notes = vec![format!(
+            "its last {} of {count} output line(s):",
+            tail.len()
+        )];
+        notes.extend(tail.iter().map(|(stream, line)| {
+            let stream = match stream {
+                OutputStream::Stdout => "stdout",
+                OutputStream::Stderr => "stderr",
+            };
+            format!("  {stream}| {line}")
+        }));
+        notes
+    }
+}
+
+impl OutputSink for TailOutput {
+    fn line(&self, stream: OutputStream, line: String) {
+        if let Ok(mut lines) = self.lines.lock() {
+            lines.0 += 1;
+            if lines.1.len() == OUTPUT_TAIL_LINES {
+                lines.1.pop_front();
+            }
+            lines.1.push_back((stream, line));
+        }
+    }
 }
 
 async fn foreign_handle(plugin: &LoadedPlugin) -> Result<String, String> {
@@ -308,7 +401,11 @@ async fn check(name: &'static str, body: impl Future<Output = Result<String, Str
             CHECK_TIMEOUT.as_secs()
         )),
     };
-    Check { name, outcome }
+    Check {
+        name,
+        outcome,
+        notes: Vec::new(),
+    }
 }
 
 /// The default template rendered with its defaults and `example_json`.

@@ -10,10 +10,13 @@
 //! - [`template`]: builds the default base job template and its JSON Schema.
 //! - [`log`], [`capabilities`]: the host interfaces a plugin may call.
 //! - [`local`]: the plumbing of a plugin that runs local processes.
+//! - [`wrap`]: the same through a wrapper (a sandbox such as bwrap), with the
+//!   wrapper's environment apart from the workload's.
 //! - `glue` (hidden): turns the trait into the WIT exports; used by the macro.
 
 pub mod local;
 pub mod template;
+pub mod wrap;
 
 #[doc(hidden)]
 pub mod glue;

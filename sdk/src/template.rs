@@ -49,6 +49,27 @@ pub fn string(description: &str, default: Option<&str>) -> Value {
     )
 }
 
+/// A string that must match `pattern` (a JSON Schema regular expression,
+/// unanchored unless it says `^...$`). The server checks it when a
+/// deployment or a run sets the variable, so a bad value is refused there,
+/// naming the field, instead of failing the run on the worker.
+pub fn string_matching(description: &str, pattern: &str, default: Option<&str>) -> Value {
+    with_default(
+        json!({"type": "string", "description": description, "pattern": pattern}),
+        default.map(Value::from),
+    )
+}
+
+/// A list of strings, each matching `item_pattern` when given; empty by
+/// default. Checked by the server like [`string_matching`].
+pub fn string_list(description: &str, item_pattern: Option<&str>) -> Value {
+    let mut items = json!({"type": "string"});
+    if let Some(pattern) = item_pattern {
+        items["pattern"] = json!(pattern);
+    }
+    json!({"type": "array", "description": description, "items": items, "default": []})
+}
+
 /// An integer with a lower bound and an optional default.
 pub fn integer(description: &str, minimum: i64, default: Option<i64>) -> Value {
     with_default(
@@ -92,4 +113,27 @@ fn with_default(mut schema: Value, default: Option<Value>) -> Value {
         schema["default"] = default;
     }
     schema
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_and_patterns_are_json_schema() {
+        let template = Template::new()
+            .variable("binds", string_list("Paths", Some("^/")))
+            .required("name", string_matching("A name", "^[a-z]+$", Some("x")))
+            .build();
+        assert_eq!(
+            template["variables"]["properties"]["binds"],
+            json!({"type": "array", "description": "Paths", "items": {"type": "string", "pattern": "^/"}, "default": []})
+        );
+        assert_eq!(
+            template["variables"]["properties"]["name"],
+            json!({"type": "string", "description": "A name", "pattern": "^[a-z]+$", "default": "x"})
+        );
+        assert_eq!(template["job_configuration"]["binds"], json!("{{ binds }}"));
+        assert_eq!(string_list("Any", None)["items"], json!({"type": "string"}));
+    }
 }

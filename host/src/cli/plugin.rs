@@ -209,6 +209,9 @@ async fn test(plugin: &LoadedPlugin) -> anyhow::Result<ExitCode> {
                 failed.push(check.name);
             }
         }
+        for note in &check.notes {
+            println!("          {note}");
+        }
     }
     if failed.is_empty() {
         println!("{} checks passed", checks.len());

@@ -25,7 +25,10 @@ impl Plugin for Nice {
             version: env!("CARGO_PKG_VERSION").into(),
             description: "Run each flow run as a local process at a lower CPU priority".into(),
             default_base_job_template: Template::new()
-                .required("command", template::string("Shell command to run", None))
+                .required(
+                    "command",
+                    template::string_matching("Shell command to run", r"\S", None),
+                )
                 .variable(
                     "niceness",
                     template::integer_between(

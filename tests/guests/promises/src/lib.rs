@@ -20,6 +20,8 @@ pub enum Broken {
     Output,
     /// `describe` lists no capabilities while the component imports `process`.
     Describe,
+    /// The example run fails (exit 3) after some output.
+    Exit,
 }
 
 #[derive(Deserialize)]
@@ -46,7 +48,11 @@ pub fn info(name: &str, broken: Broken) -> Info {
         } else {
             vec!["process".into()]
         },
-        example_variables: serde_json::json!({"command": "echo promised"}),
+        example_variables: if broken == Broken::Exit {
+            serde_json::json!({"command": "echo promised; echo 'the last words' >&2; exit 3"})
+        } else {
+            serde_json::json!({"command": "echo promised"})
+        },
     }
 }
 
