@@ -184,6 +184,30 @@ async fn ui_forms_need_the_token_of_their_page() {
     let created = create(Some(&csrf)).await.expect("post");
     assert_eq!(created.status(), 303);
     assert_eq!(pools(url, None).await[0]["name"], "p");
+
+    // Somewhere else to go afterwards is refused before the action is taken.
+    for back in [
+        "//evil.example/",
+        "/\tevil",
+        "/\nx",
+        "/\\evil",
+        "https://evil.example/",
+    ] {
+        let fields = [
+            ("name", "q"),
+            ("type", "process"),
+            ("csrf", &csrf),
+            ("back", back),
+        ];
+        let refused = web()
+            .post(format!("{url}/ui/pools"))
+            .form(&fields)
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(refused.status(), 400, "{back}");
+    }
+    assert_eq!(pools(url, None).await.as_array().map(Vec::len), Some(1));
 }
 
 /// DNS rebinding: a name the attacker controls resolves to 127.0.0.1, and

@@ -1065,16 +1065,19 @@ async fn schemathesis_finds_the_api_as_documented() {
             .current_dir(s.dir.path())
             .output()
     };
-    let mut output = run().await.expect("run schemathesis");
-    let report = String::from_utf8_lossy(&output.stdout).into_owned();
     // CPython 3.11 before 3.11.8 (gh-106905) can fail inside hypothesis
     // while it describes a strategy: schemathesis's own error, not a finding
-    // about the API. Only then, and only with no check failing, run again.
-    let summary = report.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
-    if !output.status.success()
-        && report.contains("AST constructor recursion depth mismatch")
-        && !summary.contains("failure")
-    {
+    // about the API. Only then, and only with no check failing, run again
+    // (a few times: with 29 operations one run in two can hit it).
+    let mut output = run().await.expect("run schemathesis");
+    for _ in 0..3 {
+        let report = String::from_utf8_lossy(&output.stdout).into_owned();
+        let summary = report.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
+        let only_the_bug = report.contains("AST constructor recursion depth mismatch")
+            && !summary.contains("failure");
+        if output.status.success() || !only_the_bug {
+            break;
+        }
         println!("schemathesis hit the CPython 3.11 AST bug; running it again:\n{report}");
         output = run().await.expect("run schemathesis");
     }

@@ -54,6 +54,12 @@ pub fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
+/// Whether two secrets are equal, in a time that says nothing about where
+/// they differ (their digests are compared, whatever their lengths).
+pub fn same_text(a: &str, b: &str) -> bool {
+    same(&Sha256::digest(a).into(), &Sha256::digest(b).into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,6 +78,7 @@ mod tests {
         assert_eq!(from_hex(&to_hex(&mac)), Some(mac));
         assert_eq!(from_hex("zz"), None);
         assert!(same(&mac, &mac));
+        assert!(same_text("s3cret", "s3cret") && !same_text("s3cret", "s3cre"));
         assert!(!same(&mac, &key));
         assert_ne!(random_key(), random_key());
     }

@@ -111,7 +111,11 @@ pub async fn run(args: ServeArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> {
         },
     );
     let scheduler = control.spawn_scheduler();
-    let app = router(AppState::new(control, api.token()?).bound_to(local));
+    let token = api.token()?;
+    if token.is_none() && !local.ip().is_loopback() {
+        tracing::warn!(address = %local, "listening beyond loopback without an API token: whoever reaches this address, and any web page through DNS rebinding, can use the API; set --api-token-file");
+    }
+    let app = router(AppState::new(control, token).bound_to(local));
     let mut limits = crate::server::Limits::for_open_files(open_files);
     limits.header_timeout = Duration::from_secs(args.header_timeout_seconds);
     if let Some(max) = args.max_connections {

@@ -129,6 +129,15 @@ pub(super) async fn guard(State(s): State<AppState>, request: Request, next: Nex
     if form_field(&body, "csrf").as_deref() != Some(expected.as_str()) {
         return refuse(Trespass::Csrf);
     }
+    // Where to go afterwards is checked before the action is taken.
+    for field in ["back", "next"] {
+        if let Some(target) = form_field(&body, field).filter(|t| !t.is_empty())
+            && !super::ui::is_local_path(&target)
+        {
+            let message = format!("{field}: {target:?} is not a path on this site");
+            return refuse_error(api, ApiError::bad_request(field, message));
+        }
+    }
     next.run(Request::from_parts(parts, Body::from(body))).await
 }
 

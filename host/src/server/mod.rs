@@ -89,7 +89,7 @@ impl AppState {
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        bearer == Some(token.as_ref())
+        bearer.is_some_and(|given| crate::secret::same_text(given, token))
             || (cookie && ui::session_cookie(headers).is_some_and(|id| self.sessions.holds(id)))
     }
 

@@ -131,7 +131,7 @@ fn back_to(back: Option<&str>, fallback: &str) -> Redirect {
 /// from a `Location` (`/\t/evil.example/` becomes `//evil.example/`, another
 /// site) and a NUL or newline cannot be a header at all, so only visible
 /// ASCII is taken.
-fn is_local_path(path: &str) -> bool {
+pub(in crate::server) fn is_local_path(path: &str) -> bool {
     path.starts_with('/')
         && !path.starts_with("//")
         && !path.contains('\\')
