@@ -212,15 +212,19 @@ async fn actions_are_posts_from_the_ui_itself() {
             .contains(r#"data-field="name""#)
     );
 
-    // `back` never leads off this server.
-    let paused = web
-        .post(format!("{url}/ui/pools/p/pause"))
-        .form(&[("back", "//evil.example/"), ("csrf", &csrf)])
-        .send()
-        .await
-        .expect("pause");
+    // `back` never leads off this server: one that would is refused
+    // before the action is taken.
+    let pause = |back: &'static str| {
+        web.post(format!("{url}/ui/pools/p/pause"))
+            .form(&[("back", back), ("csrf", &csrf)])
+            .send()
+    };
+    assert_eq!(pause("//evil.example/").await.expect("pause").status(), 400);
+    let (_, pool) = http("GET", &format!("{url}/api/work-pools/p"), None, None).await;
+    assert_ne!(pool["status"], "PAUSED");
+    let paused = pause("/work-pools/p").await.expect("pause");
     assert_eq!(paused.status(), 303);
-    assert_eq!(paused.headers()["location"], "/");
+    assert_eq!(paused.headers()["location"], "/work-pools/p");
     let (_, pool) = http("GET", &format!("{url}/api/work-pools/p"), None, None).await;
     assert_eq!(pool["status"], "PAUSED");
 

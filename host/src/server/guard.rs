@@ -101,7 +101,7 @@ pub(super) async fn guard(State(s): State<AppState>, request: Request, next: Nex
     // from outside a session goes to the login form unread, and every form
     // is read within a bound of size and time.
     if request.uri().path() != "/login" && !s.authorized(headers, true) {
-        return Redirect::to("/login").into_response();
+        return Redirect::to("/login?next=/").into_response();
     }
     let expected = s.csrf_token(headers);
     let (parts, body) = request.into_parts();
