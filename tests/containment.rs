@@ -4,10 +4,10 @@
 
 mod common;
 
-use common::{ServerProcess, WorkerProcess, create_run, guests, run_logs};
+use common::{ServerProcess, WorkerProcess, create_run, guests, job, run_logs};
 use host::capabilities::CollectOutput;
 use host::plugins::{self, Registry};
-use host::runtime::{CallError, Capability, Grants, Job, Runtime, RuntimeConfig};
+use host::runtime::{CallError, Capability, Grants, Runtime, RuntimeConfig};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::sync::Arc;
@@ -38,17 +38,6 @@ fn plugin_dir(root: &Path, name: &str, guest: &str, grants: &str) -> std::path::
     std::fs::copy(guest, dir.join(format!("{name}.wasm"))).expect("copy guest");
     std::fs::write(dir.join("grants.toml"), grants).expect("grants");
     dir
-}
-
-fn job(run: &str, configuration: Value) -> Job {
-    Job {
-        flow_run_id: run.into(),
-        flow_run_name: "attack".into(),
-        configuration: configuration.to_string(),
-        env: vec![],
-        command: vec![],
-        labels: vec![],
-    }
 }
 
 #[tokio::test]

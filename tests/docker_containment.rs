@@ -7,23 +7,13 @@
 mod common;
 
 use common::docker::{self, Cleanup, TEST_IMAGE};
+use common::job;
 use host::capabilities::CollectOutput;
 use host::plugins::{self, Registry};
-use host::runtime::{Capability, ExitStatus, Grants, Job, LoadedPlugin, Runtime};
+use host::runtime::{Capability, ExitStatus, Grants, LoadedPlugin, Runtime};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::sync::Arc;
-
-fn job(run: &str, configuration: Value) -> Job {
-    Job {
-        flow_run_id: run.into(),
-        flow_run_name: "attack".into(),
-        configuration: configuration.to_string(),
-        env: vec![],
-        command: vec![],
-        labels: vec![],
-    }
-}
 
 fn new_run() -> String {
     uuid::Uuid::new_v4().to_string()
@@ -44,6 +34,12 @@ impl Drop for RunsCleanup {
 
 /// The hostile guest, granted processes and containers (and `grants.toml`
 /// lines for it when given).
+/// The built-in docker plugin, loaded in `runtime`.
+async fn built_in_docker(runtime: &Runtime) -> Arc<LoadedPlugin> {
+    let registry = Registry::load(runtime, None).await.expect("built-ins");
+    registry.get("docker").expect("docker")
+}
+
 async fn hostile(runtime: &Runtime, root: &Path, grants: Option<&str>) -> Arc<LoadedPlugin> {
     let Some(grants) = grants else {
         let all = Grants::new([Capability::Process, Capability::ContainerRuntime]);
@@ -105,8 +101,7 @@ async fn a_container_named_after_another_runs_id_cannot_stop_it() {
     let _cleanup = Cleanup(label.clone());
     let dir = tempfile::tempdir().expect("tempdir");
     let runtime = common::runtime(&dir.path().join("cache"));
-    let registry = Registry::load(&runtime, None).await.expect("built-ins");
-    let docker_plugin = registry.get("docker").expect("docker");
+    let docker_plugin = built_in_docker(&runtime).await;
     let (victim_run, attacker) = (new_run(), new_run());
     let _runs = RunsCleanup(vec![victim_run.clone(), attacker.clone()]);
     let (id, _) = victim(&docker_plugin, &victim_run, &label).await;
@@ -178,8 +173,7 @@ async fn network_modes_reach_only_the_runs_own_containers_and_host_is_a_grant() 
     let _cleanup = Cleanup(label.clone());
     let dir = tempfile::tempdir().expect("tempdir");
     let runtime = common::runtime(&dir.path().join("cache"));
-    let registry = Registry::load(&runtime, None).await.expect("built-ins");
-    let docker_plugin = registry.get("docker").expect("docker");
+    let docker_plugin = built_in_docker(&runtime).await;
     let (victim_run, attacker, run) = (new_run(), new_run(), new_run());
     let _runs = RunsCleanup(vec![victim_run.clone(), attacker.clone(), run.clone()]);
     let (id, name) = victim(&docker_plugin, &victim_run, &label).await;
@@ -283,8 +277,7 @@ async fn a_last_line_without_a_newline_is_never_dropped() {
     let _cleanup = Cleanup(label.clone());
     let dir = tempfile::tempdir().expect("tempdir");
     let runtime = common::runtime(&dir.path().join("cache"));
-    let registry = Registry::load(&runtime, None).await.expect("built-ins");
-    let docker_plugin = registry.get("docker").expect("docker");
+    let docker_plugin = built_in_docker(&runtime).await;
     // The follow is open while the container runs: Docker often ended it
     // before the last, unterminated line was written.
     for attempt in 0..6 {

@@ -553,3 +553,15 @@ pub async fn pid_in(file: &Path, timeout: Duration) -> i32 {
     .await;
     pid.unwrap_or_else(|| panic!("no pid in {}", file.display()))
 }
+
+/// A job for run `run` of a plugin, with only its `configuration`.
+pub fn job(run: &str, configuration: serde_json::Value) -> host::runtime::Job {
+    host::runtime::Job {
+        flow_run_id: run.into(),
+        flow_run_name: "attack".into(),
+        configuration: configuration.to_string(),
+        env: vec![],
+        command: vec![],
+        labels: vec![],
+    }
+}
