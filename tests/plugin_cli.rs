@@ -428,11 +428,14 @@ fn plugin_test_shows_a_failing_runs_output_and_what_it_left_running() {
         .split_once("FAILED  start-wait")
         .map(|(_, rest)| rest)
         .unwrap_or_else(|| panic!("start-wait failed: {text}"));
+    // Order is kept within a stream; stdout and stderr are separate pipes,
+    // so their interleaving is the scheduler's.
     let (promised, last) = (
-        failed.find("promised").expect(&text),
-        failed.find("the last words").expect(&text),
+        failed.find("stdout| promised").expect(&text),
+        failed.find("stdout| the last words").expect(&text),
     );
     assert!(promised < last, "in order: {text}");
+    assert!(failed.contains("stderr| on stderr"), "{text}");
 
     let out = host.run(&["plugin", "test", guests::BROKEN_STOP, "--grant", "process"]);
     assert_eq!(out.status.code(), Some(1));

@@ -49,7 +49,7 @@ pub fn info(name: &str, broken: Broken) -> Info {
             vec!["process".into()]
         },
         example_variables: if broken == Broken::Exit {
-            serde_json::json!({"command": "echo promised; echo 'the last words' >&2; exit 3"})
+            serde_json::json!({"command": "echo promised; echo 'the last words'; echo 'on stderr' >&2; exit 3"})
         } else {
             serde_json::json!({"command": "echo promised"})
         },
