@@ -1,4 +1,12 @@
 //! The HTTP client of the API, for the CLI and the worker.
+//!
+//! Every request has a deadline (`HOST_API_TIMEOUT`, 30 s, or the caller's:
+//! the worker gives a claim long-poll its wait plus a margin), so a server
+//! that went silent costs seconds, then the next URL. A write goes to
+//! another URL only after a 503 marked `x-host-not-written`; one that timed
+//! out, or whose connection broke once it was sent, may have been made, so
+//! it is never sent elsewhere: the caller gets the error (a worker's
+//! reports retry under their idempotency keys).
 
 use crate::error::ErrorBody;
 use reqwest::Method;

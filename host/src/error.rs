@@ -1,6 +1,12 @@
 //! The one error type of the control plane: an HTTP status class, a one-line
 //! message, and the offending field when there is one. Serialised as
 //! `{"error": "...", "field": "..."}`.
+//!
+//! A status says whether a write was made, because clients act on it: 503
+//! ([`ErrorKind::Unavailable`]) means nothing was done and goes out with
+//! `x-host-not-written`, so the write may be made elsewhere; 504
+//! ([`ErrorKind::OutcomeUnknown`]) means it was sent on and may have been
+//! made, so nothing makes it again elsewhere (it could be made twice).
 
 use serde::{Deserialize, Serialize};
 

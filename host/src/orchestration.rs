@@ -5,6 +5,15 @@
 //! COMPLETED | FAILED | CRASHED; CANCELLING → CANCELLED from any non-terminal
 //! state. Terminal states are final. A transition carrying an idempotency key
 //! already applied to the run is a replay: the caller gets the current state.
+//! Only a claim moves SCHEDULED to PENDING, so two workers can never hold
+//! one run.
+//!
+//! While a worker holds a run, a state change must name that worker (409
+//! `worker` otherwise; an operator's `force` overrides it): the process
+//! runs where the holder is, and an outcome reported from anywhere else
+//! would be a guess. A state may be named only by its type's own name
+//! (or, for SCHEDULED, `Late`), because lists show names, and a name must
+//! not tell another story than its type.
 //!
 //! A run whose worker went silent keeps its type under the name
 //! [`DISCONNECTED`]: its outcome is unknown, not decided. The worker that

@@ -1,4 +1,5 @@
-//! `host:infra/process`: local processes for the `process` plugin.
+//! `host:infra/process`: local processes, for the built-in `process` plugin
+//! and any plugin `grants.toml` grants it to.
 //!
 //! Each process is held by a supervisor (`host __supervise`, see
 //! [`crate::supervisor`]) that writes its output and exit into a directory

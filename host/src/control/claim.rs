@@ -3,6 +3,10 @@
 //! queue, deployment and worker limits, and moves them to PENDING. With a
 //! wait it long-polls: it answers as soon as a run is due or a run the worker
 //! holds is being cancelled.
+//!
+//! A claim through a pool hands out that pool's runs, and the cancellations
+//! of runs its worker of that name holds, only: a worker is a (pool, name)
+//! pair, and what it can touch is its pool's.
 
 use super::{Control, now};
 use crate::error::ApiError;

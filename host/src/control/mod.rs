@@ -1,6 +1,10 @@
 //! The control plane's operations: what the API does, independent of HTTP.
 //! Each write is one `Store::write` (one transaction); state changes of flow
 //! runs are decided by `orchestration` only.
+//!
+//! A request's writes are not undone when it fails (see `store`), so every
+//! operation here checks everything before it writes anything: an error
+//! leaves nothing behind.
 
 mod claim;
 mod deployments;

@@ -1,4 +1,10 @@
 //! Work pools, their queues and their workers.
+//!
+//! A worker is a (pool, name) pair, as in Prefect: the same name in two
+//! pools is two workers. A heartbeat under the name of a worker that is
+//! ONLINE may not change its `heartbeat_interval_seconds`: heartbeats carry
+//! no proof of who sends them, and a ghost setting a long interval would
+//! keep a dead worker's runs from being crashed.
 
 use super::names::check_user_name;
 use super::{Control, double_option, now};

@@ -9,6 +9,11 @@
 //!   stay so for `worker_lost_after` (see `sweep_worker`).
 //!
 //! It writes only when there is something to do, so an idle server is idle.
+//!
+//! A silence is counted only while this server sweeps without a gap
+//! ([`SweepClock`]): a server that was paused, cut off, without its
+//! database or not leading could not hear heartbeats, so that time never
+//! counts against a worker.
 
 use super::deployments::new_run;
 use super::{Control, now};

@@ -2,6 +2,10 @@
 //! logged, named in `/api/health` (degraded) and started again after a
 //! second; it is healthy again once it reports a good round
 //! ([`Tasks::healthy`]).
+//!
+//! Why: the scheduler's loop does the sweeps and the scheduling; if it died
+//! quietly, runs would stop being scheduled and silent workers' runs would
+//! never end, while the server looked healthy.
 
 use std::collections::BTreeMap;
 use std::future::Future;

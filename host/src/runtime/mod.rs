@@ -2,6 +2,10 @@
 //! per-call limits. Every call gets a fresh instance from an `InstancePre`; a
 //! trap, a spent CPU budget or a refused allocation becomes a [`CallError`] for
 //! that call, never a panic of the host.
+//!
+//! Plugins keep no state between calls: what later calls need is in the
+//! handle `start` returns, which the worker stores on the run, so any
+//! worker process (a restarted one too) can make the next call.
 
 mod cache;
 mod call;

@@ -1,5 +1,12 @@
 //! One loaded plugin: its pre-instantiated component and the typed calls of the
 //! `driver` interface, each in a fresh store with its own limits.
+//!
+//! A call's WASI context has nothing open (no preopened directories, no
+//! sockets, no environment) and the linker holds only the capabilities the
+//! plugin was granted: it reaches the world through nothing else. Every call but
+//! `wait` has a wall-clock deadline, because the CPU bound counts only
+//! time without host calls and cannot stop a plugin that loops calling
+//! the host.
 
 use super::call::{Call, CallError, MAX_HANDLE_BYTES, bounded_exit, bounded_status, plugin_error};
 use super::info::{placeholder_info, validate_info};

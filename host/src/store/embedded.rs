@@ -1,4 +1,8 @@
 //! The embedded backend: one redb file, one writer thread.
+//!
+//! A batch is answered once redb's commit returned, with its default
+//! durability (the file is synced): an acknowledged write survives a crash
+//! of the process or the machine.
 
 use super::tables::{self, Def, ReadTxn, WriteTxn};
 use super::{Backend, Health, Job, next_batch, storage};

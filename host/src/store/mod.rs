@@ -13,6 +13,10 @@
 //! requests are waiting into one transaction and one commit (group commit).
 //! A request is answered only after its transaction committed: an
 //! acknowledged write survives `kill -9`.
+//!
+//! Requests of a batch share its transaction, and a request that fails is
+//! not rolled back alone: what it wrote before its error commits with the
+//! others. So an operation checks everything before it writes anything.
 
 mod embedded;
 mod postgres;

@@ -1,4 +1,9 @@
 //! Typed records over the raw tables, and the index upkeep of flow runs.
+//!
+//! `Writer::put_run` derives a run's index entries and its active-run
+//! counters from the old and the new record, in the same transaction as the
+//! record: nobody updates an index by hand, so an index or a concurrency
+//! count can never disagree with the runs it stands for.
 
 use super::tables::{self, Def, Raw, prefix_end};
 use super::{Writer, storage};

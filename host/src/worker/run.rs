@@ -4,6 +4,13 @@
 //!
 //! Cancel, `timeout_seconds` and worker shutdown win over every plugin call,
 //! not only `wait`: each call is raced against them ([`Stops::race`]).
+//!
+//! Every path through a run ends in a final state: a trap or a spent budget
+//! in a plugin call ends this run CRASHED and no other; a final state the
+//! server refuses becomes CRASHED with the reason; a run whose outcome
+//! cannot be known is CRASHED, never COMPLETED. A run left unfinished would
+//! look alive, and count against its pool's, queue's and deployment's
+//! limits, until someone ended it by hand.
 
 use super::logs::RunLog;
 use super::{Shared, retry};

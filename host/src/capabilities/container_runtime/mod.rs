@@ -1,5 +1,6 @@
 //! `host:infra/container-runtime`: containers through the local Docker daemon,
-//! with bollard. Granted to the `docker` plugin only.
+//! with bollard. Granted to the built-in `docker` plugin, and to a plugin of
+//! the plugin directory only through its `grants.toml`.
 //!
 //! Like processes, output follows live in a table shared by all calls, since
 //! each plugin call is a fresh instance. `scope` checks that a call acts only

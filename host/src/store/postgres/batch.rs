@@ -1,4 +1,12 @@
 //! The writer: batches of requests, one transaction each, under the write lock.
+//!
+//! A batch commits without waiting for the WAL flush, so the lock every
+//! replica waits for is released at once, and its requests are answered
+//! only after a synchronous commit behind it ([`FLUSH_WAL`]) has flushed
+//! the WAL past it: an acknowledged write survives a crash of PostgreSQL.
+//! Every round trip has a deadline, so a database out of reach fails the
+//! batch instead of holding this replica's writes; a commit that was sent
+//! and never confirmed is an unknown outcome (504), never a "not written".
 
 use super::cache::Cache;
 use super::listen::Notice;
