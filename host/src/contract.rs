@@ -3,7 +3,7 @@
 wasmtime::component::bindgen!({
     world: "plugin",
     path: "../wit",
-    imports: { default: async },
+    imports: { default: async | tracing },
     exports: { default: async },
     additional_derives: [PartialEq],
 });

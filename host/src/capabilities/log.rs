@@ -1,12 +1,50 @@
 //! `host:infra/log`: plugin diagnostics go to tracing; workload output goes to
 //! the sink of the call (the flow run's log stream for `wait`).
 
+use super::{CallScope, HostCapability, Setup};
 use crate::contract::OutputStream;
-use crate::contract::host::infra::log::{Host, Level};
+use crate::contract::host::infra::log::{self, Host, Level};
+use crate::contract::host::infra::types;
+use crate::runtime::PluginState;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use wasmtime::component::{HasSelf, Linker};
+
+/// Always granted: a plugin may always say what it is doing.
+pub(crate) struct Log;
+
+impl HostCapability for Log {
+    const INTERFACE: &'static str = "log";
+    type Shared = Arc<MessageBudgets>;
+    type Scoped = LogHost;
+
+    fn init(_setup: &Setup<'_>) -> anyhow::Result<Arc<MessageBudgets>> {
+        Ok(Arc::default())
+    }
+
+    fn link(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
+        log::add_to_linker::<_, HasSelf<LogHost>>(linker, |s| &mut s.scopes().log)?;
+        // `types` has no functions to serve, but every plugin imports it; it
+        // rides on `log` because `log` is linked for every plugin.
+        types::add_to_linker::<_, HasSelf<LogHost>>(linker, |s| &mut s.scopes().log)
+    }
+
+    fn scope(budgets: &Arc<MessageBudgets>, call: &CallScope<'_>) -> LogHost {
+        LogHost::new(
+            call.plugin.to_string(),
+            call.sink.clone(),
+            call.run.map(|run| (run.to_string(), budgets.clone())),
+        )
+    }
+
+    /// The run's message budget goes with it.
+    async fn release(budgets: &Arc<MessageBudgets>, run: &str) -> Vec<String> {
+        budgets.forget(run);
+        Vec::new()
+    }
+}
 
 /// Receives a workload's output lines during `wait`.
 pub trait OutputSink: Send + Sync {
@@ -230,7 +268,7 @@ impl Host for LogHost {
     }
 }
 
-impl crate::contract::host::infra::types::Host for LogHost {}
+impl types::Host for LogHost {}
 
 #[cfg(test)]
 mod tests {

@@ -1,7 +1,8 @@
 //! What `describe` may claim: checked once, when a plugin loads.
 
 use super::PluginInfo;
-use super::load::{self, Capability, Grants, LoadError};
+use super::load::{self, Grants, LoadError};
+use crate::capabilities::Capability;
 
 pub(super) fn placeholder_info(source_name: &str) -> PluginInfo {
     PluginInfo {

@@ -3,46 +3,10 @@
 //! capabilities? Each refusal names what is wrong in one line.
 
 use super::{CONTRACT_PACKAGE, CONTRACT_VERSION};
-use crate::capabilities::ContainerPolicy;
+use crate::capabilities::{Capability, ContainerPolicy};
 use std::collections::BTreeSet;
-use std::fmt;
 use wasmtime::Engine;
 use wasmtime::component::Component;
-
-/// A host interface a plugin may import. `log` is always granted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Capability {
-    Log,
-    Process,
-    ContainerRuntime,
-}
-
-impl Capability {
-    pub const ALL: [Capability; 3] = [
-        Capability::Log,
-        Capability::Process,
-        Capability::ContainerRuntime,
-    ];
-
-    /// The WIT interface name, as in `host:infra/<name>@0.1.0`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Capability::Log => "log",
-            Capability::Process => "process",
-            Capability::ContainerRuntime => "container-runtime",
-        }
-    }
-
-    pub fn parse(name: &str) -> Option<Capability> {
-        Capability::ALL.into_iter().find(|c| c.name() == name)
-    }
-}
-
-impl fmt::Display for Capability {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// The capabilities one plugin may use, and how far.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,12 +14,14 @@ mod limits;
 mod load;
 mod plugin;
 
+pub use crate::capabilities::Capability;
 pub use crate::contract::{
     ErrorKind, ExitStatus, Job, OutputStream, PluginError, PluginInfo, RunStatus,
 };
 pub use cache::{CacheOutcome, ComponentCache};
 pub use call::{Call, CallError, MAX_HANDLE_BYTES, MAX_MESSAGE_BYTES};
-pub use load::{Capability, Grants, LoadError};
+pub use load::{Grants, LoadError};
+pub(crate) use plugin::PluginState;
 pub use plugin::{LoadedPlugin, PluginSource};
 
 use crate::metrics::PluginCallMetrics;
@@ -28,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use crate::capabilities::{ContainerTable, MessageBudgets, OutputLimits, ProcessTable};
+use crate::capabilities::{ContainerTable, OutputLimits, Setup, Tables};
 use crate::supervisor::RunAs;
 
 /// The contract this host speaks: `host:infra@0.1.x`.
@@ -115,9 +117,8 @@ struct RuntimeInner {
     engine: Engine,
     config: RuntimeConfig,
     cache: ComponentCache,
-    processes: Arc<ProcessTable>,
-    containers: Arc<ContainerTable>,
-    message_budgets: Arc<MessageBudgets>,
+    /// What each capability keeps for every plugin and run.
+    tables: Tables,
     call_metrics: PluginCallMetrics,
     /// The directory made for this runtime alone (no `work_dir` given),
     /// removed with it: `host plugin test` leaves nothing in the temp dir.
@@ -163,30 +164,16 @@ impl Runtime {
             .clone()
             .or_else(|| fresh_work_dir.clone())
             .unwrap_or_default();
-        let supervisor = match &config.supervisor {
-            Some(program) => program.clone(),
-            None => std::env::current_exe()
-                .map_err(|e| anyhow::anyhow!("cannot find this program's path: {e}"))?,
-        };
-        let containers = ContainerTable::new().with_positions(work_dir.join("containers"));
-        let processes = ProcessTable::new(
-            work_dir,
-            supervisor,
-            config.output_limits,
-            config.run_as.clone(),
-        );
-        if config.run_as.is_some() {
-            // Known at start rather than at the first run's spawn.
-            processes.prepare().map_err(|e| anyhow::anyhow!(e))?;
-        }
+        let tables = Tables::new(&Setup {
+            config: &config,
+            work_dir: &work_dir,
+        })?;
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
                 engine,
                 cache: ComponentCache::new(config.cache_dir.clone()),
-                processes: Arc::new(processes),
                 config,
-                containers: Arc::new(containers),
-                message_budgets: Arc::default(),
+                tables,
                 call_metrics: PluginCallMetrics::default(),
                 fresh_work_dir,
             }),
@@ -210,17 +197,13 @@ impl Runtime {
         &self.inner.cache
     }
 
-    pub(crate) fn message_budgets(&self) -> &Arc<MessageBudgets> {
-        &self.inner.message_budgets
-    }
-
-    pub(crate) fn processes(&self) -> &Arc<ProcessTable> {
-        &self.inner.processes
+    pub(crate) fn tables(&self) -> &Tables {
+        &self.inner.tables
     }
 
     /// The Docker connection plugins with `container-runtime` use; also what
     /// `host deploy` builds images with.
     pub fn containers(&self) -> &Arc<ContainerTable> {
-        &self.inner.containers
+        &self.inner.tables.container_runtime
     }
 }

@@ -11,9 +11,10 @@
 use super::call::{Call, CallError, MAX_HANDLE_BYTES, bounded_exit, bounded_status, plugin_error};
 use super::info::{placeholder_info, validate_info};
 use super::limits::MemoryCap;
-use super::load::{self, Capability, Grants, LoadError};
+use super::load::{self, Grants, LoadError};
 use super::{CacheOutcome, ExitStatus, Job, PluginError, PluginInfo, RunStatus, Runtime};
-use crate::capabilities::{self, ContainerHost, LogHost, OutputSink, ProcessHost};
+use crate::capabilities::Capability;
+use crate::capabilities::{self, CallScope, OutputSink, Scopes};
 use crate::contract::{Plugin, PluginPre};
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -21,7 +22,8 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use tracing::Instrument;
+use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Store, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -48,9 +50,7 @@ pub struct PluginState {
     table: ResourceTable,
     memory: MemoryCap,
     stderr: MemoryOutputPipe,
-    log: LogHost,
-    process: ProcessHost,
-    containers: ContainerHost,
+    scopes: Scopes,
     /// Calls into the host so far; the CPU bound restarts its count at each.
     host_calls: u64,
     /// `host_calls` when the epoch callback last looked.
@@ -68,6 +68,15 @@ impl WasiView for PluginState {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
+    }
+}
+
+impl PluginState {
+    /// What the capabilities' linked functions reach their state through:
+    /// each such call counts as calling the host.
+    pub(crate) fn scopes(&mut self) -> &mut Scopes {
+        self.host_calls += 1;
+        &mut self.scopes
     }
 }
 
@@ -285,12 +294,10 @@ impl LoadedPlugin {
     /// What the capabilities created for `run` that still runs: after a
     /// `stop`, this should be nothing.
     pub async fn still_running(&self, run: &str) -> Vec<String> {
+        let tables = self.runtime.tables();
         let mut running = Vec::new();
-        if self.grants.contains(Capability::Process) {
-            running.extend(self.runtime.processes().running(run));
-        }
-        if self.grants.contains(Capability::ContainerRuntime) {
-            running.extend(self.runtime.containers().running(run).await);
+        for capability in self.grants.iter() {
+            running.extend(capability.running(tables, run).await);
         }
         running
     }
@@ -298,12 +305,10 @@ impl LoadedPlugin {
     /// Kills what of `run` still runs, when the plugin's `stop` did not; says
     /// what that was.
     pub async fn kill_leftovers(&self, run: &str) -> Vec<String> {
+        let tables = self.runtime.tables();
         let mut killed = Vec::new();
-        if self.grants.contains(Capability::Process) {
-            killed.extend(self.runtime.processes().kill(run).await);
-        }
-        if self.grants.contains(Capability::ContainerRuntime) {
-            killed.extend(self.runtime.containers().kill(run).await);
+        for capability in self.grants.iter() {
+            killed.extend(capability.kill(tables, run).await);
         }
         killed
     }
@@ -312,25 +317,22 @@ impl LoadedPlugin {
     /// whatever the plugin left, and says what that was (nothing, when the
     /// plugin kept its promises).
     pub async fn release(&self, run: &str) -> Vec<String> {
-        self.runtime.message_budgets().forget(run);
+        let tables = self.runtime.tables();
         let mut left = Vec::new();
-        if self.grants.contains(Capability::Process) {
-            left.extend(self.runtime.processes().release(run).await);
-        }
-        if self.grants.contains(Capability::ContainerRuntime) {
-            left.extend(self.runtime.containers().release(run).await);
+        for capability in self.grants.iter() {
+            left.extend(capability.release(tables, run).await);
         }
         left
     }
 
-    /// The flow runs with processes in this worker's directory (from before
-    /// a restart too), for reconciling them with the server.
+    /// The flow runs with something in this worker's directory (processes,
+    /// from before a restart too), for reconciling them with the server.
     pub fn runs_with_processes(&self) -> Vec<String> {
-        if self.grants.contains(Capability::Process) {
-            self.runtime.processes().scopes_on_disk()
-        } else {
-            Vec::new()
-        }
+        let tables = self.runtime.tables();
+        self.grants
+            .iter()
+            .flat_map(|capability| capability.runs_on_disk(tables))
+            .collect()
     }
 
     async fn call<R>(
@@ -371,7 +373,16 @@ impl LoadedPlugin {
         f: impl for<'a> FnOnce(&'a Plugin, &'a mut Store<PluginState>) -> CallFuture<'a, R>,
     ) -> Result<R, CallError> {
         let started = std::time::Instant::now();
-        let work = self.call_unbounded(scope, sink, f);
+        // Whatever the plugin or a capability logs during the call carries
+        // the run it is for; a capability's own span (`module`, `function`,
+        // at TRACE) nests inside this one.
+        let span = tracing::info_span!(
+            "plugin_call",
+            plugin = %self.info.name,
+            call = call.name(),
+            flow_run_id = scope.as_deref(),
+        );
+        let work = self.call_unbounded(scope, sink, f).instrument(span);
         let result = if deadline == Duration::MAX {
             work.await
         } else {
@@ -414,18 +425,14 @@ impl LoadedPlugin {
             table: ResourceTable::new(),
             memory: MemoryCap::new(config.memory_limit_bytes),
             stderr,
-            log: LogHost::new(
-                self.info.name.clone(),
-                sink,
-                scope
-                    .clone()
-                    .map(|run| (run, self.runtime.message_budgets().clone())),
-            ),
-            process: ProcessHost::new(self.runtime.processes().clone(), scope.clone()),
-            containers: ContainerHost::new(
-                self.runtime.containers().clone(),
-                scope,
-                self.grants.container_policy().clone(),
+            scopes: Scopes::new(
+                self.runtime.tables(),
+                &CallScope {
+                    plugin: &self.info.name,
+                    run: scope.as_deref(),
+                    sink: &sink,
+                    grants: &self.grants,
+                },
             ),
             host_calls: 0,
             seen_host_calls: 0,
@@ -507,36 +514,12 @@ fn discard() -> Arc<dyn OutputSink> {
     capabilities::discard_output()
 }
 
+/// WASI with nothing open, and each granted capability.
 fn linker_for(runtime: &Runtime, grants: &Grants) -> wasmtime::Result<Linker<PluginState>> {
-    use crate::contract::host::infra;
     let mut linker: Linker<PluginState> = Linker::new(runtime.engine());
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     for capability in grants.iter() {
-        match capability {
-            Capability::Log => {
-                infra::log::add_to_linker::<_, HasSelf<LogHost>>(&mut linker, |s| {
-                    s.host_calls += 1;
-                    &mut s.log
-                })?
-            }
-            Capability::Process => {
-                infra::process::add_to_linker::<_, HasSelf<ProcessHost>>(&mut linker, |s| {
-                    s.host_calls += 1;
-                    &mut s.process
-                })?
-            }
-            Capability::ContainerRuntime => infra::container_runtime::add_to_linker::<
-                _,
-                HasSelf<ContainerHost>,
-            >(&mut linker, |s| {
-                s.host_calls += 1;
-                &mut s.containers
-            })?,
-        }
+        capability.link(&mut linker)?;
     }
-    infra::types::add_to_linker::<_, HasSelf<LogHost>>(&mut linker, |s| {
-        s.host_calls += 1;
-        &mut s.log
-    })?;
     Ok(linker)
 }

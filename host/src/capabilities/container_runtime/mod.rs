@@ -14,8 +14,10 @@ mod scope;
 pub use policy::ContainerPolicy;
 pub use scope::{ContainerHost, SCOPE_LABEL};
 
+use super::{CallScope, HostCapability, Setup};
 use crate::contract::ExitStatus;
-use crate::contract::host::infra::container_runtime::{ContainerSpec, ContainerState};
+use crate::contract::host::infra::container_runtime::{self as wit, ContainerSpec, ContainerState};
+use crate::runtime::PluginState;
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
 use bollard::models::{ContainerCreateBody, HostConfig};
@@ -26,7 +28,44 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use wasmtime::component::{HasSelf, Linker};
+
+pub(crate) struct ContainerRuntime;
+
+impl HostCapability for ContainerRuntime {
+    const INTERFACE: &'static str = "container-runtime";
+    type Shared = Arc<ContainerTable>;
+    type Scoped = ContainerHost;
+
+    fn init(setup: &Setup<'_>) -> anyhow::Result<Arc<ContainerTable>> {
+        let positions = setup.work_dir.join("containers");
+        Ok(Arc::new(ContainerTable::new().with_positions(positions)))
+    }
+
+    fn link(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
+        wit::add_to_linker::<_, HasSelf<ContainerHost>>(linker, |s| {
+            &mut s.scopes().container_runtime
+        })
+    }
+
+    fn scope(table: &Arc<ContainerTable>, call: &CallScope<'_>) -> ContainerHost {
+        let policy = call.grants.container_policy().clone();
+        ContainerHost::new(table.clone(), call.run.map(String::from), policy)
+    }
+
+    async fn running(table: &Arc<ContainerTable>, run: &str) -> Vec<String> {
+        table.running(run).await
+    }
+
+    async fn kill(table: &Arc<ContainerTable>, run: &str) -> Vec<String> {
+        table.kill(run).await
+    }
+
+    async fn release(table: &Arc<ContainerTable>, run: &str) -> Vec<String> {
+        table.release(run).await
+    }
+}
 
 /// The daemon connection, the live output follows, and whose each container is.
 pub struct ContainerTable {

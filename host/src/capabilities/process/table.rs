@@ -1,5 +1,4 @@
-//! `host:infra/process`: local processes, for the built-in `process` plugin
-//! and any plugin `grants.toml` grants it to.
+//! The table of every process this worker spawned.
 //!
 //! Each process is held by a supervisor (`host __supervise`, see
 //! [`crate::supervisor`]) that writes its output and exit into a directory
@@ -15,7 +14,7 @@
 //! Every call is for one flow run (its scope) and sees only the processes and
 //! directories spawned for that run.
 
-use crate::contract::host::infra::process::{Host, OutputBatch, SpawnRequest, Spawned};
+use crate::contract::host::infra::process::{OutputBatch, SpawnRequest, Spawned};
 use crate::contract::{ExitStatus, OutputStream};
 use crate::secret;
 use crate::supervisor::{RecordedExit, RunAs, RunFiles, Spec};
@@ -351,7 +350,11 @@ impl ProcessTable {
             .find_map(|(found, files)| (found == id).then_some(files))
     }
 
-    async fn spawn(&self, scope: &str, request: SpawnRequest) -> Result<Spawned, String> {
+    pub(super) async fn spawn(
+        &self,
+        scope: &str,
+        request: SpawnRequest,
+    ) -> Result<Spawned, String> {
         if request.argv.is_empty() {
             return Err("spawn: empty argv".into());
         }
@@ -497,7 +500,7 @@ impl ProcessTable {
         ))
     }
 
-    async fn read_output(
+    pub(super) async fn read_output(
         &self,
         scope: &str,
         id: u64,
@@ -535,7 +538,7 @@ impl ProcessTable {
         }
     }
 
-    async fn wait(&self, scope: &str, id: u64) -> Result<ExitStatus, String> {
+    pub(super) async fn wait(&self, scope: &str, id: u64) -> Result<ExitStatus, String> {
         let proc = self.get(scope, id)?;
         loop {
             if let Some(exit) = proc.try_exit()? {
@@ -548,11 +551,11 @@ impl ProcessTable {
         }
     }
 
-    fn try_wait(&self, scope: &str, id: u64) -> Result<Option<ExitStatus>, String> {
+    pub(super) fn try_wait(&self, scope: &str, id: u64) -> Result<Option<ExitStatus>, String> {
         Ok(self.get(scope, id)?.try_exit()?.map(exit_status))
     }
 
-    fn signal(&self, scope: &str, id: u64, signal: i32) -> Result<(), String> {
+    pub(super) fn signal(&self, scope: &str, id: u64, signal: i32) -> Result<(), String> {
         let proc = self.get(scope, id)?;
         // Once the exit is written the supervisor has ended the whole tree.
         if proc.exit().is_some() {
@@ -561,7 +564,7 @@ impl ProcessTable {
         proc.signal_all(signal)
     }
 
-    fn remove_dir(&self, scope: &str, path: &str) -> Result<(), String> {
+    pub(super) fn remove_dir(&self, scope: &str, path: &str) -> Result<(), String> {
         let refuse = || {
             format!("refusing to remove {path}: not a working directory spawned for this flow run")
         };
@@ -709,46 +712,5 @@ fn exit_status(exit: RecordedExit) -> ExitStatus {
         signal: exit.signal,
         oom_killed: false,
         message: exit.message,
-    }
-}
-
-/// Per-call view of the table: the generated bindings want a `&mut` host,
-/// and each call knows the flow run it is for.
-pub struct ProcessHost {
-    table: Arc<ProcessTable>,
-    scope: Option<String>,
-}
-
-impl ProcessHost {
-    pub fn new(table: Arc<ProcessTable>, scope: Option<String>) -> Self {
-        ProcessHost { table, scope }
-    }
-
-    fn scope(&self) -> Result<&str, String> {
-        self.scope.as_deref().ok_or_else(|| {
-            "the process capability serves only calls for a flow run (not describe or validate)"
-                .to_string()
-        })
-    }
-}
-
-impl Host for ProcessHost {
-    async fn spawn(&mut self, request: SpawnRequest) -> Result<Spawned, String> {
-        self.table.spawn(self.scope()?, request).await
-    }
-    async fn read_output(&mut self, id: u64, max_wait_ms: u32) -> Result<OutputBatch, String> {
-        self.table.read_output(self.scope()?, id, max_wait_ms).await
-    }
-    async fn wait(&mut self, id: u64) -> Result<ExitStatus, String> {
-        self.table.wait(self.scope()?, id).await
-    }
-    async fn try_wait(&mut self, id: u64) -> Result<Option<ExitStatus>, String> {
-        self.table.try_wait(self.scope()?, id)
-    }
-    async fn signal(&mut self, id: u64, signal: i32) -> Result<(), String> {
-        self.table.signal(self.scope()?, id, signal)
-    }
-    async fn remove_dir(&mut self, path: String) -> Result<(), String> {
-        self.table.remove_dir(self.scope()?, &path)
     }
 }
