@@ -1,6 +1,7 @@
-// Compiles the guest crates (built-in plugins, test guests, the SDK example) for
-// `wasm32-wasip2` with a nested cargo, the way wasmtime builds its test
-// programs. Kept out of `build.rs` so the pieces read on their own.
+// Compiles guest crates for `wasm32-wasip2` with a nested cargo, the way
+// wasmtime builds its test programs. Shared by `host/build.rs` (the built-in
+// plugins) and `tests/artifacts/build.rs` (the test guests, the SDK's
+// examples).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -63,10 +64,32 @@ pub struct Guest {
     pub artifact: &'static str,
 }
 
+/// Reruns the build script when anything the guests are built from changes:
+/// `sources` (relative to the workspace) and the workspace's manifests.
+pub fn watch(workspace: &Path, sources: &[&str]) {
+    let manifests = ["Cargo.toml", "Cargo.lock", ".cargo/config.toml"];
+    for watched in sources.iter().chain(&manifests) {
+        println!(
+            "cargo:rerun-if-changed={}",
+            workspace.join(watched).display()
+        );
+    }
+}
+
 /// Builds all guests in one cargo invocation (they share dependencies, so one
 /// build is much cheaper than one per crate) and copies them into `out_dir`.
+///
+/// The guests' own target dir sits beside the profiles in the outer target
+/// dir (`<target>/wasm-guests`): the host's and the test artifacts' builds,
+/// and every profile (a check, a test, a release), share the guests'
+/// dependencies instead of each compiling them.
 pub fn build_guests(workspace: &Path, out_dir: &Path, guests: &[&Guest]) -> Vec<(String, PathBuf)> {
-    let target_dir = out_dir.join("wasm-target");
+    // OUT_DIR is <target>/<profile>/build/<package>-<hash>/out.
+    let target_dir = out_dir
+        .ancestors()
+        .nth(4)
+        .unwrap_or(out_dir)
+        .join("wasm-guests");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut command = Command::new(cargo);
     command

@@ -1,12 +1,11 @@
-//! Control-plane benchmark: `cargo bench --bench control`.
+//! Control-plane benchmark: `cargo bench --bench benches -- control`.
 //!
 //! One in-process `host serve` on loopback (real HTTP, real redb file with
 //! durable commits) and 16 concurrent clients: flow-run creation and claim
 //! throughput, claim latency, `flow-run ls` and the web UI's pages with
 //! 100,000 runs stored, and the idle RSS of a real `host serve` process.
 
-#[path = "../common/mod.rs"]
-mod common;
+use crate::common;
 
 use common::TestServer;
 use serde_json::json;
@@ -23,8 +22,7 @@ fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples[((samples.len() as f64 - 1.0) * p) as usize]
 }
 
-#[tokio::main]
-async fn main() {
+pub async fn main(_args: &[String]) {
     let server = TestServer::start().await;
     let client = server.client();
     common::bench_deployment(&client).await;

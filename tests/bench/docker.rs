@@ -1,11 +1,10 @@
-//! Docker benchmark: `cargo bench --bench docker` (needs a Docker daemon).
+//! Docker benchmark: `cargo bench --bench benches -- docker` (needs a Docker daemon).
 //!
 //! Median of 20 runs of `true` in a container: created → COMPLETED recorded
 //! through server, worker and the docker plugin, against a bare
 //! `docker run --rm IMAGE true` on the same machine.
 
-#[path = "../common/mod.rs"]
-mod common;
+use crate::common;
 
 use common::docker::{self, TEST_IMAGE};
 use common::{ServerProcess, WorkerProcess, host_cli, http};
@@ -18,8 +17,7 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-#[tokio::main]
-async fn main() {
+pub async fn main(_args: &[String]) {
     if docker::ready("docker benchmark").is_none() {
         return;
     }

@@ -1,12 +1,11 @@
-//! Event stream benchmark: `cargo bench --bench events`.
+//! Event stream benchmark: `cargo bench --bench benches -- events`.
 //!
 //! One in-process `host serve` on loopback (real HTTP, real redb file):
 //! the latency from a state-changing request to its event reaching a
 //! connected `/api/events` stream, and claim throughput (16 clients, 1,000
 //! runs) with no stream connected and with 100 streams connected.
 
-#[path = "../common/mod.rs"]
-mod common;
+use crate::common;
 
 use common::TestServer;
 use host::client::Client;
@@ -78,8 +77,7 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-#[tokio::main]
-async fn main() {
+pub async fn main(_args: &[String]) {
     let server = TestServer::start().await;
     let client = server.client();
     common::bench_deployment(&client).await;

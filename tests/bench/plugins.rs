@@ -1,4 +1,4 @@
-//! Plugin-plane benchmark: `cargo bench --bench plugins`.
+//! Plugin-plane benchmark: `cargo bench --bench benches -- plugins`.
 //!
 //! Per built-in plugin: cold compile, warm load from the on-disk cache, and a
 //! fresh instance + one `describe` call. Then a warm load of every built-in at
@@ -42,8 +42,7 @@ async fn load(rt: &Runtime, builtin: &host::plugins::Builtin) -> LoadedPlugin {
     .expect("built-in loads")
 }
 
-#[tokio::main]
-async fn main() {
+pub async fn main(_args: &[String]) {
     let cache = tempfile::tempdir().expect("tempdir");
     println!(
         "{:<16} {:>14} {:>14} {:>16} {:>16}",

@@ -1,4 +1,4 @@
-//! Reliability benchmark: `cargo bench --bench reliability`.
+//! Reliability benchmark: `cargo bench --bench benches -- reliability`.
 //!
 //! A real `host serve` and real `host worker start` processes:
 //! - a burst: 10,000 runs (process plugin, command `true`) created before a
@@ -9,8 +9,7 @@
 //!   time from the cancel request to CANCELLED recorded, from the run's own
 //!   state history (CANCELLING -> CANCELLED), over 10 cancels.
 
-#[path = "../common/mod.rs"]
-mod common;
+use crate::common;
 
 use common::{ServerProcess, WorkerProcess, host_ok, http, run_states};
 use serde_json::{Value, json};
@@ -147,8 +146,7 @@ async fn cancel_on_a_full_worker() {
     );
 }
 
-#[tokio::main]
-async fn main() {
+pub async fn main(_args: &[String]) {
     burst().await;
     cancel_on_a_full_worker().await;
     println!("targets: every burst run COMPLETED; a cancel lands within a second");

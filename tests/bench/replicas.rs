@@ -1,4 +1,4 @@
-//! Store benchmark: `cargo bench --bench replicas`.
+//! Store benchmark: `cargo bench --bench benches -- replicas`.
 //!
 //! Real `host serve` processes on loopback: one on redb, one on PostgreSQL,
 //! three on one PostgreSQL database, all started first. In each round every
@@ -10,14 +10,13 @@
 //! Then, per setup, a worker polling one replica runs flows created through
 //! another, one at a time: created → COMPLETED, from the run's own
 //! timestamps. Medians of 5 rounds. PostgreSQL is started by the benchmark
-//! (Debian's binaries). `cargo bench --bench replicas -- pg1 pg3` measures
+//! (Debian's binaries). `cargo bench --bench benches -- replicas pg1 pg3` measures
 //! only those setups; `pg3-plain` is three replicas driven by plain HTTP
 //! clients, each kept to its own replica (as behind a load balancer): their
 //! writes are relayed by that replica to the leading one, where the crate's
 //! client (`pg3`) sends them itself once told.
 
-#[path = "../common/mod.rs"]
-mod common;
+use crate::common;
 
 use common::{ServerProcess, WorkerProcess};
 use serde_json::{Value, json};
@@ -247,14 +246,10 @@ fn ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
     a.iter().zip(b).map(|(a, b)| 100.0 * a / b).collect()
 }
 
-#[tokio::main]
-async fn main() {
-    // `cargo bench --bench replicas -- pg3` measures only that setup
+pub async fn main(args: &[String]) {
+    // `cargo bench --bench benches -- replicas pg3` measures only that setup
     // (`redb`, `pg1`, `pg3`, `pg3-plain`); without one, all of them.
-    let wanted: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
+    let wanted = args;
     let runs = |setup: &str| wanted.is_empty() || wanted.iter().any(|w| w == setup);
     let dir = tempfile::tempdir().expect("tempdir");
     let mut setups = Vec::new();

@@ -1,4 +1,4 @@
-//! Worker benchmark: `cargo bench --bench worker`.
+//! Worker benchmark: `cargo bench --bench benches -- worker`.
 //!
 //! A real `host serve` and a real `host worker start` process on this machine.
 //! For the process plugin (command `true`) and mock-serverless (all durations
@@ -9,8 +9,7 @@
 //! - throughput: 1,000 runs through one worker with `--limit 64`;
 //! - idle worker RSS.
 
-#[path = "../common/mod.rs"]
-mod common;
+use crate::common;
 
 use common::{ServerProcess, WorkerProcess, host_cli, http, run_states};
 use serde_json::Value;
@@ -180,8 +179,7 @@ async fn bench(label: &str, pool_type: &str, deployment_args: &[&str]) {
     drop(server);
 }
 
-#[tokio::main]
-async fn main() {
+pub async fn main(_args: &[String]) {
     bench("process plugin, command `true`", "process", &["--", "true"]).await;
     bench(
         "mock-serverless, all durations 0",

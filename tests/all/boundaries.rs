@@ -3,7 +3,7 @@
 //! name that rebinds to loopback, and workers reaching past their own runs.
 //! All against a real `host serve`.
 
-mod common;
+use crate::common;
 
 use common::{ServerProcess, host_ok, http};
 use reqwest::header::{CONTENT_TYPE, COOKIE, HOST, ORIGIN};
@@ -670,12 +670,7 @@ async fn a_body_over_the_limit_is_413() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = ServerProcess::start(dir.path(), &[]);
     let big = json!({"name": "p", "type": "process", "padding": "x".repeat(3 << 20)}).to_string();
-    let (status, error) = http(
-        "POST",
-        &format!("{}/api/work-pools", server.url),
-        Some(&big),
-        None,
-    )
+    let (status, error) = server.request("POST", "/api/work-pools", Some(&big))
     .await;
     assert_eq!(status, 413, "{error}");
     assert_eq!(error["field"], "body", "{error}");
@@ -691,7 +686,7 @@ async fn a_body_over_the_limit_is_413() {
 async fn the_api_document_asks_for_a_token_only_when_the_server_has_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let open = ServerProcess::start(&dir.path().join("open"), &[]);
-    let (status, doc) = http("GET", &format!("{}/api/openapi.json", open.url), None, None).await;
+    let (status, doc) = open.get("/api/openapi.json").await;
     assert_eq!(status, 200);
     assert!(
         doc.get("security").is_none_or(|s| s == &json!([])),

@@ -1,6 +1,6 @@
 //! The control plane over real HTTP, served in-process with a real redb file.
 
-mod common;
+use crate::common;
 
 use common::{Backend, TestServer, http};
 use host::control::ControlConfig;
@@ -9,49 +9,29 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 async fn create_pool(s: &TestServer, body: Value) -> (u16, Value) {
-    http(
-        "POST",
-        &format!("{}/api/work-pools", s.url),
-        Some(&body.to_string()),
-        None,
-    )
+    s.post("/api/work-pools", &body)
     .await
 }
 
 async fn deployment(s: &TestServer, body: Value) -> (u16, Value) {
-    http(
-        "PUT",
-        &format!("{}/api/deployments", s.url),
-        Some(&body.to_string()),
-        None,
-    )
+    s.put("/api/deployments", &body)
     .await
 }
 
 async fn run(s: &TestServer, name: &str, body: Value) -> (u16, Value) {
-    http(
-        "POST",
-        &format!("{}/api/deployments/{name}/runs", s.url),
-        Some(&body.to_string()),
-        None,
-    )
+    s.post(&format!("/api/deployments/{name}/runs"), &body)
     .await
 }
 
 async fn claim(s: &TestServer, pool: &str, body: Value) -> Value {
-    let (status, answer) = http(
-        "POST",
-        &format!("{}/api/work-pools/{pool}/claim", s.url),
-        Some(&body.to_string()),
-        None,
-    )
+    let (status, answer) = s.post(&format!("/api/work-pools/{pool}/claim"), &body)
     .await;
     assert_eq!(status, 200, "{answer}");
     answer
 }
 
 async fn pool_count(s: &TestServer) -> usize {
-    http("GET", &format!("{}/api/work-pools", s.url), None, None)
+    s.get("/api/work-pools")
         .await
         .1
         .as_array()
@@ -113,12 +93,7 @@ async fn pools_validate_their_input_and_store_nothing_when_it_is_bad(backend: Ba
             assert_eq!(answer["field"], field, "{body} -> {answer}");
         }
     }
-    let (status, answer) = http(
-        "POST",
-        &format!("{}/api/work-pools", s.url),
-        Some("{not json"),
-        None,
-    )
+    let (status, answer) = s.post("/api/work-pools", "{not json")
     .await;
     assert_eq!(status, 400, "{answer}");
     assert_eq!(
@@ -127,53 +102,33 @@ async fn pools_validate_their_input_and_store_nothing_when_it_is_bad(backend: Ba
         "nothing stored by the bad requests"
     );
 
-    let (status, queues) = http(
-        "GET",
-        &format!("{}/api/work-pools/p1/queues", s.url),
-        None,
-        None,
-    )
+    let (status, queues) = s.get("/api/work-pools/p1/queues")
     .await;
     assert_eq!(status, 200);
     assert_eq!(queues[0]["name"], "default");
 
-    let (status, _) = http(
-        "POST",
-        &format!("{}/api/work-pools/p1/workers/heartbeat", s.url),
-        Some(r#"{"name": "w1", "heartbeat_interval_seconds": 5}"#),
-        None,
-    )
+    let (status, _) = s.post("/api/work-pools/p1/workers/heartbeat", r#"{"name": "w1", "heartbeat_interval_seconds": 5}"#)
     .await;
     assert_eq!(status, 200);
     assert_eq!(
-        http("GET", &format!("{}/api/work-pools/p1", s.url), None, None)
+        s.get("/api/work-pools/p1")
             .await
             .1["status"],
         "READY"
     );
-    http(
-        "PATCH",
-        &format!("{}/api/work-pools/p1", s.url),
-        Some(r#"{"paused": true}"#),
-        None,
-    )
+    s.patch("/api/work-pools/p1", r#"{"paused": true}"#)
     .await;
     assert_eq!(
-        http("GET", &format!("{}/api/work-pools/p1", s.url), None, None)
+        s.get("/api/work-pools/p1")
             .await
             .1["status"],
         "PAUSED"
     );
-    let (status, _) = http(
-        "DELETE",
-        &format!("{}/api/work-pools/p1", s.url),
-        None,
-        None,
-    )
+    let (status, _) = s.delete("/api/work-pools/p1")
     .await;
     assert_eq!(status, 204);
     assert_eq!(
-        http("GET", &format!("{}/api/work-pools/p1", s.url), None, None)
+        s.get("/api/work-pools/p1")
             .await
             .0,
         404
@@ -263,7 +218,7 @@ async fn deployments_are_idempotent_and_validate_job_variables(backend: Backend)
         assert_eq!(answer["field"], field, "{answer}");
     }
     assert_eq!(
-        http("GET", &format!("{}/api/deployments", s.url), None, None)
+        s.get("/api/deployments")
             .await
             .1
             .as_array()
@@ -281,7 +236,7 @@ async fn deployments_are_idempotent_and_validate_job_variables(backend: Backend)
         (status, answer["field"].as_str()),
         (409, Some("job_variables.exit_code"))
     );
-    let listed = http("GET", &format!("{}/api/flow-runs", s.url), None, None)
+    let listed = s.get("/api/flow-runs")
         .await
         .1;
     assert_eq!(
@@ -316,12 +271,7 @@ async fn claims_follow_priority_then_time_within_limits(backend: Backend) {
         json!({"name": "p", "type": "process", "concurrency_limit": 2}),
     )
     .await;
-    http(
-        "POST",
-        &format!("{}/api/work-pools/p/queues", s.url),
-        Some(r#"{"name": "urgent", "priority": 1}"#),
-        None,
-    )
+    s.post("/api/work-pools/p/queues", r#"{"name": "urgent", "priority": 1}"#)
     .await;
     deployment(&s, json!({"flow": "f", "name": "normal", "pool": "p"})).await;
     deployment(
@@ -503,12 +453,7 @@ async fn cancel_is_immediate_for_scheduled_and_reaches_the_worker_otherwise(back
         .expect("id")
         .to_string();
     claim(&s, "p", json!({"worker": "w1", "limit": 1})).await;
-    let (_, cancelling) = http(
-        "POST",
-        &format!("{}/api/flow-runs/{id}/cancel", s.url),
-        None,
-        None,
-    )
+    let (_, cancelling) = s.request("POST", &format!("/api/flow-runs/{id}/cancel"), None)
     .await;
     assert_eq!(cancelling["state"]["type"], "CANCELLING");
     let answer = claim(
@@ -527,12 +472,12 @@ async fn cancel_is_immediate_for_scheduled_and_reaches_the_worker_otherwise(back
 async fn an_api_token_guards_everything_but_health(backend: Backend) {
     let s = TestServer::start_on(backend, Some("s3cret"), ControlConfig::default()).await;
     assert_eq!(
-        http("GET", &format!("{}/api/health", s.url), None, None)
+        s.get("/api/health")
             .await
             .0,
         200
     );
-    let (status, answer) = http("GET", &format!("{}/api/work-pools", s.url), None, None).await;
+    let (status, answer) = s.get("/api/work-pools").await;
     assert_eq!(status, 401, "{answer}");
     assert_eq!(
         http(
@@ -546,7 +491,7 @@ async fn an_api_token_guards_everything_but_health(backend: Backend) {
         401
     );
     assert_eq!(
-        http("GET", &format!("{}/api/openapi.json", s.url), None, None)
+        s.get("/api/openapi.json")
             .await
             .0,
         401
@@ -610,12 +555,7 @@ async fn numbers_cursors_and_references_are_read_as_the_document_says(backend: B
     );
 
     // Missing references are 404s naming the field.
-    let (status, answer) = http(
-        "POST",
-        &format!("{}/api/work-pools/p1/claim", s.url),
-        Some(r#"{"worker": "w1", "limit": 1, "queues": ["nope"]}"#),
-        None,
-    )
+    let (status, answer) = s.post("/api/work-pools/p1/claim", r#"{"worker": "w1", "limit": 1, "queues": ["nope"]}"#)
     .await;
     assert_eq!(
         (status, answer["field"].as_str()),
@@ -683,12 +623,7 @@ async fn bad_query_parameters_are_4xx_naming_the_field(backend: Backend) {
         ("limit=0", "limit"),
         ("colour=red", ""),
     ] {
-        let (status, answer) = http(
-            "GET",
-            &format!("{}/api/flow-runs?{query}", s.url),
-            None,
-            None,
-        )
+        let (status, answer) = s.get(&format!("/api/flow-runs?{query}"))
         .await;
         assert_eq!(status, 400, "{query}: {answer}");
         if !field.is_empty() {
@@ -696,13 +631,13 @@ async fn bad_query_parameters_are_4xx_naming_the_field(backend: Backend) {
         }
     }
     assert_eq!(
-        http("GET", &format!("{}/api/flow-runs/nope", s.url), None, None)
+        s.get("/api/flow-runs/nope")
             .await
             .0,
         404
     );
     assert_eq!(
-        http("GET", &format!("{}/api/nothing-here", s.url), None, None)
+        s.get("/api/nothing-here")
             .await
             .0,
         404
@@ -718,12 +653,7 @@ async fn the_scheduler_keeps_runs_ahead_and_marks_late_ones(backend: Backend) {
     create_pool(&s, json!({"name": "p", "type": "process"})).await;
     deployment(&s, json!({"flow": "f", "name": "every-10-min", "pool": "p", "schedules": [{"interval_seconds": 600}]})).await;
     s.control.upkeep().await.expect("upkeep");
-    let upcoming = http(
-        "GET",
-        &format!("{}/api/work-pools/p/upcoming?limit=100", s.url),
-        None,
-        None,
-    )
+    let upcoming = s.get("/api/work-pools/p/upcoming?limit=100")
     .await
     .1;
     let times: Vec<chrono::DateTime<chrono::Utc>> = upcoming
@@ -745,12 +675,7 @@ async fn the_scheduler_keeps_runs_ahead_and_marks_late_ones(backend: Backend) {
     );
     assert!(*times.last().expect("last") >= chrono::Utc::now() + chrono::Duration::minutes(50));
     s.control.upkeep().await.expect("upkeep again");
-    let again = http(
-        "GET",
-        &format!("{}/api/work-pools/p/upcoming?limit=100", s.url),
-        None,
-        None,
-    )
+    let again = s.get("/api/work-pools/p/upcoming?limit=100")
     .await
     .1;
     assert_eq!(
@@ -841,12 +766,7 @@ async fn runs_of_a_worker_that_stays_offline_are_crashed_with_the_reason(backend
         .expect("id")
         .to_string();
     let beat = json!({"name": "w1", "heartbeat_interval_seconds": 1}).to_string();
-    http(
-        "POST",
-        &format!("{}/api/work-pools/p/workers/heartbeat", s.url),
-        Some(&beat),
-        None,
-    )
+    s.request("POST", "/api/work-pools/p/workers/heartbeat", Some(&beat))
     .await;
     claim(&s, "p", json!({"worker": "w1", "limit": 1})).await;
     let url = format!("{}/api/flow-runs/{id}/state", s.url);
@@ -884,17 +804,12 @@ async fn runs_of_a_worker_that_stays_offline_are_crashed_with_the_reason(backend
         assert!(Instant::now() < deadline, "never crashed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let workers = http(
-        "GET",
-        &format!("{}/api/work-pools/p/workers", s.url),
-        None,
-        None,
-    )
+    let workers = s.get("/api/work-pools/p/workers")
     .await
     .1;
     assert_eq!(workers[0]["status"], "OFFLINE");
     assert_eq!(
-        http("GET", &format!("{}/api/work-pools/p", s.url), None, None)
+        s.get("/api/work-pools/p")
             .await
             .1["status"],
         "NOT_READY"
@@ -928,16 +843,16 @@ async fn values_no_run_could_use_are_refused_naming_the_field() {
     let (status, error) = run(&s, "f/d", json!({"parameters": {"blob": big}})).await;
     assert_eq!(status, 400, "{error}");
     assert_eq!(error["field"], "parameters", "{error}");
-    let (_, runs) = http("GET", &format!("{}/api/flow-runs", s.url), None, None).await;
+    let (_, runs) = s.get("/api/flow-runs").await;
     assert_eq!(runs["runs"].as_array().map(Vec::len), Some(0), "{runs}");
-    let (_, deployments) = http("GET", &format!("{}/api/deployments", s.url), None, None).await;
+    let (_, deployments) = s.get("/api/deployments").await;
     assert_eq!(
         deployments.as_array().map(Vec::len),
         Some(1),
         "{deployments}"
     );
     s.control.upkeep().await.expect("the scheduler goes on");
-    let (_, health) = http("GET", &format!("{}/api/health", s.url), None, None).await;
+    let (_, health) = s.get("/api/health").await;
     assert_eq!(health["status"], "ok", "{health}");
 }
 

@@ -2,7 +2,7 @@
 //! then the tutorial's screens in a real headless Chromium against a real
 //! `host serve`, worker and process plugin.
 
-mod common;
+use crate::common;
 
 use common::browser::Browser;
 use common::{ServerProcess, TestServer, WorkerProcess, host_ok, http, process_alive};

@@ -3,7 +3,7 @@
 //! replicas, PostgreSQL itself restarted under load. Real processes, a real
 //! PostgreSQL started by the tests.
 
-mod common;
+use crate::common;
 
 use common::ledger::{
     NO_FORWARDING, counting_deployment, counting_workers, create_runs, every_run_exactly_once,
@@ -389,7 +389,7 @@ async fn answered(url: &str, method: &str, route: &str) -> u64 {
 /// Which replica the `i`th forwards its writes to, by its health.
 async fn forwards_to(servers: &[ServerProcess], i: usize) -> Option<String> {
     let (_, health) =
-        common::http("GET", &format!("{}/api/health", servers[i].url), None, None).await;
+        servers[i].get("/api/health").await;
     health["writes_forwarded_to"].as_str().map(str::to_string)
 }
 
@@ -485,10 +485,7 @@ async fn a_follower_refuses_an_unauthenticated_write_before_reading_its_body() {
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
 
     let body = json!({"name": "p", "type": "process"}).to_string();
-    let (status, created) = common::http(
-        "POST",
-        &format!("{}/api/work-pools", follower.url),
-        Some(&body),
+    let (status, created) = follower.request("POST", "/api/work-pools", Some(&body),
         Some("s3cret"),
     )
     .await;
@@ -626,9 +623,7 @@ async fn a_claim_through_a_replica_nobody_waited_on_wakes_at_once_on_another_rep
                 let answer = common::http(
                     "POST",
                     &format!("{b}/api/work-pools/p/claim"),
-                    Some(&body),
-                    None,
-                )
+                    Some(&body))
                 .await;
                 (answer, Instant::now())
             })

@@ -8,7 +8,7 @@
 //! (through `common::proxy`). Each scenario prints its counts. A damaged
 //! redb file is `no_run_lost`'s.
 
-mod common;
+use crate::common;
 
 use common::ledger::{
     counting_deployment, counting_workers, create_runs, every_run_exactly_once, executions,
@@ -107,7 +107,7 @@ async fn a_burst_with_an_immediate_postgres_restart_loses_nothing() {
     println!("burst with an immediate PostgreSQL restart: {counts}");
     // Both replicas are back in business, not just the one the checks used.
     for server in &servers {
-        let (status, _) = http("GET", &format!("{}/api/work-pools", server.url), None, None).await;
+        let (status, _) = server.get("/api/work-pools").await;
         assert_eq!(status, 200, "{}", server.url);
     }
 }
@@ -361,12 +361,7 @@ async fn a_paused_server_in_the_url_list_is_skipped_after_the_deadline() {
         String::from_utf8_lossy(&created.stderr).contains("no answer within"),
         "{created:?}"
     );
-    let (status, _) = http(
-        "GET",
-        &format!("{}/api/work-pools/maybe", b.url),
-        None,
-        None,
-    )
+    let (status, _) = b.get("/api/work-pools/maybe")
     .await;
     assert_eq!(status, 404, "not written twice");
 }
@@ -501,7 +496,7 @@ async fn writes_through_a_follower_go_on_while_the_leader_is_paused() {
     signal(a.child.id(), libc::SIGSTOP);
     let (asked, errors) = ask_for_runs(&b.url, 10, Duration::from_secs(10)).await;
     let longest = all_completed_within(&b.url, &asked, Duration::from_secs(10)).await;
-    let (_, health) = http("GET", &format!("{}/api/health", b.url), None, None).await;
+    let (_, health) = b.get("/api/health").await;
     let listed = cli_lists_through_both(&a.url, &b.url);
     signal(a.child.id(), libc::SIGCONT);
     assert_eq!(health["writes"], "here", "{health}");

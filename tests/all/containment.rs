@@ -2,7 +2,7 @@
 //! scoped to its run, and a conformance suite that catches broken promises.
 //! The attackers are the project's own guests under tests/guests/.
 
-mod common;
+use crate::common;
 
 use common::{ServerProcess, WorkerProcess, create_run, guests, job, run_logs};
 use host::capabilities::CollectOutput;
@@ -68,7 +68,7 @@ async fn a_plugin_calling_the_host_forever_in_describe_is_skipped_and_named() {
             "1",
         ],
     );
-    let (status, _) = common::http("GET", &format!("{}/api/health", server.url), None, None).await;
+    let (status, _) = server.get("/api/health").await;
     assert_eq!(status, 200);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_host"))
         .args([

@@ -1,6 +1,6 @@
 //! The plugin plane in-process: real components in wasmtime, good and bad.
 
-mod common;
+use crate::common;
 
 use common::{guests, runtime, runtime_with};
 use host::capabilities::CollectOutput;

@@ -1,6 +1,6 @@
 //! `host plugin ...` as a user runs it: the real binary, real exit codes.
 
-mod common;
+use crate::common;
 
 use common::guests;
 use std::process::{Command, Output};

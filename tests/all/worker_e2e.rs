@@ -2,7 +2,7 @@
 //! the pool swap, exactly-once execution, crashes of workers and the server,
 //! cancellation, timeouts and misbehaving plugins.
 
-mod common;
+use crate::common;
 
 use common::{
     ServerProcess, WorkerProcess, create_run, eventually, host_cli, process_alive, run_logs,

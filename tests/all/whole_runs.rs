@@ -1,7 +1,7 @@
 //! A run ends whole and reaches only itself: every process it started ends
 //! with it, and its outcome is the one its own supervisor recorded.
 
-mod common;
+use crate::common;
 
 use common::{
     ServerProcess, WorkerProcess, create_run, pid_in, process_alive, process_deployment, run_logs,

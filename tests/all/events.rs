@@ -1,7 +1,7 @@
 //! `/api/events`: every committed change, in order, resumable, over real
 //! HTTP from an in-process server with a real redb file.
 
-mod common;
+use crate::common;
 
 use common::{TestServer, http};
 use host::client::{EventStream, StreamEvent};
@@ -40,12 +40,7 @@ async fn one_run(s: &TestServer) -> String {
         json!({"name": "p1", "type": "process"}),
     )
     .await;
-    let (status, answer) = http(
-        "PUT",
-        &format!("{}/api/deployments", s.url),
-        Some(&json!({"flow": "f", "name": "d", "pool": "p1", "command": ["true"]}).to_string()),
-        None,
-    )
+    let (status, answer) = s.put("/api/deployments", json!({"flow": "f", "name": "d", "pool": "p1", "command": ["true"]}))
     .await;
     assert_eq!(status, 201, "{answer}");
     post(s, "/api/deployments/f/d/runs", json!({})).await["id"]
@@ -172,7 +167,7 @@ async fn event_streams_past_the_cap_are_refused_with_503() {
     assert_eq!(refused.status(), 503);
     let body = refused.text().await.expect("body");
     assert!(body.contains("too many event streams"), "{body}");
-    let (status, _) = http("GET", &format!("{}/api/work-pools", server.url), None, None).await;
+    let (status, _) = server.get("/api/work-pools").await;
     assert_eq!(status, 200, "the server answers the rest");
     drop(open.pop());
     // The server lets go of the slot once it sees the connection closed.

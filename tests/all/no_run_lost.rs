@@ -1,7 +1,7 @@
 //! No run lost or mis-reported: bursts, silent runs, cancels on a full worker,
 //! process runs that outlive their worker, refused reports, bad names.
 
-mod common;
+use crate::common;
 
 use common::{
     ServerProcess, WorkerProcess, create_run, eventually, process_alive, process_deployment,
@@ -307,12 +307,7 @@ async fn names_made_of_dots_are_refused() {
     let server = common::TestServer::start().await;
     for name in [".", "..", "..."] {
         let body = json!({"name": name, "type": "process"}).to_string();
-        let (status, error) = common::http(
-            "POST",
-            &format!("{}/api/work-pools", server.url),
-            Some(&body),
-            None,
-        )
+        let (status, error) = server.request("POST", "/api/work-pools", Some(&body))
         .await;
         assert_eq!(status, 400, "{name}: {error}");
         assert_eq!(error["field"], "name", "{error}");
@@ -416,12 +411,7 @@ async fn a_database_damaged_in_the_middle_is_refused_and_left_untouched() {
     for i in 0..200 {
         let body =
             json!({"name": format!("pool-{i}"), "type": "process", "description": description});
-        let (status, answer) = common::http(
-            "POST",
-            &format!("{}/api/work-pools", server.url),
-            Some(&body.to_string()),
-            None,
-        )
+        let (status, answer) = server.post("/api/work-pools", &body)
         .await;
         assert_eq!(status, 201, "{answer}");
     }

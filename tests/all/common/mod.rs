@@ -1,5 +1,4 @@
 //! Shared helpers for the end-to-end tests.
-#![allow(dead_code)]
 
 pub mod browser;
 pub mod docker;
@@ -11,10 +10,8 @@ use host::runtime::{Runtime, RuntimeConfig};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// Paths of the test guests and the SDK example, built by `host/build.rs`.
-pub mod guests {
-    include!(concat!(env!("OUT_DIR"), "/test_guests.rs"));
-}
+/// Paths of the test guests and the SDK's examples (`tests/artifacts`).
+pub use test_artifacts as guests;
 
 /// A runtime with its own cache directory, so tests never share artifacts.
 pub fn runtime(cache: &Path) -> Runtime {
@@ -158,6 +155,53 @@ impl Drop for TestServer {
         self.task.abort();
     }
 }
+
+/// Requests by path to a server's API, without a token: `server.get("/api/health")`.
+/// Bodies are JSON text (a `json!` value or a raw string); the answer is the
+/// status and the body parsed as JSON (or as a string when it is not JSON).
+macro_rules! api_requests {
+    ($server:ty) => {
+        impl $server {
+            pub async fn request(
+                &self,
+                method: &str,
+                path: &str,
+                body: Option<&str>,
+            ) -> (u16, serde_json::Value) {
+                http(method, &format!("{}{path}", self.url), body, None).await
+            }
+            pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+                self.request("GET", path, None).await
+            }
+            pub async fn delete(&self, path: &str) -> (u16, serde_json::Value) {
+                self.request("DELETE", path, None).await
+            }
+            pub async fn post(
+                &self,
+                path: &str,
+                body: impl std::fmt::Display,
+            ) -> (u16, serde_json::Value) {
+                self.request("POST", path, Some(&body.to_string())).await
+            }
+            pub async fn put(
+                &self,
+                path: &str,
+                body: impl std::fmt::Display,
+            ) -> (u16, serde_json::Value) {
+                self.request("PUT", path, Some(&body.to_string())).await
+            }
+            pub async fn patch(
+                &self,
+                path: &str,
+                body: impl std::fmt::Display,
+            ) -> (u16, serde_json::Value) {
+                self.request("PATCH", path, Some(&body.to_string())).await
+            }
+        }
+    };
+}
+api_requests!(TestServer);
+api_requests!(ServerProcess);
 
 /// Raw HTTP for status codes and bodies the typed client hides.
 pub async fn http(

@@ -4,7 +4,7 @@
 //! docker plugin's output arrives whole. Without a reachable daemon each test
 //! prints why it skips.
 
-mod common;
+use crate::common;
 
 use common::docker::{self, Cleanup, TEST_IMAGE};
 use common::job;

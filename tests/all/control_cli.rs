@@ -1,6 +1,6 @@
 //! The control-plane CLI against a real `host serve` process.
 
-mod common;
+use crate::common;
 
 use common::{ServerProcess, host_cli};
 

@@ -1,7 +1,7 @@
 //! The docker plugin against a real daemon, through a real server and worker.
 //! Without a reachable daemon each test prints why it skips.
 
-mod common;
+use crate::common;
 
 use common::docker::{self, Cleanup, TEST_IMAGE};
 use common::{ServerProcess, WorkerProcess, eventually, host_cli};
