@@ -3,8 +3,12 @@
 //!
 //! Bad input never reaches a 500: bodies are parsed here with the failing
 //! field named, and every error leaves as `{"error": ..., "field": ...}`.
+//! `error.rs` is the one place an error becomes a status; a 500 tells the
+//! client only an id, under which the whole error is logged. Handlers read
+//! and write through `Control` only, never the store.
 
 mod deployments;
+mod error;
 mod events;
 mod forward;
 mod guard;
@@ -21,7 +25,7 @@ pub use runs::{Appended, LogPage, TransitionResponse};
 pub use sessions::Sessions;
 
 use crate::control::Control;
-use crate::error::{ApiError, ErrorBody, ErrorKind};
+use crate::error::ApiError;
 use crate::metrics::{ServerMetrics, StoredState};
 use axum::extract::MatchedPath;
 use axum::extract::{FromRequest, Request, State};
@@ -115,26 +119,6 @@ fn csrf_key(token: Option<&str>) -> [u8; 32] {
         None => format!("{}{}", uuid::Uuid::new_v4(), uuid::Uuid::new_v4()),
     };
     Sha256::digest(seed.as_bytes()).into()
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status =
-            StatusCode::from_u16(self.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        if self.kind == ErrorKind::Internal {
-            tracing::error!(error = %self.message, "internal error");
-        }
-        let mut response = (status, Json(ErrorBody::from(&self))).into_response();
-        if self.kind == ErrorKind::Unavailable {
-            // Said only where nothing was done: a replica relaying a write
-            // (and a client with several URLs) may then make it elsewhere.
-            response.headers_mut().insert(
-                crate::client::NOT_WRITTEN_HEADER,
-                axum::http::HeaderValue::from_static("1"),
-            );
-        }
-        response
-    }
 }
 
 /// A JSON object body whose parse errors name the field (`limit`,
@@ -311,6 +295,7 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
 /// `ok`, or `degraded` with why (reads work, writes are refused).
 #[utoipa::path(
     get,
+    operation_id = "health",
     path = "/api/health",
     tag = "health",
     summary = "Liveness and storage health; never needs the token",
