@@ -224,11 +224,10 @@ impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for
 /// Query values stay strings; numeric fields parse them with [`number`].
 fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
     let mut object = serde_json::Map::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         object.insert(
-            percent_decode(key),
-            serde_json::Value::String(percent_decode(value)),
+            key.into_owned(),
+            serde_json::Value::String(value.into_owned()),
         );
     }
     serde_path_to_error::deserialize(serde_json::Value::Object(object)).map_err(|e| {
@@ -257,28 +256,6 @@ where
     N::Err: std::fmt::Display,
 {
     number(deserializer).map(Some)
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let hex = |b: u8| (b as char).to_digit(16);
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(high), Some(low)) => {
-                    out.push((high * 16 + low) as u8);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The session cookie counts only for the UI's own reads (its event stream,
