@@ -1,5 +1,8 @@
-//! The one error type of the control plane: an HTTP status class, a one-line
-//! message, and the offending field when there is one. Serialised as
+//! The control plane's error, [`ApiError`]: what kind of refusal or
+//! failure, a one-line message, and the offending field when there is one.
+//! The layers below have their own errors ([`StoreError`],
+//! [`TransitionError`]) and are turned into it here, once; `server` alone
+//! maps a kind to an HTTP status (`server/error.rs`) and sends the wire form
 //! `{"error": "...", "field": "..."}`.
 //!
 //! A status says whether a write was made, because clients act on it: 503
@@ -8,9 +11,13 @@
 //! ([`ErrorKind::OutcomeUnknown`]) means it was sent on and may have been
 //! made, so nothing makes it again elsewhere (it could be made twice).
 
+use crate::orchestration::TransitionError;
+use crate::store::StoreError;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+/// What went wrong, in the control plane's terms (`server` gives each its
+/// status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     BadRequest,
     Unauthorized,
@@ -31,24 +38,6 @@ pub enum ErrorKind {
     /// The server's disk is too full to write.
     InsufficientStorage,
     Internal,
-}
-
-impl ErrorKind {
-    pub fn status(self) -> u16 {
-        match self {
-            ErrorKind::BadRequest => 400,
-            ErrorKind::Unauthorized => 401,
-            ErrorKind::Forbidden => 403,
-            ErrorKind::NotFound => 404,
-            ErrorKind::Conflict => 409,
-            ErrorKind::PayloadTooLarge => 413,
-            ErrorKind::UnsupportedMediaType => 415,
-            ErrorKind::Unavailable => 503,
-            ErrorKind::OutcomeUnknown => 504,
-            ErrorKind::InsufficientStorage => 507,
-            ErrorKind::Internal => 500,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -153,6 +142,34 @@ impl ApiError {
     }
 }
 
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let message = e.to_string();
+        match e {
+            StoreError::Unavailable(_) => ApiError::unavailable(message),
+            StoreError::OutcomeUnknown(_) => ApiError::outcome_unknown(message),
+            StoreError::DiskFull(_) => ApiError::insufficient_storage(message),
+            StoreError::BadCursor => ApiError::bad_request("cursor", message),
+            StoreError::BadUrl(_) => ApiError::bad_request("database_url", message),
+            StoreError::Corrupt(_) | StoreError::Internal(_) => ApiError::internal(message),
+        }
+    }
+}
+
+impl From<TransitionError> for ApiError {
+    fn from(e: TransitionError) -> Self {
+        ApiError {
+            kind: if e.is_bad_request() {
+                ErrorKind::BadRequest
+            } else {
+                ErrorKind::Conflict
+            },
+            message: e.to_string(),
+            field: e.field().map(String::from),
+        }
+    }
+}
+
 /// The wire form.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
@@ -178,4 +195,66 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "(no message)".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::StateType;
+
+    /// Clients read `field` and the status: a refusal from the state machine
+    /// or the store keeps the form it had when they were `ApiError`s.
+    #[test]
+    fn lower_errors_keep_their_kind_and_field() {
+        let missing = ApiError::from(TransitionError::NoTarget);
+        assert_eq!(
+            missing,
+            ApiError::bad_request("type", "type: the target state is required")
+        );
+        let name = ApiError::from(TransitionError::NameNotOfType {
+            name: "Done".into(),
+            to: StateType::Completed,
+        });
+        assert_eq!(name.kind, ErrorKind::BadRequest);
+        assert_eq!(name.field.as_deref(), Some("name"));
+        assert_eq!(
+            name.message,
+            "name: \"Done\" is not a name of a COMPLETED state; leave it out or use Completed"
+        );
+        let final_state = ApiError::from(TransitionError::Final {
+            run: "r1".into(),
+            state: StateType::Failed,
+        });
+        assert_eq!(
+            final_state,
+            ApiError::conflict("flow run r1 is FAILED, which is final")
+        );
+        let not_allowed = ApiError::from(TransitionError::NotAllowed {
+            run: "r1".into(),
+            from: StateType::Running,
+            to: StateType::Scheduled,
+        });
+        assert_eq!(
+            not_allowed,
+            ApiError::conflict_on("type", "cannot move flow run r1 from RUNNING to SCHEDULED")
+        );
+        let cursor = ApiError::from(StoreError::BadCursor);
+        assert_eq!(cursor.kind, ErrorKind::BadRequest);
+        assert_eq!(cursor.field.as_deref(), Some("cursor"));
+        for (store, kind) in [
+            (StoreError::Unavailable("x".into()), ErrorKind::Unavailable),
+            (
+                StoreError::OutcomeUnknown("x".into()),
+                ErrorKind::OutcomeUnknown,
+            ),
+            (
+                StoreError::DiskFull("x".into()),
+                ErrorKind::InsufficientStorage,
+            ),
+            (StoreError::Corrupt("x".into()), ErrorKind::Internal),
+            (StoreError::internal("x"), ErrorKind::Internal),
+        ] {
+            assert_eq!(ApiError::from(store).kind, kind);
+        }
+    }
 }

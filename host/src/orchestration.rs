@@ -20,7 +20,6 @@
 //! comes back reports what really happened; only a silence longer than the
 //! server's grace makes it CRASHED.
 
-use crate::error::ApiError;
 use crate::model::{FlowRun, State, StateType, Timestamp};
 use serde::{Deserialize, Serialize};
 
@@ -76,6 +75,60 @@ pub struct Transition {
     pub infrastructure_handle: Option<String>,
 }
 
+/// Why a transition is refused. The messages name the field of the request
+/// at fault where there is one ([`TransitionError::field`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransitionError {
+    #[error("type: the target state is required")]
+    NoTarget,
+    /// The requested name is not one of the target type's names.
+    #[error("name: {name:?} is not a name of a {to} state; leave it out or use {}", state_names(*.to).join(" or "))]
+    NameNotOfType { name: String, to: StateType },
+    #[error("flow run {run} is {state}, which is final")]
+    Final { run: String, state: StateType },
+    #[error("only a claim moves a SCHEDULED run to PENDING")]
+    OnlyClaimPends,
+    #[error("cannot move flow run {run} from {from} to {to}")]
+    NotAllowed {
+        run: String,
+        from: StateType,
+        to: StateType,
+    },
+    /// Another worker holds the run (`asking`), or nobody was named.
+    #[error("worker: flow run {run} is held by worker {holder}, {}", match asking {
+        Some(asking) => format!("not {asking}"),
+        None => "which alone reports its states; cancel it, or set `force: true` to override".into(),
+    })]
+    HeldByOther {
+        run: String,
+        holder: String,
+        asking: Option<String>,
+    },
+}
+
+impl TransitionError {
+    /// The request's field at fault, if one is.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            TransitionError::NoTarget
+            | TransitionError::OnlyClaimPends
+            | TransitionError::NotAllowed { .. } => Some("type"),
+            TransitionError::NameNotOfType { .. } => Some("name"),
+            TransitionError::HeldByOther { .. } => Some("worker"),
+            TransitionError::Final { .. } => None,
+        }
+    }
+
+    /// Whether the request itself is malformed, rather than refused for the
+    /// run's state.
+    pub fn is_bad_request(&self) -> bool {
+        matches!(
+            self,
+            TransitionError::NoTarget | TransitionError::NameNotOfType { .. }
+        )
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     /// Record this new version of the run.
@@ -100,21 +153,19 @@ fn allowed(from: StateType, to: StateType) -> bool {
 }
 
 /// Decide a transition requested through the API.
-pub fn decide(run: &FlowRun, request: &Transition, now: Timestamp) -> Result<Decision, ApiError> {
-    let to = request
-        .to
-        .ok_or_else(|| ApiError::bad_request("type", "type: the target state is required"))?;
+pub fn decide(
+    run: &FlowRun,
+    request: &Transition,
+    now: Timestamp,
+) -> Result<Decision, TransitionError> {
+    let to = request.to.ok_or(TransitionError::NoTarget)?;
     if let Some(name) = &request.name
         && !state_names(to).contains(&name.as_str())
     {
-        let shown: String = name.chars().take(100).collect();
-        return Err(ApiError::bad_request(
-            "name",
-            format!(
-                "name: {shown:?} is not a name of a {to} state; leave it out or use {}",
-                state_names(to).join(" or ")
-            ),
-        ));
+        return Err(TransitionError::NameNotOfType {
+            name: name.chars().take(100).collect(),
+            to,
+        });
     }
     if let Some(key) = &request.idempotency_key
         && run.transition_keys.contains(key)
@@ -128,23 +179,21 @@ pub fn decide(run: &FlowRun, request: &Transition, now: Timestamp) -> Result<Dec
         return Ok(Decision::Replay);
     }
     if from.is_terminal() {
-        return Err(ApiError::conflict(format!(
-            "flow run {} is {from}, which is final",
-            run.id
-        )));
+        return Err(TransitionError::Final {
+            run: run.id.clone(),
+            state: from,
+        });
     }
     if from == StateType::Scheduled && to == StateType::Pending {
-        return Err(ApiError::conflict_on(
-            "type",
-            "only a claim moves a SCHEDULED run to PENDING",
-        ));
+        return Err(TransitionError::OnlyClaimPends);
     }
     let reconnecting = from == to && run.state.name == DISCONNECTED;
     if !allowed(from, to) && !reconnecting {
-        return Err(ApiError::conflict_on(
-            "type",
-            format!("cannot move flow run {} from {from} to {to}", run.id),
-        ));
+        return Err(TransitionError::NotAllowed {
+            run: run.id.clone(),
+            from,
+            to,
+        });
     }
     // A held run's process runs on whatever is recorded: a state nobody
     // reported from there would tell a lie about it.
@@ -152,17 +201,11 @@ pub fn decide(run: &FlowRun, request: &Transition, now: Timestamp) -> Result<Dec
         && !request.force
         && request.worker.as_deref() != Some(owner.as_str())
     {
-        let message = match &request.worker {
-            Some(asking) => format!(
-                "worker: flow run {} is held by worker {owner}, not {asking}",
-                run.id
-            ),
-            None => format!(
-                "worker: flow run {} is held by worker {owner}, which alone reports its states; cancel it, or set `force: true` to override",
-                run.id
-            ),
-        };
-        return Err(ApiError::conflict_on("worker", message));
+        return Err(TransitionError::HeldByOther {
+            run: run.id.clone(),
+            holder: owner.clone(),
+            asking: request.worker.clone(),
+        });
     }
     let mut next = run.clone();
     let mut state = State::new(to, now);
@@ -209,16 +252,16 @@ pub fn claim(
 }
 
 /// A person cancels: at once when nothing runs yet, through the worker otherwise.
-pub fn cancel(run: &FlowRun, now: Timestamp) -> Result<Decision, ApiError> {
+pub fn cancel(run: &FlowRun, now: Timestamp) -> Result<Decision, TransitionError> {
     let to = match run.state.state_type {
         StateType::Scheduled => StateType::Cancelled,
         StateType::Pending | StateType::Running => StateType::Cancelling,
         StateType::Cancelling => return Ok(Decision::Replay),
         terminal => {
-            return Err(ApiError::conflict(format!(
-                "flow run {} is {terminal}, which is final",
-                run.id
-            )));
+            return Err(TransitionError::Final {
+                run: run.id.clone(),
+                state: terminal,
+            });
         }
     };
     let mut next = run.clone();
@@ -350,15 +393,25 @@ mod tests {
             StateType::Crashed,
             StateType::Cancelled,
         ] {
-            assert!(decide(&run(terminal), &to(StateType::Running), now).is_err());
-            assert!(cancel(&run(terminal), now).is_err());
+            let final_state = Err(TransitionError::Final {
+                run: "r1".into(),
+                state: terminal,
+            });
+            assert_eq!(
+                decide(&run(terminal), &to(StateType::Running), now),
+                final_state
+            );
+            assert_eq!(cancel(&run(terminal), now), final_state);
         }
     }
 
     #[test]
     fn only_a_claim_moves_scheduled_to_pending() {
         let now = chrono::Utc::now();
-        assert!(decide(&run(StateType::Scheduled), &to(StateType::Pending), now).is_err());
+        assert_eq!(
+            decide(&run(StateType::Scheduled), &to(StateType::Pending), now),
+            Err(TransitionError::OnlyClaimPends)
+        );
         let claimed = claim(&run(StateType::Scheduled), "w2", now, now).expect("claimable");
         assert_eq!(claimed.state.state_type, StateType::Pending);
         assert_eq!(claimed.worker.as_deref(), Some("w2"));
@@ -384,7 +437,18 @@ mod tests {
         let now = chrono::Utc::now();
         let mut request = to(StateType::Running);
         request.worker = Some("intruder".into());
-        assert!(decide(&run(StateType::Pending), &request, now).is_err());
+        let refused = decide(&run(StateType::Pending), &request, now).expect_err("refused");
+        assert_eq!(refused.field(), Some("worker"));
+        assert_eq!(
+            refused.to_string(),
+            "worker: flow run r1 is held by worker w1, not intruder"
+        );
+        request.worker = None;
+        let refused = decide(&run(StateType::Pending), &request, now).expect_err("refused");
+        assert_eq!(
+            refused.to_string(),
+            "worker: flow run r1 is held by worker w1, which alone reports its states; cancel it, or set `force: true` to override"
+        );
     }
 
     #[test]

@@ -366,13 +366,9 @@ fn announce_failure(message: &str) -> ExitCode {
 
 /// A session of its own: the worker's terminal, its process group and its
 /// death do not reach the supervisor.
-#[allow(unsafe_code)]
 fn leave_session() {
-    // SAFETY: setsid(2) has no memory effects; it fails harmlessly (EPERM)
-    // when this process already leads a group.
-    unsafe {
-        libc::setsid();
-    }
+    // Fails harmlessly (EPERM) when this process already leads a group.
+    let _ = rustix::process::setsid();
 }
 
 /// How long the output forwarders may take to drain after the tree ended.
@@ -393,12 +389,9 @@ fn reap_orphans(main: i32) {
     }
 }
 
-#[allow(unsafe_code)]
 fn reap(pid: i32) {
-    let mut status = 0;
-    // SAFETY: waitpid(2) on one of our own children, writing only `status`.
-    unsafe {
-        libc::waitpid(pid, &mut status, libc::WNOHANG);
+    if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+        let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG);
     }
 }
 
@@ -444,14 +437,16 @@ pub fn signal_tree(root: i32, signal: i32) {
     signal_all(&descendants(root), signal);
 }
 
-#[allow(unsafe_code)]
+/// The pids are descendants as /proc listed them a moment ago.
 fn signal_all(pids: &[i32], signal: i32) {
-    for &pid in pids {
-        // SAFETY: kill(2) has no memory effects; the pids are descendants
-        // as /proc listed them a moment ago.
-        unsafe {
-            libc::kill(pid, signal);
-        }
+    let Some(signal) = rustix::process::Signal::from_named_raw(signal) else {
+        return;
+    };
+    for pid in pids
+        .iter()
+        .filter_map(|&pid| rustix::process::Pid::from_raw(pid))
+    {
+        let _ = rustix::process::kill_process(pid, signal);
     }
 }
 
@@ -485,23 +480,16 @@ fn end_tree() -> Vec<String> {
         .collect()
 }
 
-#[allow(unsafe_code)]
+/// Any of our children; the main child was already waited for.
 fn reap_all() {
-    let mut status = 0;
-    // SAFETY: waitpid(2) on any of our children, writing only `status`;
-    // the main child was already waited for.
-    while unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) } > 0 {}
+    while let Ok(Some(_)) = rustix::process::wait(rustix::process::WaitOptions::NOHANG) {}
 }
 
 /// A child subreaper: orphaned descendants are re-parented to this process,
 /// not to init, so it can find and end them all.
-#[allow(unsafe_code)]
 fn become_subreaper() {
-    // SAFETY: prctl(2) with PR_SET_CHILD_SUBREAPER only sets a flag on this
-    // process.
-    unsafe {
-        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
-    }
+    // rustix passes the pid as prctl's flag: any pid sets it, `None` clears it.
+    let _ = rustix::process::set_child_subreaper(Some(rustix::process::getpid()));
 }
 
 struct OutputFile {

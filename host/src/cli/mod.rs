@@ -269,26 +269,19 @@ fn restore_default_sigpipe() {
 /// Raises the soft limit on open files to the hard one (often 1,024 soft
 /// against 512K hard): a server holds a descriptor per connection and event
 /// stream, a worker per run's files and sockets. Answers the soft limit now.
-#[allow(unsafe_code)]
 pub fn raise_open_file_limit() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    // `None` is unlimited.
+    let soft = limit.current.unwrap_or(u64::MAX);
+    let hard = limit.maximum.unwrap_or(u64::MAX);
+    // Raising the soft limit up to the hard one needs no privilege.
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
     };
-    // SAFETY: getrlimit(2) writes only into `limit`.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return 1024;
+    if soft < hard && setrlimit(Resource::Nofile, raised).is_ok() {
+        return hard;
     }
-    if limit.rlim_cur < limit.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: limit.rlim_max,
-            rlim_max: limit.rlim_max,
-        };
-        // SAFETY: setrlimit(2) reads only `raised`; raising the soft limit
-        // up to the hard one needs no privilege.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            limit = raised;
-        }
-    }
-    limit.rlim_cur
+    soft
 }

@@ -82,9 +82,7 @@ pub struct StartArgs {
 fn run_as(user: &str) -> anyhow::Result<crate::supervisor::RunAs> {
     let user =
         crate::supervisor::RunAs::lookup(user).map_err(|e| anyhow::anyhow!("--run-as: {e}"))?;
-    // SAFETY: geteuid(2) only reads this process's credentials.
-    #[allow(unsafe_code)]
-    let euid = unsafe { libc::geteuid() };
+    let euid = rustix::process::geteuid().as_raw();
     if euid != 0 && euid != user.uid {
         anyhow::bail!(
             "--run-as {}: only a worker running as root can run workloads as another user",

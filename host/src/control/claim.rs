@@ -12,8 +12,7 @@ use super::{Control, now};
 use crate::error::ApiError;
 use crate::model::{ClaimedRun, Deployment, Timestamp, WorkPool};
 use crate::orchestration;
-use crate::store::{Records, Writer};
-use crate::store::{deployment_counter, pool_counter, queue_counter};
+use crate::store::{Records, Slots, Writer};
 use crate::template;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -133,11 +132,14 @@ fn claim_once(
             if response.runs.len() >= wanted
                 || slots_left(
                     pool.concurrency_limit,
-                    w.active_count(&pool_counter(pool_name))?,
+                    w.active_runs(Slots::Pool(pool_name))?,
                 ) == 0
                 || slots_left(
                     queue.concurrency_limit,
-                    w.active_count(&queue_counter(pool_name, &queue.name))?,
+                    w.active_runs(Slots::Queue {
+                        pool: pool_name,
+                        queue: &queue.name,
+                    })?,
                 ) == 0
             {
                 break;
@@ -155,7 +157,7 @@ fn claim_once(
             if deployment.paused
                 || slots_left(
                     deployment.concurrency_limit,
-                    w.active_count(&deployment_counter(&run.deployment))?,
+                    w.active_runs(Slots::Deployment(&run.deployment))?,
                 ) == 0
             {
                 continue;
@@ -212,7 +214,6 @@ impl Control {
                 let (pool_name, req, lease) =
                     (pool.to_string(), request.clone(), self.config.lease);
                 let response = self
-                    .store
                     .write(move |w| {
                         let now = w.now();
                         claim_once(w, &pool_name, &req, now, lease)
@@ -239,7 +240,7 @@ impl Control {
     /// A read-only look: is there a due run or a cancellation for this worker?
     fn claimable(&self, pool: &str, request: &ClaimRequest) -> Result<bool, ApiError> {
         let now = now();
-        self.store.read(|r| {
+        self.read(|r| {
             let Some(p) = r.pool(pool)? else {
                 return Ok(true);
             };
@@ -250,7 +251,7 @@ impl Control {
             // without these checks every change would cost a write for nothing.
             if p.paused
                 || request.limit == 0
-                || slots_left(p.concurrency_limit, r.active_count(&pool_counter(pool))?) == 0
+                || slots_left(p.concurrency_limit, r.active_runs(Slots::Pool(pool))?) == 0
             {
                 return Ok(false);
             }
@@ -263,7 +264,10 @@ impl Control {
                     && !queue.paused
                     && slots_left(
                         queue.concurrency_limit,
-                        r.active_count(&queue_counter(pool, &queue.name))?,
+                        r.active_runs(Slots::Queue {
+                            pool,
+                            queue: &queue.name,
+                        })?,
                     ) > 0
                     && !r.due_runs(pool, &queue.name, now, 1)?.is_empty()
                 {
@@ -282,7 +286,7 @@ impl Control {
         pool: &str,
         request: &ClaimRequest,
     ) -> Result<Option<tokio::time::Instant>, ApiError> {
-        let earliest = self.store.read(|r| {
+        let earliest = self.read(|r| {
             let mut earliest: Option<i64> = None;
             for queue in r.queues(pool)? {
                 if request
@@ -307,7 +311,7 @@ impl Control {
     /// The active runs a worker holds, resolved as a claim would give them:
     /// what a restarted worker needs to recover them.
     pub fn held_runs(&self, pool: &str, worker: &str) -> Result<Vec<ClaimedRun>, ApiError> {
-        self.store.read(|r| {
+        self.read(|r| {
             let pool = r
                 .pool(pool)?
                 .ok_or_else(|| ApiError::not_found(format!("work pool `{pool}` does not exist")))?;

@@ -138,7 +138,7 @@ impl Control {
                 "command: must not be empty",
             ));
         }
-        let pool = self.store.read(|r| r.pool(&spec.pool))?.ok_or_else(|| {
+        let pool = self.read(|r| Ok(r.pool(&spec.pool)?))?.ok_or_else(|| {
             ApiError::not_found_on(
                 "pool",
                 format!("pool: work pool `{}` does not exist", spec.pool),
@@ -153,7 +153,6 @@ impl Control {
         check_parameters("parameters", &spec.parameters)?;
         let now = now();
         let outcome = self
-            .store
             .write(move |w| {
                 let full_name = format!("{}/{}", spec.flow, spec.name);
                 let existing = w.deployment(&full_name)?;
@@ -214,27 +213,25 @@ impl Control {
     }
 
     pub fn deployments(&self) -> Result<Vec<Deployment>, ApiError> {
-        self.store.read(|r| r.deployments())
+        self.read(|r| Ok(r.deployments()?))
     }
 
     pub fn deployment(&self, full_name: &str) -> Result<Deployment, ApiError> {
-        self.store
-            .read(|r| r.deployment(full_name))?
+        self.read(|r| Ok(r.deployment(full_name)?))?
             .ok_or_else(|| deployment_not_found(full_name))
     }
 
     /// Deletes the deployment and its SCHEDULED runs; runs that started keep their history.
     pub async fn delete_deployment(&self, full_name: &str) -> Result<(), ApiError> {
         let full_name = full_name.to_string();
-        self.store
-            .write(move |w| {
-                let deployment = w
-                    .deployment(&full_name)?
-                    .ok_or_else(|| deployment_not_found(&full_name))?;
-                clear_auto_scheduled(w, &deployment.id)?;
-                w.delete_deployment(&full_name)
-            })
-            .await?;
+        self.write(move |w| {
+            let deployment = w
+                .deployment(&full_name)?
+                .ok_or_else(|| deployment_not_found(&full_name))?;
+            clear_auto_scheduled(w, &deployment.id)?;
+            Ok(w.delete_deployment(&full_name)?)
+        })
+        .await?;
         self.changed();
         Ok(())
     }
@@ -247,8 +244,7 @@ impl Control {
     ) -> Result<FlowRun, ApiError> {
         let deployment = self.deployment(full_name)?;
         let pool = self
-            .store
-            .read(|r| r.pool(&deployment.pool))?
+            .read(|r| Ok(r.pool(&deployment.pool)?))?
             .ok_or_else(|| {
                 ApiError::conflict(format!("work pool `{}` no longer exists", deployment.pool))
             })?;
@@ -276,15 +272,14 @@ impl Control {
         }
         let stored = run.clone();
         let deployment_id = deployment.id.clone();
-        self.store
-            .write(move |w| {
-                // The deployment may have been deleted since it was read.
-                match w.deployment(&stored.deployment)? {
-                    Some(d) if d.id == deployment_id => w.put_run(None, &stored),
-                    _ => Err(deployment_not_found(&stored.deployment)),
-                }
-            })
-            .await?;
+        self.write(move |w| {
+            // The deployment may have been deleted since it was read.
+            match w.deployment(&stored.deployment)? {
+                Some(d) if d.id == deployment_id => Ok(w.put_run(None, &stored)?),
+                _ => Err(deployment_not_found(&stored.deployment)),
+            }
+        })
+        .await?;
         self.changed();
         Ok(run)
     }

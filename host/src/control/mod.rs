@@ -1,6 +1,8 @@
 //! The control plane's operations: what the API does, independent of HTTP.
 //! Each write is one `Store::write` (one transaction); state changes of flow
-//! runs are decided by `orchestration` only.
+//! runs are decided by `orchestration` only. Errors are `ApiError`s naming
+//! the offending field; the store's and the state machine's own errors
+//! convert into it (`crate::error`).
 //!
 //! A request's writes are not undone when it fails (see `store`), so every
 //! operation here checks everything before it writes anything: an error
@@ -20,7 +22,7 @@ pub use deployments::{DeploymentSpec, RunRequest, UpsertOutcome};
 pub use pools::{
     PoolPatch, PoolSpec, PoolView, QueuePatch, QueueSpec, QueueView, WorkerHeartbeat, WorkerView,
 };
-pub use runs::NewLogLine;
+pub use runs::{LogTail, NewLogLine};
 
 use crate::error::ApiError;
 use crate::store::Store;
@@ -192,12 +194,30 @@ impl Control {
         &self.config
     }
 
-    pub fn store(&self) -> &Store {
-        &self.store
+    /// Held while a request waits for changes (see `Store::waiting`).
+    pub fn waiting(&self) -> crate::store::Waiting {
+        self.store.waiting()
     }
 
     pub fn events(&self) -> &Arc<crate::events::Events> {
         self.store.events()
+    }
+
+    /// A read whose refusals are the control plane's (`Store::read` with
+    /// the error type fixed, so closures need no annotation).
+    fn read<R>(
+        &self,
+        f: impl FnOnce(&crate::store::Snapshot) -> Result<R, ApiError>,
+    ) -> Result<R, ApiError> {
+        self.store.read(f)
+    }
+
+    /// A write whose refusals are the control plane's (see [`Control::read`]).
+    async fn write<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut crate::store::Writer<'_>) -> Result<R, ApiError> + Send + 'static,
+    ) -> Result<R, ApiError> {
+        self.store.write(f).await
     }
 
     fn changed(&self) {

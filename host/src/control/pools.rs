@@ -187,7 +187,7 @@ fn queue_view(queue: WorkQueue, now: Timestamp) -> QueueView {
     QueueView { queue, status }
 }
 
-fn pool_not_found(name: &str) -> ApiError {
+pub(super) fn pool_not_found(name: &str) -> ApiError {
     ApiError::not_found(format!("work pool `{name}` does not exist"))
 }
 
@@ -232,27 +232,27 @@ impl Control {
             updated: now,
         };
         let stored = pool.clone();
-        self.store
-            .write(move |w| {
-                if w.pool(&stored.name)?.is_some() {
-                    return Err(ApiError::conflict_on(
-                        "name",
-                        format!("work pool `{}` already exists", stored.name),
-                    ));
-                }
-                w.put_pool(&stored)?;
-                w.put_queue(&WorkQueue {
-                    pool: stored.name.clone(),
-                    name: "default".into(),
-                    description: "The pool's default queue".into(),
-                    priority: 1,
-                    concurrency_limit: None,
-                    paused: false,
-                    last_polled: None,
-                    created: now,
-                })
-            })
-            .await?;
+        self.write(move |w| {
+            if w.pool(&stored.name)?.is_some() {
+                return Err(ApiError::conflict_on(
+                    "name",
+                    format!("work pool `{}` already exists", stored.name),
+                ));
+            }
+            w.put_pool(&stored)?;
+            w.put_queue(&WorkQueue {
+                pool: stored.name.clone(),
+                name: "default".into(),
+                description: "The pool's default queue".into(),
+                priority: 1,
+                concurrency_limit: None,
+                paused: false,
+                last_polled: None,
+                created: now,
+            })?;
+            Ok(())
+        })
+        .await?;
         Ok(pool_view(pool, &[], now))
     }
 
@@ -260,12 +260,12 @@ impl Control {
     pub fn run_counts(
         &self,
     ) -> Result<std::collections::BTreeMap<(String, String), u64>, ApiError> {
-        self.store.read(|r| r.run_counts())
+        self.read(|r| Ok(r.run_counts()?))
     }
 
     pub fn pools(&self) -> Result<Vec<PoolView>, ApiError> {
         let now = now();
-        self.store.read(|r| {
+        self.read(|r| {
             r.pools()?
                 .into_iter()
                 .map(|pool| {
@@ -278,7 +278,7 @@ impl Control {
 
     pub fn pool(&self, name: &str) -> Result<PoolView, ApiError> {
         let now = now();
-        self.store.read(|r| {
+        self.read(|r| {
             let pool = r.pool(name)?.ok_or_else(|| pool_not_found(name))?;
             let workers = r.workers(name)?;
             Ok(pool_view(pool, &workers, now))
@@ -292,7 +292,6 @@ impl Control {
         let name = name.to_string();
         let now = now();
         let (pool, workers) = self
-            .store
             .write(move |w| {
                 let mut pool = w.pool(&name)?.ok_or_else(|| pool_not_found(&name))?;
                 if let Some(description) = patch.description {
@@ -319,24 +318,23 @@ impl Control {
 
     pub async fn delete_pool(&self, name: &str) -> Result<(), ApiError> {
         let name = name.to_string();
-        self.store
-            .write(move |w| {
-                w.pool(&name)?.ok_or_else(|| pool_not_found(&name))?;
-                let users: Vec<String> = w
-                    .deployments()?
-                    .into_iter()
-                    .filter(|d| d.pool == name)
-                    .map(|d| d.full_name())
-                    .collect();
-                if !users.is_empty() {
-                    return Err(ApiError::conflict(format!(
-                        "work pool `{name}` is used by deployments: {}; delete them first",
-                        users.join(", ")
-                    )));
-                }
-                w.delete_pool(&name)
-            })
-            .await
+        self.write(move |w| {
+            w.pool(&name)?.ok_or_else(|| pool_not_found(&name))?;
+            let users: Vec<String> = w
+                .deployments()?
+                .into_iter()
+                .filter(|d| d.pool == name)
+                .map(|d| d.full_name())
+                .collect();
+            if !users.is_empty() {
+                return Err(ApiError::conflict(format!(
+                    "work pool `{name}` is used by deployments: {}; delete them first",
+                    users.join(", ")
+                )));
+            }
+            Ok(w.delete_pool(&name)?)
+        })
+        .await
     }
 
     pub async fn create_queue(&self, pool: &str, spec: QueueSpec) -> Result<QueueView, ApiError> {
@@ -350,7 +348,6 @@ impl Control {
         let pool = pool.to_string();
         let now = now();
         let queue = self
-            .store
             .write(move |w| {
                 w.pool(&pool)?.ok_or_else(|| pool_not_found(&pool))?;
                 if w.queue(&pool, &spec.name)?.is_some() {
@@ -386,7 +383,7 @@ impl Control {
 
     pub fn queues(&self, pool: &str) -> Result<Vec<QueueView>, ApiError> {
         let now = now();
-        self.store.read(|r| {
+        self.read(|r| {
             r.pool(pool)?.ok_or_else(|| pool_not_found(pool))?;
             Ok(r.queues(pool)?
                 .into_iter()
@@ -397,7 +394,7 @@ impl Control {
 
     pub fn queue(&self, pool: &str, name: &str) -> Result<QueueView, ApiError> {
         let now = now();
-        self.store.read(|r| {
+        self.read(|r| {
             r.pool(pool)?.ok_or_else(|| pool_not_found(pool))?;
             let queue = r.queue(pool, name)?.ok_or_else(|| {
                 ApiError::not_found(format!("work queue `{name}` does not exist in `{pool}`"))
@@ -421,7 +418,6 @@ impl Control {
         let (pool, name) = (pool.to_string(), name.to_string());
         let now = now();
         let queue = self
-            .store
             .write(move |w| {
                 w.pool(&pool)?.ok_or_else(|| pool_not_found(&pool))?;
                 let mut queue = w.queue(&pool, &name)?.ok_or_else(|| {
@@ -455,26 +451,25 @@ impl Control {
             ));
         }
         let (pool, name) = (pool.to_string(), name.to_string());
-        self.store
-            .write(move |w| {
-                w.queue(&pool, &name)?.ok_or_else(|| {
-                    ApiError::not_found(format!("work queue `{name}` does not exist in `{pool}`"))
-                })?;
-                let users: Vec<String> = w
-                    .deployments()?
-                    .into_iter()
-                    .filter(|d| d.pool == pool && d.queue == name)
-                    .map(|d| d.full_name())
-                    .collect();
-                if !users.is_empty() {
-                    return Err(ApiError::conflict(format!(
-                        "work queue `{name}` is used by deployments: {}",
-                        users.join(", ")
-                    )));
-                }
-                w.delete_queue(&pool, &name)
-            })
-            .await
+        self.write(move |w| {
+            w.queue(&pool, &name)?.ok_or_else(|| {
+                ApiError::not_found(format!("work queue `{name}` does not exist in `{pool}`"))
+            })?;
+            let users: Vec<String> = w
+                .deployments()?
+                .into_iter()
+                .filter(|d| d.pool == pool && d.queue == name)
+                .map(|d| d.full_name())
+                .collect();
+            if !users.is_empty() {
+                return Err(ApiError::conflict(format!(
+                    "work queue `{name}` is used by deployments: {}",
+                    users.join(", ")
+                )));
+            }
+            Ok(w.delete_queue(&pool, &name)?)
+        })
+        .await
     }
 
     pub async fn heartbeat(
@@ -492,7 +487,6 @@ impl Control {
         let pool = pool.to_string();
         let now = now();
         let worker = self
-            .store
             .write(move |w| {
                 w.pool(&pool)?.ok_or_else(|| pool_not_found(&pool))?;
                 let old = w.worker(&pool, &beat.name)?;
@@ -533,7 +527,7 @@ impl Control {
 
     pub fn workers(&self, pool: &str) -> Result<Vec<WorkerView>, ApiError> {
         let now = now();
-        self.store.read(|r| {
+        self.read(|r| {
             r.pool(pool)?.ok_or_else(|| pool_not_found(pool))?;
             Ok(r.workers(pool)?
                 .into_iter()

@@ -24,6 +24,14 @@ pub struct NewLogLine {
     pub message: String,
 }
 
+/// The newest lines of a run's log (see [`Control::log_tail`]).
+#[derive(Debug, Clone)]
+pub struct LogTail {
+    pub lines: Vec<LogLine>,
+    /// Older lines exist that are not in `lines`.
+    pub cut: bool,
+}
+
 fn run_not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("flow run `{id}` does not exist"))
 }
@@ -41,12 +49,43 @@ impl Control {
                 "limit: must be between 1 and 1000",
             ));
         }
-        self.store.read(|r| r.runs_page(filter, cursor, limit))
+        self.read(|r| Ok(r.runs_page(filter, cursor, limit)?))
+    }
+
+    /// A pool's SCHEDULED runs, soonest first, at most `limit` (1 to 1000).
+    pub fn upcoming(&self, pool: &str, limit: usize) -> Result<Vec<FlowRun>, ApiError> {
+        let filter = RunFilter {
+            pool: Some(pool.to_string()),
+            state: Some(crate::model::StateType::Scheduled),
+            ..RunFilter::default()
+        };
+        let mut runs = self.read(|r| {
+            r.pool(pool)?
+                .ok_or_else(|| super::pools::pool_not_found(pool))?;
+            Ok::<_, ApiError>(r.runs_page(&filter, None, 1000)?.runs)
+        })?;
+        runs.sort_by_key(|r| r.scheduled_at);
+        runs.truncate(limit.clamp(1, 1000));
+        Ok(runs)
+    }
+
+    /// The last `count` lines of a run's log (at most 10,000), oldest first.
+    pub fn log_tail(&self, id: &str, count: u64) -> Result<LogTail, ApiError> {
+        self.read(|r| {
+            r.run(id)?.ok_or_else(|| run_not_found(id))?;
+            let after = r.last_log_seq(id)?.and_then(|last| last.checked_sub(count));
+            let limit = usize::try_from(count)
+                .unwrap_or(usize::MAX)
+                .clamp(1, 10_000);
+            Ok(LogTail {
+                lines: r.logs(id, after, limit)?,
+                cut: after.is_some(),
+            })
+        })
     }
 
     pub fn run(&self, id: &str) -> Result<FlowRun, ApiError> {
-        self.store
-            .read(|r| r.run(id))?
+        self.read(|r| Ok(r.run(id)?))?
             .ok_or_else(|| run_not_found(id))
     }
 
@@ -63,7 +102,6 @@ impl Control {
             .force
             .then(|| (id.clone(), request.to, request.worker.clone()));
         let outcome = self
-            .store
             .write(move |w| {
                 let run = w.run(&id)?.ok_or_else(|| run_not_found(&id))?;
                 match orchestration::decide(&run, &request, now)? {
@@ -88,7 +126,6 @@ impl Control {
         let id = id.to_string();
         let now = now();
         let run = self
-            .store
             .write(move |w| {
                 let run = w.run(&id)?.ok_or_else(|| run_not_found(&id))?;
                 match orchestration::cancel(&run, now)? {
@@ -134,7 +171,6 @@ impl Control {
         let id = id.to_string();
         let cap = self.config.max_log_lines_per_run;
         let next = self
-            .store
             .write(move |w| {
                 w.run(&id)?.ok_or_else(|| run_not_found(&id))?;
                 let mut lines = lines;
@@ -155,7 +191,7 @@ impl Control {
                         ),
                     });
                 }
-                w.append_logs(&id, lines)
+                Ok(w.append_logs(&id, lines)?)
             })
             .await?;
         self.logs_changed();
@@ -177,7 +213,7 @@ impl Control {
         loop {
             changes.borrow_and_update();
             log_changes.borrow_and_update();
-            let (lines, run) = self.store.read(|r| {
+            let (lines, run) = self.read(|r| {
                 let run = r.run(id)?.ok_or_else(|| run_not_found(id))?;
                 Ok((r.logs(id, after, limit.clamp(1, 10_000))?, run))
             })?;

@@ -227,7 +227,7 @@ impl Control {
     pub async fn upkeep(&self) -> Result<usize, ApiError> {
         let now = now();
         let watching_since = self.sweep_clock.watching_since(now);
-        let plan = self.store.read(|r| {
+        let plan = self.read(|r| {
             let mut plan = Upkeep::default();
             for deployment in r.deployments()? {
                 if deployment.paused || !deployment.schedules.iter().any(|s| s.active) {
@@ -259,22 +259,21 @@ impl Control {
         if changes == 0 {
             return Ok(0);
         }
-        self.store
-            .write(move |w| {
-                for run in plan.new_runs.into_iter().take(MAX_CHANGES_PER_TICK) {
-                    if w.run(&run.id)?.is_none() {
-                        w.put_run(None, &run)?;
-                    }
+        self.write(move |w| {
+            for run in plan.new_runs.into_iter().take(MAX_CHANGES_PER_TICK) {
+                if w.run(&run.id)?.is_none() {
+                    w.put_run(None, &run)?;
                 }
-                for (old, new) in plan.updated_runs {
-                    // Only if nobody changed it since the read.
-                    if w.run(&old.id)?.as_ref() == Some(&old) {
-                        w.put_run(Some(&old), &new)?;
-                    }
+            }
+            for (old, new) in plan.updated_runs {
+                // Only if nobody changed it since the read.
+                if w.run(&old.id)?.as_ref() == Some(&old) {
+                    w.put_run(Some(&old), &new)?;
                 }
-                Ok(())
-            })
-            .await?;
+            }
+            Ok(())
+        })
+        .await?;
         self.changed();
         Ok(changes)
     }

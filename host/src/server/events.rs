@@ -115,7 +115,7 @@ async fn stream(
         .map_or(Start::Now, |id| Start::After(id.to_string()));
     // Waiting first: on a shared database the server then follows the
     // others' changes as they commit, from before this subscription on.
-    let waiting = s.control.store().waiting();
+    let waiting = s.control.waiting();
     let events = s.control.events();
     let Subscription {
         missed,

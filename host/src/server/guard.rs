@@ -236,11 +236,9 @@ fn json_body(headers: &HeaderMap) -> Result<(), Trespass> {
 
 /// One field of an `application/x-www-form-urlencoded` body.
 fn form_field(body: &[u8], name: &str) -> Option<String> {
-    String::from_utf8_lossy(body)
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(key, _)| super::percent_decode(key) == name)
-        .map(|(_, value)| super::percent_decode(value))
+    form_urlencoded::parse(body)
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned())
 }
 
 #[cfg(test)]

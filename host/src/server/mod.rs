@@ -3,8 +3,12 @@
 //!
 //! Bad input never reaches a 500: bodies are parsed here with the failing
 //! field named, and every error leaves as `{"error": ..., "field": ...}`.
+//! `error.rs` is the one place an error becomes a status; a 500 tells the
+//! client only an id, under which the whole error is logged. Handlers read
+//! and write through `Control` only, never the store.
 
 mod deployments;
+mod error;
 mod events;
 mod forward;
 mod guard;
@@ -21,7 +25,7 @@ pub use runs::{Appended, LogPage, TransitionResponse};
 pub use sessions::Sessions;
 
 use crate::control::Control;
-use crate::error::{ApiError, ErrorBody, ErrorKind};
+use crate::error::ApiError;
 use crate::metrics::{ServerMetrics, StoredState};
 use axum::extract::MatchedPath;
 use axum::extract::{FromRequest, Request, State};
@@ -115,26 +119,6 @@ fn csrf_key(token: Option<&str>) -> [u8; 32] {
         None => format!("{}{}", uuid::Uuid::new_v4(), uuid::Uuid::new_v4()),
     };
     Sha256::digest(seed.as_bytes()).into()
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status =
-            StatusCode::from_u16(self.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        if self.kind == ErrorKind::Internal {
-            tracing::error!(error = %self.message, "internal error");
-        }
-        let mut response = (status, Json(ErrorBody::from(&self))).into_response();
-        if self.kind == ErrorKind::Unavailable {
-            // Said only where nothing was done: a replica relaying a write
-            // (and a client with several URLs) may then make it elsewhere.
-            response.headers_mut().insert(
-                crate::client::NOT_WRITTEN_HEADER,
-                axum::http::HeaderValue::from_static("1"),
-            );
-        }
-        response
-    }
 }
 
 /// A JSON object body whose parse errors name the field (`limit`,
@@ -240,11 +224,10 @@ impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for
 /// Query values stay strings; numeric fields parse them with [`number`].
 fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
     let mut object = serde_json::Map::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         object.insert(
-            percent_decode(key),
-            serde_json::Value::String(percent_decode(value)),
+            key.into_owned(),
+            serde_json::Value::String(value.into_owned()),
         );
     }
     serde_path_to_error::deserialize(serde_json::Value::Object(object)).map_err(|e| {
@@ -275,28 +258,6 @@ where
     number(deserializer).map(Some)
 }
 
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let hex = |b: u8| (b as char).to_digit(16);
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(high), Some(low)) => {
-                    out.push((high * 16 + low) as u8);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// The session cookie counts only for the UI's own reads (its event stream,
 /// a run's log lines): a browser sends it along with any page's form.
 async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
@@ -311,6 +272,7 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
 /// `ok`, or `degraded` with why (reads work, writes are refused).
 #[utoipa::path(
     get,
+    operation_id = "health",
     path = "/api/health",
     tag = "health",
     summary = "Liveness and storage health; never needs the token",

@@ -237,3 +237,42 @@ fn base_job_template() -> Value {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Generated clients name their methods after operation ids: a missing
+    /// one gets a made-up name, and two alike collide.
+    #[test]
+    fn every_operation_has_an_operation_id_of_its_own() {
+        const METHODS: [&str; 8] = [
+            "get", "put", "post", "delete", "options", "head", "patch", "trace",
+        ];
+        let document = generated();
+        let paths = document["paths"].as_object().expect("paths");
+        let mut seen = std::collections::BTreeMap::<String, String>::new();
+        let mut operations = 0;
+        for (path, item) in paths {
+            for method in METHODS {
+                let Some(operation) = item.get(method) else {
+                    continue;
+                };
+                operations += 1;
+                let id = operation["operationId"]
+                    .as_str()
+                    .filter(|id| !id.is_empty())
+                    .unwrap_or_else(|| panic!("{method} {path} has no operationId"));
+                let here = format!("{method} {path}");
+                if let Some(other) = seen.insert(id.to_string(), here.clone()) {
+                    panic!("operationId {id:?} is on both {other} and {here}");
+                }
+            }
+        }
+        assert!(operations >= 30, "only {operations} operations documented");
+        assert_eq!(
+            seen.get("pools_upcoming").map(String::as_str),
+            Some("get /api/work-pools/{pool}/upcoming")
+        );
+    }
+}

@@ -7,7 +7,6 @@ use crate::control::{
 };
 use crate::error::ApiError;
 use crate::model::{ClaimedRun, FlowRun};
-use crate::store::{Records, RunFilter};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -140,7 +139,7 @@ fn default_upcoming() -> usize {
 
 #[utoipa::path(
     get,
-    operation_id = "pools_default_template",
+    operation_id = "pools_upcoming",
     path = "/api/work-pools/{pool}/upcoming",
     tag = "work-pools",
     summary = "SCHEDULED runs of the pool, soonest first",
@@ -153,24 +152,12 @@ async fn upcoming(
     Path(pool): Path<String>,
     Params(p): Params<UpcomingParams>,
 ) -> Result<Json<Vec<FlowRun>>, ApiError> {
-    s.control.pool(&pool)?;
-    let filter = RunFilter {
-        pool: Some(pool),
-        state: Some(crate::model::StateType::Scheduled),
-        ..RunFilter::default()
-    };
-    let mut runs = s
-        .control
-        .store()
-        .read(|r| r.runs_page(&filter, None, 1000))?
-        .runs;
-    runs.sort_by_key(|r| r.scheduled_at);
-    runs.truncate(p.limit.clamp(1, 1000));
-    Ok(Json(runs))
+    Ok(Json(s.control.upcoming(&pool, p.limit)?))
 }
 
 #[utoipa::path(
     post,
+    operation_id = "queues_create",
     path = "/api/work-pools/{pool}/queues",
     tag = "work-queues",
     summary = "Create a work queue",
@@ -191,6 +178,7 @@ async fn create_queue(
 
 #[utoipa::path(
     get,
+    operation_id = "queues_list",
     path = "/api/work-pools/{pool}/queues",
     tag = "work-queues",
     summary = "List a pool's queues by priority",
@@ -206,6 +194,7 @@ async fn list_queues(
 
 #[utoipa::path(
     get,
+    operation_id = "queues_read",
     path = "/api/work-pools/{pool}/queues/{queue}",
     tag = "work-queues",
     summary = "Read a work queue",
@@ -221,6 +210,7 @@ async fn read_queue(
 
 #[utoipa::path(
     patch,
+    operation_id = "queues_update",
     path = "/api/work-pools/{pool}/queues/{queue}",
     tag = "work-queues",
     summary = "Update a work queue",
@@ -238,6 +228,7 @@ async fn update_queue(
 
 #[utoipa::path(
     delete,
+    operation_id = "queues_delete",
     path = "/api/work-pools/{pool}/queues/{queue}",
     tag = "work-queues",
     summary = "Delete a work queue",
@@ -254,6 +245,7 @@ async fn delete_queue(
 
 #[utoipa::path(
     get,
+    operation_id = "workers_list",
     path = "/api/work-pools/{pool}/workers",
     tag = "workers",
     summary = "List a pool's workers with their status",
@@ -269,6 +261,7 @@ async fn list_workers(
 
 #[utoipa::path(
     post,
+    operation_id = "workers_heartbeat",
     path = "/api/work-pools/{pool}/workers/heartbeat",
     tag = "workers",
     summary = "Worker heartbeat (creates the worker on first use)",
@@ -286,6 +279,7 @@ async fn heartbeat(
 
 #[utoipa::path(
     get,
+    operation_id = "workers_held_runs",
     path = "/api/work-pools/{pool}/workers/{worker}/runs",
     tag = "workers",
     summary = "Runs a worker holds (PENDING, RUNNING, CANCELLING), for its recovery",
@@ -302,6 +296,7 @@ async fn held_runs(
 
 #[utoipa::path(
     post,
+    operation_id = "pools_claim",
     path = "/api/work-pools/{pool}/claim",
     tag = "workers",
     summary = "Claim due runs; long-polls up to wait_ms",
@@ -323,6 +318,7 @@ async fn claim(
 
 #[utoipa::path(
     get,
+    operation_id = "pool_types_list",
     path = "/api/pool-types",
     tag = "work-pools",
     summary = "Pool types (plugins) the server knows",
@@ -334,6 +330,7 @@ async fn pool_types(State(s): State<AppState>) -> Json<Vec<String>> {
 
 #[utoipa::path(
     get,
+    operation_id = "pool_types_default_template",
     path = "/api/pool-types/{type}/default-base-job-template",
     tag = "work-pools",
     summary = "A plugin's default base job template",

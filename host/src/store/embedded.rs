@@ -6,7 +6,7 @@
 
 use super::tables::{self, Def, ReadTxn, WriteTxn};
 use super::{Backend, Health, Job, next_batch, storage};
-use crate::error::ApiError;
+use crate::store::StoreError;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -41,7 +41,7 @@ impl RedbStore {
         path: &Path,
         min_free_bytes: u64,
         jobs: mpsc::Receiver<Job>,
-    ) -> Result<Arc<RedbStore>, ApiError> {
+    ) -> Result<Arc<RedbStore>, StoreError> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(storage)?;
         }
@@ -76,14 +76,14 @@ impl RedbStore {
 }
 
 impl Backend for RedbStore {
-    fn snapshot(&self) -> Result<Box<dyn ReadTxn>, ApiError> {
+    fn snapshot(&self) -> Result<Box<dyn ReadTxn>, StoreError> {
         let txn = self.inner.database()?.begin_read().map_err(storage)?;
         Ok(Box::new(txn))
     }
 
     fn health(&self) -> Health {
         if let Err(error) = self.inner.space_for_writes() {
-            return Health::Degraded(error.message);
+            return Health::Degraded(error.to_string());
         }
         match self.inner.failed_commit.lock().ok().and_then(|f| f.clone()) {
             Some(reason) => Health::Degraded(reason),
@@ -104,7 +104,7 @@ impl Backend for RedbStore {
 fn get_in(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
     key: &str,
-) -> Result<Option<Vec<u8>>, ApiError> {
+) -> Result<Option<Vec<u8>>, StoreError> {
     Ok(table
         .get(key)
         .map_err(storage)?
@@ -117,7 +117,7 @@ fn range_in(
     end: &str,
     descending: bool,
     limit: usize,
-) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
+) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
     let range = table.range::<&str>(start..end).map_err(storage)?;
     let entry =
         |item: Result<(redb::AccessGuard<&str>, redb::AccessGuard<&[u8]>), redb::StorageError>| {
@@ -134,7 +134,7 @@ fn range_in(
 fn keys_in(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
     f: &mut dyn FnMut(&str),
-) -> Result<(), ApiError> {
+) -> Result<(), StoreError> {
     for item in table.iter().map_err(storage)? {
         let (key, _) = item.map_err(storage)?;
         f(key.value());
@@ -143,7 +143,7 @@ fn keys_in(
 }
 
 impl ReadTxn for redb::ReadTransaction {
-    fn get(&self, def: Def, key: &str) -> Result<Option<Vec<u8>>, ApiError> {
+    fn get(&self, def: Def, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         get_in(&self.open_table(table(def)).map_err(storage)?, key)
     }
     fn range(
@@ -153,11 +153,11 @@ impl ReadTxn for redb::ReadTransaction {
         end: &str,
         descending: bool,
         limit: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let table = self.open_table(table(def)).map_err(storage)?;
         range_in(&table, start, end, descending, limit)
     }
-    fn keys(&self, def: Def, f: &mut dyn FnMut(&str)) -> Result<(), ApiError> {
+    fn keys(&self, def: Def, f: &mut dyn FnMut(&str)) -> Result<(), StoreError> {
         keys_in(&self.open_table(table(def)).map_err(storage)?, f)
     }
 }
@@ -166,7 +166,7 @@ impl ReadTxn for redb::ReadTransaction {
 struct BatchTxn<'t>(&'t WriteTransaction, crate::model::Timestamp);
 
 impl ReadTxn for BatchTxn<'_> {
-    fn get(&self, def: Def, key: &str) -> Result<Option<Vec<u8>>, ApiError> {
+    fn get(&self, def: Def, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         get_in(&self.0.open_table(table(def)).map_err(storage)?, key)
     }
     fn range(
@@ -176,17 +176,17 @@ impl ReadTxn for BatchTxn<'_> {
         end: &str,
         descending: bool,
         limit: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let table = self.0.open_table(table(def)).map_err(storage)?;
         range_in(&table, start, end, descending, limit)
     }
-    fn keys(&self, def: Def, f: &mut dyn FnMut(&str)) -> Result<(), ApiError> {
+    fn keys(&self, def: Def, f: &mut dyn FnMut(&str)) -> Result<(), StoreError> {
         keys_in(&self.0.open_table(table(def)).map_err(storage)?, f)
     }
 }
 
 impl WriteTxn for BatchTxn<'_> {
-    fn put(&mut self, def: Def, key: &str, value: &[u8]) -> Result<(), ApiError> {
+    fn put(&mut self, def: Def, key: &str, value: &[u8]) -> Result<(), StoreError> {
         self.0
             .open_table(table(def))
             .map_err(storage)?
@@ -194,7 +194,7 @@ impl WriteTxn for BatchTxn<'_> {
             .map_err(storage)?;
         Ok(())
     }
-    fn delete(&mut self, def: Def, key: &str) -> Result<(), ApiError> {
+    fn delete(&mut self, def: Def, key: &str) -> Result<(), StoreError> {
         self.0
             .open_table(table(def))
             .map_err(storage)?
@@ -208,20 +208,20 @@ impl WriteTxn for BatchTxn<'_> {
 }
 
 impl Inner {
-    fn database(&self) -> Result<Arc<Database>, ApiError> {
+    fn database(&self) -> Result<Arc<Database>, StoreError> {
         self.db
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .ok_or_else(|| {
-                ApiError::unavailable(format!(
+                StoreError::Unavailable(format!(
                     "{} could not be reopened after a failed write; retrying at the next write",
                     self.path.display()
                 ))
             })
     }
 
-    fn space_for_writes(&self) -> Result<(), ApiError> {
+    fn space_for_writes(&self) -> Result<(), StoreError> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let Some(free) = free_bytes(dir) else {
             return Ok(());
@@ -229,7 +229,7 @@ impl Inner {
         if free >= self.min_free_bytes {
             return Ok(());
         }
-        Err(ApiError::insufficient_storage(format!(
+        Err(StoreError::DiskFull(format!(
             "the server's disk is full: {} MiB free in {}, writes need {} MiB; reads still work, and writes resume once space is freed",
             free >> 20,
             dir.display(),
@@ -239,7 +239,7 @@ impl Inner {
 
     /// A fresh handle after a failed commit. The old one must be gone first:
     /// redb holds a lock on the file while a handle lives.
-    fn reopen(&self) -> Result<(), ApiError> {
+    fn reopen(&self) -> Result<(), StoreError> {
         let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
         // Readers hold clones for the length of one read; new ones wait on
         // the lock held here.
@@ -259,7 +259,7 @@ impl Inner {
 
 /// Refuses what redb would silently overwrite (an empty file, another
 /// format) with a message naming the file and what to do.
-fn check_existing(path: &Path) -> Result<(), ApiError> {
+fn check_existing(path: &Path) -> Result<(), StoreError> {
     const MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];
     let mut file = match std::fs::File::open(path) {
         Ok(file) => file,
@@ -277,8 +277,8 @@ fn check_existing(path: &Path) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn damaged(path: &Path, why: &str) -> ApiError {
-    ApiError::internal(format!(
+fn damaged(path: &Path, why: &str) -> StoreError {
+    StoreError::Corrupt(format!(
         "{} cannot be used: {why}. It was left untouched; restore it from a backup, or move it away to start with a new, empty database",
         path.display()
     ))
@@ -286,7 +286,7 @@ fn damaged(path: &Path, why: &str) -> ApiError {
 
 /// redb asserts (panics) on some damaged files, e.g. a truncated one; that
 /// is an error about the file, not a crash of the server.
-fn open_database(path: &Path) -> Result<Database, ApiError> {
+fn open_database(path: &Path) -> Result<Database, StoreError> {
     match quietly(|| Database::create(path)) {
         Some(Ok(db)) => Ok(db),
         Some(Err(e)) => Err(storage(format!("cannot open {}: {e}", path.display()))),
@@ -301,7 +301,7 @@ fn open_database(path: &Path) -> Result<Database, ApiError> {
 /// them): a damaged file is refused as it is. Recovery from an unclean
 /// stop (a kill, a power cut) happens on the copy's open and is not
 /// damage.
-fn check_integrity(path: &Path) -> Result<(), ApiError> {
+fn check_integrity(path: &Path) -> Result<(), StoreError> {
     if !path.exists() {
         return Ok(());
     }
@@ -340,21 +340,9 @@ fn quietly<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Option<T> {
     result
 }
 
-#[allow(unsafe_code)]
 fn free_bytes(dir: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
-    // SAFETY: statvfs(3) writes only into `stat`, which is large enough; the
-    // path is a valid NUL-terminated string.
-    let rc = unsafe { libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) };
-    if rc != 0 {
-        return None;
-    }
-    // SAFETY: statvfs returned 0, so it filled `stat`.
-    let stat = unsafe { stat.assume_init() };
-    #[allow(clippy::useless_conversion)] // c_ulong is u32 on some targets
-    Some(u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize)))
+    let stat = rustix::fs::statvfs(dir).ok()?;
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 fn write_loop(inner: &Inner, jobs: &mpsc::Receiver<Job>) {
@@ -392,7 +380,7 @@ fn write_loop(inner: &Inner, jobs: &mpsc::Receiver<Job>) {
             match inner.space_for_writes() {
                 Err(full) => full,
                 Ok(()) if e.to_string().contains("No space left") => {
-                    ApiError::insufficient_storage(format!(
+                    StoreError::DiskFull(format!(
                         "the server's disk is full ({e}); reads still work, and writes resume once space is freed"
                     ))
                 }
@@ -409,7 +397,7 @@ fn write_loop(inner: &Inner, jobs: &mpsc::Receiver<Job>) {
             Err(error) => {
                 tracing::error!(%error, "commit failed; the batch is lost and every request in it gets the error");
                 if let Ok(mut failed) = inner.failed_commit.lock() {
-                    *failed = Some(format!("the last write failed: {}", error.message));
+                    *failed = Some(format!("the last write failed: {}", error));
                 }
                 // The old handle refuses even reads after an I/O error.
                 if let Err(error) = inner.reopen() {

@@ -17,18 +17,22 @@
 //! Requests of a batch share its transaction, and a request that fails is
 //! not rolled back alone: what it wrote before its error commits with the
 //! others. So an operation checks everything before it writes anything.
+//!
+//! Failures are [`StoreError`]s, which say what became of a write
+//! (nothing written, outcome unknown, disk full...); this module knows
+//! nothing of HTTP. Active-run counters, like index entries, are kept by
+//! [`Writer::put_run`] and read by [`Slots`]; no caller builds their keys.
 
 mod embedded;
+mod error;
 mod postgres;
 mod records;
 mod tables;
 
-pub use records::{
-    Records, RunFilter, RunPage, deployment_counter, pool_counter, queue_counter, time_key,
-};
+pub use error::StoreError;
+pub use records::{Records, RunFilter, RunPage, Slots, time_key};
 pub use tables::Raw;
 
-use crate::error::ApiError;
 use crate::events::{Change, Events};
 use std::future::Future;
 use std::path::Path;
@@ -41,9 +45,9 @@ use tokio::sync::oneshot;
 /// Requests grouped into one transaction at most.
 const MAX_BATCH: usize = 512;
 
-type Completion = Box<dyn FnOnce(Option<&ApiError>) + Send>;
+type Completion = Box<dyn FnOnce(Option<&StoreError>) + Send>;
 /// Runs a request in the batch's transaction, or learns that there is none.
-type Job = Box<dyn FnOnce(Result<&mut dyn WriteTxn, &ApiError>) -> Completion + Send>;
+type Job = Box<dyn FnOnce(Result<&mut dyn WriteTxn, &StoreError>) -> Completion + Send>;
 
 /// Called when another server committed changes to a shared database.
 pub type RemoteHook = Box<dyn Fn(Committed) + Send + Sync>;
@@ -83,7 +87,7 @@ impl Committed {
 
 /// What differs between the backends, behind one interface.
 trait Backend: Send + Sync {
-    fn snapshot(&self) -> Result<Box<dyn ReadTxn>, ApiError>;
+    fn snapshot(&self) -> Result<Box<dyn ReadTxn>, StoreError>;
     fn health(&self) -> Health;
     /// Whether this server should do the upkeep that must run once per
     /// database, not once per server (scheduling, sweeps).
@@ -168,20 +172,20 @@ pub struct Writer<'a> {
     changes: Vec<Change>,
 }
 
-fn storage(e: impl std::fmt::Display) -> ApiError {
-    ApiError::internal(format!("storage error: {e}"))
+fn storage(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
+    StoreError::internal(e)
 }
 
 impl Store {
     /// Opens or creates the redb database at `path`.
-    pub fn open(path: &Path) -> Result<Store, ApiError> {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
         Self::open_with(path, DEFAULT_MIN_FREE_BYTES)
     }
 
     /// Opens or creates the redb database at `path`, refusing writes while
     /// its disk has less than `min_free_bytes` free. A file that is not a
     /// sound database is refused and left untouched.
-    pub fn open_with(path: &Path, min_free_bytes: u64) -> Result<Store, ApiError> {
+    pub fn open_with(path: &Path, min_free_bytes: u64) -> Result<Store, StoreError> {
         let events = Arc::<Events>::default();
         let (writer, jobs) = mpsc::channel::<Job>();
         let backend = embedded::RedbStore::open(path, min_free_bytes, jobs)?;
@@ -197,7 +201,7 @@ impl Store {
     /// schema is newer than this build knows. `advertised` is where the
     /// other servers on the database reach this one's API (`None`: they do
     /// not forward their writes here).
-    pub async fn connect(url: &str, advertised: Option<String>) -> Result<Store, ApiError> {
+    pub async fn connect(url: &str, advertised: Option<String>) -> Result<Store, StoreError> {
         let events = Arc::<Events>::default();
         let (writer, jobs) = mpsc::channel::<Job>();
         let backend = postgres::PgStore::connect(url, advertised, jobs, events.clone()).await?;
@@ -251,7 +255,12 @@ impl Store {
         self.backend.lead().await
     }
 
-    pub fn read<R>(&self, f: impl FnOnce(&Snapshot) -> Result<R, ApiError>) -> Result<R, ApiError> {
+    /// Runs `f` on a consistent snapshot. `f`'s error type is the
+    /// caller's: a reader above the store decides its own refusals.
+    pub fn read<R, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&Snapshot) -> Result<R, E>,
+    ) -> Result<R, E> {
         let txn = self.backend.snapshot()?;
         f(&Snapshot { txn })
     }
@@ -262,11 +271,13 @@ impl Store {
         self.backend.health()
     }
 
-    /// Runs `f` in a write transaction and answers once it is durable.
-    pub async fn write<R: Send + 'static>(
+    /// Runs `f` in a write transaction and answers once it is durable. As
+    /// with [`Store::read`], `f` returns the caller's error type; the
+    /// store's own failures (no transaction, a failed commit) arrive as it.
+    pub async fn write<R: Send + 'static, E: From<StoreError> + Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Writer<'_>) -> Result<R, ApiError> + Send + 'static,
-    ) -> Result<R, ApiError> {
+        f: impl FnOnce(&mut Writer<'_>) -> Result<R, E> + Send + 'static,
+    ) -> Result<R, E> {
         let (tx, rx) = oneshot::channel();
         let events = self.events.clone();
         let job: Job = Box::new(move |txn| {
@@ -280,11 +291,11 @@ impl Store {
                     writer.txn.record(&writer.changes);
                     (result, writer.changes)
                 }
-                Err(error) => (Err(error.clone()), Vec::new()),
+                Err(error) => (Err(E::from(error.clone())), Vec::new()),
             };
-            Box::new(move |commit_error: Option<&ApiError>| {
+            Box::new(move |commit_error: Option<&StoreError>| {
                 let answer = match commit_error {
-                    Some(error) => Err(error.clone()),
+                    Some(error) => Err(E::from(error.clone())),
                     None => {
                         events.publish(changes);
                         result
@@ -295,9 +306,9 @@ impl Store {
         });
         self.writer
             .send(job)
-            .map_err(|_| ApiError::internal("the store's writer has stopped"))?;
+            .map_err(|_| E::from(StoreError::internal("the store's writer has stopped")))?;
         rx.await
-            .map_err(|_| ApiError::internal("the store's writer dropped a request"))?
+            .map_err(|_| E::from(StoreError::internal("the store's writer dropped a request")))?
     }
 }
 
@@ -351,7 +362,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&dir.path().join("host.redb")).expect("store");
         let failed = store
-            .write(|_: &mut Writer<'_>| -> Result<(), ApiError> { panic!("boom") })
+            .write(|_: &mut Writer<'_>| -> Result<(), StoreError> { panic!("boom") })
             .await;
         assert!(failed.is_err(), "the panicking request gets an error");
         // The request learns of the failure as the batch unwinds, a moment
@@ -368,7 +379,7 @@ mod tests {
         };
         assert!(reason.contains("boom"), "{reason}");
         store
-            .write(|_: &mut Writer<'_>| Ok(()))
+            .write(|_: &mut Writer<'_>| Ok::<_, StoreError>(()))
             .await
             .expect("the next write works");
         assert!(matches!(store.health(), Health::Ok), "healthy again");

@@ -7,22 +7,22 @@
 
 use super::tables::{self, Def, Raw, prefix_end};
 use super::{Writer, storage};
-use crate::error::ApiError;
 use crate::events::Change;
 use crate::model::{
     Deployment, FlowRun, LogLine, StateType, Timestamp, WorkPool, WorkQueue, Worker,
 };
+use crate::store::StoreError;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// Index entries are bounded per scan so one request cannot read the world.
 const MAX_SCAN: usize = 100_000;
 
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| ApiError::internal(format!("corrupt record: {e}")))
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("corrupt record: {e}")))
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, ApiError> {
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(storage)
 }
 
@@ -53,11 +53,11 @@ pub struct RunPage {
 
 /// Reads, for snapshots and writers alike.
 pub trait Records: Raw {
-    fn get_json<T: DeserializeOwned>(&self, def: Def, key: &str) -> Result<Option<T>, ApiError> {
+    fn get_json<T: DeserializeOwned>(&self, def: Def, key: &str) -> Result<Option<T>, StoreError> {
         self.raw_get(def, key)?.map(|b| decode(&b)).transpose()
     }
 
-    fn all_json<T: DeserializeOwned>(&self, def: Def, prefix: &str) -> Result<Vec<T>, ApiError> {
+    fn all_json<T: DeserializeOwned>(&self, def: Def, prefix: &str) -> Result<Vec<T>, StoreError> {
         self.raw_range(def, prefix, &prefix_end(prefix), false, MAX_SCAN)?
             .iter()
             .map(|(_, v)| decode(v))
@@ -71,7 +71,7 @@ pub trait Records: Raw {
         start: &str,
         end: &str,
         limit: usize,
-    ) -> Result<Vec<String>, ApiError> {
+    ) -> Result<Vec<String>, StoreError> {
         Ok(self
             .raw_range(def, start, end, false, limit)?
             .into_iter()
@@ -79,37 +79,37 @@ pub trait Records: Raw {
             .collect())
     }
 
-    fn pool(&self, name: &str) -> Result<Option<WorkPool>, ApiError> {
+    fn pool(&self, name: &str) -> Result<Option<WorkPool>, StoreError> {
         self.get_json(tables::POOLS, name)
     }
-    fn pools(&self) -> Result<Vec<WorkPool>, ApiError> {
+    fn pools(&self) -> Result<Vec<WorkPool>, StoreError> {
         self.all_json(tables::POOLS, "")
     }
-    fn queue(&self, pool: &str, name: &str) -> Result<Option<WorkQueue>, ApiError> {
+    fn queue(&self, pool: &str, name: &str) -> Result<Option<WorkQueue>, StoreError> {
         self.get_json(tables::QUEUES, &pool_member_key(pool, name))
     }
     /// A pool's queues, highest priority (lowest number) first.
-    fn queues(&self, pool: &str) -> Result<Vec<WorkQueue>, ApiError> {
+    fn queues(&self, pool: &str) -> Result<Vec<WorkQueue>, StoreError> {
         let mut queues: Vec<WorkQueue> = self.all_json(tables::QUEUES, &format!("{pool}\0"))?;
         queues.sort_by_key(|q| q.priority);
         Ok(queues)
     }
-    fn worker(&self, pool: &str, name: &str) -> Result<Option<Worker>, ApiError> {
+    fn worker(&self, pool: &str, name: &str) -> Result<Option<Worker>, StoreError> {
         self.get_json(tables::WORKERS, &pool_member_key(pool, name))
     }
-    fn workers(&self, pool: &str) -> Result<Vec<Worker>, ApiError> {
+    fn workers(&self, pool: &str) -> Result<Vec<Worker>, StoreError> {
         self.all_json(tables::WORKERS, &format!("{pool}\0"))
     }
-    fn all_workers(&self) -> Result<Vec<Worker>, ApiError> {
+    fn all_workers(&self) -> Result<Vec<Worker>, StoreError> {
         self.all_json(tables::WORKERS, "")
     }
-    fn deployment(&self, full_name: &str) -> Result<Option<Deployment>, ApiError> {
+    fn deployment(&self, full_name: &str) -> Result<Option<Deployment>, StoreError> {
         self.get_json(tables::DEPLOYMENTS, full_name)
     }
-    fn deployments(&self) -> Result<Vec<Deployment>, ApiError> {
+    fn deployments(&self) -> Result<Vec<Deployment>, StoreError> {
         self.all_json(tables::DEPLOYMENTS, "")
     }
-    fn run(&self, id: &str) -> Result<Option<FlowRun>, ApiError> {
+    fn run(&self, id: &str) -> Result<Option<FlowRun>, StoreError> {
         self.get_json(tables::RUNS, id)
     }
 
@@ -119,7 +119,7 @@ pub trait Records: Raw {
         filter: &RunFilter,
         cursor: Option<&str>,
         limit: usize,
-    ) -> Result<RunPage, ApiError> {
+    ) -> Result<RunPage, StoreError> {
         let (def, prefix) = if let Some(deployment) = &filter.deployment {
             (tables::IDX_DEPLOYMENT, format!("{deployment}\0"))
         } else if let Some(pool) = &filter.pool {
@@ -184,7 +184,7 @@ pub trait Records: Raw {
         queue: &str,
         now: Timestamp,
         limit: usize,
-    ) -> Result<Vec<String>, ApiError> {
+    ) -> Result<Vec<String>, StoreError> {
         let prefix = format!("{pool}\0{queue}\0");
         let due_before = format!("{prefix}{}\u{10FFFF}", time_key(now));
         // The queue's whole range, cut at `now` here: every claim then reads
@@ -203,7 +203,7 @@ pub trait Records: Raw {
         pool: &str,
         queue: &str,
         now: Timestamp,
-    ) -> Result<Option<i64>, ApiError> {
+    ) -> Result<Option<i64>, StoreError> {
         let prefix = format!("{pool}\0{queue}\0");
         let start = format!("{prefix}{}", time_key(now));
         let first = self.raw_range(tables::IDX_DUE, &start, &prefix_end(&prefix), false, 1)?;
@@ -213,19 +213,19 @@ pub trait Records: Raw {
     }
 
     /// SCHEDULED runs whose time is before `before` and not yet marked Late.
-    fn late_candidates(&self, before: Timestamp, limit: usize) -> Result<Vec<String>, ApiError> {
+    fn late_candidates(&self, before: Timestamp, limit: usize) -> Result<Vec<String>, StoreError> {
         self.index_ids(tables::IDX_LATE, "", &time_key(before), limit)
     }
 
     /// Active runs held by a worker.
-    fn worker_runs(&self, pool: &str, worker: &str) -> Result<Vec<String>, ApiError> {
+    fn worker_runs(&self, pool: &str, worker: &str) -> Result<Vec<String>, StoreError> {
         let prefix = format!("{pool}\0{worker}\0");
         self.index_ids(tables::IDX_WORKER, &prefix, &prefix_end(&prefix), MAX_SCAN)
     }
 
     /// CANCELLING runs held by a worker. Read through the pool's whole
     /// (short) list, which a batch of claims by different workers shares.
-    fn worker_cancelling(&self, pool: &str, worker: &str) -> Result<Vec<String>, ApiError> {
+    fn worker_cancelling(&self, pool: &str, worker: &str) -> Result<Vec<String>, StoreError> {
         let pool_prefix = format!("{pool}\0");
         let prefix = format!("{pool}\0{worker}\0");
         Ok(self
@@ -243,7 +243,7 @@ pub trait Records: Raw {
     }
 
     /// Future SCHEDULED runs the scheduler made for a deployment, by time.
-    fn auto_scheduled(&self, deployment_id: &str) -> Result<Vec<(i64, String)>, ApiError> {
+    fn auto_scheduled(&self, deployment_id: &str) -> Result<Vec<(i64, String)>, StoreError> {
         let prefix = format!("{deployment_id}\0");
         Ok(self
             .raw_range(
@@ -263,11 +263,9 @@ pub trait Records: Raw {
             .collect())
     }
 
-    /// Runs holding a slot (PENDING, RUNNING, CANCELLING) under a counter key.
-    fn active_count(&self, counter: &str) -> Result<u64, ApiError> {
-        Ok(self.raw_get(tables::COUNTERS, counter)?.map_or(0, |b| {
-            u64::from_le_bytes(b.as_slice().try_into().unwrap_or([0; 8]))
-        }))
+    /// Runs holding a slot (PENDING, RUNNING, CANCELLING) in `slots`.
+    fn active_runs(&self, slots: Slots<'_>) -> Result<u64, StoreError> {
+        counter_value(self, &slots.key())
     }
 
     /// Log lines after `after` (a sequence number), oldest first.
@@ -276,7 +274,7 @@ pub trait Records: Raw {
         run_id: &str,
         after: Option<u64>,
         limit: usize,
-    ) -> Result<Vec<LogLine>, ApiError> {
+    ) -> Result<Vec<LogLine>, StoreError> {
         let prefix = format!("{run_id}\0");
         let start = match after {
             Some(seq) => format!("{prefix}{:016x}", seq + 1),
@@ -288,7 +286,7 @@ pub trait Records: Raw {
             .collect()
     }
 
-    fn last_log_seq(&self, run_id: &str) -> Result<Option<u64>, ApiError> {
+    fn last_log_seq(&self, run_id: &str) -> Result<Option<u64>, StoreError> {
         let prefix = format!("{run_id}\0");
         let last = self.raw_range(tables::LOGS, &prefix, &prefix_end(&prefix), true, 1)?;
         Ok(last
@@ -303,15 +301,29 @@ fn id_of(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// Counter keys a run holds a slot under while active.
-pub fn pool_counter(pool: &str) -> String {
-    format!("pool\0{pool}")
+/// What an active run holds a slot of: the concurrency limits count these.
+/// The counters behind them are kept by [`Writer::put_run`] alone.
+#[derive(Debug, Clone, Copy)]
+pub enum Slots<'a> {
+    Pool(&'a str),
+    Queue { pool: &'a str, queue: &'a str },
+    Deployment(&'a str),
 }
-pub fn queue_counter(pool: &str, queue: &str) -> String {
-    format!("queue\0{pool}\0{queue}")
+
+impl Slots<'_> {
+    fn key(self) -> String {
+        match self {
+            Slots::Pool(pool) => format!("pool\0{pool}"),
+            Slots::Queue { pool, queue } => format!("queue\0{pool}\0{queue}"),
+            Slots::Deployment(deployment) => format!("deployment\0{deployment}"),
+        }
+    }
 }
-pub fn deployment_counter(deployment: &str) -> String {
-    format!("deployment\0{deployment}")
+
+fn counter_value(r: &(impl Raw + ?Sized), key: &str) -> Result<u64, StoreError> {
+    Ok(r.raw_get(tables::COUNTERS, key)?.map_or(0, |b| {
+        u64::from_le_bytes(b.as_slice().try_into().unwrap_or([0; 8]))
+    }))
 }
 
 fn run_counters(run: &FlowRun) -> Vec<String> {
@@ -319,9 +331,13 @@ fn run_counters(run: &FlowRun) -> Vec<String> {
         return Vec::new();
     }
     vec![
-        pool_counter(&run.pool),
-        queue_counter(&run.pool, &run.queue),
-        deployment_counter(&run.deployment),
+        Slots::Pool(&run.pool).key(),
+        Slots::Queue {
+            pool: &run.pool,
+            queue: &run.queue,
+        }
+        .key(),
+        Slots::Deployment(&run.deployment).key(),
     ]
 }
 
@@ -370,12 +386,12 @@ fn run_index_entries(run: &FlowRun) -> Vec<(Def, String)> {
 }
 
 impl Writer<'_> {
-    pub fn put_pool(&mut self, pool: &WorkPool) -> Result<(), ApiError> {
+    pub fn put_pool(&mut self, pool: &WorkPool) -> Result<(), StoreError> {
         self.raw_put(tables::POOLS, &pool.name, &encode(pool)?)?;
         self.changes.push(Change::Pool { pool: pool.clone() });
         Ok(())
     }
-    pub fn delete_pool(&mut self, name: &str) -> Result<(), ApiError> {
+    pub fn delete_pool(&mut self, name: &str) -> Result<(), StoreError> {
         for queue in self.queues(name)? {
             self.delete_queue(name, &queue.name)?;
         }
@@ -386,17 +402,17 @@ impl Writer<'_> {
         self.changes.push(Change::PoolDeleted { name: name.into() });
         Ok(())
     }
-    pub fn put_queue(&mut self, queue: &WorkQueue) -> Result<(), ApiError> {
+    pub fn put_queue(&mut self, queue: &WorkQueue) -> Result<(), StoreError> {
         self.raw_put(
             tables::QUEUES,
             &pool_member_key(&queue.pool, &queue.name),
             &encode(queue)?,
         )
     }
-    pub fn delete_queue(&mut self, pool: &str, name: &str) -> Result<(), ApiError> {
+    pub fn delete_queue(&mut self, pool: &str, name: &str) -> Result<(), StoreError> {
         self.raw_delete(tables::QUEUES, &pool_member_key(pool, name))
     }
-    pub fn put_worker(&mut self, worker: &Worker) -> Result<(), ApiError> {
+    pub fn put_worker(&mut self, worker: &Worker) -> Result<(), StoreError> {
         self.raw_put(
             tables::WORKERS,
             &pool_member_key(&worker.pool, &worker.name),
@@ -407,19 +423,19 @@ impl Writer<'_> {
         });
         Ok(())
     }
-    pub fn put_deployment(&mut self, deployment: &Deployment) -> Result<(), ApiError> {
+    pub fn put_deployment(&mut self, deployment: &Deployment) -> Result<(), StoreError> {
         self.raw_put(
             tables::DEPLOYMENTS,
             &deployment.full_name(),
             &encode(deployment)?,
         )
     }
-    pub fn delete_deployment(&mut self, full_name: &str) -> Result<(), ApiError> {
+    pub fn delete_deployment(&mut self, full_name: &str) -> Result<(), StoreError> {
         self.raw_delete(tables::DEPLOYMENTS, full_name)
     }
 
     /// Writes a run and brings its index entries and counters along.
-    pub fn put_run(&mut self, old: Option<&FlowRun>, new: &FlowRun) -> Result<(), ApiError> {
+    pub fn put_run(&mut self, old: Option<&FlowRun>, new: &FlowRun) -> Result<(), StoreError> {
         let before = old.map(run_index_entries).unwrap_or_default();
         let after = run_index_entries(new);
         let contains = |list: &[(Def, String)], (def, key): &(Def, String)| {
@@ -446,7 +462,7 @@ impl Writer<'_> {
         Ok(())
     }
 
-    pub fn delete_run(&mut self, run: &FlowRun) -> Result<(), ApiError> {
+    pub fn delete_run(&mut self, run: &FlowRun) -> Result<(), StoreError> {
         for (def, key) in run_index_entries(run) {
             self.raw_delete(def, &key)?;
         }
@@ -456,8 +472,8 @@ impl Writer<'_> {
         self.raw_delete(tables::RUNS, &run.id)
     }
 
-    fn add_to_counter(&mut self, key: &str, delta: i64) -> Result<(), ApiError> {
-        let value = self.active_count(key)?.saturating_add_signed(delta);
+    fn add_to_counter(&mut self, key: &str, delta: i64) -> Result<(), StoreError> {
+        let value = counter_value(self, key)?.saturating_add_signed(delta);
         if value == 0 {
             self.raw_delete(tables::COUNTERS, key)
         } else {
@@ -466,7 +482,7 @@ impl Writer<'_> {
     }
 
     /// Appends lines, numbering them after the run's last line.
-    pub fn append_logs(&mut self, run_id: &str, lines: Vec<LogLine>) -> Result<u64, ApiError> {
+    pub fn append_logs(&mut self, run_id: &str, lines: Vec<LogLine>) -> Result<u64, StoreError> {
         let mut seq = self.last_log_seq(run_id)?.map_or(0, |s| s + 1);
         for mut line in lines {
             line.seq = seq;
@@ -493,7 +509,7 @@ fn encode_cursor(key: &str) -> String {
 
 /// Any pairs of hex digits are a position; bytes that are not UTF-8 sort
 /// where their replacement character does.
-fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
+fn decode_cursor(cursor: &str) -> Result<String, StoreError> {
     let bytes = cursor
         .as_bytes()
         .chunks(2)
@@ -502,9 +518,7 @@ fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
             _ => None,
         })
         .collect::<Option<Vec<u8>>>()
-        .ok_or_else(|| {
-            ApiError::bad_request("cursor", "cursor: not a next_cursor (pairs of hex digits)")
-        })?;
+        .ok_or(StoreError::BadCursor)?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 

@@ -1,8 +1,8 @@
 //! Table names and the byte-level access both backends offer.
 
 use super::{Snapshot, Writer};
-use crate::error::ApiError;
 use crate::events::Change;
+use crate::store::StoreError;
 
 /// A table: ordered `&str` keys to byte values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -59,7 +59,7 @@ pub const ALL: [Def; 16] = [
 /// Byte-level reads that both snapshots and writers offer: what `records`
 /// builds everything on.
 pub trait Raw {
-    fn raw_get(&self, def: Def, key: &str) -> Result<Option<Vec<u8>>, ApiError>;
+    fn raw_get(&self, def: Def, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// Entries with keys in `[start, end)`, ascending or descending, at most `limit`.
     fn raw_range(
         &self,
@@ -68,13 +68,13 @@ pub trait Raw {
         end: &str,
         descending: bool,
         limit: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, ApiError>;
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
 }
 
 /// What a backend implements for a read view. Keys order byte-wise, as
 /// Rust's `str` does.
 pub(super) trait ReadTxn {
-    fn get(&self, def: Def, key: &str) -> Result<Option<Vec<u8>>, ApiError>;
+    fn get(&self, def: Def, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     fn range(
         &self,
         def: Def,
@@ -82,21 +82,21 @@ pub(super) trait ReadTxn {
         end: &str,
         descending: bool,
         limit: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, ApiError>;
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     /// Every key of a table, in order, without the values.
-    fn keys(&self, def: Def, f: &mut dyn FnMut(&str)) -> Result<(), ApiError>;
+    fn keys(&self, def: Def, f: &mut dyn FnMut(&str)) -> Result<(), StoreError>;
     /// Keys the caller will likely get next, in that order: a backend whose
     /// every read is a round trip may fetch them together when the first is
     /// not at hand. Reads stay reads; this only makes them cheaper.
-    fn read_ahead(&self, _def: Def, _keys: &[String]) -> Result<(), ApiError> {
+    fn read_ahead(&self, _def: Def, _keys: &[String]) -> Result<(), StoreError> {
         Ok(())
     }
 }
 
 /// What a backend implements for the transaction a batch of writes shares.
 pub(super) trait WriteTxn: ReadTxn {
-    fn put(&mut self, def: Def, key: &str, value: &[u8]) -> Result<(), ApiError>;
-    fn delete(&mut self, def: Def, key: &str) -> Result<(), ApiError>;
+    fn put(&mut self, def: Def, key: &str, value: &[u8]) -> Result<(), StoreError>;
+    fn delete(&mut self, def: Def, key: &str) -> Result<(), StoreError>;
     /// The changes one request made, committed with the batch (a backend
     /// shared by several servers tells the others through them).
     fn record(&mut self, _changes: &[Change]) {}
@@ -122,7 +122,7 @@ impl ReadsThrough for Writer<'_> {
 }
 
 impl<T: ReadsThrough> Raw for T {
-    fn raw_get(&self, def: Def, key: &str) -> Result<Option<Vec<u8>>, ApiError> {
+    fn raw_get(&self, def: Def, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.reader().get(def, key)
     }
     fn raw_range(
@@ -132,7 +132,7 @@ impl<T: ReadsThrough> Raw for T {
         end: &str,
         descending: bool,
         limit: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         if start >= end {
             return Ok(Vec::new());
         }
@@ -149,15 +149,15 @@ impl Writer<'_> {
 
     /// The runs a request will likely read next, in that order (a claim's
     /// due runs): see `ReadTxn::read_ahead`.
-    pub fn read_ahead_runs(&self, ids: &[String]) -> Result<(), ApiError> {
+    pub fn read_ahead_runs(&self, ids: &[String]) -> Result<(), StoreError> {
         self.txn.read_ahead(RUNS, ids)
     }
 
-    pub(super) fn raw_put(&mut self, def: Def, key: &str, value: &[u8]) -> Result<(), ApiError> {
+    pub(super) fn raw_put(&mut self, def: Def, key: &str, value: &[u8]) -> Result<(), StoreError> {
         self.txn.put(def, key, value)
     }
 
-    pub(super) fn raw_delete(&mut self, def: Def, key: &str) -> Result<(), ApiError> {
+    pub(super) fn raw_delete(&mut self, def: Def, key: &str) -> Result<(), StoreError> {
         self.txn.delete(def, key)
     }
 }
@@ -169,7 +169,7 @@ pub fn prefix_end(prefix: &str) -> String {
 
 impl Snapshot {
     /// Calls `f` with every key of `def`, in order, without copying values.
-    pub(super) fn for_each_key(&self, def: Def, mut f: impl FnMut(&str)) -> Result<(), ApiError> {
+    pub(super) fn for_each_key(&self, def: Def, mut f: impl FnMut(&str)) -> Result<(), StoreError> {
         self.txn.keys(def, &mut f)
     }
 
@@ -177,7 +177,7 @@ impl Snapshot {
     /// indexes (no run is decoded): `(pool, state) → count`.
     pub fn run_counts(
         &self,
-    ) -> Result<std::collections::BTreeMap<(String, String), u64>, ApiError> {
+    ) -> Result<std::collections::BTreeMap<(String, String), u64>, StoreError> {
         // Both index keys end in `\0{id}`; the pool or state is their first part.
         fn split(key: &str) -> Option<(&str, &str)> {
             Some((key.split('\0').next()?, key.rsplit('\0').next()?))

@@ -688,22 +688,18 @@ fn read_records(path: &Path, offset: &mut u64) -> std::io::Result<Vec<(OutputStr
     Ok(lines)
 }
 
-#[allow(unsafe_code)]
+/// Signals the group the child leads (the supervisor starts it with
+/// `process_group(0)`); a group already gone is no error.
 fn signal_group(pid: i32, signal: i32) -> Result<(), String> {
-    if pid <= 1 {
-        return Err(format!("refusing to signal pid {pid}"));
+    let group = rustix::process::Pid::from_raw(pid)
+        .filter(|_| pid > 1)
+        .ok_or_else(|| format!("refusing to signal pid {pid}"))?;
+    let signal = rustix::process::Signal::from_named_raw(signal)
+        .ok_or_else(|| format!("cannot signal process group {pid}: unknown signal {signal}"))?;
+    match rustix::process::kill_process_group(group, signal) {
+        Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+        Err(error) => Err(format!("cannot signal process group {pid}: {error}")),
     }
-    // SAFETY: kill(2) has no memory effects; a negative pid targets the group
-    // the child leads (the supervisor starts it with process_group(0)).
-    let rc = unsafe { libc::kill(-pid, signal) };
-    if rc == 0 {
-        return Ok(());
-    }
-    let error = std::io::Error::last_os_error();
-    if error.raw_os_error() == Some(libc::ESRCH) {
-        return Ok(());
-    }
-    Err(format!("cannot signal process group {pid}: {error}"))
 }
 
 fn exit_status(exit: RecordedExit) -> ExitStatus {

@@ -12,7 +12,6 @@ use crate::server::AppState;
 use crate::store::RunFilter;
 use axum::Router;
 use axum::extract::{Form, Path, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use maud::{Markup, html};
@@ -225,8 +224,8 @@ async fn run(
     match attempt.await {
         Ok(run) => Ok(Redirect::to(&format!("/runs/{}", view::segment(&run.id))).into_response()),
         Err(error) => {
-            let status = StatusCode::from_u16(error.kind.status())
-                .unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
+            let error = crate::server::error::disclosed(error);
+            let status = crate::server::error::status(error.kind);
             Ok((
                 status,
                 detail_page(&s, &deployment, &submitted, Some(&error))?,

@@ -26,7 +26,7 @@ use super::AppState;
 use crate::error::ApiError;
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
@@ -87,18 +87,18 @@ impl From<ApiError> for PageError {
 
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
-        let status =
-            StatusCode::from_u16(self.0.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        if status.is_server_error() {
+        let status = super::error::status(self.0.kind);
+        if status.is_server_error() && self.0.kind != crate::error::ErrorKind::Internal {
             tracing::error!(error = %self.0.message, "UI page failed");
         }
+        let error = super::error::disclosed(self.0);
         let body = view::page(
             "Error",
             view::Nav::None,
             None,
             maud::html! {
                 h1 { "Something went wrong" }
-                p.error role="alert" { (self.0.message) }
+                p.error role="alert" { (error.message) }
                 p { a href="/" { "Back to Work Pools" } }
             },
         );

@@ -9,7 +9,6 @@ use crate::server::AppState;
 use crate::store::RunFilter;
 use axum::Router;
 use axum::extract::{Form, Path, Query, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use maud::{Markup, html};
@@ -182,8 +181,8 @@ async fn create(
             Ok(Redirect::to(&format!("/pools/{}", view::segment(&view.pool.name))).into_response())
         }
         Err(error) => {
-            let status = StatusCode::from_u16(error.kind.status())
-                .unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
+            let error = crate::server::error::disclosed(error);
+            let status = crate::server::error::status(error.kind);
             Ok((status, home_page(&s, &form, Some(&error))?).into_response())
         }
     }

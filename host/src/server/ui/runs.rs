@@ -6,14 +6,13 @@ use super::{Back, Page, PageError};
 use crate::error::ApiError;
 use crate::model::{FlowRun, StateType};
 use crate::server::AppState;
-use crate::store::{Records, RunFilter};
+use crate::store::RunFilter;
 use axum::Router;
 use axum::extract::{Form, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use maud::{Markup, html};
 use serde::Deserialize;
-use std::time::Duration;
 
 /// Runs on one page of the list.
 const PAGE_SIZE: usize = 50;
@@ -157,12 +156,7 @@ fn table(runs: &[FlowRun]) -> Markup {
 
 async fn detail(State(s): State<AppState>, Path(id): Path<String>) -> Page {
     let run = s.control.run(&id)?;
-    let last = s.control.store().read(|r| r.last_log_seq(&id))?;
-    let after = last.and_then(|last| last.checked_sub(SHOWN_LOG_LINES));
-    let (lines, _) = s
-        .control
-        .logs(&id, after, SHOWN_LOG_LINES as usize, Duration::ZERO)
-        .await?;
+    let tail = s.control.log_tail(&id, SHOWN_LOG_LINES)?;
     let here = format!("/runs/{}", view::segment(&id));
     let timeline = run.history.iter().chain(std::iter::once(&run.state));
     let body = html! {
@@ -205,9 +199,9 @@ async fn detail(State(s): State<AppState>, Path(id): Path<String>) -> Page {
             }
         }
         h2 { "Logs" }
-        @if after.is_some() { p.muted { "The newest " (SHOWN_LOG_LINES) " lines; " code { "host flow-run logs " (run.id) } " has them all." } }
+        @if tail.cut { p.muted { "The newest " (SHOWN_LOG_LINES) " lines; " code { "host flow-run logs " (run.id) } " has them all." } }
         pre.logs #logs data-run=(run.id) aria-live="polite" {
-            @for line in &lines {
+            @for line in &tail.lines {
                 span.line.(line.stream) data-seq=(line.seq) { (line.message) "\n" }
             }
         }

@@ -13,8 +13,8 @@ use super::listen::Notice;
 use super::prefetch::{self, Asks, Read, Reads};
 use super::read::{Conn, GET_MANY, Rows, get_on, keys_on, range_on};
 use super::{DbError, DbErrorText, Inner, WRITE_LOCK, db_error, lost_error};
-use crate::error::ApiError;
 use crate::events::Change;
+use crate::store::StoreError;
 use crate::store::tables::{Def, ReadTxn, WriteTxn};
 use crate::store::{Committed, Completion, Job, MAX_BATCH, next_batch};
 use std::cell::RefCell;
@@ -84,7 +84,7 @@ struct PgBatch<'a> {
 }
 
 impl PgBatch<'_> {
-    fn check<T>(&self, result: Result<T, ApiError>) -> Result<T, ApiError> {
+    fn check<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
         if result.is_err() {
             self.broken.set(true);
         }
@@ -93,7 +93,7 @@ impl PgBatch<'_> {
 }
 
 impl ReadTxn for PgBatch<'_> {
-    fn get(&self, def: Def, key: &str) -> Result<Option<Vec<u8>>, ApiError> {
+    fn get(&self, def: Def, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         match self.pending.get(&(def.name(), key.to_string())) {
             Some(value) => Ok(value.clone()),
             None => {
@@ -119,7 +119,7 @@ impl ReadTxn for PgBatch<'_> {
         end: &str,
         descending: bool,
         limit: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let pending: Vec<_> = self
             .pending
             .range((def.name(), start.to_string())..(def.name(), end.to_string()))
@@ -145,7 +145,7 @@ impl ReadTxn for PgBatch<'_> {
         })
     }
 
-    fn keys(&self, def: Def, f: &mut dyn FnMut(&str)) -> Result<(), ApiError> {
+    fn keys(&self, def: Def, f: &mut dyn FnMut(&str)) -> Result<(), StoreError> {
         let mut keys = Vec::new();
         self.check(keys_on(self.conn, def, &mut |key| {
             keys.push(key.to_string())
@@ -164,7 +164,7 @@ impl ReadTxn for PgBatch<'_> {
         Ok(())
     }
 
-    fn read_ahead(&self, def: Def, keys: &[String]) -> Result<(), ApiError> {
+    fn read_ahead(&self, def: Def, keys: &[String]) -> Result<(), StoreError> {
         let known = |key: &String| {
             self.pending.contains_key(&(def.name(), key.clone()))
                 || self.cache.borrow().get(def.name(), key).is_some()
@@ -199,7 +199,7 @@ impl PgBatch<'_> {
         end: &str,
         descending: bool,
         wanted: usize,
-    ) -> Result<Rows, ApiError> {
+    ) -> Result<Rows, StoreError> {
         let bounds = (start, end);
         // A little more than asked: a claim deletes entries of the range it
         // reads, so the next one asks for one more.
@@ -228,12 +228,12 @@ impl PgBatch<'_> {
 }
 
 impl WriteTxn for PgBatch<'_> {
-    fn put(&mut self, def: Def, key: &str, value: &[u8]) -> Result<(), ApiError> {
+    fn put(&mut self, def: Def, key: &str, value: &[u8]) -> Result<(), StoreError> {
         self.pending
             .insert((def.name(), key.to_string()), Some(value.to_vec()));
         Ok(())
     }
-    fn delete(&mut self, def: Def, key: &str) -> Result<(), ApiError> {
+    fn delete(&mut self, def: Def, key: &str) -> Result<(), StoreError> {
         self.pending.insert((def.name(), key.to_string()), None);
         Ok(())
     }
@@ -248,14 +248,14 @@ impl WriteTxn for PgBatch<'_> {
 impl PgBatch<'_> {
     /// Sends the batch's writes and changes and commits; what to announce,
     /// when it changed anything.
-    fn commit(self, replica: &str) -> Result<Option<Notice>, ApiError> {
+    fn commit(self, replica: &str) -> Result<Option<Notice>, StoreError> {
         if self.broken.get() {
-            return Err(ApiError::unavailable(
-                "a read in this batch failed, so none of its writes were committed; retry",
+            return Err(StoreError::Unavailable(
+                "a read in this batch failed, so none of its writes were committed; retry".into(),
             ));
         }
         let Some(version) = self.cache.borrow().version() else {
-            return Err(ApiError::internal(
+            return Err(StoreError::internal(
                 "the writer began a batch without reading the write version",
             ));
         };
@@ -268,7 +268,7 @@ impl PgBatch<'_> {
             Ok(seq) => seq,
             Err(Unsent::NotCommitted(error)) => return Err(db_error(error)),
             Err(Unsent::Unknown(why)) => {
-                return Err(ApiError::outcome_unknown(format!(
+                return Err(StoreError::OutcomeUnknown(format!(
                     "the database did not confirm the commit ({why}): the write may or may not have been made; read before retrying"
                 )));
             }

@@ -41,6 +41,7 @@ mod listen;
 mod prefetch;
 mod read;
 
+use crate::store::StoreError;
 use batch::write_loop;
 use lead::keep_lead;
 use listen::{Notice, announce, listen};
@@ -48,7 +49,6 @@ use read::PgRead;
 
 use super::tables::ReadTxn;
 use super::{Backend, Committed, Health, Job, RemoteHook, Replica};
-use crate::error::ApiError;
 use crate::events::{Change, Events};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::future::Future;
@@ -141,12 +141,12 @@ impl Drop for DriverRuntime {
 
 /// A driver error as the API tells it: the database being away is a 503
 /// (clients retry), anything else a 500.
-fn db_error(e: impl Into<DbError>) -> ApiError {
+fn db_error(e: impl Into<DbError>) -> StoreError {
     match e.into() {
-        DbError::Unreachable(why) => ApiError::unavailable(format!(
+        DbError::Unreachable(why) => StoreError::Unavailable(format!(
             "the database is unreachable ({why}); retry shortly"
         )),
-        DbError::Other(why) => ApiError::internal(format!("database error: {why}")),
+        DbError::Other(why) => StoreError::internal(format!("database error: {why}")),
     }
 }
 
@@ -194,8 +194,8 @@ impl From<deadpool_postgres::PoolError> for DbError {
 
 /// What a replica that lost its database answers: nothing was done here,
 /// so another replica may do it.
-fn lost_error(reason: &str) -> ApiError {
-    ApiError::unavailable(format!(
+fn lost_error(reason: &str) -> StoreError {
+    StoreError::Unavailable(format!(
         "this replica cannot reach its database ({reason}); nothing was done: retry, or ask another replica"
     ))
 }
@@ -220,13 +220,10 @@ impl PgStore {
         advertised: Option<String>,
         jobs: mpsc::Receiver<Job>,
         events: Arc<Events>,
-    ) -> Result<Arc<PgStore>, ApiError> {
-        let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
-            ApiError::bad_request(
-                "database_url",
-                format!("database_url: not a PostgreSQL URL ({e}); expected postgres://user:password@host:port/database"),
-            )
-        })?;
+    ) -> Result<Arc<PgStore>, StoreError> {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| StoreError::BadUrl(e.to_string()))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
@@ -240,7 +237,7 @@ impl PgStore {
             .thread_name("store-postgres")
             .enable_all()
             .build()
-            .map_err(|e| ApiError::internal(format!("cannot start the database runtime: {e}")))?;
+            .map_err(|e| StoreError::internal(format!("cannot start the database runtime: {e}")))?;
         let handle = runtime.handle().clone();
         let runtime = DriverRuntime(Some(runtime));
         let manager = Manager::from_config(
@@ -256,14 +253,14 @@ impl PgStore {
             .wait_timeout(Some(Duration::from_secs(10)))
             .create_timeout(Some(Duration::from_secs(5)))
             .build()
-            .map_err(|e| ApiError::internal(format!("database pool: {e}")))?;
+            .map_err(|e| StoreError::internal(format!("database pool: {e}")))?;
         let location = redact(url);
         let migrate_config = config.clone();
         let migrate_location = location.clone();
         let last_seq = handle
             .spawn(async move { migrate(&migrate_config, &migrate_location).await })
             .await
-            .map_err(|e| ApiError::internal(format!("migration task: {e}")))??;
+            .map_err(|e| StoreError::internal(format!("migration task: {e}")))??;
         let (announcements, committed) = tokio::sync::mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             _runtime: runtime,
@@ -300,7 +297,7 @@ impl PgStore {
                 }
             },
         )
-        .map_err(|e| ApiError::internal(format!("cannot start the writer: {e}")))?;
+        .map_err(|e| StoreError::internal(format!("cannot start the writer: {e}")))?;
         tracing::info!(database = %inner.location, replica = %inner.replica, "connected to PostgreSQL");
         Ok(Arc::new(PgStore { inner }))
     }
@@ -308,9 +305,9 @@ impl PgStore {
 
 /// Brings the schema up to date under a lock (replicas may start together)
 /// and answers the last change's sequence number, where listening starts.
-async fn migrate(config: &tokio_postgres::Config, location: &str) -> Result<i64, ApiError> {
+async fn migrate(config: &tokio_postgres::Config, location: &str) -> Result<i64, StoreError> {
     let (mut client, connection) = config.connect(NoTls).await.map_err(|e| {
-        ApiError::unavailable(format!(
+        StoreError::Unavailable(format!(
             "cannot connect to the database at {location}: {}",
             DbErrorText(&e)
         ))
@@ -333,13 +330,15 @@ async fn migrate(config: &tokio_postgres::Config, location: &str) -> Result<i64,
             Ok(())
         }
         Err(e) => Err(match e.kind() {
-            refinery::error::Kind::MissingVersion(newer) => ApiError::internal(format!(
+            refinery::error::Kind::MissingVersion(newer) => StoreError::internal(format!(
                 "the database at {location} has schema migration {newer} applied, which this build of host does not know: a newer host migrated it. Run that version (or newer), or point --database-url at another database"
             )),
-            refinery::error::Kind::DivergentVersion(applied, ours) => ApiError::internal(format!(
-                "the database at {location} has schema migration {applied} applied where this build has {ours}: it was migrated by a different build of host"
-            )),
-            other => ApiError::internal(format!(
+            refinery::error::Kind::DivergentVersion(applied, ours) => {
+                StoreError::internal(format!(
+                    "the database at {location} has schema migration {applied} applied where this build has {ours}: it was migrated by a different build of host"
+                ))
+            }
+            other => StoreError::internal(format!(
                 "cannot migrate the database at {location}: {other}"
             )),
         }),
@@ -373,7 +372,7 @@ impl Inner {
         block_on(f)
     }
 
-    fn connection(&self) -> Result<deadpool_postgres::Object, ApiError> {
+    fn connection(&self) -> Result<deadpool_postgres::Object, StoreError> {
         if let Some(reason) = self.lost() {
             return Err(lost_error(&reason));
         }
@@ -430,7 +429,7 @@ fn block_on<F: Future>(f: F) -> F::Output {
 }
 
 impl Backend for PgStore {
-    fn snapshot(&self) -> Result<Box<dyn ReadTxn>, ApiError> {
+    fn snapshot(&self) -> Result<Box<dyn ReadTxn>, StoreError> {
         Ok(Box::new(PgRead {
             inner: self.inner.clone(),
             client: self.inner.connection()?,
@@ -482,9 +481,9 @@ impl Backend for PgStore {
 }
 
 impl Inner {
-    fn failed(&self, error: &ApiError) {
+    fn failed(&self, error: &StoreError) {
         if let Ok(mut failed) = self.failed_commit.lock() {
-            *failed = Some(format!("the last write failed: {}", error.message));
+            *failed = Some(format!("the last write failed: {}", error));
         }
     }
 }

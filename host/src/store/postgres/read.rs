@@ -1,7 +1,7 @@
 //! Reads outside a batch, and the statements a batch's reads share.
 
 use super::{DbError, Inner, db_error};
-use crate::error::ApiError;
+use crate::store::StoreError;
 use crate::store::tables::{Def, ReadTxn};
 use std::sync::Arc;
 use tokio_postgres::Row;
@@ -56,7 +56,7 @@ impl Conn for PgRead {
     }
 }
 
-pub(super) fn get_on(conn: &dyn Conn, def: Def, key: &str) -> Result<Option<Vec<u8>>, ApiError> {
+pub(super) fn get_on(conn: &dyn Conn, def: Def, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
     let rows = conn
         .rows(GET, &[&def.name(), &key.as_bytes()])
         .map_err(db_error)?;
@@ -70,7 +70,7 @@ pub(super) fn range_on(
     end: &str,
     descending: bool,
     limit: usize,
-) -> Result<Rows, ApiError> {
+) -> Result<Rows, StoreError> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let sql = if descending { RANGE_DESC } else { RANGE_ASC };
     let rows = conn
@@ -84,11 +84,15 @@ pub(super) fn range_on(
         .collect()
 }
 
-fn key_text(bytes: Vec<u8>) -> Result<String, ApiError> {
-    String::from_utf8(bytes).map_err(|_| ApiError::internal("database error: a key is not UTF-8"))
+fn key_text(bytes: Vec<u8>) -> Result<String, StoreError> {
+    String::from_utf8(bytes).map_err(|_| StoreError::internal("database error: a key is not UTF-8"))
 }
 
-pub(super) fn keys_on(conn: &dyn Conn, def: Def, f: &mut dyn FnMut(&str)) -> Result<(), ApiError> {
+pub(super) fn keys_on(
+    conn: &dyn Conn,
+    def: Def,
+    f: &mut dyn FnMut(&str),
+) -> Result<(), StoreError> {
     let rows = conn.rows(KEYS, &[&def.name()]).map_err(db_error)?;
     for row in &rows {
         f(&key_text(row.get(0))?);
@@ -97,7 +101,7 @@ pub(super) fn keys_on(conn: &dyn Conn, def: Def, f: &mut dyn FnMut(&str)) -> Res
 }
 
 impl ReadTxn for PgRead {
-    fn get(&self, def: Def, key: &str) -> Result<Option<Vec<u8>>, ApiError> {
+    fn get(&self, def: Def, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         get_on(self, def, key)
     }
     fn range(
@@ -107,10 +111,10 @@ impl ReadTxn for PgRead {
         end: &str,
         descending: bool,
         limit: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         range_on(self, def, start, end, descending, limit)
     }
-    fn keys(&self, def: Def, f: &mut dyn FnMut(&str)) -> Result<(), ApiError> {
+    fn keys(&self, def: Def, f: &mut dyn FnMut(&str)) -> Result<(), StoreError> {
         keys_on(self, def, f)
     }
 }
