@@ -670,8 +670,7 @@ async fn a_body_over_the_limit_is_413() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = ServerProcess::start(dir.path(), &[]);
     let big = json!({"name": "p", "type": "process", "padding": "x".repeat(3 << 20)}).to_string();
-    let (status, error) = server.request("POST", "/api/work-pools", Some(&big))
-    .await;
+    let (status, error) = server.request("POST", "/api/work-pools", Some(&big)).await;
     assert_eq!(status, 413, "{error}");
     assert_eq!(error["field"], "body", "{error}");
     assert!(

@@ -9,23 +9,22 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 async fn create_pool(s: &TestServer, body: Value) -> (u16, Value) {
-    s.post("/api/work-pools", &body)
-    .await
+    s.post("/api/work-pools", &body).await
 }
 
 async fn deployment(s: &TestServer, body: Value) -> (u16, Value) {
-    s.put("/api/deployments", &body)
-    .await
+    s.put("/api/deployments", &body).await
 }
 
 async fn run(s: &TestServer, name: &str, body: Value) -> (u16, Value) {
     s.post(&format!("/api/deployments/{name}/runs"), &body)
-    .await
+        .await
 }
 
 async fn claim(s: &TestServer, pool: &str, body: Value) -> Value {
-    let (status, answer) = s.post(&format!("/api/work-pools/{pool}/claim"), &body)
-    .await;
+    let (status, answer) = s
+        .post(&format!("/api/work-pools/{pool}/claim"), &body)
+        .await;
     assert_eq!(status, 200, "{answer}");
     answer
 }
@@ -93,8 +92,7 @@ async fn pools_validate_their_input_and_store_nothing_when_it_is_bad(backend: Ba
             assert_eq!(answer["field"], field, "{body} -> {answer}");
         }
     }
-    let (status, answer) = s.post("/api/work-pools", "{not json")
-    .await;
+    let (status, answer) = s.post("/api/work-pools", "{not json").await;
     assert_eq!(status, 400, "{answer}");
     assert_eq!(
         pool_count(&s).await,
@@ -102,37 +100,23 @@ async fn pools_validate_their_input_and_store_nothing_when_it_is_bad(backend: Ba
         "nothing stored by the bad requests"
     );
 
-    let (status, queues) = s.get("/api/work-pools/p1/queues")
-    .await;
+    let (status, queues) = s.get("/api/work-pools/p1/queues").await;
     assert_eq!(status, 200);
     assert_eq!(queues[0]["name"], "default");
 
-    let (status, _) = s.post("/api/work-pools/p1/workers/heartbeat", r#"{"name": "w1", "heartbeat_interval_seconds": 5}"#)
-    .await;
+    let (status, _) = s
+        .post(
+            "/api/work-pools/p1/workers/heartbeat",
+            r#"{"name": "w1", "heartbeat_interval_seconds": 5}"#,
+        )
+        .await;
     assert_eq!(status, 200);
-    assert_eq!(
-        s.get("/api/work-pools/p1")
-            .await
-            .1["status"],
-        "READY"
-    );
-    s.patch("/api/work-pools/p1", r#"{"paused": true}"#)
-    .await;
-    assert_eq!(
-        s.get("/api/work-pools/p1")
-            .await
-            .1["status"],
-        "PAUSED"
-    );
-    let (status, _) = s.delete("/api/work-pools/p1")
-    .await;
+    assert_eq!(s.get("/api/work-pools/p1").await.1["status"], "READY");
+    s.patch("/api/work-pools/p1", r#"{"paused": true}"#).await;
+    assert_eq!(s.get("/api/work-pools/p1").await.1["status"], "PAUSED");
+    let (status, _) = s.delete("/api/work-pools/p1").await;
     assert_eq!(status, 204);
-    assert_eq!(
-        s.get("/api/work-pools/p1")
-            .await
-            .0,
-        404
-    );
+    assert_eq!(s.get("/api/work-pools/p1").await.0, 404);
 }
 
 async fn queue_priorities_stay_unique_by_shifting_the_others(backend: Backend) {
@@ -218,11 +202,7 @@ async fn deployments_are_idempotent_and_validate_job_variables(backend: Backend)
         assert_eq!(answer["field"], field, "{answer}");
     }
     assert_eq!(
-        s.get("/api/deployments")
-            .await
-            .1
-            .as_array()
-            .map(Vec::len),
+        s.get("/api/deployments").await.1.as_array().map(Vec::len),
         Some(1)
     );
 
@@ -236,9 +216,7 @@ async fn deployments_are_idempotent_and_validate_job_variables(backend: Backend)
         (status, answer["field"].as_str()),
         (409, Some("job_variables.exit_code"))
     );
-    let listed = s.get("/api/flow-runs")
-        .await
-        .1;
+    let listed = s.get("/api/flow-runs").await.1;
     assert_eq!(
         listed["runs"].as_array().map(Vec::len),
         Some(0),
@@ -271,7 +249,10 @@ async fn claims_follow_priority_then_time_within_limits(backend: Backend) {
         json!({"name": "p", "type": "process", "concurrency_limit": 2}),
     )
     .await;
-    s.post("/api/work-pools/p/queues", r#"{"name": "urgent", "priority": 1}"#)
+    s.post(
+        "/api/work-pools/p/queues",
+        r#"{"name": "urgent", "priority": 1}"#,
+    )
     .await;
     deployment(&s, json!({"flow": "f", "name": "normal", "pool": "p"})).await;
     deployment(
@@ -453,8 +434,9 @@ async fn cancel_is_immediate_for_scheduled_and_reaches_the_worker_otherwise(back
         .expect("id")
         .to_string();
     claim(&s, "p", json!({"worker": "w1", "limit": 1})).await;
-    let (_, cancelling) = s.request("POST", &format!("/api/flow-runs/{id}/cancel"), None)
-    .await;
+    let (_, cancelling) = s
+        .request("POST", &format!("/api/flow-runs/{id}/cancel"), None)
+        .await;
     assert_eq!(cancelling["state"]["type"], "CANCELLING");
     let answer = claim(
         &s,
@@ -471,12 +453,7 @@ async fn cancel_is_immediate_for_scheduled_and_reaches_the_worker_otherwise(back
 
 async fn an_api_token_guards_everything_but_health(backend: Backend) {
     let s = TestServer::start_on(backend, Some("s3cret"), ControlConfig::default()).await;
-    assert_eq!(
-        s.get("/api/health")
-            .await
-            .0,
-        200
-    );
+    assert_eq!(s.get("/api/health").await.0, 200);
     let (status, answer) = s.get("/api/work-pools").await;
     assert_eq!(status, 401, "{answer}");
     assert_eq!(
@@ -490,12 +467,7 @@ async fn an_api_token_guards_everything_but_health(backend: Backend) {
         .0,
         401
     );
-    assert_eq!(
-        s.get("/api/openapi.json")
-            .await
-            .0,
-        401
-    );
+    assert_eq!(s.get("/api/openapi.json").await.0, 401);
     assert_eq!(
         http(
             "GET",
@@ -555,8 +527,12 @@ async fn numbers_cursors_and_references_are_read_as_the_document_says(backend: B
     );
 
     // Missing references are 404s naming the field.
-    let (status, answer) = s.post("/api/work-pools/p1/claim", r#"{"worker": "w1", "limit": 1, "queues": ["nope"]}"#)
-    .await;
+    let (status, answer) = s
+        .post(
+            "/api/work-pools/p1/claim",
+            r#"{"worker": "w1", "limit": 1, "queues": ["nope"]}"#,
+        )
+        .await;
     assert_eq!(
         (status, answer["field"].as_str()),
         (404, Some("queues")),
@@ -623,25 +599,14 @@ async fn bad_query_parameters_are_4xx_naming_the_field(backend: Backend) {
         ("limit=0", "limit"),
         ("colour=red", ""),
     ] {
-        let (status, answer) = s.get(&format!("/api/flow-runs?{query}"))
-        .await;
+        let (status, answer) = s.get(&format!("/api/flow-runs?{query}")).await;
         assert_eq!(status, 400, "{query}: {answer}");
         if !field.is_empty() {
             assert_eq!(answer["field"], field, "{query}: {answer}");
         }
     }
-    assert_eq!(
-        s.get("/api/flow-runs/nope")
-            .await
-            .0,
-        404
-    );
-    assert_eq!(
-        s.get("/api/nothing-here")
-            .await
-            .0,
-        404
-    );
+    assert_eq!(s.get("/api/flow-runs/nope").await.0, 404);
+    assert_eq!(s.get("/api/nothing-here").await.0, 404);
 }
 
 async fn the_scheduler_keeps_runs_ahead_and_marks_late_ones(backend: Backend) {
@@ -653,9 +618,7 @@ async fn the_scheduler_keeps_runs_ahead_and_marks_late_ones(backend: Backend) {
     create_pool(&s, json!({"name": "p", "type": "process"})).await;
     deployment(&s, json!({"flow": "f", "name": "every-10-min", "pool": "p", "schedules": [{"interval_seconds": 600}]})).await;
     s.control.upkeep().await.expect("upkeep");
-    let upcoming = s.get("/api/work-pools/p/upcoming?limit=100")
-    .await
-    .1;
+    let upcoming = s.get("/api/work-pools/p/upcoming?limit=100").await.1;
     let times: Vec<chrono::DateTime<chrono::Utc>> = upcoming
         .as_array()
         .expect("runs")
@@ -675,9 +638,7 @@ async fn the_scheduler_keeps_runs_ahead_and_marks_late_ones(backend: Backend) {
     );
     assert!(*times.last().expect("last") >= chrono::Utc::now() + chrono::Duration::minutes(50));
     s.control.upkeep().await.expect("upkeep again");
-    let again = s.get("/api/work-pools/p/upcoming?limit=100")
-    .await
-    .1;
+    let again = s.get("/api/work-pools/p/upcoming?limit=100").await.1;
     assert_eq!(
         again.as_array().map(Vec::len),
         Some(times.len()),
@@ -767,7 +728,7 @@ async fn runs_of_a_worker_that_stays_offline_are_crashed_with_the_reason(backend
         .to_string();
     let beat = json!({"name": "w1", "heartbeat_interval_seconds": 1}).to_string();
     s.request("POST", "/api/work-pools/p/workers/heartbeat", Some(&beat))
-    .await;
+        .await;
     claim(&s, "p", json!({"worker": "w1", "limit": 1})).await;
     let url = format!("{}/api/flow-runs/{id}/state", s.url);
     http(
@@ -804,16 +765,9 @@ async fn runs_of_a_worker_that_stays_offline_are_crashed_with_the_reason(backend
         assert!(Instant::now() < deadline, "never crashed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let workers = s.get("/api/work-pools/p/workers")
-    .await
-    .1;
+    let workers = s.get("/api/work-pools/p/workers").await.1;
     assert_eq!(workers[0]["status"], "OFFLINE");
-    assert_eq!(
-        s.get("/api/work-pools/p")
-            .await
-            .1["status"],
-        "NOT_READY"
-    );
+    assert_eq!(s.get("/api/work-pools/p").await.1["status"], "NOT_READY");
 }
 
 /// Values the server could store but never act on are refused at once,

@@ -40,8 +40,12 @@ async fn one_run(s: &TestServer) -> String {
         json!({"name": "p1", "type": "process"}),
     )
     .await;
-    let (status, answer) = s.put("/api/deployments", json!({"flow": "f", "name": "d", "pool": "p1", "command": ["true"]}))
-    .await;
+    let (status, answer) = s
+        .put(
+            "/api/deployments",
+            json!({"flow": "f", "name": "d", "pool": "p1", "command": ["true"]}),
+        )
+        .await;
     assert_eq!(status, 201, "{answer}");
     post(s, "/api/deployments/f/d/runs", json!({})).await["id"]
         .as_str()

@@ -361,8 +361,7 @@ async fn a_paused_server_in_the_url_list_is_skipped_after_the_deadline() {
         String::from_utf8_lossy(&created.stderr).contains("no answer within"),
         "{created:?}"
     );
-    let (status, _) = b.get("/api/work-pools/maybe")
-    .await;
+    let (status, _) = b.get("/api/work-pools/maybe").await;
     assert_eq!(status, 404, "not written twice");
 }
 

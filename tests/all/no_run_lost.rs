@@ -307,8 +307,7 @@ async fn names_made_of_dots_are_refused() {
     let server = common::TestServer::start().await;
     for name in [".", "..", "..."] {
         let body = json!({"name": name, "type": "process"}).to_string();
-        let (status, error) = server.request("POST", "/api/work-pools", Some(&body))
-        .await;
+        let (status, error) = server.request("POST", "/api/work-pools", Some(&body)).await;
         assert_eq!(status, 400, "{name}: {error}");
         assert_eq!(error["field"], "name", "{error}");
     }
@@ -411,8 +410,7 @@ async fn a_database_damaged_in_the_middle_is_refused_and_left_untouched() {
     for i in 0..200 {
         let body =
             json!({"name": format!("pool-{i}"), "type": "process", "description": description});
-        let (status, answer) = server.post("/api/work-pools", &body)
-        .await;
+        let (status, answer) = server.post("/api/work-pools", &body).await;
         assert_eq!(status, 201, "{answer}");
     }
     server.kill();

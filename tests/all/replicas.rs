@@ -388,8 +388,7 @@ async fn answered(url: &str, method: &str, route: &str) -> u64 {
 
 /// Which replica the `i`th forwards its writes to, by its health.
 async fn forwards_to(servers: &[ServerProcess], i: usize) -> Option<String> {
-    let (_, health) =
-        servers[i].get("/api/health").await;
+    let (_, health) = servers[i].get("/api/health").await;
     health["writes_forwarded_to"].as_str().map(str::to_string)
 }
 
@@ -485,7 +484,10 @@ async fn a_follower_refuses_an_unauthenticated_write_before_reading_its_body() {
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
 
     let body = json!({"name": "p", "type": "process"}).to_string();
-    let (status, created) = follower.request("POST", "/api/work-pools", Some(&body),
+    let (status, created) = common::http(
+        "POST",
+        &format!("{}/api/work-pools", follower.url),
+        Some(&body),
         Some("s3cret"),
     )
     .await;
@@ -623,7 +625,9 @@ async fn a_claim_through_a_replica_nobody_waited_on_wakes_at_once_on_another_rep
                 let answer = common::http(
                     "POST",
                     &format!("{b}/api/work-pools/p/claim"),
-                    Some(&body))
+                    Some(&body),
+                    None,
+                )
                 .await;
                 (answer, Instant::now())
             })

@@ -25,7 +25,7 @@ fn percentile(samples: &mut [Duration], p: f64) -> Duration {
 pub async fn main(_args: &[String]) {
     let server = TestServer::start().await;
     let client = server.client();
-    common::bench_deployment(&client).await;
+    crate::bench_deployment(&client).await;
 
     // Creation: 16 clients, RUNS in all.
     let started = Instant::now();

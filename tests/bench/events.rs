@@ -80,7 +80,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 pub async fn main(_args: &[String]) {
     let server = TestServer::start().await;
     let client = server.client();
-    common::bench_deployment(&client).await;
+    crate::bench_deployment(&client).await;
 
     // Latency: cancel a SCHEDULED run (one commit), wait for its event;
     // once with the changes spaced out, once back to back (where a busy

@@ -56,3 +56,14 @@ async fn main() {
         }
     }
 }
+
+/// The benchmarks' pool `bench` (process) and its deployment `f/d`.
+pub async fn bench_deployment(client: &host::client::Client) {
+    let body = serde_json::json!({"name": "bench", "type": "process"});
+    let _: serde_json::Value = client.post("/api/work-pools", &body).await.expect("pool");
+    let body = serde_json::json!({"flow": "f", "name": "d", "pool": "bench"});
+    let _: serde_json::Value = client
+        .put("/api/deployments", &body)
+        .await
+        .expect("deployment");
+}

@@ -129,7 +129,7 @@ impl Setup {
                 false => Caller::Host(host::client::Client::new(&s.url, None)),
             })
             .collect();
-        common::bench_deployment(&host::client::Client::new(&servers[0].url, None)).await;
+        crate::bench_deployment(&host::client::Client::new(&servers[0].url, None)).await;
         Setup {
             name,
             label,

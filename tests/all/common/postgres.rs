@@ -179,10 +179,6 @@ impl Postgres {
             .args(["-o", &options, action]));
     }
 
-    pub fn stop(&self) {
-        self.pg_ctl("stop");
-    }
-
     /// An immediate stop: the server processes quit without a checkpoint
     /// or a WAL flush, as a power cut or `kill -9` would leave the cluster
     /// (only what reached the disk survives).
@@ -238,10 +234,6 @@ impl Postgres {
             String::from_utf8_lossy(&output.stderr)
         );
         String::from_utf8_lossy(&output.stdout).trim().to_string()
-    }
-
-    pub fn data_dir(&self) -> &Path {
-        &self.data
     }
 }
 
