@@ -35,8 +35,8 @@ mod http;
 mod log;
 mod process;
 
-pub use container_runtime::{ContainerHost, ContainerPolicy, ContainerTable, SCOPE_LABEL};
 pub use self::http::{Auth, Endpoint, HOST_HELD_HEADERS, HttpGrantError, HttpPolicy, HttpScope};
+pub use container_runtime::{ContainerHost, ContainerPolicy, ContainerTable, SCOPE_LABEL};
 pub use log::{
     CollectOutput, DiscardOutput, LogHost, MAX_LINE_BYTES, MessageBudgets, OutputSink,
     discard_output, truncate,
