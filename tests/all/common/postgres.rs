@@ -4,7 +4,7 @@
 //! stops the cluster and removes its directory once the test process is
 //! gone, however it ended.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
