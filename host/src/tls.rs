@@ -38,19 +38,28 @@ pub enum TlsError {
     Invalid { path: PathBuf, message: String },
 }
 
+/// ring, not aws-lc-rs: aws-lc-rs needs cmake and minutes of C on every
+/// cold build. rustls deprecates ring's provider for lacking post-quantum
+/// key exchange; that is the price (docs/decisions).
+#[allow(deprecated)]
+fn ring() -> CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
 /// The process's rustls provider (ring). reqwest is built without one and
 /// takes the process default, so every client needs this first; calling it
 /// again does nothing.
 pub fn install_default_provider() {
     // Err only when one is installed already, which is what we want.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = ring().install_default();
 }
 
-fn provider() -> Arc<CryptoProvider> {
+/// The process's provider, installed first if need be.
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     install_default_provider();
     CryptoProvider::get_default()
         .cloned()
-        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .unwrap_or_else(|| Arc::new(ring()))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -67,7 +76,7 @@ pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Tl
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Invalid {
             path: path.to_path_buf(),
-            message: format!("not a PEM certificate file: {e}"),
+            message: format!("not a PEM certificate file: {}", pem_error(&e)),
         })?;
     if certificates.is_empty() {
         return Err(TlsError::NoCertificate {
@@ -86,9 +95,20 @@ pub fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError>
         },
         other => TlsError::Invalid {
             path: path.to_path_buf(),
-            message: format!("not a PEM private key: {other}"),
+            message: format!("not a PEM private key: {}", pem_error(&other)),
         },
     })
+}
+
+/// pki-types shows a missing end line as bytes; say it as text.
+fn pem_error(error: &rustls_pki_types::pem::Error) -> String {
+    match error {
+        rustls_pki_types::pem::Error::MissingSectionEnd { end_marker } => format!(
+            "a section has no `-----END {}-----` line (a half-written file?)",
+            String::from_utf8_lossy(end_marker)
+        ),
+        other => other.to_string(),
+    }
 }
 
 /// The server's certificate and key, reloaded from their files on SIGHUP
@@ -123,14 +143,15 @@ impl ServerCertificate {
     }
 
     /// Loads the files again; on an error the current certificate stays.
+    /// The files' state is noted either way: a broken file is reported
+    /// once, not at every look, and tried again when it changes.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let stamps = (stamp(&self.cert_path), stamp(&self.key_path));
+        if let Ok(mut loaded_from) = self.loaded_from.lock() {
+            *loaded_from = (stamp(&self.cert_path), stamp(&self.key_path));
+        }
         let key = certified_key(&self.cert_path, &self.key_path)?;
         if let Ok(mut current) = self.current.write() {
             *current = Arc::new(key);
-        }
-        if let Ok(mut loaded_from) = self.loaded_from.lock() {
-            *loaded_from = stamps;
         }
         Ok(())
     }
@@ -141,9 +162,7 @@ impl ServerCertificate {
     }
 
     /// A TLS acceptor offering HTTP/2 and HTTP/1.1 (ALPN).
-    pub fn acceptor(
-        self: &Arc<ServerCertificate>,
-    ) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
+    pub fn acceptor(self: &Arc<ServerCertificate>) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Invalid {

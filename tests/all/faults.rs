@@ -327,7 +327,11 @@ async fn a_worker_silent_past_the_grace_has_its_runs_crashed() {
         executions(&ledger).len() == ids.len()
     })
     .await;
-    assert!(ended, "the flows ended once told to: {:?}", executions(&ledger));
+    assert!(
+        ended,
+        "the flows ended once told to: {:?}",
+        executions(&ledger)
+    );
 }
 
 /// `HOST_API_URL=A,B` with A paused (it accepts connections, answers

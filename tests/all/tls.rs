@@ -6,7 +6,7 @@
 
 use crate::common;
 use common::certs::{Ca, LOCAL_NAMES};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -67,14 +67,27 @@ async fn the_walkthrough_runs_over_https() {
         common::host_ok(url, &all)
     };
     cli(&["work-pool", "create", "--type", "process", "p"]);
-    cli(&["deployment", "create", "f/d", "--pool", "p", "--", "sh", "-c", "echo over tls"]);
+    cli(&[
+        "deployment",
+        "create",
+        "f/d",
+        "--pool",
+        "p",
+        "--",
+        "sh",
+        "-c",
+        "echo over tls",
+    ]);
     let _worker = common::WorkerProcess::start(
         url,
         &dir.path().join("cache"),
         &["--pool", "p", "--ca-file", ca_file],
     );
     let watched = cli(&["deployment", "run", "f/d", "--watch"]);
-    assert!(watched.contains("over tls"), "the flow ran and its output came back: {watched}");
+    assert!(
+        watched.contains("over tls"),
+        "the flow ran and its output came back: {watched}"
+    );
 
     let web = trusting(&ca.cert);
     let page = web.get(format!("{url}/")).send().await.expect("UI page");
@@ -94,21 +107,47 @@ async fn the_walkthrough_runs_over_https() {
     assert!(!first.is_empty());
 
     let version = curl(&[
-        "--http2", "--cacert", ca_file, "-o", "/dev/null", "-w", "%{http_version}",
+        "--http2",
+        "--cacert",
+        ca_file,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_version}",
         &format!("{url}/api/health"),
     ]);
     assert_eq!(version, "2", "HTTP/2 by ALPN");
     let created = curl(&[
-        "--http2", "--cacert", ca_file, "-o", "/dev/null", "-w", "%{http_code}",
-        "-H", &format!("origin: {url}"), "-H", "content-type: application/json",
-        "--data", r#"{"name": "p2", "type": "process"}"#,
+        "--http2",
+        "--cacert",
+        ca_file,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        &format!("origin: {url}"),
+        "-H",
+        "content-type: application/json",
+        "--data",
+        r#"{"name": "p2", "type": "process"}"#,
         &format!("{url}/api/work-pools"),
     ]);
     assert_eq!(created, "201", "a same-origin write over HTTP/2");
     let refused = curl(&[
-        "--http2", "--cacert", ca_file, "-o", "/dev/null", "-w", "%{http_code}",
-        "-H", "origin: https://elsewhere.example", "-H", "content-type: application/json",
-        "--data", r#"{"name": "p3", "type": "process"}"#,
+        "--http2",
+        "--cacert",
+        ca_file,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        "origin: https://elsewhere.example",
+        "-H",
+        "content-type: application/json",
+        "--data",
+        r#"{"name": "p3", "type": "process"}"#,
         &format!("{url}/api/work-pools"),
     ]);
     assert_eq!(refused, "403", "a cross-origin write over HTTP/2");
@@ -131,7 +170,18 @@ async fn clients_refuse_a_server_they_cannot_verify() {
     assert_ne!(code, 0, "another CA is no better");
     assert!(err.contains("certificate"), "{err}");
 
-    common::host_ok(url, &["--ca-file", text(&ca.cert), "work-pool", "create", "--type", "process", "p"]);
+    common::host_ok(
+        url,
+        &[
+            "--ca-file",
+            text(&ca.cert),
+            "work-pool",
+            "create",
+            "--type",
+            "process",
+            "p",
+        ],
+    );
     let log = dir.path().join("worker.log");
     let _worker = common::WorkerProcess::start_logging_to(
         url,
@@ -143,13 +193,28 @@ async fn clients_refuse_a_server_they_cannot_verify() {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("certificate"))
     })
     .await;
-    assert!(said, "the worker says why: {:?}", std::fs::read_to_string(&log));
+    assert!(
+        said,
+        "the worker says why: {:?}",
+        std::fs::read_to_string(&log)
+    );
     let pool = common::host_ok(
         url,
-        &["--ca-file", text(&ca.cert), "work-pool", "inspect", "p", "--output", "json"],
+        &[
+            "--ca-file",
+            text(&ca.cert),
+            "work-pool",
+            "inspect",
+            "p",
+            "--output",
+            "json",
+        ],
     );
     let pool: serde_json::Value = serde_json::from_str(&pool).expect("pool json");
-    assert_ne!(pool["status"], "READY", "no worker reached the pool: {pool}");
+    assert_ne!(
+        pool["status"], "READY",
+        "no worker reached the pool: {pool}"
+    );
 }
 
 /// A certificate replaced on disk is served without a restart; a broken
@@ -171,7 +236,13 @@ async fn a_rotated_certificate_is_served_without_a_restart() {
     let answers = |ca: &Path| {
         let client = trusting(ca);
         let health = health.clone();
-        async move { client.get(&health).send().await.is_ok_and(|a| a.status() == 200) }
+        async move {
+            client
+                .get(&health)
+                .send()
+                .await
+                .is_ok_and(|a| a.status() == 200)
+        }
     };
     assert!(answers(&first.cert).await);
 
@@ -185,7 +256,10 @@ async fn a_rotated_certificate_is_served_without_a_restart() {
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !answers(&second.cert).await {
-        assert!(std::time::Instant::now() < deadline, "the new certificate is served");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new certificate is served"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(!answers(&first.cert).await, "the old one is not");
@@ -198,17 +272,23 @@ async fn a_rotated_certificate_is_served_without_a_restart() {
     // Give the reload (on the signal and on the change) its chance to go
     // wrong: it is logged; the answers must stay those of the second CA.
     for _ in 0..10 {
-        assert!(answers(&second.cert).await, "still served after a broken rotation");
+        assert!(
+            answers(&second.cert).await,
+            "still served after a broken rotation"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let mut server = server;
-    assert!(server.child.try_wait().expect("status").is_none(), "SIGHUP did not stop it");
+    assert!(
+        server.child.try_wait().expect("status").is_none(),
+        "SIGHUP did not stop it"
+    );
 }
 
 /// PostgreSQL with `ssl=on`: `sslmode=verify-full` with the CA connects,
 /// and every connection the server makes is encrypted; a certificate that
 /// does not name the host is refused by verify-full (and taken by
-/// verify-ca); a bad mode is refused by name.
+/// verify-ca and require); a bad mode is refused by name.
 #[tokio::test]
 async fn postgres_over_tls_with_verify_full() {
     let Some(pg) = common::postgres::private() else {
@@ -220,13 +300,12 @@ async fn postgres_over_tls_with_verify_full() {
     pg.enable_ssl(&cert, &key);
     let url = pg.new_database();
     let database = url.rsplit('/').next().expect("name").to_string();
-    let verified = format!(
-        "{}?sslmode=verify-full&sslrootcert={}",
-        url,
-        text(&ca.cert)
-    );
-    let server = common::ServerProcess::start_on_postgres(&verified, &dir.path().join("cache"), &[]);
-    let (status, body) = server.post("/api/work-pools", r#"{"name": "p", "type": "process"}"#).await;
+    let verified = format!("{}?sslmode=verify-full&sslrootcert={}", url, text(&ca.cert));
+    let server =
+        common::ServerProcess::start_on_postgres(&verified, &dir.path().join("cache"), &[]);
+    let (status, body) = server
+        .post("/api/work-pools", r#"{"name": "p", "type": "process"}"#)
+        .await;
     assert_eq!(status, 201, "{body}");
     let counts = pg.psql(
         "postgres",
@@ -240,15 +319,26 @@ async fn postgres_over_tls_with_verify_full() {
     assert_eq!(clear, "0", "no connection in clear text: {counts}");
     drop(server);
 
-    let (elsewhere_cert, elsewhere_key) = ca.issue(dir.path(), "elsewhere", "DNS:db.elsewhere.example");
+    let (elsewhere_cert, elsewhere_key) =
+        ca.issue(dir.path(), "elsewhere", "DNS:db.elsewhere.example");
     pg.enable_ssl(&elsewhere_cert, &elsewhere_key);
     let cache = dir.path().join("cache");
     let refused = serve_refused(&verified, &cache);
-    assert!(refused.contains("certificate"), "verify-full names the problem: {refused}");
+    assert!(
+        refused.contains("certificate"),
+        "verify-full names the problem: {refused}"
+    );
     let any_name = verified.replace("verify-full", "verify-ca");
     let server = common::ServerProcess::start_on_postgres(&any_name, &cache, &[]);
     let (status, _) = server.get("/api/work-pools").await;
     assert_eq!(status, 200, "verify-ca does not check the name");
+    drop(server);
+    // `require` encrypts without a root to check against (libpq's meaning).
+    let server =
+        common::ServerProcess::start_on_postgres(&format!("{url}?sslmode=require"), &cache, &[]);
+    let (status, _) = server.get("/api/work-pools").await;
+    assert_eq!(status, 200, "sslmode=require connects");
+    drop(server);
 
     let bad = format!("{url}?sslmode=verify");
     let refused = serve_refused(&bad, &cache);

@@ -200,7 +200,8 @@ impl Setup {
         if let Some(ca) = &self.ca {
             worker_args.extend(["--ca-file", ca.to_str().expect("utf-8 path")]);
         }
-        let _worker = WorkerProcess::start(worker_url, &self.dir.join("worker/cache"), &worker_args);
+        let _worker =
+            WorkerProcess::start(worker_url, &self.dir.join("worker/cache"), &worker_args);
         let mut end_to_end = Vec::new();
         for _ in 0..END_TO_END {
             let run: Value = first
@@ -289,7 +290,17 @@ pub async fn main(args: &[String]) {
     if runs("redb") {
         let base = dir.path().join("redb");
         let server = ServerProcess::start(&base, &[]);
-        setups.push(Setup::new("redb", "redb, 1 server".into(), vec![server], &base, false, None).await);
+        setups.push(
+            Setup::new(
+                "redb",
+                "redb, 1 server".into(),
+                vec![server],
+                &base,
+                false,
+                None,
+            )
+            .await,
+        );
     }
     if runs("redb-tls") {
         let base = dir.path().join("redb-tls");
@@ -297,7 +308,10 @@ pub async fn main(args: &[String]) {
         let ca = common::certs::Ca::new(&base, "ca");
         let (cert, key) = ca.issue(&base, "server", common::certs::LOCAL_NAMES);
         let path = |p: &std::path::Path| p.to_str().expect("utf-8 path").to_string();
-        let server = ServerProcess::start(&base, &["--tls-cert", &path(&cert), "--tls-key", &path(&key)]);
+        let server = ServerProcess::start(
+            &base,
+            &["--tls-cert", &path(&cert), "--tls-key", &path(&key)],
+        );
         let label = "redb, 1 server, TLS".into();
         setups.push(Setup::new("redb-tls", label, vec![server], &base, false, Some(ca.cert)).await);
     }
@@ -335,7 +349,10 @@ pub async fn main(args: &[String]) {
         setup.report().await;
     }
     let find = |name: &str| setups.iter().find(|s| s.name == name);
-    for (a, b, label) in [("pg3", "pg1", "3 replicas / 1"), ("redb-tls", "redb", "TLS / plain")] {
+    for (a, b, label) in [
+        ("pg3", "pg1", "3 replicas / 1"),
+        ("redb-tls", "redb", "TLS / plain"),
+    ] {
         let (Some(a), Some(b)) = (find(a), find(b)) else {
             continue;
         };

@@ -111,7 +111,8 @@ impl ApiArgs {
     }
 
     pub fn client(&self) -> anyhow::Result<crate::client::Client> {
-        let client = crate::client::Client::with_tls(&self.api_url, self.token()?, &self.client_tls()?);
+        let client =
+            crate::client::Client::with_tls(&self.api_url, self.token()?, &self.client_tls()?);
         Ok(client.with_deadline(std::time::Duration::from_secs(
             self.api_timeout_seconds.max(1),
         )))

@@ -88,7 +88,11 @@ pub async fn run(args: ServeArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> {
         (Some(cert), Some(key)) => Some(crate::tls::ServerCertificate::load(cert, key)?),
         _ => None,
     };
-    let scheme = if certificate.is_some() { "https" } else { "http" };
+    let scheme = if certificate.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let store = match (&args.database_url, args.data_dir) {
         (Some(url), _) if !url.is_empty() => {
             let advertised = advertised_url(args.advertise_url.as_deref(), scheme, local)?;
@@ -147,7 +151,10 @@ pub async fn run(args: ServeArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> {
     // Tests and scripts wait for this line to know the server is up.
     println!("host serve: listening on {scheme}://{local} (data in {location})");
     // Whoever read the first line may have closed the pipe since.
-    let _ = writeln!(std::io::stdout(), "host serve: web UI at {scheme}://{local}/");
+    let _ = writeln!(
+        std::io::stdout(),
+        "host serve: web UI at {scheme}://{local}/"
+    );
     tracing::info!(%local, max_connections = limits.max_connections, header_timeout_seconds = args.header_timeout_seconds, "listening");
     crate::server::serve(listener, app, limits, tls, shutdown_signal()).await;
     scheduler.abort();

@@ -1,9 +1,9 @@
 //! Shared helpers for the end-to-end tests.
 
 pub mod browser;
+pub mod certs;
 pub mod docker;
 pub mod ledger;
-pub mod certs;
 pub mod postgres;
 pub mod proxy;
 

@@ -198,8 +198,7 @@ impl Postgres {
         for (from, name) in [(cert, "server.crt"), (key, "server.key")] {
             let to = self.data.join(name);
             std::fs::copy(from, &to).expect("copy into the cluster");
-            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))
-                .expect("chmod");
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).expect("chmod");
             if let Some(user) = self.user {
                 run(Command::new("chown").arg(user).arg(&to));
             }

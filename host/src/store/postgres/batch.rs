@@ -12,6 +12,7 @@ use super::cache::Cache;
 use super::listen::Notice;
 use super::prefetch::{self, Asks, Read, Reads};
 use super::read::{Conn, GET_MANY, Rows, get_on, keys_on, range_on};
+use super::tls::Target;
 use super::{DbError, DbErrorText, Inner, WRITE_LOCK, db_error, lost_error};
 use crate::events::Change;
 use crate::store::StoreError;
@@ -21,9 +22,8 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::mpsc;
-use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
-use super::tls::Target;
+use tokio_postgres::types::ToSql;
 
 /// A transaction that waits until the WAL is on disk up to its own commit,
 /// and so up to every commit before it on this connection. PostgreSQL

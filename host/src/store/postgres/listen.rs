@@ -1,12 +1,12 @@
 //! Telling the other replicas of this one's changes, and following theirs.
 
+use super::tls::Target;
 use super::{DbErrorText, Inner, Waiters};
 use crate::events::Change;
 use crate::store::Committed;
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::{Duration, Instant};
 use tokio_postgres::AsyncMessage;
-use super::tls::Target;
 
 const CHANNEL: &str = "host_changes";
 /// How often the listener looks for changes even without a notification

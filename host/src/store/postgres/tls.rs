@@ -135,7 +135,7 @@ fn take_tls_options(url: &str) -> (String, TlsOptions) {
 }
 
 fn client_config(mode: Mode, options: &TlsOptions) -> Result<rustls::ClientConfig, StoreError> {
-    let provider = provider();
+    let provider = crate::tls::provider();
     let root_cert = options.root_cert.as_ref().map(PathBuf::from).or_else(|| {
         let default = PathBuf::from(std::env::var_os("HOME")?).join(".postgresql/root.crt");
         default.exists().then_some(default)
@@ -151,11 +151,15 @@ fn client_config(mode: Mode, options: &TlsOptions) -> Result<rustls::ClientConfi
         }
         (mode, Some(path)) => {
             let mut roots = rustls::RootCertStore::empty();
-            let certificates = crate::tls::read_certificates(&path).map_err(bad_file("sslrootcert"))?;
+            let certificates =
+                crate::tls::read_certificates(&path).map_err(bad_file("sslrootcert"))?;
             roots.add_parsable_certificates(certificates);
-            let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .map_err(|e| StoreError::BadUrl(format!("sslrootcert: {}: {e}", path.display())))?;
+            let webpki =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+                    .map_err(|e| {
+                        StoreError::BadUrl(format!("sslrootcert: {}: {e}", path.display()))
+                    })?;
             if mode == Mode::VerifyFull {
                 webpki as Arc<dyn ServerCertVerifier>
             } else {
@@ -171,7 +175,8 @@ fn client_config(mode: Mode, options: &TlsOptions) -> Result<rustls::ClientConfi
     match (&options.cert, &options.key) {
         (None, None) => Ok(builder.with_no_client_auth()),
         (Some(cert), Some(key)) => {
-            let chain = crate::tls::read_certificates(Path::new(cert)).map_err(bad_file("sslcert"))?;
+            let chain =
+                crate::tls::read_certificates(Path::new(cert)).map_err(bad_file("sslcert"))?;
             let key = crate::tls::read_private_key(Path::new(key)).map_err(bad_file("sslkey"))?;
             builder
                 .with_client_auth_cert(chain, key)
@@ -185,13 +190,6 @@ fn client_config(mode: Mode, options: &TlsOptions) -> Result<rustls::ClientConfi
 
 fn bad_file(option: &'static str) -> impl Fn(crate::tls::TlsError) -> StoreError {
     move |e| StoreError::BadUrl(format!("{option}: {e}"))
-}
-
-fn provider() -> Arc<CryptoProvider> {
-    crate::tls::install_default_provider();
-    CryptoProvider::get_default()
-        .cloned()
-        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
 }
 
 /// `prefer`/`require` without a root: the connection is encrypted, whoever
@@ -318,7 +316,9 @@ mod tests {
             panic!("accepted");
         };
         assert!(e.to_string().contains("sslmode"), "{e}");
-        let Err(e) = Target::parse("postgres://db/host?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem") else {
+        let Err(e) =
+            Target::parse("postgres://db/host?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem")
+        else {
             panic!("accepted");
         };
         assert!(e.to_string().contains("sslrootcert"), "{e}");
