@@ -118,7 +118,14 @@ const RETRY_UNREACHABLE_WRITER: Duration = Duration::from_secs(60);
 impl Client {
     /// `base` is a URL or a comma-separated list of them (`http://a,http://b`).
     pub fn new(base: &str, token: Option<String>) -> Client {
-        let http = reqwest::Client::builder()
+        Client::with_tls(base, token, &crate::tls::ClientTls::default())
+    }
+
+    /// As [`Client::new`], for `https://` servers trusting what `tls` adds
+    /// to the system's roots (and showing its client certificate).
+    pub fn with_tls(base: &str, token: Option<String>, tls: &crate::tls::ClientTls) -> Client {
+        let http = tls
+            .builder()
             .connect_timeout(Duration::from_secs(5))
             // Under the server's header timeout (30 s), which closes idle
             // connections: never a request on one it is closing.

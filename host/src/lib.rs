@@ -33,6 +33,7 @@
 //!
 //! Worker and edges:
 //! - [`client`]: the HTTP client of the API, for the CLI and the worker.
+//! - [`tls`]: certificates and keys for the API's server and clients.
 //! - [`worker`]: `host worker start`: claims runs and drives each through
 //!   its pool type's plugin.
 //! - [`cli`]: one file per command group; `main.rs` only calls [`cli::run`].
@@ -57,4 +58,5 @@ pub mod server;
 pub mod store;
 pub mod supervisor;
 pub mod template;
+pub mod tls;
 pub mod worker;

@@ -35,6 +35,10 @@
 //! main process exits it kills every descendant left and says so in the
 //! exit's message; the capability signals the whole tree
 //! ([`descendants`]) for a stop. A run is over only when nothing of it runs.
+//!
+//! Of its worker the supervisor keeps only stdin and stdout: descriptors
+//! the worker inherited (a lock, a socket) are closed first thing, so
+//! neither the supervisor nor the workload holds them past the worker.
 
 use crate::secret;
 use serde::{Deserialize, Serialize};
@@ -219,6 +223,7 @@ fn read_key() -> Option<[u8; 32]> {
 
 /// `host __supervise DIR`.
 pub fn main(dir: &Path) -> ExitCode {
+    close_inherited_descriptors();
     leave_session();
     become_subreaper();
     let Some(key) = read_key() else {
@@ -362,6 +367,22 @@ fn announce_failure(message: &str) -> ExitCode {
     println!("failed {}", message.replace('\n', " "));
     let _ = std::io::stdout().flush();
     ExitCode::FAILURE
+}
+
+/// Descriptors past stdio are whatever the worker inherited without
+/// close-on-exec (a build tool's `flock` lock, a socket of whoever started
+/// it), never the run's: a supervisor outlives its worker, and holding them
+/// kept that lock for as long as the run went on, and passed it to the
+/// workload.
+#[allow(unsafe_code)]
+fn close_inherited_descriptors() {
+    // SAFETY: called first in `main`, before this process opens anything
+    // (no runtime, no logging): every descriptor past 2 is inherited and
+    // unused here, so closing them invalidates nothing it holds. A kernel
+    // without close_range (before 5.9) leaves them, as before.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+    }
 }
 
 /// A session of its own: the worker's terminal, its process group and its

@@ -10,7 +10,7 @@ use reqwest::header::{CONTENT_TYPE, COOKIE, HOST, ORIGIN};
 use serde_json::{Value, json};
 
 fn web() -> reqwest::Client {
-    reqwest::Client::builder()
+    common::web_builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("client")

@@ -160,7 +160,7 @@ async fn event_streams_past_the_cap_are_refused_with_503() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = common::ServerProcess::start_with_open_files(dir.path(), 256);
     let events = format!("{}/api/events", server.url);
-    let client = reqwest::Client::new();
+    let client = common::web_client();
     let mut open = Vec::new();
     for i in 0..64 {
         let stream = client.get(&events).send().await.expect("stream");

@@ -318,8 +318,20 @@ async fn a_worker_silent_past_the_grace_has_its_runs_crashed() {
     }
     signal(worker.child.id(), libc::SIGCONT);
     worker.kill();
-    // The flows outlive their worker (supervised): let them end.
+    // The flows outlive their worker (supervised): let them end, and see
+    // them end before the temp dir (and `go` with it) is removed, or they
+    // would wait for it for ever.
     std::fs::write(dir.path().join("go"), "").expect("go");
+    let ledger = dir.path().join("ledger");
+    let ended = common::wait_until(Duration::from_secs(30), || {
+        executions(&ledger).len() == ids.len()
+    })
+    .await;
+    assert!(
+        ended,
+        "the flows ended once told to: {:?}",
+        executions(&ledger)
+    );
 }
 
 /// `HOST_API_URL=A,B` with A paused (it accepts connections, answers

@@ -21,6 +21,7 @@ mod no_run_lost;
 mod plugin_cli;
 mod plugin_runtime;
 mod replicas;
+mod tls;
 mod ui;
 mod whole_runs;
 mod worker_e2e;

@@ -95,7 +95,7 @@ async fn a_burst_of_ten_thousand_runs_all_complete() {
     let server = ServerProcess::start(dir.path(), &[]);
     let url = server.url.as_str();
     process_deployment(url, "burst", "f/burst", "true");
-    let client = reqwest::Client::new();
+    let client = common::web_client();
     let runs = 10_000;
     // Created before the worker starts: the worst burst it can meet.
     let path = format!("{url}/api/deployments/f/burst/runs");

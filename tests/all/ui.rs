@@ -21,7 +21,7 @@ fn csrf_of(html: &str) -> String {
 }
 
 fn no_redirects() -> reqwest::Client {
-    reqwest::Client::builder()
+    common::web_builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("client")

@@ -357,3 +357,52 @@ async fn a_jobs_env_cannot_change_which_run_the_workload_is() {
     let logs = run_logs(url, &id).await;
     assert_eq!(logs[1..], [id.as_str(), url, "hello"]);
 }
+
+/// A descriptor the worker inherited without close-on-exec (a build
+/// tool's lock, a socket of whoever started it) is not passed on to the
+/// supervisors, which outlive the worker, nor to the workloads: a
+/// supervisor holding a `flock` lock kept it for as long as its run went.
+#[tokio::test]
+async fn supervisors_and_workloads_do_not_inherit_the_workers_descriptors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(dir.path(), &[]);
+    let url = server.url.as_str();
+    let marker = dir.path().join("inherited-marker");
+    let held = std::fs::File::create(&marker).expect("marker");
+    // Open without close-on-exec, as `flock FILE cmd` leaves its lock.
+    rustix::io::fcntl_setfd(&held, rustix::io::FdFlags::empty()).expect("clear CLOEXEC");
+    let (supervisor, listing, go) = (
+        dir.path().join("supervisor.pid"),
+        dir.path().join("fds"),
+        dir.path().join("go"),
+    );
+    let script = format!(
+        "ls -l /proc/$$/fd/ > {listing}; echo $PPID > {supervisor}; while [ ! -e {go} ]; do sleep 0.05; done",
+        listing = listing.display(),
+        supervisor = supervisor.display(),
+        go = go.display(),
+    );
+    process_deployment(url, "local", "f/fds", &script);
+    let _worker = WorkerProcess::start(url, &dir.path().join("cache"), &["--pool", "local"]);
+    drop(held);
+    let id = create_run(url, "f/fds", json!({})).await;
+    let supervisor = pid_in(&supervisor, LONG).await;
+    let held_by_supervisor: Vec<String> = std::fs::read_dir(format!("/proc/{supervisor}/fd"))
+        .expect("the supervisor's descriptors")
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .map(|target| target.display().to_string())
+        .collect();
+    std::fs::write(&go, "").expect("go");
+    let run = common::final_run(url, &id, LONG).await;
+    assert_eq!(run["state"]["type"], "COMPLETED", "{run}");
+    let marker = marker.display().to_string();
+    assert!(
+        !held_by_supervisor.iter().any(|t| t == &marker),
+        "the supervisor holds the worker's inherited descriptor: {held_by_supervisor:?}"
+    );
+    let workload = std::fs::read_to_string(&listing).expect("the workload's descriptors");
+    assert!(
+        !workload.contains(&marker),
+        "the workload holds it: {workload}"
+    );
+}

@@ -116,7 +116,7 @@ pub async fn main(_args: &[String]) {
         );
     }
     // The web UI's pages, rendered from the same 100,000 runs.
-    let web = reqwest::Client::new();
+    let web = common::web_client();
     for (label, path) in [
         ("UI Work Pools page", "/"),
         ("UI Flow Runs page (newest 50)", "/runs"),

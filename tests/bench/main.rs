@@ -4,8 +4,8 @@
 //! `cargo bench --bench benches -- NAME [ARGS]` runs one (`replicas pg1 pg3`
 //! passes `pg1 pg3` on); without a name, all of them in turn.
 
-// The benches use a part of the tests' helpers.
-#[allow(dead_code)]
+// The benches use a part of the tests' helpers (not their guests).
+#[allow(dead_code, unused_imports)]
 #[path = "../all/common/mod.rs"]
 mod common;
 

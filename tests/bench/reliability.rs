@@ -47,7 +47,7 @@ async fn burst() {
             "true",
         ],
     );
-    let client = reqwest::Client::new();
+    let client = common::web_client();
     let path = format!("{url}/api/deployments/f/burst/runs");
     for _ in 0..BURST / 100 {
         let mut batch = tokio::task::JoinSet::new();

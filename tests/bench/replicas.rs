@@ -14,7 +14,10 @@
 //! only those setups; `pg3-plain` is three replicas driven by plain HTTP
 //! clients, each kept to its own replica (as behind a load balancer): their
 //! writes are relayed by that replica to the leading one, where the crate's
-//! client (`pg3`) sends them itself once told.
+//! client (`pg3`) sends them itself once told. `redb-tls` is `redb` served
+//! over https (a certificate from a CA the benchmark makes), its clients
+//! and worker trusting that CA: `replicas redb redb-tls` prices TLS, round
+//! by round.
 
 use crate::common;
 
@@ -101,11 +104,15 @@ where
 
 /// One setup under test: its servers, its clients and its figures so far.
 struct Setup {
-    /// As named on the command line: `redb`, `pg1`, `pg3`, `pg3-plain`.
+    /// As named on the command line: `redb`, `redb-tls`, `pg1`, `pg3`, `pg3-plain`.
     name: &'static str,
     label: String,
     servers: Vec<ServerProcess>,
     clients: Vec<Caller>,
+    /// The crate's client for the first server (the setup's CA trusted).
+    first: host::client::Client,
+    /// The CA the worker must trust, for a setup over TLS.
+    ca: Option<std::path::PathBuf>,
     dir: std::path::PathBuf,
     creates: Vec<f64>,
     claims: Vec<f64>,
@@ -120,21 +127,26 @@ impl Setup {
         servers: Vec<ServerProcess>,
         dir: &std::path::Path,
         plain: bool,
+        ca: Option<std::path::PathBuf>,
     ) -> Setup {
         settled(&servers).await;
+        let tls = host::tls::ClientTls::load(ca.as_deref(), None, None).expect("CA");
         let clients: Vec<_> = servers
             .iter()
             .map(|s| match plain {
-                true => Caller::Plain(reqwest::Client::new(), s.url.clone()),
-                false => Caller::Host(host::client::Client::new(&s.url, None)),
+                true => Caller::Plain(common::web_client(), s.url.clone()),
+                false => Caller::Host(host::client::Client::with_tls(&s.url, None, &tls)),
             })
             .collect();
-        crate::bench_deployment(&host::client::Client::new(&servers[0].url, None)).await;
+        let first = host::client::Client::with_tls(&servers[0].url, None, &tls);
+        crate::bench_deployment(&first).await;
         Setup {
             name,
             label,
             servers,
             clients,
+            first,
+            ca,
             dir: dir.to_path_buf(),
             creates: Vec::new(),
             claims: Vec::new(),
@@ -175,7 +187,7 @@ impl Setup {
     /// created → COMPLETED: a worker on the last replica runs flows created
     /// through the first, one at a time; the median.
     async fn end_to_end(&self) -> Duration {
-        let first = &host::client::Client::new(&self.servers[0].url, None);
+        let first = &self.first;
         let _: Value = first
             .put(
                 "/api/deployments",
@@ -184,11 +196,12 @@ impl Setup {
             .await
             .expect("deployment");
         let worker_url = &self.servers[self.servers.len() - 1].url;
-        let _worker = WorkerProcess::start(
-            worker_url,
-            &self.dir.join("worker/cache"),
-            &["--pool", "bench"],
-        );
+        let mut worker_args = vec!["--pool", "bench"];
+        if let Some(ca) = &self.ca {
+            worker_args.extend(["--ca-file", ca.to_str().expect("utf-8 path")]);
+        }
+        let _worker =
+            WorkerProcess::start(worker_url, &self.dir.join("worker/cache"), &worker_args);
         let mut end_to_end = Vec::new();
         for _ in 0..END_TO_END {
             let run: Value = first
@@ -196,7 +209,7 @@ impl Setup {
                 .await
                 .expect("create");
             let id = run["id"].as_str().expect("id");
-            let done = common::final_run(&self.servers[0].url, id, Duration::from_secs(60)).await;
+            let done = final_run(first, id).await;
             assert_eq!(done["state"]["type"], "COMPLETED", "{done}");
             let at = |v: &Value| {
                 chrono::DateTime::parse_from_rfc3339(v.as_str().expect("time")).expect("rfc3339")
@@ -221,9 +234,30 @@ impl Setup {
     }
 }
 
+/// The run once it is final; panics after a minute.
+async fn final_run(client: &host::client::Client, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let run: Value = client
+            .get(&format!("/api/flow-runs/{id}"))
+            .await
+            .expect("read the run");
+        if ["COMPLETED", "FAILED", "CRASHED", "CANCELLED"]
+            .contains(&run["state"]["type"].as_str().unwrap_or(""))
+        {
+            return run;
+        }
+        assert!(Instant::now() < deadline, "run {id} still {}", run["state"]);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Waits (up to 15 s) until all replicas but the leading one say where
 /// writes go, as they do a moment after they start.
 async fn settled(servers: &[ServerProcess]) {
+    if servers.len() < 2 {
+        return;
+    }
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
         let mut forwarding = 0;
@@ -248,7 +282,7 @@ fn ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
 
 pub async fn main(args: &[String]) {
     // `cargo bench --bench benches -- replicas pg3` measures only that setup
-    // (`redb`, `pg1`, `pg3`, `pg3-plain`); without one, all of them.
+    // (`redb`, `redb-tls`, `pg1`, `pg3`, `pg3-plain`); without one, all.
     let wanted = args;
     let runs = |setup: &str| wanted.is_empty() || wanted.iter().any(|w| w == setup);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -256,7 +290,30 @@ pub async fn main(args: &[String]) {
     if runs("redb") {
         let base = dir.path().join("redb");
         let server = ServerProcess::start(&base, &[]);
-        setups.push(Setup::new("redb", "redb, 1 server".into(), vec![server], &base, false).await);
+        setups.push(
+            Setup::new(
+                "redb",
+                "redb, 1 server".into(),
+                vec![server],
+                &base,
+                false,
+                None,
+            )
+            .await,
+        );
+    }
+    if runs("redb-tls") {
+        let base = dir.path().join("redb-tls");
+        std::fs::create_dir_all(&base).expect("dir");
+        let ca = common::certs::Ca::new(&base, "ca");
+        let (cert, key) = ca.issue(&base, "server", common::certs::LOCAL_NAMES);
+        let path = |p: &std::path::Path| p.to_str().expect("utf-8 path").to_string();
+        let server = ServerProcess::start(
+            &base,
+            &["--tls-cert", &path(&cert), "--tls-key", &path(&key)],
+        );
+        let label = "redb, 1 server, TLS".into();
+        setups.push(Setup::new("redb-tls", label, vec![server], &base, false, Some(ca.cert)).await);
     }
     let cluster = common::postgres::shared();
     if cluster.is_none() {
@@ -274,7 +331,7 @@ pub async fn main(args: &[String]) {
             .collect();
         let clients = if plain { ", plain HTTP" } else { "" };
         let label = format!("PostgreSQL, {replicas} replica(s){clients}");
-        setups.push(Setup::new(setup, label, servers, &base, plain).await);
+        setups.push(Setup::new(setup, label, servers, &base, plain, None).await);
     }
     for round in 0..ROUNDS {
         // Every other round backwards: a setup's round is not always the
@@ -292,11 +349,14 @@ pub async fn main(args: &[String]) {
         setup.report().await;
     }
     let find = |name: &str| setups.iter().find(|s| s.name == name);
-    if let (Some(one), Some(three)) = (find("pg1"), find("pg3")) {
-        let (creates, claims) = (
-            ratios(&three.creates, &one.creates),
-            ratios(&three.claims, &one.claims),
-        );
+    for (a, b, label) in [
+        ("pg3", "pg1", "3 replicas / 1"),
+        ("redb-tls", "redb", "TLS / plain"),
+    ] {
+        let (Some(a), Some(b)) = (find(a), find(b)) else {
+            continue;
+        };
+        let (creates, claims) = (ratios(&a.creates, &b.creates), ratios(&a.claims, &b.claims));
         let shown = |v: &[f64]| {
             v.iter()
                 .map(|r| format!("{r:.0}%"))
@@ -304,7 +364,7 @@ pub async fn main(args: &[String]) {
                 .join(" ")
         };
         println!(
-            "3 replicas / 1, round by round: creations {} (median {:.0}%), claims {} (median {:.0}%)",
+            "{label}, round by round: creations {} (median {:.0}%), claims {} (median {:.0}%)",
             shown(&creates),
             median(creates.clone()),
             shown(&claims),

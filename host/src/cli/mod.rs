@@ -67,6 +67,17 @@ pub struct ApiArgs {
         conflicts_with = "api_token"
     )]
     pub api_token_file: Option<PathBuf>,
+    /// A PEM file of CA certificates trusted for `https://` servers, on top
+    /// of the system's (a private CA).
+    #[arg(long, global = true, env = "HOST_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate (PEM) shown to servers or proxies that ask for
+    /// one (mTLS); needs --client-key.
+    #[arg(long, global = true, env = "HOST_CLIENT_CERT", value_name = "FILE")]
+    pub client_cert: Option<PathBuf>,
+    /// The private key of --client-cert (PEM).
+    #[arg(long, global = true, env = "HOST_CLIENT_KEY", value_name = "FILE")]
+    pub client_key: Option<PathBuf>,
     /// Seconds one request may take before the server counts as unreachable
     /// (a read then goes to the next URL; long-polls add their wait).
     #[arg(long, global = true, env = "HOST_API_TIMEOUT", default_value_t = crate::client::DEFAULT_DEADLINE.as_secs())]
@@ -90,12 +101,21 @@ impl ApiArgs {
         }
     }
 
+    /// What clients trust and show over TLS (--ca-file, --client-cert).
+    pub fn client_tls(&self) -> anyhow::Result<crate::tls::ClientTls> {
+        Ok(crate::tls::ClientTls::load(
+            self.ca_file.as_deref(),
+            self.client_cert.as_deref(),
+            self.client_key.as_deref(),
+        )?)
+    }
+
     pub fn client(&self) -> anyhow::Result<crate::client::Client> {
-        Ok(
-            crate::client::Client::new(&self.api_url, self.token()?).with_deadline(
-                std::time::Duration::from_secs(self.api_timeout_seconds.max(1)),
-            ),
-        )
+        let client =
+            crate::client::Client::with_tls(&self.api_url, self.token()?, &self.client_tls()?);
+        Ok(client.with_deadline(std::time::Duration::from_secs(
+            self.api_timeout_seconds.max(1),
+        )))
     }
 }
 

@@ -26,7 +26,7 @@ pub struct ServeArgs {
     database_url: Option<String>,
     /// With --database-url: where the other replicas reach this one's API, so
     /// that while it leads they forward their writes here and one writer
-    /// batches them all. Default: http://HOST:PORT as bound (none when bound
+    /// batches them all. Default: http(s)://HOST:PORT as bound (none when bound
     /// to every interface); empty: never forward here.
     #[arg(long, env = "HOST_ADVERTISE_URL")]
     advertise_url: Option<String>,
@@ -52,6 +52,13 @@ pub struct ServeArgs {
     /// closed. Default: 4096, or half the open-file limit if that is lower.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     max_connections: Option<u64>,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first); needs
+    /// --tls-key. Reloaded on SIGHUP and when the file changes.
+    #[arg(long, env = "HOST_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "HOST_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Log lines kept per flow run (workers have their own, smaller, limits).
     #[arg(long, default_value_t = crate::control::ControlConfig::default().max_log_lines_per_run)]
     max_log_lines_per_run: u64,
@@ -77,9 +84,18 @@ pub async fn run(args: ServeArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?;
     let local = listener.local_addr()?;
+    let certificate = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::ServerCertificate::load(cert, key)?),
+        _ => None,
+    };
+    let scheme = if certificate.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let store = match (&args.database_url, args.data_dir) {
         (Some(url), _) if !url.is_empty() => {
-            let advertised = advertised_url(args.advertise_url.as_deref(), local)?;
+            let advertised = advertised_url(args.advertise_url.as_deref(), scheme, local)?;
             Store::connect(url, advertised).await
         }
         (_, data_dir) => {
@@ -115,27 +131,42 @@ pub async fn run(args: ServeArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> {
     if token.is_none() && !local.ip().is_loopback() {
         tracing::warn!(address = %local, "listening beyond loopback without an API token: whoever reaches this address, and any web page through DNS rebinding, can use the API; set --api-token-file");
     }
-    let app = router(AppState::new(control, token).bound_to(local));
+    let state = AppState::new(control, token)
+        .bound_to(local)
+        .served_over_tls(certificate.is_some())
+        .forwarding_with(&api.client_tls()?);
+    let app = router(state);
+    let tls = match &certificate {
+        Some(certificate) => {
+            let _reloader = certificate.spawn_reloader();
+            Some(certificate.acceptor()?)
+        }
+        None => None,
+    };
     let mut limits = crate::server::Limits::for_open_files(open_files);
     limits.header_timeout = Duration::from_secs(args.header_timeout_seconds);
     if let Some(max) = args.max_connections {
         limits.max_connections = usize::try_from(max).unwrap_or(usize::MAX);
     }
     // Tests and scripts wait for this line to know the server is up.
-    println!("host serve: listening on http://{local} (data in {location})");
+    println!("host serve: listening on {scheme}://{local} (data in {location})");
     // Whoever read the first line may have closed the pipe since.
-    let _ = writeln!(std::io::stdout(), "host serve: web UI at http://{local}/");
+    let _ = writeln!(
+        std::io::stdout(),
+        "host serve: web UI at {scheme}://{local}/"
+    );
     tracing::info!(%local, max_connections = limits.max_connections, header_timeout_seconds = args.header_timeout_seconds, "listening");
-    crate::server::serve(listener, app, limits, shutdown_signal()).await;
+    crate::server::serve(listener, app, limits, tls, shutdown_signal()).await;
     scheduler.abort();
     Ok(ExitCode::SUCCESS)
 }
 
 /// Where the other replicas reach this one: as given (empty: nowhere), else
-/// the bound address, unless that is every interface (which one would they
+/// the bound address (https when serving TLS), unless that is every interface (which one would they
 /// use?).
 fn advertised_url(
     given: Option<&str>,
+    scheme: &str,
     local: std::net::SocketAddr,
 ) -> anyhow::Result<Option<String>> {
     match given.map(|url| url.trim().trim_end_matches('/')) {
@@ -152,7 +183,7 @@ fn advertised_url(
             tracing::info!(%local, "bound to every interface: not advertising an address, so the other replicas do not forward writes here (set --advertise-url)");
             Ok(None)
         }
-        None => Ok(Some(format!("http://{local}"))),
+        None => Ok(Some(format!("{scheme}://{local}"))),
     }
 }
 

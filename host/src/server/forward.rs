@@ -53,7 +53,16 @@ pub(super) struct Forwarder {
 
 impl Default for Forwarder {
     fn default() -> Forwarder {
-        let client = reqwest::Client::builder()
+        Forwarder::new(&crate::tls::ClientTls::default())
+    }
+}
+
+impl Forwarder {
+    /// Trusting what `tls` adds to the system's roots: the leader's
+    /// certificate may come from the operator's own CA.
+    pub(super) fn new(tls: &crate::tls::ClientTls) -> Forwarder {
+        let client = tls
+            .builder()
             // A leader that is gone refuses at once; one that is unreachable
             // must not hold the write long before it is made here.
             .connect_timeout(Duration::from_secs(2))

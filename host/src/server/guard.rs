@@ -72,7 +72,15 @@ impl From<Trespass> for ApiError {
     }
 }
 
-pub(super) async fn guard(State(s): State<AppState>, request: Request, next: Next) -> Response {
+pub(super) async fn guard(State(s): State<AppState>, mut request: Request, next: Next) -> Response {
+    // HTTP/2 names the server in `:authority`, which hyper leaves in the
+    // URI; every check here (and the relay to a leader) reads `Host`.
+    if !request.headers().contains_key(header::HOST)
+        && let Some(authority) = request.uri().authority()
+        && let Ok(value) = HeaderValue::from_str(authority.as_str())
+    {
+        request.headers_mut().insert(header::HOST, value);
+    }
     let api = is_api(request.uri().path());
     let refuse = |t: Trespass| refuse_error(api, ApiError::from(t));
     let headers = request.headers();

@@ -12,10 +12,14 @@
 //!   stream) is not affected: its headers came in long ago;
 //! - at most `max_connections` are served at once; past that a new one is
 //!   answered 503 and closed at once, and the burst is logged once;
-//! - bodies are read up to [`MAX_BODY`] and answered 413 past it.
+//! - bodies are read up to [`MAX_BODY`] and answered 413 past it;
+//! - with TLS, the handshake must also be done within `header_timeout`;
+//!   ALPN picks HTTP/2 or HTTP/1.1 (browsers get HTTP/2, and with it more
+//!   than six requests at once to one server).
 
 use axum::Router;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::Watcher;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,19 +91,17 @@ pub(super) fn too_large(error: &axum::Error) -> bool {
     false
 }
 
-/// Serves `app` on `listener` until `shutdown` completes, then lets the
-/// open connections finish their requests.
+/// Serves `app` on `listener` (over TLS with `tls`) until `shutdown`
+/// completes, then lets the open connections finish their requests.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
     let mut shutdown = std::pin::pin!(shutdown);
     // Connections turned away since the cap was last reached.
     let mut refused: u64 = 0;
@@ -127,7 +129,11 @@ pub async fn serve(
                 );
             }
             refused += 1;
-            turn_away(stream);
+            // A TLS client would read the plain answer as garbage: it
+            // gets the close alone.
+            if tls.is_none() {
+                turn_away(stream);
+            }
             continue;
         };
         if refused > 0 {
@@ -138,10 +144,18 @@ pub async fn serve(
             refused = 0;
         }
         let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let connection = Connection {
+            app: app.clone(),
+            watcher: graceful.watcher(),
+            header_timeout: limits.header_timeout,
+        };
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            let served = match tls {
+                None => connection.serve_http1(stream).await,
+                Some(tls) => connection.serve_tls(stream, &tls).await,
+            };
+            if let Err(error) = served {
                 tracing::debug!(%remote, %error, "connection ended");
             }
             drop(slot);
@@ -158,6 +172,51 @@ pub async fn serve(
             grace_seconds = SHUTDOWN_GRACE.as_secs(),
             "connections still open after the shutdown grace (event streams, most likely); closing them"
         );
+    }
+}
+
+/// One accepted connection and what serving it needs.
+struct Connection {
+    app: Router,
+    watcher: Watcher,
+    header_timeout: Duration,
+}
+
+type ConnectionError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Connection {
+    async fn serve_http1<S>(self, stream: S) -> Result<(), ConnectionError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(self.header_timeout);
+        let service = hyper_util::service::TowerToHyperService::new(self.app);
+        let connection = http.serve_connection(TokioIo::new(stream), service);
+        Ok(self.watcher.watch(connection).await?)
+    }
+
+    async fn serve_tls(
+        self,
+        stream: TcpStream,
+        tls: &tokio_rustls::TlsAcceptor,
+    ) -> Result<(), ConnectionError> {
+        let stream = tokio::time::timeout(self.header_timeout, tls.accept(stream))
+            .await
+            .map_err(|_| "TLS handshake not done within the header timeout")??;
+        if stream.get_ref().1.alpn_protocol() != Some(&b"h2"[..]) {
+            return self.serve_http1(stream).await;
+        }
+        let mut http = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        // Pings find dead peers; hyper has no header timeout for HTTP/2,
+        // where one connection multiplexes many requests.
+        http.timer(TokioTimer::new())
+            .keep_alive_interval(self.header_timeout)
+            .keep_alive_timeout(self.header_timeout);
+        let service = hyper_util::service::TowerToHyperService::new(self.app);
+        let connection = http.serve_connection(TokioIo::new(stream), service);
+        Ok(self.watcher.watch(connection).await?)
     }
 }
 

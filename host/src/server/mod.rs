@@ -77,6 +77,12 @@ impl AppState {
         self
     }
 
+    /// Writes relayed to a leading replica trust what `tls` adds.
+    pub fn forwarding_with(mut self, tls: &crate::tls::ClientTls) -> AppState {
+        self.forwarder = forward::Forwarder::new(tls);
+        self
+    }
+
     /// Cookies it sets are `Secure`: for a server reached over TLS.
     pub fn served_over_tls(mut self, over_tls: bool) -> AppState {
         self.over_tls = over_tls;

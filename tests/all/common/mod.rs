@@ -1,6 +1,7 @@
 //! Shared helpers for the end-to-end tests.
 
 pub mod browser;
+pub mod certs;
 pub mod docker;
 pub mod ledger;
 pub mod postgres;
@@ -135,6 +136,7 @@ impl TestServer {
             listener,
             app,
             host::server::Limits::default(),
+            None,
             std::future::pending(),
         ));
         TestServer {
@@ -205,6 +207,17 @@ macro_rules! api_requests {
 api_requests!(TestServer);
 api_requests!(ServerProcess);
 
+/// A plain reqwest client builder: reqwest takes its TLS provider from the
+/// process, so this installs it first.
+pub fn web_builder() -> reqwest::ClientBuilder {
+    host::tls::install_default_provider();
+    reqwest::Client::builder()
+}
+
+pub fn web_client() -> reqwest::Client {
+    web_builder().build().expect("reqwest client")
+}
+
 /// Raw HTTP for status codes and bodies the typed client hides.
 pub async fn http(
     method: &str,
@@ -212,7 +225,7 @@ pub async fn http(
     body: Option<&str>,
     token: Option<&str>,
 ) -> (u16, serde_json::Value) {
-    let client = reqwest::Client::new();
+    let client = web_client();
     let mut request = client.request(
         reqwest::Method::from_bytes(method.as_bytes()).expect("method"),
         url,
@@ -301,7 +314,7 @@ impl ServerProcess {
             .expect("read the listening line");
         let url = line
             .split_whitespace()
-            .find(|w| w.starts_with("http://"))
+            .find(|w| w.starts_with("http://") || w.starts_with("https://"))
             .unwrap_or_else(|| panic!("no URL in {line:?}"))
             .to_string();
         ServerProcess { child, url }

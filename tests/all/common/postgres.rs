@@ -190,6 +190,25 @@ impl Postgres {
         self.pg_ctl("start");
     }
 
+    /// Serves TLS with this certificate and key from now on. They are
+    /// copied into the cluster: the server takes only a key file of its
+    /// own user, mode 0600.
+    pub fn enable_ssl(&self, cert: &std::path::Path, key: &std::path::Path) {
+        use std::os::unix::fs::PermissionsExt;
+        for (from, name) in [(cert, "server.crt"), (key, "server.key")] {
+            let to = self.data.join(name);
+            std::fs::copy(from, &to).expect("copy into the cluster");
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+            if let Some(user) = self.user {
+                run(Command::new("chown").arg(user).arg(&to));
+            }
+        }
+        self.psql("postgres", "ALTER SYSTEM SET ssl = on");
+        // A restart, not a reload: a reload is signalled, and a connection
+        // right after it may still get the old certificate.
+        self.pg_ctl("restart");
+    }
+
     /// A new, empty database; its URL.
     pub fn new_database(&self) -> String {
         let name = format!(

@@ -12,6 +12,7 @@ use super::cache::Cache;
 use super::listen::Notice;
 use super::prefetch::{self, Asks, Read, Reads};
 use super::read::{Conn, GET_MANY, Rows, get_on, keys_on, range_on};
+use super::tls::Target;
 use super::{DbError, DbErrorText, Inner, WRITE_LOCK, db_error, lost_error};
 use crate::events::Change;
 use crate::store::StoreError;
@@ -21,8 +22,8 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::mpsc;
+use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
 
 /// A transaction that waits until the WAL is on disk up to its own commit,
 /// and so up to every commit before it on this connection. PostgreSQL
@@ -403,7 +404,7 @@ enum Unsent {
 /// threads as well (half the time of a pooled connection's round trip).
 struct WriterConn {
     runtime: tokio::runtime::Runtime,
-    config: tokio_postgres::Config,
+    target: Target,
     client: Option<tokio_postgres::Client>,
     /// The task driving `client`'s connection: aborted when a round trip
     /// overstays, which fails every request waiting on it.
@@ -424,12 +425,12 @@ struct Session<'a> {
 }
 
 impl WriterConn {
-    fn new(config: tokio_postgres::Config) -> std::io::Result<WriterConn> {
+    fn new(target: Target) -> std::io::Result<WriterConn> {
         Ok(WriterConn {
             runtime: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?,
-            config,
+            target,
             client: None,
             connection: None,
             statements: RefCell::default(),
@@ -459,7 +460,7 @@ impl WriterConn {
                     old.abort();
                 }
                 let connect = async {
-                    let (client, connection) = self.config.connect(NoTls).await?;
+                    let (client, connection) = self.target.connect().await?;
                     let connection = self.runtime.spawn(connection).abort_handle();
                     // The writer's statements are the same few over and
                     // over, and each plan fits every parameter: planning
@@ -597,7 +598,7 @@ impl Conn for Session<'_> {
 }
 
 pub(super) fn write_loop(inner: &Inner, jobs: &mpsc::Receiver<Job>) {
-    let mut conn = match WriterConn::new(inner.config.clone()) {
+    let mut conn = match WriterConn::new(inner.target.clone()) {
         Ok(conn) => conn,
         Err(error) => {
             tracing::error!(%error, "cannot start the writer's runtime");

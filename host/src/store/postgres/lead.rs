@@ -17,7 +17,6 @@
 use super::{DbErrorText, Inner, LEAD_LOCK};
 use std::sync::Weak;
 use std::time::{Duration, Instant};
-use tokio_postgres::NoTls;
 
 /// How often the lead is held or sought, and the leader row refreshed.
 const EVERY: Duration = Duration::from_secs(1);
@@ -123,8 +122,8 @@ async fn round(
 
 async fn connect(inner: &Inner) -> Result<tokio_postgres::Client, String> {
     let (client, connection) = inner
-        .config
-        .connect(NoTls)
+        .target
+        .connect()
         .await
         .map_err(|e| format!("cannot connect: {}", DbErrorText(&e)))?;
     tokio::spawn(connection);

@@ -1,11 +1,12 @@
 //! Telling the other replicas of this one's changes, and following theirs.
 
+use super::tls::Target;
 use super::{DbErrorText, Inner, Waiters};
 use crate::events::Change;
 use crate::store::Committed;
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::{Duration, Instant};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 const CHANNEL: &str = "host_changes";
 /// How often the listener looks for changes even without a notification
@@ -34,7 +35,7 @@ pub(super) async fn listen(
     mut last: i64,
 ) {
     loop {
-        let Some(config) = inner.upgrade().map(|i| i.config.clone()) else {
+        let Some(config) = inner.upgrade().map(|i| i.target.clone()) else {
             return;
         };
         match listen_once(&inner, &waiters, &config, &mut last).await {
@@ -132,11 +133,11 @@ pub(super) async fn announce(
 async fn listen_once(
     inner: &std::sync::Weak<Inner>,
     waiters: &Waiters,
-    config: &tokio_postgres::Config,
+    target: &Target,
     last: &mut i64,
 ) -> Result<(), String> {
     let text = |e: tokio_postgres::Error| DbErrorText(&e).to_string();
-    let (client, mut connection) = config.connect(NoTls).await.map_err(text)?;
+    let (client, mut connection) = target.connect().await.map_err(text)?;
     let (notified, mut notifications) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {

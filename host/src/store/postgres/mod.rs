@@ -40,6 +40,7 @@ mod lead;
 mod listen;
 mod prefetch;
 mod read;
+mod tls;
 
 use crate::store::StoreError;
 use batch::write_loop;
@@ -56,7 +57,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, mpsc};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
-use tokio_postgres::NoTls;
+use tls::Target;
 
 refinery::embed_migrations!("migrations");
 
@@ -75,7 +76,7 @@ struct Inner {
     _runtime: DriverRuntime,
     handle: tokio::runtime::Handle,
     pool: Pool,
-    config: tokio_postgres::Config,
+    target: Target,
     /// Tells this server's changes from the others' in `changes`.
     replica: String,
     location: String,
@@ -221,9 +222,8 @@ impl PgStore {
         jobs: mpsc::Receiver<Job>,
         events: Arc<Events>,
     ) -> Result<Arc<PgStore>, StoreError> {
-        let mut config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| StoreError::BadUrl(e.to_string()))?;
+        let mut target = Target::parse(url)?;
+        let config = &mut target.config;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
@@ -241,8 +241,8 @@ impl PgStore {
         let handle = runtime.handle().clone();
         let runtime = DriverRuntime(Some(runtime));
         let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
+            target.config.clone(),
+            target.tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -255,10 +255,10 @@ impl PgStore {
             .build()
             .map_err(|e| StoreError::internal(format!("database pool: {e}")))?;
         let location = redact(url);
-        let migrate_config = config.clone();
+        let migrate_target = target.clone();
         let migrate_location = location.clone();
         let last_seq = handle
-            .spawn(async move { migrate(&migrate_config, &migrate_location).await })
+            .spawn(async move { migrate(&migrate_target, &migrate_location).await })
             .await
             .map_err(|e| StoreError::internal(format!("migration task: {e}")))??;
         let (announcements, committed) = tokio::sync::mpsc::unbounded_channel();
@@ -266,7 +266,7 @@ impl PgStore {
             _runtime: runtime,
             handle: handle.clone(),
             pool,
-            config,
+            target,
             replica: uuid::Uuid::new_v4().to_string(),
             location,
             events,
@@ -305,8 +305,8 @@ impl PgStore {
 
 /// Brings the schema up to date under a lock (replicas may start together)
 /// and answers the last change's sequence number, where listening starts.
-async fn migrate(config: &tokio_postgres::Config, location: &str) -> Result<i64, StoreError> {
-    let (mut client, connection) = config.connect(NoTls).await.map_err(|e| {
+async fn migrate(target: &Target, location: &str) -> Result<i64, StoreError> {
+    let (mut client, connection) = target.connect().await.map_err(|e| {
         StoreError::Unavailable(format!(
             "cannot connect to the database at {location}: {}",
             DbErrorText(&e)
