@@ -2,7 +2,7 @@
 //! every `*.wasm` of a plugin directory. A broken directory plugin is reported
 //! and skipped; it never stops the others from loading.
 
-use crate::capabilities::ContainerPolicy;
+use crate::capabilities::{ContainerPolicy, HttpPolicy};
 use crate::runtime::{Capability, Grants, LoadError, LoadedPlugin, PluginSource, Runtime};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -47,6 +47,19 @@ pub const BUILTINS: &[Builtin] = &[
 /// privileged = false           # refuse privileged containers
 /// mount_sources = ["/srv/data"] # the only host paths it may mount
 /// network_modes = ["host"]     # may share the host's network
+///
+/// [my-plugin.http]             # the origins `http` may reach; none unless listed
+/// max_concurrent_requests = 8  # in flight at once, per plugin call
+///
+/// [[my-plugin.http.allow]]
+/// url = "https://ecs.us-east-1.amazonaws.com"   # scheme://host[:port]
+/// auth = "aws-sigv4"           # or "bearer" (token_file), "basic" (credentials_file)
+/// aws_service = "ecs"
+/// aws_region = "us-east-1"
+/// timeout_seconds = 30         # connect, TLS and the response head
+/// between_bytes_timeout_seconds = 30
+/// max_response_bytes = 16777216
+/// # ca_file, client_cert_file, client_key_file: a private endpoint's TLS
 /// ```
 ///
 /// A section named after a built-in (`[docker.container]`) narrows the
@@ -68,6 +81,7 @@ pub struct Registry {
 struct GrantEntry {
     capabilities: Vec<Capability>,
     container: ContainerPolicy,
+    http: HttpPolicy,
 }
 
 impl Registry {
@@ -148,6 +162,7 @@ impl Registry {
             let plugin_grants = grants.get(&stem).map_or_else(Grants::log_only, |entry| {
                 Grants::new(entry.capabilities.iter().copied())
                     .with_container_policy(entry.container.clone())
+                    .with_http_policy(entry.http.clone())
             });
             match load_file(runtime, &path, plugin_grants).await {
                 Ok(plugin) if self.plugins.contains_key(plugin.name()) => {
@@ -247,7 +262,9 @@ fn read_grants(
         let mut entry = GrantEntry {
             capabilities: Vec::new(),
             container: ContainerPolicy::default(),
+            http: HttpPolicy::default(),
         };
+        let mut http_section = false;
         for (key, value) in section {
             match key.as_str() {
                 "capabilities" => {
@@ -261,8 +278,18 @@ fn read_grants(
                         .collect();
                 }
                 "container" => entry.container = container_policy(value, &at, warnings)?,
+                "http" => {
+                    entry.http = HttpPolicy::from_toml(value, &at, warnings)?;
+                    http_section = true;
+                }
                 other => warnings.push(format!("{}: unknown key `{other}`, ignored", at(""))),
             }
+        }
+        if http_section && !entry.capabilities.contains(&Capability::Http) {
+            warnings.push(format!(
+                "{}: lists origins, but `http` is not in its capabilities: it can reach none",
+                at(".http")
+            ));
         }
         entries.insert(stem, entry);
     }

@@ -9,11 +9,14 @@
 //! - [`Error`]: what a call may fail with; retryable or fatal.
 //! - [`template`]: builds the default base job template and its JSON Schema.
 //! - [`log`], [`capabilities`]: the host interfaces a plugin may call.
+//! - [`http`]: a small client over the standard `wasi:http` (JSON, retries),
+//!   for plugins granted `http`.
 //! - [`local`]: the plumbing of a plugin that runs local processes.
 //! - [`wrap`]: the same through a wrapper (a sandbox such as bwrap), with the
 //!   wrapper's environment apart from the workload's.
 //! - `glue` (hidden): turns the trait into the WIT exports; used by the macro.
 
+pub mod http;
 pub mod local;
 pub mod template;
 pub mod wrap;

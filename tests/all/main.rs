@@ -16,6 +16,7 @@ mod docker_e2e;
 mod events;
 mod faults;
 mod fresh_setup;
+mod http_capability;
 mod no_run_lost;
 mod plugin_cli;
 mod plugin_runtime;

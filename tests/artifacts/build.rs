@@ -91,6 +91,11 @@ const TEST_GUESTS: &[Guest] = &[
         artifact: "guest_flood_wait",
     },
     Guest {
+        name: "http_client",
+        package: "guest-http-client",
+        artifact: "guest_http_client",
+    },
+    Guest {
         name: "hello_example",
         package: "hello-plugin",
         artifact: "hello_plugin",

@@ -31,9 +31,11 @@ pub mod build_context;
 #[macro_use]
 mod registry;
 mod container_runtime;
+mod http;
 mod log;
 mod process;
 
+pub use self::http::{Auth, Endpoint, HOST_HELD_HEADERS, HttpGrantError, HttpPolicy, HttpScope};
 pub use container_runtime::{ContainerHost, ContainerPolicy, ContainerTable, SCOPE_LABEL};
 pub use log::{
     CollectOutput, DiscardOutput, LogHost, MAX_LINE_BYTES, MessageBudgets, OutputSink,
@@ -58,6 +60,9 @@ pub(crate) trait HostCapability {
     /// The WIT interface, as in `host:infra/<INTERFACE>@0.1.0`; also the name
     /// an operator grants.
     const INTERFACE: &'static str;
+    /// For a standard interface rather than one of `host:infra`: its WIT
+    /// package (`wasi:http`), every interface of which needs the grant.
+    const STANDARD_PACKAGE: Option<&'static str> = None;
     /// What it keeps for the whole runtime (what runs, for which flow run).
     type Shared: Send + Sync;
     /// Its state for one call: the flow run it acts for, what the grant allows.
@@ -117,6 +122,18 @@ impl Capability {
     pub fn parse(name: &str) -> Option<Capability> {
         Capability::ALL.iter().copied().find(|c| c.name() == name)
     }
+
+    /// The capability an import of a standard package (`wasi:http/types@0.2.6`)
+    /// needs, if it is one a grant gives.
+    pub fn for_standard_import(import: &str) -> Option<Capability> {
+        Capability::ALL.iter().copied().find(|c| {
+            c.standard_package().is_some_and(|package| {
+                import
+                    .strip_prefix(package)
+                    .is_some_and(|rest| rest.starts_with('/'))
+            })
+        })
+    }
 }
 
 // The one list of capabilities. Order is the order of `Capability`'s `Ord`,
@@ -125,6 +142,7 @@ capabilities! {
     Log(log) => log::Log,
     Process(process) => process::Process,
     ContainerRuntime(container_runtime) => container_runtime::ContainerRuntime,
+    Http(http) => http::Http,
 }
 
 #[cfg(test)]
@@ -140,6 +158,27 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), Capability::ALL.len());
-        assert_eq!(Capability::parse("http"), None);
+        assert_eq!(Capability::parse("network"), None);
+    }
+
+    #[test]
+    fn standard_imports_name_the_capability_they_need() {
+        let http = Some(Capability::Http);
+        assert_eq!(
+            Capability::for_standard_import("wasi:http/outgoing-handler@0.2.6"),
+            http
+        );
+        assert_eq!(
+            Capability::for_standard_import("wasi:http/types@0.2.12"),
+            http
+        );
+        assert_eq!(
+            Capability::for_standard_import("wasi:httpx/types@0.2.0"),
+            None
+        );
+        assert_eq!(
+            Capability::for_standard_import("wasi:io/streams@0.2.6"),
+            None
+        );
     }
 }

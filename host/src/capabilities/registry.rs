@@ -24,6 +24,13 @@ macro_rules! capabilities {
                 }
             }
 
+            /// The standard WIT package it stands for, if not one of ours.
+            pub fn standard_package(self) -> Option<&'static str> {
+                match self {
+                    $(Capability::$variant => <$ty as HostCapability>::STANDARD_PACKAGE,)+
+                }
+            }
+
             pub(crate) fn link(
                 self,
                 linker: &mut Linker<PluginState>,

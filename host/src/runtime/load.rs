@@ -3,8 +3,9 @@
 //! capabilities? Each refusal names what is wrong in one line.
 
 use super::{CONTRACT_PACKAGE, CONTRACT_VERSION};
-use crate::capabilities::{Capability, ContainerPolicy};
+use crate::capabilities::{Capability, ContainerPolicy, HttpPolicy};
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
@@ -13,6 +14,8 @@ use wasmtime::component::Component;
 pub struct Grants {
     capabilities: BTreeSet<Capability>,
     container: ContainerPolicy,
+    /// Shared by every call of the plugin: built once, at load.
+    http: Arc<HttpPolicy>,
 }
 
 impl Grants {
@@ -22,6 +25,7 @@ impl Grants {
         Grants {
             capabilities: set,
             container: ContainerPolicy::default(),
+            http: Arc::new(HttpPolicy::default()),
         }
     }
 
@@ -33,6 +37,16 @@ impl Grants {
 
     pub fn container_policy(&self) -> &ContainerPolicy {
         &self.container
+    }
+
+    /// The origins `http` may reach, and how. Without it, none.
+    pub fn with_http_policy(mut self, policy: HttpPolicy) -> Self {
+        self.http = Arc::new(policy);
+        self
+    }
+
+    pub fn http_policy(&self) -> &Arc<HttpPolicy> {
+        &self.http
     }
 
     /// Only `log`: what a plugin from a directory gets unless configured.
@@ -80,6 +94,14 @@ pub enum LoadError {
     )]
     Ungranted {
         source_name: String,
+        capability: Capability,
+    },
+    #[error(
+        "{source_name}: imports `{import}`, which needs capability `{capability}`, not granted to it (grant it, with the origins it may reach, in the plugin directory's grants.toml)"
+    )]
+    UngrantedImport {
+        source_name: String,
+        import: String,
         capability: Capability,
     },
     #[error("{source_name}: imports `{import}`, which this host does not provide")]
@@ -171,6 +193,17 @@ pub fn check_component(
         }
     }
     for (import, _) in ty.imports(engine) {
+        if let Some(capability) = Capability::for_standard_import(import) {
+            if !grants.contains(capability) {
+                return Err(LoadError::UngrantedImport {
+                    source_name: source_name.into(),
+                    import: import.into(),
+                    capability,
+                });
+            }
+            imported.insert(capability);
+            continue;
+        }
         if import.starts_with("wasi:") {
             // Linked with nothing granted: no dirs, no sockets, no env.
             continue;
@@ -190,7 +223,9 @@ pub fn check_component(
         if iface == "types" {
             continue;
         }
-        let Some(capability) = Capability::parse(iface) else {
+        // A standard interface's capability is not one of our interfaces.
+        let ours = Capability::parse(iface).filter(|c| c.standard_package().is_none());
+        let Some(capability) = ours else {
             return Err(LoadError::UnknownImport {
                 source_name: source_name.into(),
                 import: import.into(),

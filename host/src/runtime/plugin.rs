@@ -78,6 +78,13 @@ impl PluginState {
         self.host_calls += 1;
         &mut self.scopes
     }
+
+    /// The same, with the resource table, for a capability whose resources
+    /// live beside WASI's (`wasi:http`'s bodies are `wasi:io` streams).
+    pub(crate) fn scopes_and_table(&mut self) -> (&mut Scopes, &mut ResourceTable) {
+        self.host_calls += 1;
+        (&mut self.scopes, &mut self.table)
+    }
 }
 
 type CallFuture<'a, R> = Pin<Box<dyn Future<Output = wasmtime::Result<R>> + Send + 'a>>;

@@ -1,0 +1,126 @@
+//! Makes the HTTP requests its job configuration lists, through the SDK's
+//! client over `wasi:http`, and answers `start` with what each one got:
+//!
+//! `{"requests": [{"method", "url", "headers": [[name, value]], "body",
+//! "follow_redirects": n, "attempts": n}]}` gives the handle
+//! `{"results": [{"status", "headers", "body", "error", "redirects": [url]}]}`, bodies cut
+//! to 512 bytes. Following a redirect is the guest's own new request, which
+//! the grant judges like any other.
+use host_plugin_sdk::http::{self, Client, Request};
+use host_plugin_sdk::{Exit, Info, Job, Plugin, Result, Status, export_plugin};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+#[derive(Deserialize)]
+pub struct Config {
+    #[serde(default)]
+    requests: Vec<Wanted>,
+}
+
+#[derive(Deserialize)]
+pub struct Wanted {
+    #[serde(default = "get")]
+    method: String,
+    url: String,
+    #[serde(default)]
+    headers: Vec<(String, String)>,
+    #[serde(default)]
+    body: String,
+    #[serde(default)]
+    follow_redirects: u32,
+    /// Through a `Client` with this many attempts (retries on 429/5xx).
+    attempts: Option<u32>,
+}
+
+fn get() -> String {
+    "GET".into()
+}
+
+/// The handle: an object, as the SDK's handle envelope wants.
+#[derive(Serialize, Deserialize)]
+pub struct Results {
+    results: Vec<Got>,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+pub struct Got {
+    status: Option<u16>,
+    headers: Vec<(String, String)>,
+    body: String,
+    error: Option<String>,
+    redirects: Vec<String>,
+}
+
+fn one(wanted: &Wanted) -> Got {
+    let mut got = Got::default();
+    let mut url = wanted.url.clone();
+    let mut hops = 0;
+    loop {
+        let mut request = Request::new(&wanted.method, &url).body(wanted.body.as_bytes());
+        request.headers = wanted.headers.clone();
+        let outcome = match wanted.attempts {
+            Some(attempts) => {
+                let mut client = Client::new(&url);
+                client.max_attempts = attempts;
+                client.backoff = Duration::from_millis(50);
+                client.send(&request)
+            }
+            None => http::send(&request),
+        };
+        match outcome {
+            Ok(response) => {
+                let location = response.header("location").map(String::from);
+                if (300..400).contains(&response.status) && hops < wanted.follow_redirects {
+                    if let Some(location) = location {
+                        hops += 1;
+                        got.redirects.push(location.clone());
+                        url = location;
+                        continue;
+                    }
+                }
+                let mut body = response.text();
+                body.truncate(body.floor_char_boundary(512));
+                got.status = Some(response.status);
+                got.headers = response.headers;
+                got.body = body;
+            }
+            Err(error) => got.error = Some(error.to_string()),
+        }
+        return got;
+    }
+}
+
+pub struct HttpClient;
+
+impl Plugin for HttpClient {
+    type Config = Config;
+    type Handle = Results;
+
+    fn info() -> Info {
+        guest_common::info("http-client", &["http"])
+    }
+
+    fn start(job: Job<Config>) -> Result<Results> {
+        Ok(Results {
+            results: job.config.requests.iter().map(one).collect(),
+        })
+    }
+
+    fn wait(_handle: Results) -> Result<Exit> {
+        Ok(Exit::code(0))
+    }
+
+    fn inspect(_handle: Results) -> Result<Status> {
+        Ok(Status::Exited(Exit::code(0)))
+    }
+
+    fn stop(_handle: Results, _grace: u32) -> Result<()> {
+        Ok(())
+    }
+
+    fn destroy(_handle: Results) -> Result<()> {
+        Ok(())
+    }
+}
+
+export_plugin!(HttpClient);
