@@ -20,6 +20,7 @@ mod no_run_lost;
 mod plugin_cli;
 mod plugin_runtime;
 mod replicas;
+mod tokens;
 mod ui;
 mod whole_runs;
 mod worker_e2e;

@@ -54,9 +54,7 @@ pub async fn main(args: &[String]) {
         "scoped" => {
             let mut workers = Vec::new();
             for i in 0..CLIENTS {
-                workers.push(Some(
-                    named_token(&client, &format!("w{i}"), "worker").await,
-                ));
+                workers.push(Some(named_token(&client, &format!("w{i}"), "worker").await));
             }
             Callers {
                 creator: Some(named_token(&client, "bench-deployer", "deployer").await),
