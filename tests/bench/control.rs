@@ -206,9 +206,11 @@ pub async fn main(args: &[String]) {
     );
 }
 
-/// A named token of pool `bench`, made with the bootstrap token.
+/// A named token (of pool `bench`, for a deployer or worker), made with the
+/// bootstrap token.
 async fn named_token(admin: &host::client::Client, name: &str, role: &str) -> String {
-    let body = json!({"name": name, "role": role, "pools": ["bench"]});
+    let pools = if role == "viewer" { json!([]) } else { json!(["bench"]) };
+    let body = json!({"name": name, "role": role, "pools": pools});
     let created: serde_json::Value = admin.post("/api/tokens", &body).await.expect("token");
     created["secret"].as_str().expect("secret").to_string()
 }
