@@ -22,6 +22,7 @@ mod plugin_cli;
 mod plugin_runtime;
 mod replicas;
 mod tls;
+mod tokens;
 mod ui;
 mod whole_runs;
 mod worker_e2e;

@@ -8,7 +8,7 @@ use crate::control::RunRequest;
 use crate::control::schema::host_variables;
 use crate::error::ApiError;
 use crate::model::{Deployment, Schedule};
-use crate::server::AppState;
+use crate::server::{AppState, access};
 use crate::store::RunFilter;
 use axum::Router;
 use axum::extract::{Form, Path, State};
@@ -21,7 +21,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/deployments", get(list))
         .route("/deployments/{flow}/{name}", get(detail))
-        .route("/ui/deployments/{flow}/{name}/run", post(run))
+        .route(access::UI_RUN_DEPLOYMENT, post(run))
 }
 
 async fn list(State(s): State<AppState>) -> Page {
@@ -167,6 +167,7 @@ fn detail_page(
             dt { "Schedule" } dd { (schedules(&d.schedules)) }
             dt { "Concurrency limit" } dd { (view::limit(d.concurrency_limit)) }
         }
+        @if view::may(access::UI_RUN_DEPLOYMENT, Some(&d.pool)) {
         section.card #run {
             h2 { "Run" }
             p.muted { "Empty fields keep the deployment's and the pool's values." }
@@ -185,6 +186,7 @@ fn detail_page(
                 }
                 button type="submit" { "Run" }
             }
+        }
         }
         h2 { "Recent runs" }
         div #recent data-live { (recent) }

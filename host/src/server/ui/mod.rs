@@ -60,7 +60,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
 async fn with_csrf_token(State(s): State<AppState>, request: Request, next: Next) -> Response {
     let token = s.csrf_token(request.headers());
     let logged_in = s.token.is_some()
-        && session_cookie(request.headers()).is_some_and(|id| s.sessions.holds(id));
+        && session_cookie(request.headers()).is_some_and(|id| s.sessions.caller(id).is_some());
     let page = view::CSRF_TOKEN.scope(token, next.run(request));
     view::LOGGED_IN.scope(logged_in, page).await
 }

@@ -5,7 +5,7 @@ use super::view::{self, Nav};
 use super::{Back, Page, PageError};
 use crate::error::ApiError;
 use crate::model::{FlowRun, StateType};
-use crate::server::AppState;
+use crate::server::{AppState, access};
 use crate::store::RunFilter;
 use axum::Router;
 use axum::extract::{Form, Path, Query, State};
@@ -23,7 +23,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/runs", get(list))
         .route("/runs/{id}", get(detail))
-        .route("/ui/runs/{id}/cancel", post(cancel))
+        .route(access::UI_CANCEL_RUN, post(cancel))
 }
 
 #[derive(Deserialize, Default)]
@@ -164,7 +164,7 @@ async fn detail(State(s): State<AppState>, Path(id): Path<String>) -> Page {
         div.title-row #run-head data-live {
             h1 { (run.name) }
             (view::state(run.state.state_type))
-            @if !run.state.state_type.is_terminal() {
+            @if !run.state.state_type.is_terminal() && view::may(access::UI_CANCEL_RUN, Some(&run.pool)) {
                 (view::action(&format!("/ui/runs/{}/cancel", view::segment(&id)), "Cancel", &here,
                     Some(&format!("Cancel flow run {}?", run.name))))
             }
