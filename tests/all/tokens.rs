@@ -67,7 +67,7 @@ const OPERATIONS: &[(&str, Needs)] = &[
 
 /// A server with the bootstrap token, pools `p1` and `p2`, a deployment in
 /// each (`f/d`, `f/d2`), and named tokens: `adm` (admin), `dep` (deployer
-/// of p1), `w1` (worker of p1), `view` (viewer), `gone` (revoked).
+/// of p1), `w1` and `w2` (workers of p1), `view` (viewer), `gone` (revoked).
 struct Fixture {
     server: ServerProcess,
     dir: tempfile::TempDir,
@@ -102,6 +102,7 @@ impl Fixture {
             ("adm", "admin", json!([])),
             ("dep", "deployer", json!(["p1"])),
             ("w1", "worker", json!(["p1"])),
+            ("w2", "worker", json!(["p1"])),
             ("view", "viewer", json!([])),
             ("gone", "worker", json!(["p1"])),
         ] {
@@ -202,7 +203,18 @@ impl Fixture {
                     json!({}),
                 )
                 .await;
-            path = path.replace("{id}", run["id"].as_str().expect("id"));
+            let id = run["id"].as_str().expect("id");
+            if ["runs_set_state", "runs_append_logs"].contains(&operation) {
+                // A worker reports only on runs it holds: w1 claims it (and
+                // whatever else of the pool is due, used already).
+                let path = format!("/api/work-pools/{pool}/claim");
+                let claim = self
+                    .admin("POST", &path, json!({"worker": "w1", "limit": 1000}))
+                    .await;
+                let held = claim["runs"].as_array().expect("runs").iter();
+                assert!(held.clone().any(|r| r["flow_run"]["id"] == id), "{claim}");
+            }
+            path = path.replace("{id}", id);
         }
         if path.contains("{name}") {
             let name = self.fresh("t-");
@@ -409,6 +421,42 @@ async fn a_worker_token_acts_only_in_its_pools_and_as_itself() {
             "{path}: {answer}"
         );
     }
+    // A run nobody holds is no worker's to move: cancelling is a deployer's.
+    let (status, answer) = fixture
+        .call(
+            "POST",
+            &format!("/api/flow-runs/{p1_run}/state"),
+            Some(json!({"type": "CANCELLED"})),
+            w1,
+        )
+        .await;
+    assert_eq!(
+        (status, &answer["field"]),
+        (403, &json!("worker")),
+        "{answer}"
+    );
+    let (status, answer) = fixture
+        .call(
+            "POST",
+            &format!("/api/flow-runs/{p1_run}/logs"),
+            Some(json!([{"message": "forged"}])),
+            w1,
+        )
+        .await;
+    assert_eq!(
+        (status, &answer["field"]),
+        (403, &json!("worker")),
+        "{answer}"
+    );
+    let run = fixture
+        .admin("GET", &format!("/api/flow-runs/{p1_run}"), Value::Null)
+        .await;
+    assert_eq!(run["state"]["type"], "SCHEDULED", "{run}");
+    let logs = fixture
+        .admin("GET", &format!("/api/flow-runs/{p1_run}/logs"), Value::Null)
+        .await;
+    assert_eq!(logs["lines"], json!([]), "nothing written: {logs}");
+
     // Left out, the worker is the token's.
     let (status, beat) = fixture
         .call(
@@ -445,6 +493,44 @@ async fn a_worker_token_acts_only_in_its_pools_and_as_itself() {
         .call("POST", &path, Some(json!([{"message": "hi"}])), w1)
         .await;
     assert_eq!(status, 200);
+    // Another worker of the same pool neither writes in its log nor moves it.
+    let w2 = Some(fixture.secret("w2"));
+    let (status, answer) = fixture
+        .call(
+            "POST",
+            &path,
+            Some(json!([{"message": "forged", "stream": "worker"}])),
+            w2,
+        )
+        .await;
+    assert_eq!(
+        (status, &answer["field"]),
+        (403, &json!("worker")),
+        "{answer}"
+    );
+    let (status, answer) = fixture
+        .call(
+            "POST",
+            &format!("/api/flow-runs/{id}/state"),
+            Some(json!({"type": "COMPLETED"})),
+            w2,
+        )
+        .await;
+    assert_eq!(
+        (status, &answer["field"]),
+        (409, &json!("worker")),
+        "{answer}"
+    );
+    let logs = fixture
+        .admin("GET", &format!("/api/flow-runs/{id}/logs"), Value::Null)
+        .await;
+    let messages: Vec<&Value> = logs["lines"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .map(|line| &line["message"])
+        .collect();
+    assert_eq!(messages, [&json!("hi")], "only its holder's line");
 
     // Revoked: refused at the next request, with nothing in between.
     let (status, _) = fixture
@@ -509,6 +595,29 @@ async fn a_deployer_keeps_off_templates_pools_and_tokens() {
             "f/{name} → {pool}: {answer}"
         );
     }
+    // A queue is an admin's to make, also by naming it in a deployment.
+    let body =
+        json!({"flow": "f", "name": "q", "pool": "p1", "queue": "mine", "command": ["true"]});
+    let (status, answer) = fixture
+        .call("PUT", "/api/deployments", Some(body), dep)
+        .await;
+    assert_eq!(
+        (status, &answer["field"]),
+        (404, &json!("queue")),
+        "{answer}"
+    );
+    let queues = fixture
+        .admin("GET", "/api/work-pools/p1/queues", Value::Null)
+        .await;
+    let names: Vec<&Value> = queues
+        .as_array()
+        .expect("queues")
+        .iter()
+        .map(|q| &q["name"])
+        .collect();
+    assert_eq!(names, [&json!("default")], "no queue made: {queues}");
+    let (status, _) = fixture.call("GET", "/api/deployments/f/q", None, dep).await;
+    assert_eq!(status, 404, "no deployment made");
     let body = json!({"flow": "f", "name": "d", "pool": "p1", "parameters": {"x": 1}});
     let (status, answer) = fixture
         .call("PUT", "/api/deployments", Some(body), dep)
@@ -528,6 +637,57 @@ async fn a_deployer_keeps_off_templates_pools_and_tokens() {
         .call("GET", "/api/tokens", None, Some(fixture.secret("adm")))
         .await;
     assert_eq!(status, 200, "a named admin lists tokens");
+}
+
+/// `access` checks a deployment's pool before the handler runs; a
+/// deployment made in another pool between that check and the write must
+/// not be taken over. The write checks again in its own transaction: here
+/// the deployment is in p2 and the write comes with a scope of p1, as a
+/// request that raced its creation would.
+#[tokio::test]
+async fn a_deployment_made_elsewhere_after_the_check_is_not_taken_over() {
+    let server = common::TestServer::start().await;
+    for pool in ["p1", "p2"] {
+        let (status, _) = server
+            .post("/api/work-pools", json!({"name": pool, "type": "process"}))
+            .await;
+        assert_eq!(status, 201);
+    }
+    let spec = |pool: &str, word: &str| -> host::control::DeploymentSpec {
+        serde_json::from_value(
+            json!({"flow": "r", "name": "race", "pool": pool, "command": ["echo", word]}),
+        )
+        .expect("spec")
+    };
+    let p2 = host::control::Scope {
+        pools: Some(vec!["p2".into()]),
+        worker: None,
+    };
+    server
+        .control
+        .upsert_deployment(spec("p2", "victim"), &p2)
+        .await
+        .expect("made in p2");
+    let p1 = host::control::Scope {
+        pools: Some(vec!["p1".into()]),
+        worker: None,
+    };
+    let refused = server
+        .control
+        .upsert_deployment(spec("p1", "attacker"), &p1)
+        .await
+        .expect_err("another pool's deployment");
+    assert_eq!(
+        refused.field.as_deref(),
+        Some("pool"),
+        "{}",
+        refused.message
+    );
+    let kept = server.control.deployment("r/race").expect("kept");
+    assert_eq!(
+        (kept.pool.as_str(), kept.command),
+        ("p2", vec!["echo".to_string(), "victim".into()])
+    );
 }
 
 /// The bootstrap token and the tokens' key are shared through the

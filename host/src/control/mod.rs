@@ -25,7 +25,7 @@ pub use pools::{
 };
 pub use runs::{LogTail, NewLogLine};
 pub use tokens::{
-    MAX_POOLS as MAX_TOKEN_POOLS, NewToken, TokenSpec, TokenView, Verified, token_name,
+    MAX_POOLS as MAX_TOKEN_POOLS, NewToken, Scope, TokenSpec, TokenView, Verified, token_name,
 };
 
 use crate::error::ApiError;

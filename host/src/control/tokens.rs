@@ -34,6 +34,62 @@ use serde::{Deserialize, Serialize};
 pub const MAX_POOLS: usize = 100;
 const PREFIX: &str = "host_";
 
+/// What a write may touch for the token that asks, checked inside the
+/// write's own transaction: `server::access` checks what a request names
+/// before any handler runs, but the records it looked at may change before
+/// the write commits (a deployment made in another pool meanwhile), so a
+/// write that depends on a record's pool or holder checks it again here.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Scope {
+    /// The pools it may change; `None`: every pool (an admin).
+    pub pools: Option<Vec<String>>,
+    /// A worker token's name: it reports only on runs it holds.
+    pub worker: Option<String>,
+}
+
+impl Scope {
+    /// An admin's: everything.
+    pub fn all() -> Scope {
+        Scope::default()
+    }
+
+    pub(super) fn covers(&self, pool: &str) -> bool {
+        self.pools
+            .as_ref()
+            .is_none_or(|pools| pools.iter().any(|p| p == pool))
+    }
+
+    /// 403 `pool` unless this scope covers `pool`.
+    pub(super) fn check_pool(&self, what: &str, pool: &str) -> Result<(), ApiError> {
+        if self.covers(pool) {
+            return Ok(());
+        }
+        Err(ApiError::forbidden(
+            "pool",
+            format!("pool: {what} is in pool `{pool}`, which this token does not cover"),
+        ))
+    }
+
+    /// 403 `worker` unless this scope is an admin's or the worker holding
+    /// `run` (a worker token reports only on runs it holds: cancelling
+    /// another's is a deployer's `/cancel`).
+    pub(super) fn check_holder(&self, run: &crate::model::FlowRun) -> Result<(), ApiError> {
+        match &self.worker {
+            Some(name) if run.worker.as_deref() != Some(name.as_str()) => Err(ApiError::forbidden(
+                "worker",
+                format!(
+                    "worker: flow run {} is held by {}, not worker `{name}`; a worker token acts only on runs it holds",
+                    run.id,
+                    run.worker
+                        .as_deref()
+                        .map_or_else(|| "no worker".to_string(), |w| format!("worker `{w}`")),
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// `POST /api/tokens`.
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

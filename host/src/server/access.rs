@@ -27,7 +27,7 @@
 //! `pool`, or the identity field; an unknown or revoked token is 401.
 
 use super::AppState;
-use crate::control::Verified;
+use crate::control::{Scope, Verified};
 use crate::error::ApiError;
 use crate::model::Role;
 use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
@@ -72,6 +72,15 @@ impl Caller {
             role: verified.token.role,
             pools: verified.token.pools,
             hash: Some(verified.hash),
+        }
+    }
+
+    /// What this caller's writes may touch, for the checks a write makes
+    /// inside its transaction.
+    pub fn scope(&self) -> Scope {
+        Scope {
+            pools: self.role.scoped_to_pools().then(|| self.pools.clone()),
+            worker: (self.role == Role::Worker).then(|| self.label().to_string()),
         }
     }
 
