@@ -30,12 +30,57 @@ use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
+use std::sync::LazyLock;
+use tower_http::compression::CompressionLayer;
 
-const APP_CSS: &str = include_str!("assets/app.css");
-const APP_JS: &str = include_str!("assets/app.js");
+/// The UI's two assets, each under a name that changes with its content,
+/// so a browser keeps it until the server ships another (no revalidation
+/// on every page).
+pub struct Asset {
+    pub path: String,
+    content_type: &'static str,
+    body: &'static str,
+}
+
+impl Asset {
+    fn new(stem: &str, extension: &str, content_type: &'static str, body: &'static str) -> Asset {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(body.as_bytes());
+        let hash: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+        Asset {
+            path: format!("/ui/{stem}.{hash}.{extension}"),
+            content_type,
+            body,
+        }
+    }
+
+    async fn serve(&'static self) -> Response {
+        (
+            [
+                (header::CONTENT_TYPE, self.content_type),
+                (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
+            ],
+            self.body,
+        )
+            .into_response()
+    }
+}
+
+pub static APP_CSS: LazyLock<Asset> =
+    LazyLock::new(|| Asset::new("app", "css", "text/css", include_str!("assets/app.css")));
+pub static APP_JS: LazyLock<Asset> = LazyLock::new(|| {
+    Asset::new(
+        "app",
+        "js",
+        "text/javascript",
+        include_str!("assets/app.js"),
+    )
+});
 
 /// Every page and action; they need the token (cookie) when one is set.
-/// The login form and the two assets, which reveal no data, do not.
+/// The login form and the two assets, which reveal no data, do not. Pages
+/// and assets are compressed for a browser that asks (a run page is
+/// ~150 KB of HTML, re-fetched on its run's events).
 pub fn routes(state: AppState) -> Router<AppState> {
     let pages = Router::new()
         .merge(pools::routes())
@@ -50,8 +95,9 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .merge(pages)
         .merge(auth::routes())
         .route_layer(middleware::from_fn_with_state(state, with_csrf_token))
-        .route("/ui/app.css", get(|| asset("text/css", APP_CSS)))
-        .route("/ui/app.js", get(|| asset("text/javascript", APP_JS)))
+        .route(&APP_CSS.path, get(|| APP_CSS.serve()))
+        .route(&APP_JS.path, get(|| APP_JS.serve()))
+        .layer(CompressionLayer::new())
 }
 
 /// Every form rendered for this request carries its session's CSRF token
@@ -63,17 +109,6 @@ async fn with_csrf_token(State(s): State<AppState>, request: Request, next: Next
         && session_cookie(request.headers()).is_some_and(|id| s.sessions.caller(id).is_some());
     let page = view::CSRF_TOKEN.scope(token, next.run(request));
     view::LOGGED_IN.scope(logged_in, page).await
-}
-
-async fn asset(content_type: &'static str, body: &'static str) -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, content_type),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        body,
-    )
-        .into_response()
 }
 
 /// A page that could not be shown: the API's error, as HTML.
