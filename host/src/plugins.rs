@@ -322,12 +322,18 @@ fn builtin_http(
     warnings: &mut Vec<String>,
 ) -> (HttpPolicy, Vec<(String, String)>) {
     let aws = AwsEndpoints::from_env(&|var| std::env::var(var).ok());
-    let env = aws.as_ref().map(AwsEndpoints::plugin_env).unwrap_or_default();
+    let env = aws
+        .as_ref()
+        .map(AwsEndpoints::plugin_env)
+        .unwrap_or_default();
     if let Some(policy) = granted.filter(|p| !p.endpoints.is_empty()) {
         return (policy.clone(), env);
     }
     let Some(aws) = aws else {
-        tracing::debug!(plugin = name, "no AWS_REGION: the plugin is granted no origin");
+        tracing::debug!(
+            plugin = name,
+            "no AWS_REGION: the plugin is granted no origin"
+        );
         return (HttpPolicy::default(), env);
     };
     match aws.policy() {

@@ -8,7 +8,7 @@
 use crate::common;
 
 use common::docker::TEST_IMAGE;
-use common::ministack::Ministack;
+use common::ministack::{Front, Ministack};
 use common::{ServerProcess, WorkerProcess, eventually, host_cli};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -99,7 +99,11 @@ async fn the_walkthrough_runs_on_an_ecs_pool() {
     let Some(setup) = Setup::new(
         "the_walkthrough_runs_on_an_ecs_pool",
         "hello/ecs",
-        &["sh", "-c", "echo hello from ecs: $HOST_FLOW_RUN_NAME; echo to stderr >&2"],
+        &[
+            "sh",
+            "-c",
+            "echo hello from ecs: $HOST_FLOW_RUN_NAME; echo to stderr >&2",
+        ],
     ) else {
         return;
     };
@@ -169,8 +173,10 @@ async fn the_walkthrough_runs_on_an_ecs_pool() {
 
     // Every definition a run registered was deregistered by its destroy.
     assert!(
-        common::wait_until(Duration::from_secs(20), || setup.active_definitions().is_empty())
-            .await,
+        common::wait_until(Duration::from_secs(20), || setup
+            .active_definitions()
+            .is_empty())
+        .await,
         "{:?}",
         setup.active_definitions()
     );
@@ -207,6 +213,29 @@ async fn a_cancelled_run_stops_its_task_within_seconds() {
     let run = setup.final_state(&id).await;
     assert_eq!(run["state"]["type"], "CANCELLED", "{run}");
     eprintln!("the task's container was gone {stopped_after:?} after the cancel");
+
+    // Cancelled as soon as RunTask returned (the task still provisioning,
+    // most likely): stopped all the same, never left running (Prefect #21616).
+    let id = setup.run("slow/ecs", json!({})).await;
+    common::run_in_state(setup.url(), &id, &["RUNNING"], LONG).await;
+    setup.ok(&["flow-run", "cancel", &id]);
+    let run = setup.final_state(&id).await;
+    assert_eq!(run["state"]["type"], "CANCELLED", "{run}");
+    let live = || {
+        setup
+            .ministack
+            .ecs("ListTasks", &json!({"desiredStatus": "RUNNING"}))["taskArns"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    assert!(
+        common::wait_until(Duration::from_secs(15), || live() == 0
+            && setup.ministack.containers(true).is_empty())
+        .await,
+        "no task left: {} running, containers {:?}",
+        live(),
+        setup.ministack.containers(true)
+    );
 }
 
 #[tokio::test]
@@ -239,6 +268,34 @@ async fn a_restarted_worker_reattaches_to_its_task() {
     let logs = setup.logs(&id).await;
     assert!(logs.iter().any(|l| l.contains("re-attached")), "{logs:?}");
     assert!(logs.iter().any(|l| l == "finished"), "{logs:?}");
+}
+
+/// Prefect #22077: one blip of the API while polling must not end the run
+/// (nor leave it a zombie). The front fails six DescribeTasks in a row: more
+/// than the SDK client's four tries of one poll, so `wait` polls on too.
+#[tokio::test]
+async fn server_errors_while_polling_are_retried() {
+    let Some(setup) = Setup::new(
+        "server_errors_while_polling_are_retried",
+        "flaky/ecs",
+        &["sh", "-c", "echo begin; sleep 6; echo end"],
+    ) else {
+        return;
+    };
+    let front = Front::start(&setup.ministack.url, "DescribeTasks").await;
+    let _worker = setup.ministack.worker_via(
+        setup.url(),
+        &setup.dir.path().join("cache"),
+        &["--pool", POOL, "--name", "ecs-worker"],
+        &front.url,
+    );
+    let id = setup.run("flaky/ecs", json!({})).await;
+    common::run_in_state(setup.url(), &id, &["RUNNING"], LONG).await;
+    front.fail_next(6);
+    let run = setup.final_state(&id).await;
+    assert_eq!(front.failed(), 6, "the front answered 503s: {run}");
+    assert_eq!(run["state"]["type"], "COMPLETED", "{run}");
+    assert!(setup.logs(&id).await.contains(&"end".to_string()));
 }
 
 #[test]

@@ -98,7 +98,8 @@ impl Api {
         let parsed: Value = if response.body.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&response.body).unwrap_or_else(|_| Value::String(response.text()))
+            serde_json::from_slice(&response.body)
+                .unwrap_or_else(|_| Value::String(response.text()))
         };
         if response.is_success() {
             return Ok(parsed);
@@ -124,7 +125,10 @@ impl Api {
         Err(ApiError::Aws {
             status: response.status,
             kind,
-            message: format!("{message} (HTTP {} from {})", response.status, self.endpoint),
+            message: format!(
+                "{message} (HTTP {} from {})",
+                response.status, self.endpoint
+            ),
         })
     }
 }

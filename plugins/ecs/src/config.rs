@@ -127,11 +127,18 @@ impl Config {
             if url.starts_with("http://") || url.starts_with("https://") {
                 Ok(url)
             } else {
-                Err(Error::fatal(format!("{field}: {url:?} is not an http(s):// URL")))
+                Err(Error::fatal(format!(
+                    "{field}: {url:?} is not an http(s):// URL"
+                )))
             }
         };
         Ok(Endpoints {
-            ecs: pick("endpoint", &self.endpoint, "AWS_ENDPOINT_URL_ECS", format!("https://ecs.{region}.amazonaws.com"))?,
+            ecs: pick(
+                "endpoint",
+                &self.endpoint,
+                "AWS_ENDPOINT_URL_ECS",
+                format!("https://ecs.{region}.amazonaws.com"),
+            )?,
             logs: pick(
                 "logs_endpoint",
                 &self.logs_endpoint,
@@ -161,16 +168,26 @@ impl Config {
     /// region filled in.
     pub fn log_options(&self, region: &str) -> BTreeMap<String, String> {
         let mut options = self.cloudwatch_logs_options.clone().unwrap_or_default();
-        options.entry("awslogs-group".into()).or_insert_with(|| DEFAULT_LOG_GROUP.into());
-        options.entry("awslogs-stream-prefix".into()).or_insert_with(|| DEFAULT_STREAM_PREFIX.into());
-        options.entry("awslogs-region".into()).or_insert_with(|| region.into());
-        options.entry("awslogs-create-group".into()).or_insert_with(|| "true".into());
+        options
+            .entry("awslogs-group".into())
+            .or_insert_with(|| DEFAULT_LOG_GROUP.into());
+        options
+            .entry("awslogs-stream-prefix".into())
+            .or_insert_with(|| DEFAULT_STREAM_PREFIX.into());
+        options
+            .entry("awslogs-region".into())
+            .or_insert_with(|| region.into());
+        options
+            .entry("awslogs-create-group".into())
+            .or_insert_with(|| "true".into());
         options
     }
 
     /// Every check that needs no call to AWS.
     pub fn check(&self) -> Result<()> {
-        if self.task_definition_arn.is_none() && self.image.as_deref().is_none_or(|i| i.trim().is_empty()) {
+        if self.task_definition_arn.is_none()
+            && self.image.as_deref().is_none_or(|i| i.trim().is_empty())
+        {
             return Err(Error::fatal(
                 "image: required unless task_definition_arn is set (set the deployment's image or the image job variable)",
             ));
@@ -186,12 +203,16 @@ impl Config {
         if let Some(network) = &self.network_configuration
             && !network.is_object()
         {
-            return Err(Error::fatal("network_configuration: must be an object like {\"awsvpcConfiguration\": {\"subnets\": [...]}}"));
+            return Err(Error::fatal(
+                "network_configuration: must be an object like {\"awsvpcConfiguration\": {\"subnets\": [...]}}",
+            ));
         }
         if let Some(family) = &self.family
             && (family.is_empty()
                 || family.len() > 255
-                || !family.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+                || !family
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
         {
             return Err(Error::fatal(format!(
                 "family: {family:?} must be 1 to 255 letters, digits, '-' or '_'"
@@ -223,7 +244,8 @@ impl Config {
             "essential": true,
         });
         if self.stream_output() || self.cloudwatch_logs_options.is_some() {
-            container["logConfiguration"] = json!({"logDriver": "awslogs", "options": self.log_options(region)});
+            container["logConfiguration"] =
+                json!({"logDriver": "awslogs", "options": self.log_options(region)});
         }
         let launch = self.launch_type();
         let mut definition = json!({
@@ -266,10 +288,19 @@ pub fn same_definition(wanted: &Value, existing: &Value) -> bool {
             d["containerDefinitions"].as_array().map_or(0, Vec::len),
         )
     };
-    let keys = ["cpu", "memory", "networkMode", "taskRoleArn", "executionRoleArn", "requiresCompatibilities"];
+    let keys = [
+        "cpu",
+        "memory",
+        "networkMode",
+        "taskRoleArn",
+        "executionRoleArn",
+        "requiresCompatibilities",
+    ];
     existing["status"] != json!("INACTIVE")
         && container(wanted) == container(existing)
-        && keys.iter().all(|k| wanted.get(*k).unwrap_or(&Value::Null) == existing.get(*k).unwrap_or(&Value::Null))
+        && keys.iter().all(|k| {
+            wanted.get(*k).unwrap_or(&Value::Null) == existing.get(*k).unwrap_or(&Value::Null)
+        })
 }
 
 /// Splits a command line into argv with shell-like quoting ('..', "..", \).
@@ -306,7 +337,9 @@ pub fn split_command(command: &str) -> Result<Vec<String>> {
         }
     }
     if quote.is_some() {
-        return Err(Error::fatal(format!("command: unclosed quote in {command:?}")));
+        return Err(Error::fatal(format!(
+            "command: unclosed quote in {command:?}"
+        )));
     }
     if in_word {
         argv.push(current);

@@ -54,7 +54,9 @@ impl Plugin for EcsPlugin {
         Info {
             name: "ecs".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            description: "Run each flow run as an AWS ECS task (Fargate or EC2), through the http capability".into(),
+            description:
+                "Run each flow run as an AWS ECS task (Fargate or EC2), through the http capability"
+                    .into(),
             default_base_job_template: config::template(),
             capabilities: vec!["http".into()],
             example_variables: json!({"image": "busybox:latest", "command": "echo hello from ecs"}),
@@ -84,8 +86,16 @@ impl Plugin for EcsPlugin {
             Some(command) => config::split_command(command)?,
             None => job.command.clone(),
         };
-        let env = host_plugin_sdk::local::merge_env(job.env.clone(), config.env.clone().unwrap_or_default());
-        let mut tags: Vec<(String, String)> = config.labels.clone().unwrap_or_default().into_iter().collect();
+        let env = host_plugin_sdk::local::merge_env(
+            job.env.clone(),
+            config.env.clone().unwrap_or_default(),
+        );
+        let mut tags: Vec<(String, String)> = config
+            .labels
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
         tags.extend(job.labels.iter().cloned());
         if !tags.iter().any(|(k, _)| k == RUN_TAG) {
             tags.push((RUN_TAG.into(), job.flow_run_id.clone()));
@@ -128,7 +138,9 @@ impl Plugin for EcsPlugin {
         }
         // Never retried here: RunTask is not idempotent, and a second task
         // for one run is worse than a retry by the worker after an error.
-        let answer = ecs.call_once("RunTask", &request).map_err(|e| e.during("RunTask"));
+        let answer = ecs
+            .call_once("RunTask", &request)
+            .map_err(|e| e.during("RunTask"));
         let answer = match answer {
             Ok(answer) => answer,
             Err(error) => {
@@ -146,14 +158,18 @@ impl Plugin for EcsPlugin {
             )));
         };
         let task_id = task_arn.rsplit('/').next().unwrap_or(&task_arn).to_string();
-        log::info(&format!("flow run {} started as ECS task {task_arn}", job.flow_run_id));
+        log::info(&format!(
+            "flow run {} started as ECS task {task_arn}",
+            job.flow_run_id
+        ));
         Ok(Handle {
             cluster: config.cluster.clone(),
             flow_run_id: job.flow_run_id,
             region: endpoints.region,
             ecs: endpoints.ecs,
             logs: endpoints.logs,
-            log_stream: streaming.then(|| format!("{}/{container}/{task_id}", log_prefix.unwrap_or_default())),
+            log_stream: streaming
+                .then(|| format!("{}/{container}/{task_id}", log_prefix.unwrap_or_default())),
             log_group: log_group.filter(|_| streaming),
             container,
             registered,
@@ -173,14 +189,19 @@ impl Plugin for EcsPlugin {
                 }
                 Err(error) if matches!(error, Error::Retryable(_)) && failures < POLL_FAILURES => {
                     failures += 1;
-                    log::warn(&format!("polling the task failed (try {failures}), polling on: {error}"));
+                    log::warn(&format!(
+                        "polling the task failed (try {failures}), polling on: {error}"
+                    ));
                     std::thread::sleep(POLL);
                     continue;
                 }
                 Err(error) => return Err(error),
             };
             let Some(task) = task else {
-                return Err(Error::fatal(format!("ECS task {} no longer exists", handle.task_arn)));
+                return Err(Error::fatal(format!(
+                    "ECS task {} no longer exists",
+                    handle.task_arn
+                )));
             };
             let status = task["lastStatus"].as_str().unwrap_or_default();
             if let Some(output) = &mut output
@@ -225,8 +246,12 @@ impl Plugin for EcsPlugin {
         if task["lastStatus"] == "STOPPED" {
             return Ok(());
         }
-        let arn = task["taskArn"].as_str().unwrap_or(&handle.task_arn).to_string();
-        let mut request = json!({"task": arn, "reason": "Stopped by host: the flow run was cancelled"});
+        let arn = task["taskArn"]
+            .as_str()
+            .unwrap_or(&handle.task_arn)
+            .to_string();
+        let mut request =
+            json!({"task": arn, "reason": "Stopped by host: the flow run was cancelled"});
         if let Some(cluster) = &handle.cluster {
             request["cluster"] = json!(cluster);
         }
@@ -249,14 +274,21 @@ impl Plugin for EcsPlugin {
 /// The definition to run: the one named, the family's latest when it is
 /// what we would register, or a new revision (then deregistered by
 /// `destroy`). Returns its ARN, whether we registered it, and its body.
-fn task_definition(ecs: &Api, config: &Config, endpoints: &Endpoints) -> Result<(String, Option<String>, Value)> {
+fn task_definition(
+    ecs: &Api,
+    config: &Config,
+    endpoints: &Endpoints,
+) -> Result<(String, Option<String>, Value)> {
     if let Some(arn) = &config.task_definition_arn {
         let found = ecs
             .call("DescribeTaskDefinition", &json!({"taskDefinition": arn}))
             .map_err(|e| e.during(&format!("task_definition_arn {arn}")))?;
         return Ok((arn.clone(), None, found["taskDefinition"].clone()));
     }
-    let family = config.family.clone().unwrap_or_else(|| config::DEFAULT_FAMILY.into());
+    let family = config
+        .family
+        .clone()
+        .unwrap_or_else(|| config::DEFAULT_FAMILY.into());
     let wanted = config.task_definition(&family, &endpoints.region);
     match ecs.call("DescribeTaskDefinition", &json!({"taskDefinition": family})) {
         Ok(found) if config::same_definition(&wanted, &found["taskDefinition"]) => {
@@ -285,7 +317,10 @@ fn deregister(ecs: &Api, arn: Option<&str>) {
     match ecs.call("DeregisterTaskDefinition", &json!({"taskDefinition": arn})) {
         Ok(_) => log::info(&format!("deregistered task definition {arn}")),
         // Already inactive, or gone: what destroy wanted.
-        Err(error) => log::warn(&format!("DeregisterTaskDefinition {arn}: {}", error.during("deregister"))),
+        Err(error) => log::warn(&format!(
+            "DeregisterTaskDefinition {arn}: {}",
+            error.during("deregister")
+        )),
     }
 }
 
@@ -310,25 +345,35 @@ fn create_log_group(logs: &Api, group: &str) {
         Ok(_) => {}
         Err(error) if error.kind() == "ResourceAlreadyExistsException" => {}
         // awslogs-create-group may still make it; output is not worth a run.
-        Err(error) => log::warn(&format!("{}", error.during(&format!("CreateLogGroup {group}")))),
+        Err(error) => log::warn(&format!(
+            "{}",
+            error.during(&format!("CreateLogGroup {group}"))
+        )),
     }
 }
 
 /// The task by its ARN or, when ECS no longer knows the ARN, by the run's
 /// `startedBy` and tag. `None`: ECS knows no task of this run.
 fn describe(ecs: &Api, handle: &Handle) -> Result<Option<Value>> {
-    if let Some(task) = describe_arns(ecs, handle, &[handle.task_arn.clone()])? {
+    if let Some(task) = describe_arns(ecs, handle, std::slice::from_ref(&handle.task_arn))? {
         return Ok(Some(task));
     }
     for desired in ["RUNNING", "STOPPED"] {
-        let mut request = json!({"startedBy": truncate(&handle.flow_run_id, 36), "desiredStatus": desired});
+        let mut request =
+            json!({"startedBy": truncate(&handle.flow_run_id, 36), "desiredStatus": desired});
         if let Some(cluster) = &handle.cluster {
             request["cluster"] = json!(cluster);
         }
-        let listed = ecs.call("ListTasks", &request).map_err(|e| e.during("ListTasks"))?;
+        let listed = ecs
+            .call("ListTasks", &request)
+            .map_err(|e| e.during("ListTasks"))?;
         let arns: Vec<String> = listed["taskArns"]
             .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default();
         if !arns.is_empty()
             && let Some(task) = describe_arns(ecs, handle, &arns)?
@@ -345,16 +390,19 @@ fn describe_arns(ecs: &Api, handle: &Handle, arns: &[String]) -> Result<Option<V
     if let Some(cluster) = &handle.cluster {
         request["cluster"] = json!(cluster);
     }
-    let answer = ecs.call("DescribeTasks", &request).map_err(|e| e.during("DescribeTasks"))?;
+    let answer = ecs
+        .call("DescribeTasks", &request)
+        .map_err(|e| e.during("DescribeTasks"))?;
     Ok(answer["tasks"]
         .as_array()
         .into_iter()
         .flatten()
         .find(|task| {
             task["taskArn"] == handle.task_arn.as_str()
-                || task["tags"]
-                    .as_array()
-                    .is_some_and(|tags| tags.iter().any(|t| t["key"] == RUN_TAG && t["value"] == handle.flow_run_id.as_str()))
+                || task["tags"].as_array().is_some_and(|tags| {
+                    tags.iter()
+                        .any(|t| t["key"] == RUN_TAG && t["value"] == handle.flow_run_id.as_str())
+                })
         })
         .cloned())
 }
@@ -380,10 +428,19 @@ fn stopped(task: &Value, container: &str) -> Exit {
         .unwrap_or(Value::Null);
     let reason = flow["reason"].as_str().unwrap_or_default();
     let oom_killed = reason.contains("OutOfMemory");
-    if let Some(code) = flow["exitCode"].as_i64().and_then(|c| i32::try_from(c).ok()) {
-        return Exit { oom_killed, ..Exit::code(code) };
+    if let Some(code) = flow["exitCode"]
+        .as_i64()
+        .and_then(|c| i32::try_from(c).ok())
+    {
+        return Exit {
+            oom_killed,
+            ..Exit::code(code)
+        };
     }
-    let stop_code = task["stopCode"].as_str().filter(|s| !s.is_empty()).unwrap_or("stopped");
+    let stop_code = task["stopCode"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .unwrap_or("stopped");
     let why = task["stoppedReason"].as_str().unwrap_or_default();
     let mut message = format!("ECS task stopped without an exit code: {stop_code}: {why}");
     if !reason.is_empty() && !why.contains(reason) {
@@ -433,7 +490,10 @@ impl Output {
                 Err(error) => {
                     if !self.warned {
                         self.warned = true;
-                        log::warn(&format!("{}", error.during("GetLogEvents (output forwarding)")));
+                        log::warn(&format!(
+                            "{}",
+                            error.during("GetLogEvents (output forwarding)")
+                        ));
                     }
                     return total;
                 }

@@ -8,6 +8,8 @@ use super::docker;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub struct Ministack {
@@ -27,7 +29,9 @@ impl Ministack {
             .output()
             .is_ok_and(|o| o.status.success());
         if !found {
-            eprintln!("SKIPPED {test}: no `ministack` on PATH; .ci/run installs it (pip install ministack)");
+            eprintln!(
+                "SKIPPED {test}: no `ministack` on PATH; .ci/run installs it (pip install ministack)"
+            );
             return None;
         }
         let port = TcpListener::bind("127.0.0.1:0")
@@ -70,7 +74,12 @@ impl Ministack {
 
     fn healthy(&self) -> bool {
         Command::new("curl")
-            .args(["-sf", "-o", "/dev/null", &format!("{}/_ministack/health", self.url)])
+            .args([
+                "-sf",
+                "-o",
+                "/dev/null",
+                &format!("{}/_ministack/health", self.url),
+            ])
             .status()
             .is_ok_and(|s| s.success())
     }
@@ -88,7 +97,12 @@ impl Ministack {
             args.push("-a");
         }
         docker::run(&args)
-            .map(|out| out.lines().map(String::from).filter(|l| !l.is_empty()).collect())
+            .map(|out| {
+                out.lines()
+                    .map(String::from)
+                    .filter(|l| !l.is_empty())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -104,8 +118,26 @@ impl Ministack {
 
     /// `host worker start ARGS` with this emulator's AWS environment.
     pub fn worker(&self, api: &str, cache: &Path, args: &[&str]) -> WorkerProcess {
+        self.worker_via(api, cache, args, &self.url)
+    }
+
+    /// The same, reaching the emulator through `endpoint` (a [`Front`]).
+    pub fn worker_via(
+        &self,
+        api: &str,
+        cache: &Path,
+        args: &[&str],
+        endpoint: &str,
+    ) -> WorkerProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_host"))
-            .args(["worker", "start", "--heartbeat-interval-seconds", "1", "--poll-seconds", "1"])
+            .args([
+                "worker",
+                "start",
+                "--heartbeat-interval-seconds",
+                "1",
+                "--poll-seconds",
+                "1",
+            ])
             .args(args)
             .env("HOST_API_URL", api)
             .env("HOST_CACHE_DIR", cache)
@@ -114,6 +146,7 @@ impl Ministack {
             .env_remove("HOST_API_TOKEN")
             .env_remove("AWS_PROFILE")
             .envs(self.env())
+            .env("AWS_ENDPOINT_URL", endpoint)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -160,5 +193,113 @@ impl Drop for Ministack {
         for id in self.containers(false) {
             let _ = docker::run(&["rm", "-f", &id]);
         }
+    }
+}
+
+/// An HTTP front to the emulator that answers the next `fail_next(n)` calls
+/// of one operation with a 503 (ServiceUnavailableException), as AWS does in
+/// a blip, and passes everything else on.
+pub struct Front {
+    pub url: String,
+    state: Arc<FrontState>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+struct FrontState {
+    target: String,
+    operation: String,
+    to_fail: AtomicU32,
+    failed: AtomicU32,
+    client: reqwest::Client,
+}
+
+impl Front {
+    /// On a free loopback port, on the calling test's runtime.
+    pub async fn start(target: &str, operation: &str) -> Front {
+        let state = Arc::new(FrontState {
+            target: format!("{target}/"),
+            operation: format!(".{operation}"),
+            to_fail: AtomicU32::new(0),
+            failed: AtomicU32::new(0),
+            client: super::web_client(),
+        });
+        let app = axum::Router::new()
+            .fallback(forward)
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Front {
+            url: format!("http://127.0.0.1:{port}"),
+            state,
+            server,
+        }
+    }
+
+    pub fn fail_next(&self, calls: u32) {
+        self.state.to_fail.store(calls, Ordering::SeqCst);
+    }
+
+    /// The 503s answered so far.
+    pub fn failed(&self) -> u32 {
+        self.state.failed.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn forward(
+    axum::extract::State(front): axum::extract::State<Arc<FrontState>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    let target = headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if target.ends_with(&front.operation)
+        && front
+            .to_fail
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    {
+        front.failed.fetch_add(1, Ordering::SeqCst);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [("content-type", "application/x-amz-json-1.1")],
+            r#"{"__type":"ServiceUnavailableException","message":"injected by the test's front"}"#,
+        )
+            .into_response();
+    }
+    let mut request = front.client.post(&front.target).body(body.to_vec());
+    for (name, value) in &headers {
+        if name != "host" && name != "content-length" {
+            request = request.header(name, value);
+        }
+    }
+    match request.send().await {
+        Ok(answer) => {
+            let status =
+                StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let kind = answer
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("application/x-amz-json-1.1")
+                .to_string();
+            let bytes = answer.bytes().await.unwrap_or_default();
+            (status, [("content-type", kind)], bytes).into_response()
+        }
+        Err(error) => (StatusCode::BAD_GATEWAY, error.to_string()).into_response(),
     }
 }

@@ -118,13 +118,16 @@ mod tests {
             ("AWS_ENDPOINT_URL_CLOUDWATCH_LOGS", "http://b:2/path"),
         ])
         .expect("region");
-        assert_eq!((split.ecs.as_str(), split.logs.as_str()), ("http://a:1", "http://b:2"));
+        assert_eq!(
+            (split.ecs.as_str(), split.logs.as_str()),
+            ("http://a:1", "http://b:2")
+        );
     }
 
     #[test]
     fn a_bad_endpoint_is_an_error_naming_the_environment() {
-        let bad = endpoints(&[("AWS_REGION", "r"), ("AWS_ENDPOINT_URL", "ftp://x")])
-            .expect("region");
+        let bad =
+            endpoints(&[("AWS_REGION", "r"), ("AWS_ENDPOINT_URL", "ftp://x")]).expect("region");
         let error = bad.policy().expect_err("ftp").to_string();
         assert!(error.contains("AWS_* environment"), "{error}");
     }
