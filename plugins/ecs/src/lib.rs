@@ -22,8 +22,11 @@ use std::time::Duration;
 pub struct EcsPlugin;
 
 const RUN_TAG: &str = "host.flow-run-id";
-/// Between two DescribeTasks of one run (Prefect's default is 5 s; the
-/// emulator and short runs gain from less).
+/// Between two DescribeTasks of one run: quick at first, so a short task's
+/// end is seen soon, then Prefect's pace divided by five (it polls every
+/// 5 s); ECS allows DescribeTasks far more often than either.
+const QUICK_POLL: Duration = Duration::from_millis(250);
+const QUICK_POLLS: u32 = 20;
 const POLL: Duration = Duration::from_secs(1);
 /// Polls in a row that may fail (after the client's own retries) before
 /// `wait` gives up: a blip of the API must not end a run (Prefect #22077).
@@ -181,7 +184,14 @@ impl Plugin for EcsPlugin {
         let ecs = Api::ecs(&handle.ecs);
         let mut output = handle.log_stream.as_ref().map(|_| Output::new(&handle));
         let mut failures = 0;
+        let mut polls: u32 = 0;
         loop {
+            polls += 1;
+            let pause = if polls <= QUICK_POLLS {
+                QUICK_POLL
+            } else {
+                POLL
+            };
             let task = match describe(&ecs, &handle) {
                 Ok(task) => {
                     failures = 0;
@@ -220,7 +230,7 @@ impl Plugin for EcsPlugin {
                     None => Err(Error::fatal(exit.message)),
                 };
             }
-            std::thread::sleep(POLL);
+            std::thread::sleep(pause);
         }
     }
 
