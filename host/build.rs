@@ -24,6 +24,11 @@ const BUILTIN: &[Guest] = &[
         package: "mock-serverless-plugin",
         artifact: "mock_serverless_plugin",
     },
+    Guest {
+        name: "ecs",
+        package: "ecs-plugin",
+        artifact: "ecs_plugin",
+    },
 ];
 
 fn main() {

@@ -2,7 +2,7 @@
 //! every `*.wasm` of a plugin directory. A broken directory plugin is reported
 //! and skipped; it never stops the others from loading.
 
-use crate::capabilities::{ContainerPolicy, HttpPolicy};
+use crate::capabilities::{AwsEndpoints, ContainerPolicy, HttpPolicy};
 use crate::runtime::{Capability, Grants, LoadError, LoadedPlugin, PluginSource, Runtime};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -34,6 +34,13 @@ pub const BUILTINS: &[Builtin] = &[
         name: "mock-serverless",
         bytes: embedded::MOCK_SERVERLESS,
         grants: &[],
+    },
+    // Its origins: `[ecs.http]` of grants.toml, else the worker's AWS_*
+    // environment (see `builtin_http`).
+    Builtin {
+        name: "ecs",
+        bytes: embedded::ECS,
+        grants: &[Capability::Http],
     },
 ];
 
@@ -103,8 +110,13 @@ impl Registry {
                 // container could not reach otherwise.
                 policy.host_network.get_or_insert(true);
             }
-            let builtin_grants =
+            let mut builtin_grants =
                 Grants::new(builtin.grants.iter().copied()).with_container_policy(policy);
+            if builtin.grants.contains(&Capability::Http) {
+                let granted = grants.get(builtin.name).map(|entry| &entry.http);
+                let (http, env) = builtin_http(builtin.name, granted, &mut registry.warnings);
+                builtin_grants = builtin_grants.with_http_policy(http).with_env(env);
+            }
             let plugin = LoadedPlugin::load(
                 runtime,
                 builtin.name,
@@ -285,7 +297,10 @@ fn read_grants(
                 other => warnings.push(format!("{}: unknown key `{other}`, ignored", at(""))),
             }
         }
-        if http_section && !entry.capabilities.contains(&Capability::Http) {
+        let builtin_http = BUILTINS
+            .iter()
+            .any(|b| b.name == stem && b.grants.contains(&Capability::Http));
+        if http_section && !builtin_http && !entry.capabilities.contains(&Capability::Http) {
             warnings.push(format!(
                 "{}: lists origins, but `http` is not in its capabilities: it can reach none",
                 at(".http")
@@ -294,6 +309,43 @@ fn read_grants(
         entries.insert(stem, entry);
     }
     Ok(entries)
+}
+
+/// A built-in HTTP plugin's origins and what it is told about them: the
+/// operator's `[NAME.http]` when it lists any, else the endpoints the
+/// process's AWS_* environment names, signed with SigV4 (the way the AWS
+/// SDKs and Prefect's worker find them). Without either it reaches nothing,
+/// and says so in each run's error.
+fn builtin_http(
+    name: &str,
+    granted: Option<&HttpPolicy>,
+    warnings: &mut Vec<String>,
+) -> (HttpPolicy, Vec<(String, String)>) {
+    let aws = AwsEndpoints::from_env(&|var| std::env::var(var).ok());
+    let env = aws
+        .as_ref()
+        .map(AwsEndpoints::plugin_env)
+        .unwrap_or_default();
+    if let Some(policy) = granted.filter(|p| !p.endpoints.is_empty()) {
+        return (policy.clone(), env);
+    }
+    let Some(aws) = aws else {
+        tracing::debug!(
+            plugin = name,
+            "no AWS_REGION: the plugin is granted no origin"
+        );
+        return (HttpPolicy::default(), env);
+    };
+    match aws.policy() {
+        Ok(policy) => {
+            tracing::info!(plugin = name, ecs = %aws.ecs, logs = %aws.logs, region = %aws.region, "granted the AWS endpoints of the environment");
+            (policy, env)
+        }
+        Err(error) => {
+            warnings.push(format!("{name}: {error}; it is granted no origin"));
+            (HttpPolicy::default(), env)
+        }
+    }
 }
 
 fn container_policy(

@@ -13,6 +13,7 @@ mod control_api;
 mod control_cli;
 mod docker_containment;
 mod docker_e2e;
+mod ecs;
 mod events;
 mod faults;
 mod fresh_setup;

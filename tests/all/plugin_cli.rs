@@ -74,7 +74,7 @@ fn plugin_ls_lists_the_builtins_with_their_capabilities() {
         .iter()
         .filter_map(|r| r["name"].as_str())
         .collect();
-    assert_eq!(names, ["docker", "mock-serverless", "process"]);
+    assert_eq!(names, ["docker", "ecs", "mock-serverless", "process"]);
     assert_eq!(rows[0]["contract_version"], "0.1.0");
 }
 
@@ -96,7 +96,7 @@ fn plugin_inspect_shows_the_default_base_job_template() {
     let out = host.run(&["plugin", "inspect", "no-such-plugin"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains(
-        "no plugin named `no-such-plugin` (available: docker, mock-serverless, process)"
+        "no plugin named `no-such-plugin` (available: docker, ecs, mock-serverless, process)"
     ));
 }
 

@@ -11,6 +11,7 @@ mod common;
 
 mod control;
 mod docker;
+mod ecs;
 mod events;
 mod plugins;
 mod reliability;
@@ -23,6 +24,7 @@ const BENCHES: &[&str] = &[
     "worker",
     "events",
     "docker",
+    "ecs",
     "reliability",
     "replicas",
 ];
@@ -50,6 +52,7 @@ async fn main() {
             "worker" => worker::main(rest).await,
             "events" => events::main(rest).await,
             "docker" => docker::main(rest).await,
+            "ecs" => ecs::main(rest).await,
             "reliability" => reliability::main(rest).await,
             "replicas" => replicas::main(rest).await,
             _ => unreachable!("every name in BENCHES is matched"),

@@ -35,7 +35,9 @@ mod http;
 mod log;
 mod process;
 
-pub use self::http::{Auth, Endpoint, HOST_HELD_HEADERS, HttpGrantError, HttpPolicy, HttpScope};
+pub use self::http::{
+    Auth, AwsEndpoints, Endpoint, HOST_HELD_HEADERS, HttpGrantError, HttpPolicy, HttpScope,
+};
 pub use container_runtime::{ContainerHost, ContainerPolicy, ContainerTable, SCOPE_LABEL};
 pub use log::{
     CollectOutput, DiscardOutput, LogHost, MAX_LINE_BYTES, MessageBudgets, OutputSink,

@@ -16,6 +16,9 @@ pub struct Grants {
     container: ContainerPolicy,
     /// Shared by every call of the plugin: built once, at load.
     http: Arc<HttpPolicy>,
+    /// Environment variables the plugin itself sees (WASI's), not its
+    /// workload's: where the endpoints it was granted are. Never secrets.
+    env: Vec<(String, String)>,
 }
 
 impl Grants {
@@ -26,7 +29,18 @@ impl Grants {
             capabilities: set,
             container: ContainerPolicy::default(),
             http: Arc::new(HttpPolicy::default()),
+            env: Vec::new(),
         }
+    }
+
+    /// What the plugin reads from its (WASI) environment.
+    pub fn with_env(mut self, env: Vec<(String, String)>) -> Self {
+        self.env = env;
+        self
+    }
+
+    pub fn env(&self) -> &[(String, String)] {
+        &self.env
     }
 
     /// Narrows what `container-runtime` may do for this plugin.

@@ -422,6 +422,7 @@ impl LoadedPlugin {
         let config = self.runtime.config();
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
         let wasi = WasiCtxBuilder::new()
+            .envs(self.grants.env())
             .stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)

@@ -4,6 +4,7 @@ pub mod browser;
 pub mod certs;
 pub mod docker;
 pub mod ledger;
+pub mod ministack;
 pub mod postgres;
 pub mod proxy;
 

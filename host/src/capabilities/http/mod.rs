@@ -13,10 +13,12 @@
 //! `policy` is what a grant says, `tls` an entry's trust, `aws` SigV4.
 
 mod aws;
+mod aws_env;
 mod policy;
 mod send;
 mod tls;
 
+pub use aws_env::AwsEndpoints;
 pub use policy::{Auth, Endpoint, HttpGrantError, HttpPolicy};
 
 use super::{CallScope, HostCapability, Setup};
