@@ -141,6 +141,51 @@ impl Control {
         Ok(run)
     }
 
+    /// A new attempt of a FAILED, CRASHED or CANCELLED run
+    /// ([`orchestration::retry`]). Refused (409) when its deployment is gone:
+    /// no claim would hand the run out again. A paused deployment's retried
+    /// run waits, like its other runs, until the deployment is resumed.
+    pub async fn retry(&self, id: &str) -> Result<FlowRun, ApiError> {
+        let id = id.to_string();
+        let now = now();
+        let run = self
+            .write(move |w| {
+                let run = w.run(&id)?.ok_or_else(|| run_not_found(&id))?;
+                let Decision::Apply(next) = orchestration::retry(&run, now)? else {
+                    return Ok(run);
+                };
+                let current = w
+                    .deployment(&run.deployment)?
+                    .filter(|d| d.id == run.deployment_id);
+                if current.is_none() {
+                    return Err(ApiError::conflict(format!(
+                        "flow run {id}: its deployment `{}` was deleted, so no worker would claim it again",
+                        run.deployment
+                    )));
+                }
+                w.put_run(Some(&run), &next)?;
+                Ok(*next)
+            })
+            .await?;
+        tracing::info!(flow_run_id = %run.id, attempt = orchestration::attempts(&run) + 1, "flow run retried");
+        self.changed();
+        Ok(run)
+    }
+
+    /// Deletes a run and its logs; refused (409) while a worker holds it
+    /// ([`orchestration::deletable`]).
+    pub async fn delete_run(&self, id: &str) -> Result<(), ApiError> {
+        let id = id.to_string();
+        self.write(move |w| {
+            let run = w.run(&id)?.ok_or_else(|| run_not_found(&id))?;
+            orchestration::deletable(&run)?;
+            Ok(w.delete_run(&run)?)
+        })
+        .await?;
+        self.changed();
+        Ok(())
+    }
+
     pub async fn append_logs(&self, id: &str, lines: Vec<NewLogLine>) -> Result<u64, ApiError> {
         if lines.len() > MAX_LOG_BATCH {
             return Err(ApiError::bad_request(

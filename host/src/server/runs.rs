@@ -1,4 +1,4 @@
-//! `/api/flow-runs/...`: listing, state changes, cancel, logs.
+//! `/api/flow-runs/...`: listing, state changes, cancel, retry, delete, logs.
 
 use super::{AppState, Body, List, Params};
 use crate::control::NewLogLine;
@@ -18,9 +18,10 @@ const MAX_WAIT_MS: u64 = 60_000;
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/flow-runs", get(list))
-        .route("/api/flow-runs/{id}", get(read))
+        .route("/api/flow-runs/{id}", get(read).delete(delete))
         .route("/api/flow-runs/{id}/state", post(set_state))
         .route("/api/flow-runs/{id}/cancel", post(cancel))
+        .route("/api/flow-runs/{id}/retry", post(retry))
         .route("/api/flow-runs/{id}/logs", get(logs).post(append_logs))
 }
 
@@ -155,6 +156,41 @@ async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<FlowRun>, ApiError> {
     Ok(Json(s.control.cancel(&id).await?))
+}
+
+#[utoipa::path(
+    post,
+    operation_id = "runs_retry",
+    path = "/api/flow-runs/{id}/retry",
+    tag = "flow-runs",
+    summary = "Retry a FAILED, CRASHED or CANCELLED run",
+    description = "A new attempt of the same run, as Prefect's Retry: SCHEDULED and due now, claimed like any other run. The state history keeps the earlier attempts; the worker, exit code, infrastructure handle and idempotency keys of the last attempt are cleared. 409 for a run in any other state, or whose deployment was deleted.",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "The run, SCHEDULED again", body = FlowRun), crate::server::openapi::Errors)
+)]
+async fn retry(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<FlowRun>, ApiError> {
+    Ok(Json(s.control.retry(&id).await?))
+}
+
+#[utoipa::path(
+    delete,
+    operation_id = "runs_delete",
+    path = "/api/flow-runs/{id}",
+    tag = "flow-runs",
+    summary = "Delete a run and its logs",
+    description = "SCHEDULED and final runs only: 409 while a worker holds it (PENDING, RUNNING, CANCELLING); cancel it first.",
+    params(("id" = String, Path)),
+    responses((status = 204, description = "Deleted"), crate::server::openapi::Errors)
+)]
+async fn delete(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    s.control.delete_run(&id).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

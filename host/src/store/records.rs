@@ -462,6 +462,7 @@ impl Writer<'_> {
         Ok(())
     }
 
+    /// Deletes a run with its index entries, counters and log lines.
     pub fn delete_run(&mut self, run: &FlowRun) -> Result<(), StoreError> {
         for (def, key) in run_index_entries(run) {
             self.raw_delete(def, &key)?;
@@ -469,7 +470,38 @@ impl Writer<'_> {
         for key in run_counters(run) {
             self.add_to_counter(&key, -1)?;
         }
-        self.raw_delete(tables::RUNS, &run.id)
+        let prefix = format!("{}\0", run.id);
+        let end = prefix_end(&prefix);
+        loop {
+            let lines = self.raw_range(tables::LOGS, &prefix, &end, false, 10_000)?;
+            if lines.is_empty() {
+                break;
+            }
+            for (key, _) in lines {
+                self.raw_delete(tables::LOGS, &key)?;
+            }
+        }
+        self.raw_delete(tables::RUNS, &run.id)?;
+        self.changes.push(Change::RunDeleted {
+            flow_run_id: run.id.clone(),
+            pool: run.pool.clone(),
+        });
+        Ok(())
+    }
+
+    /// Up to `limit` of a deployment's runs in `state`, newest first.
+    pub fn deployment_runs_in(
+        &self,
+        deployment: &str,
+        state: StateType,
+        limit: usize,
+    ) -> Result<Vec<FlowRun>, StoreError> {
+        let filter = RunFilter {
+            deployment: Some(deployment.to_string()),
+            state: Some(state),
+            ..RunFilter::default()
+        };
+        Ok(self.runs_page(&filter, None, limit)?.runs)
     }
 
     fn add_to_counter(&mut self, key: &str, delta: i64) -> Result<(), StoreError> {
