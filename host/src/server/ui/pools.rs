@@ -231,12 +231,54 @@ async fn resume(
     set_paused(&s, &name, false, back).await
 }
 
+/// A pool its deployments still use is not deleted: the answer says so and
+/// lists them, each with its own Delete, then offers the pool's again.
 async fn delete(
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, PageError> {
-    s.control.delete_pool(&name).await?;
-    Ok(Redirect::to("/").into_response())
+    let error = match s.control.delete_pool(&name).await {
+        Ok(()) => return Ok(Redirect::to("/").into_response()),
+        Err(error) if error.kind == crate::error::ErrorKind::Conflict => error,
+        Err(error) => return Err(error.into()),
+    };
+    let here = format!("/ui/pools/{}/delete", view::segment(&name));
+    let deployments: Vec<_> = s
+        .control
+        .deployments()?
+        .into_iter()
+        .filter(|d| d.pool == name)
+        .collect();
+    let body = html! {
+        p.crumbs { a href="/" { "Work Pools" } " / " a href={ "/pools/" (view::segment(&name)) } { (name) } " / " }
+        h1 { "Delete work pool " (name) }
+        p.error role="alert" { (error.message) }
+        p { "Delete these deployments first (each with its scheduled runs; runs that started stay), then the pool:" }
+        table #pool-deployments {
+            thead { tr { th { "Deployment" } th { "Queue" } th {} } }
+            tbody {
+                @for d in &deployments {
+                    @let path = super::deployments::deployment_path(d);
+                    tr data-deployment=(d.full_name()) {
+                        td { a href=(path) { (d.full_name()) } }
+                        td { (d.queue) }
+                        td.actions {
+                            (view::action(&format!("/ui{path}/delete"), "Delete", &format!("/pools/{}?tab=deployments", view::segment(&name)),
+                                Some(&format!("Delete deployment {} and its scheduled runs?", d.full_name()))))
+                        }
+                    }
+                }
+            }
+        }
+        p { (view::action(&here, "Delete the pool", "/",
+            Some(&format!("Delete work pool {name}? Its queues and workers go with it.")))) }
+    };
+    let status = crate::server::error::status(error.kind);
+    Ok((
+        status,
+        view::page(&format!("Delete {name}"), Nav::Pools, None, body),
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]
@@ -334,7 +376,7 @@ fn queues_tab(s: &AppState, pool: &str) -> Result<Markup, ApiError> {
         table #queues {
             thead { tr {
                 th { "Name" } th { "Priority" } th { "Status" } th { "Concurrency" }
-                th { "Paused" } th { "Pending runs" } th { "Last polled" }
+                th { "Paused" } th { "Pending runs" } th { "Late runs" } th { "Last polled" }
             } }
             tbody {
                 @for q in &queues {
@@ -345,6 +387,7 @@ fn queues_tab(s: &AppState, pool: &str) -> Result<Markup, ApiError> {
                         td { (view::limit(q.queue.concurrency_limit)) }
                         td { @if q.queue.paused { "yes" } @else { "no" } }
                         td { (pending.count(&q.queue.name)) }
+                        td.late { (pending.late(&q.queue.name)) }
                         td { (view::ago_or_never(q.queue.last_polled)) }
                     }
                 }
@@ -357,6 +400,8 @@ fn queues_tab(s: &AppState, pool: &str) -> Result<Markup, ApiError> {
 /// runs, not the pool's whole history).
 struct Pending {
     counts: BTreeMap<String, usize>,
+    /// Of those, the ones past their time (named Late by the server).
+    late: BTreeMap<String, usize>,
     capped: bool,
 }
 
@@ -364,7 +409,14 @@ const PENDING_SCAN: usize = 1000;
 
 impl Pending {
     fn count(&self, queue: &str) -> String {
-        let n = self.counts.get(queue).copied().unwrap_or(0);
+        self.show(self.counts.get(queue).copied().unwrap_or(0))
+    }
+
+    fn late(&self, queue: &str) -> String {
+        self.show(self.late.get(queue).copied().unwrap_or(0))
+    }
+
+    fn show(&self, n: usize) -> String {
         if self.capped {
             format!("{n}+")
         } else {
@@ -380,11 +432,16 @@ fn pending_by_queue(s: &AppState, pool: &str) -> Result<Pending, ApiError> {
     };
     let page = s.control.runs(&filter, None, PENDING_SCAN)?;
     let mut counts = BTreeMap::new();
+    let mut late = BTreeMap::new();
     for run in page.runs.iter().filter(|r| r.pool == pool) {
         *counts.entry(run.queue.clone()).or_insert(0) += 1;
+        if run.state.name == crate::orchestration::LATE {
+            *late.entry(run.queue.clone()).or_insert(0) += 1;
+        }
     }
     Ok(Pending {
         counts,
+        late,
         capped: page.next_cursor.is_some(),
     })
 }

@@ -1,10 +1,11 @@
 //! Flow runs: the filterable list (paged with the API's cursor) and a run's
-//! page with its state timeline, live logs and Cancel.
+//! page with its state timeline, live logs, Cancel, Retry, Delete and Copy id.
 
 use super::view::{self, Nav};
 use super::{Back, Page, PageError};
 use crate::error::ApiError;
 use crate::model::{FlowRun, StateType};
+use crate::orchestration;
 use crate::server::AppState;
 use crate::store::RunFilter;
 use axum::Router;
@@ -24,6 +25,8 @@ pub fn routes() -> Router<AppState> {
         .route("/runs", get(list))
         .route("/runs/{id}", get(detail))
         .route("/ui/runs/{id}/cancel", post(cancel))
+        .route("/ui/runs/{id}/retry", post(retry))
+        .route("/ui/runs/{id}/delete", post(delete))
 }
 
 #[derive(Deserialize, Default)]
@@ -141,8 +144,8 @@ fn table(runs: &[FlowRun]) -> Markup {
                     @for run in runs {
                         tr data-run=(run.id) {
                             td { a href={ "/runs/" (view::segment(&run.id)) } { (run.name) } }
-                            td { (view::state(run.state.state_type)) }
-                            td { (run.deployment) }
+                            td { (view::run_state(&run.state)) }
+                            td { a href={ "/deployments/" (deployment_path(&run.deployment)) } { (run.deployment) } }
                             td { (run.pool) }
                             td { (view::ago(run.scheduled_at)) }
                             td { (view::ago(run.updated)) }
@@ -159,14 +162,25 @@ async fn detail(State(s): State<AppState>, Path(id): Path<String>) -> Page {
     let tail = s.control.log_tail(&id, SHOWN_LOG_LINES)?;
     let here = format!("/runs/{}", view::segment(&id));
     let timeline = run.history.iter().chain(std::iter::once(&run.state));
+    let retryable = orchestration::retry(&run, chrono::Utc::now()).is_ok();
     let body = html! {
         p.crumbs { a href="/runs" { "Flow Runs" } " / " }
         div.title-row #run-head data-live {
             h1 { (run.name) }
-            (view::state(run.state.state_type))
-            @if !run.state.state_type.is_terminal() {
-                (view::action(&format!("/ui/runs/{}/cancel", view::segment(&id)), "Cancel", &here,
-                    Some(&format!("Cancel flow run {}?", run.name))))
+            (view::run_state(&run.state))
+            div.actions {
+                (view::copy_button(&run.id, "Copy id"))
+                @if !run.state.state_type.is_terminal() {
+                    (view::action(&format!("/ui/runs/{}/cancel", view::segment(&id)), "Cancel", &here,
+                        Some(&format!("Cancel flow run {}?", run.name))))
+                }
+                @if retryable {
+                    (view::action(&format!("/ui/runs/{}/retry", view::segment(&id)), "Retry", &here, None))
+                }
+                @if orchestration::deletable(&run).is_ok() {
+                    (view::action(&format!("/ui/runs/{}/delete", view::segment(&id)), "Delete", "/runs",
+                        Some(&format!("Delete flow run {} and its logs?", run.name))))
+                }
             }
         }
         div.columns {
@@ -174,7 +188,8 @@ async fn detail(State(s): State<AppState>, Path(id): Path<String>) -> Page {
                 h2 { "Details" }
                 dl.details {
                     dt { "Id" } dd { code { (run.id) } }
-                    dt { "Deployment" } dd { (run.deployment) }
+                    dt { "Deployment" } dd { a href={ "/deployments/" (deployment_path(&run.deployment)) } { (run.deployment) } }
+                    dt { "Attempts" } dd #attempts { (orchestration::attempts(&run)) }
                     dt { "Pool / queue" } dd { a href={ "/pools/" (view::segment(&run.pool)) } { (run.pool) } " / " (run.queue) }
                     dt { "Worker" } dd { @if let Some(w) = &run.worker { (w) } @else { span.muted { "none" } } }
                     dt { "Scheduled" } dd { (view::ago(run.scheduled_at)) }
@@ -219,4 +234,32 @@ async fn cancel(
     Ok(back
         .redirect(&format!("/runs/{}", view::segment(&id)))
         .into_response())
+}
+
+/// `flow/name` as the two path segments of its page.
+fn deployment_path(full_name: &str) -> String {
+    match full_name.split_once('/') {
+        Some((flow, name)) => format!("{}/{}", view::segment(flow), view::segment(name)),
+        None => view::segment(full_name),
+    }
+}
+
+async fn retry(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Form(back): Form<Back>,
+) -> Result<Response, PageError> {
+    s.control.retry(&id).await?;
+    Ok(back
+        .redirect(&format!("/runs/{}", view::segment(&id)))
+        .into_response())
+}
+
+async fn delete(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Form(back): Form<Back>,
+) -> Result<Response, PageError> {
+    s.control.delete_run(&id).await?;
+    Ok(back.redirect("/runs").into_response())
 }

@@ -3,7 +3,8 @@
 //   re-fetches this page and swaps its `data-live` regions, and log lines
 //   are appended straight from their events;
 // - "3 s ago" times that keep counting;
-// - a question before destructive actions (`data-confirm`).
+// - a question before destructive actions (`data-confirm`);
+// - copy buttons (`data-copy`).
 (() => {
   "use strict";
   const body = document.body;
@@ -27,6 +28,34 @@
   document.addEventListener("submit", (event) => {
     const question = event.target.dataset.confirm;
     if (question && !window.confirm(question)) event.preventDefault();
+  });
+
+  // The Clipboard API needs a secure context (https, or a loopback
+  // address); elsewhere the old `execCommand` path still works.
+  async function copy(text) {
+    try {
+      await navigator.clipboard.writeText(text);
+      return true;
+    } catch (_) {
+      const area = document.createElement("textarea");
+      area.value = text;
+      area.setAttribute("readonly", "");
+      area.style.position = "fixed";
+      area.style.opacity = "0";
+      document.body.append(area);
+      area.select();
+      const done = document.execCommand("copy");
+      area.remove();
+      return done;
+    }
+  }
+  document.addEventListener("click", async (event) => {
+    const button = event.target.closest("button[data-copy]");
+    if (!button) return;
+    const label = button.dataset.label || button.textContent;
+    button.dataset.label = label;
+    button.textContent = (await copy(button.dataset.copy)) ? "Copied" : "Copy failed";
+    setTimeout(() => { button.textContent = label; }, 2000);
   });
 
   const feed = body.dataset.events;
@@ -91,7 +120,7 @@
     source = new EventSource(feed);
     source.onopen = () => { indicator.hidden = false; soon(); catchUp(); };
     source.onerror = () => { indicator.hidden = true; };
-    for (const name of ["run", "worker", "pool", "pool_deleted"]) source.addEventListener(name, soon);
+    for (const name of ["run", "run_deleted", "worker", "pool", "pool_deleted"]) source.addEventListener(name, soon);
     source.addEventListener("reset", () => { soon(); catchUp(); });
     source.addEventListener("log", (event) => {
       if (logs) append(JSON.parse(event.data).line);

@@ -1,0 +1,230 @@
+//! The web UI's actions in a real headless Chromium: Retry, Delete and Copy
+//! id on a run's page; Pause, Resume and Delete on a deployment's; a pool
+//! its deployments still use, deleted from the page that says so; and the
+//! LATE badge and per-queue late count (over HTTP).
+
+use crate::common;
+
+use common::browser::Browser;
+use common::{TestServer, http};
+use host::control::ControlConfig;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const LIVE: Duration = Duration::from_secs(20);
+
+/// A pool `p` and a deployment `f/d`, through HTTP (the in-process server
+/// shares this test's runtime).
+async fn pool_and_deployment(url: &str) {
+    let pool = json!({"name": "p", "type": "process"}).to_string();
+    let (status, answer) = http("POST", &format!("{url}/api/work-pools"), Some(&pool), None).await;
+    assert_eq!(status, 201, "{answer}");
+    let deployment = json!({"flow": "f", "name": "d", "pool": "p"}).to_string();
+    let (status, answer) = http(
+        "PUT",
+        &format!("{url}/api/deployments"),
+        Some(&deployment),
+        None,
+    )
+    .await;
+    assert_eq!(status, 201, "{answer}");
+}
+
+async fn api(method: &str, url: &str, body: Option<Value>) -> (u16, Value) {
+    http(method, url, body.map(|b| b.to_string()).as_deref(), None).await
+}
+
+/// A run that a worker `w1` claimed and reported FAILED.
+async fn failed_run(url: &str) -> String {
+    let id = common::create_run(url, "f/d", json!({})).await;
+    let claim = json!({"worker": "w1", "limit": 1});
+    let (status, answer) = api(
+        "POST",
+        &format!("{url}/api/work-pools/p/claim"),
+        Some(claim),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    for state in ["RUNNING", "FAILED"] {
+        let body = json!({"type": state, "worker": "w1"});
+        let (status, answer) = api(
+            "POST",
+            &format!("{url}/api/flow-runs/{id}/state"),
+            Some(body),
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    id
+}
+
+#[tokio::test]
+async fn a_failed_run_is_retried_copied_and_deleted_from_its_page() {
+    let Some(browser) =
+        Browser::start("a_failed_run_is_retried_copied_and_deleted_from_its_page").await
+    else {
+        return;
+    };
+    let server = TestServer::start().await;
+    let url = &server.url;
+    pool_and_deployment(url).await;
+    let id = failed_run(url).await;
+
+    browser.goto(&format!("{url}/runs/{id}")).await;
+    assert!(browser.text("#run-head").await.contains("FAILED"));
+    assert_eq!(browser.text("#attempts").await, "1");
+    browser.click("#run-head button[data-copy]").await;
+    browser
+        .wait_text("#run-head button[data-copy]", LIVE, |t| t == "Copied")
+        .await;
+    let copied = browser
+        .client
+        .execute(
+            "return document.querySelector('#run-head button[data-copy]').dataset.copy;",
+            vec![],
+        )
+        .await
+        .expect("data-copy");
+    assert_eq!(copied, json!(id));
+
+    browser
+        .click("#run-head form[action$='/retry'] button")
+        .await;
+    browser.wait_text("#attempts", LIVE, |t| t == "1").await;
+    browser
+        .wait_text("#run-head", LIVE, |t| t.contains("SCHEDULED"))
+        .await;
+    let (_, run) = api("GET", &format!("{url}/api/flow-runs/{id}"), None).await;
+    assert_eq!(run["state"]["type"], "SCHEDULED", "{run}");
+    let timeline = browser.text("#timeline").await;
+    assert!(timeline.contains("retried by request"), "{timeline}");
+    assert!(
+        browser
+            .client
+            .find(fantoccini::Locator::Css("#run-head form[action$='/retry']"))
+            .await
+            .is_err(),
+        "no Retry for a SCHEDULED run"
+    );
+
+    browser
+        .click("#run-head form[action$='/delete'] button")
+        .await;
+    browser.client.accept_alert().await.expect("confirm");
+    browser.wait_text("h1", LIVE, |t| t == "Flow Runs").await;
+    let (status, _) = api("GET", &format!("{url}/api/flow-runs/{id}"), None).await;
+    assert_eq!(status, 404, "deleted");
+}
+
+#[tokio::test]
+async fn a_deployment_is_paused_resumed_and_deleted_from_its_page() {
+    let Some(browser) =
+        Browser::start("a_deployment_is_paused_resumed_and_deleted_from_its_page").await
+    else {
+        return;
+    };
+    let server = TestServer::start().await;
+    let url = &server.url;
+    pool_and_deployment(url).await;
+    let waiting = common::create_run(url, "f/d", json!({})).await;
+
+    browser.goto(&format!("{url}/deployments/f/d")).await;
+    assert_eq!(browser.text("#deployment-status").await, "ACTIVE");
+    browser
+        .click("#deployment-head form[action$='/pause'] button")
+        .await;
+    browser
+        .wait_text("#deployment-status", LIVE, |t| t == "PAUSED")
+        .await;
+    assert!(browser.text("#paused-note").await.contains("Paused"));
+    let (_, deployment) = api("GET", &format!("{url}/api/deployments/f/d"), None).await;
+    assert_eq!(deployment["paused"], true);
+    browser
+        .click("#deployment-head form[action$='/resume'] button")
+        .await;
+    browser
+        .wait_text("#deployment-status", LIVE, |t| t == "ACTIVE")
+        .await;
+    let (_, deployment) = api("GET", &format!("{url}/api/deployments/f/d"), None).await;
+    assert_eq!(deployment["paused"], false);
+
+    browser
+        .click("#deployment-head form[action$='/delete'] button")
+        .await;
+    browser.client.accept_alert().await.expect("confirm");
+    browser.wait_text("h1", LIVE, |t| t == "Deployments").await;
+    let (status, _) = api("GET", &format!("{url}/api/deployments/f/d"), None).await;
+    assert_eq!(status, 404);
+    let (status, _) = api("GET", &format!("{url}/api/flow-runs/{waiting}"), None).await;
+    assert_eq!(status, 404, "its SCHEDULED run went with it");
+}
+
+#[tokio::test]
+async fn a_pool_in_use_offers_to_delete_its_deployments_first() {
+    let Some(browser) =
+        Browser::start("a_pool_in_use_offers_to_delete_its_deployments_first").await
+    else {
+        return;
+    };
+    let server = TestServer::start().await;
+    let url = &server.url;
+    pool_and_deployment(url).await;
+
+    browser.goto(url).await;
+    let delete_pool = "tr[data-pool='p'] form[action$='/delete'] button";
+    browser.click(delete_pool).await;
+    browser.client.accept_alert().await.expect("confirm");
+    browser
+        .wait_text("h1", LIVE, |t| t == "Delete work pool p")
+        .await;
+    assert!(browser.text("p.error").await.contains("f/d"));
+    browser
+        .click("#pool-deployments tr[data-deployment='f/d'] form button")
+        .await;
+    browser.client.accept_alert().await.expect("confirm");
+    browser.wait_text("h1", LIVE, |t| t == "p").await;
+    let (status, _) = api("GET", &format!("{url}/api/deployments/f/d"), None).await;
+    assert_eq!(status, 404);
+
+    browser.goto(url).await;
+    browser.click(delete_pool).await;
+    browser.client.accept_alert().await.expect("confirm");
+    common::eventually(url, "/api/work-pools", LIVE, |pools| pools == &json!([])).await;
+}
+
+/// A SCHEDULED run past its time shows LATE (a word, not only a colour) in
+/// lists and on its page, and its queue counts it.
+#[tokio::test]
+async fn late_runs_are_marked_and_counted_per_queue() {
+    let config = ControlConfig {
+        late_after: Duration::from_millis(1),
+        ..ControlConfig::default()
+    };
+    let server = TestServer::start_with(None, config).await;
+    let url = &server.url;
+    pool_and_deployment(url).await;
+    let past = (chrono::Utc::now() - chrono::Duration::minutes(5)).to_rfc3339();
+    let late = common::create_run(url, "f/d", json!({"scheduled_at": past})).await;
+    let future = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    common::create_run(url, "f/d", json!({"scheduled_at": future})).await;
+    server.control.upkeep().await.expect("upkeep");
+
+    let page = |path: String| async move {
+        let answer = common::web_client()
+            .get(format!("{url}{path}"))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(answer.status(), 200, "{path}");
+        answer.text().await.expect("page")
+    };
+    let list = page("/runs".into()).await;
+    assert_eq!(list.matches(r#"data-state="LATE""#).count(), 1, "{list}");
+    assert_eq!(list.matches(r#"data-state="SCHEDULED""#).count(), 1);
+    let run = page(format!("/runs/{late}")).await;
+    assert!(run.contains(r#"data-state="LATE""#));
+    let queues = page("/pools/p?tab=queues".into()).await;
+    let row = &queues[queues.find(r#"data-queue="default""#).expect("row")..];
+    let late_cell = &row[row.find(r#"class="late""#).expect("late column")..];
+    assert!(late_cell.starts_with(r#"class="late">1<"#), "{late_cell}");
+}
