@@ -228,3 +228,171 @@ async fn late_runs_are_marked_and_counted_per_queue() {
     let late_cell = &row[row.find(r#"class="late""#).expect("late column")..];
     assert!(late_cell.starts_with(r#"class="late">1<"#), "{late_cell}");
 }
+
+async fn js(browser: &Browser, script: &str) -> Value {
+    browser
+        .client
+        .execute(script, vec![])
+        .await
+        .unwrap_or_else(|e| panic!("{script}: {e}"))
+}
+
+/// The Work Queues tab: a queue created from its form, a bad limit refused
+/// with the server's error next to its queue, a good one saved, Pause.
+#[tokio::test]
+async fn queues_are_created_edited_and_paused_on_the_pool_page() {
+    let Some(browser) =
+        Browser::start("queues_are_created_edited_and_paused_on_the_pool_page").await
+    else {
+        return;
+    };
+    let server = TestServer::start().await;
+    let url = &server.url;
+    pool_and_deployment(url).await;
+    let queue = |name: &str| format!("{url}/api/work-pools/p/queues/{name}");
+
+    browser.goto(&format!("{url}/pools/p?tab=queues")).await;
+    browser.fill("#queue-name", "fast").await;
+    browser.fill("#queue-priority", "1").await;
+    browser.fill("#queue-limit", "2").await;
+    browser.click("#create-queue button[type=submit]").await;
+    browser
+        .wait_text("tr[data-queue='fast']", LIVE, |t| t.contains("fast"))
+        .await;
+    let (_, fast) = api("GET", &queue("fast"), None).await;
+    assert_eq!(
+        (&fast["priority"], &fast["concurrency_limit"]),
+        (&json!(1), &json!(2))
+    );
+    let (_, default) = api("GET", &queue("default"), None).await;
+    assert_eq!(default["priority"], 2, "moved down");
+
+    let row = "tr[data-queue='default']";
+    browser
+        .fill(&format!("{row} input[name=concurrency_limit]"), "many")
+        .await;
+    browser
+        .click(&format!("{row} form[action$='/update'] button"))
+        .await;
+    let error = browser
+        .wait_text(&format!("{row} .field-error"), LIVE, |t| !t.is_empty())
+        .await;
+    assert!(error.contains("concurrency_limit"), "{error}");
+    let (_, default) = api("GET", &queue("default"), None).await;
+    assert!(default["concurrency_limit"].is_null(), "nothing changed");
+    browser
+        .fill(&format!("{row} input[name=concurrency_limit]"), "3")
+        .await;
+    browser
+        .click(&format!("{row} form[action$='/update'] button"))
+        .await;
+    common::eventually(url, "/api/work-pools/p/queues/default", LIVE, |q| {
+        q["concurrency_limit"] == 3
+    })
+    .await;
+
+    browser
+        .click("tr[data-queue='fast'] form[action$='/pause'] button")
+        .await;
+    browser
+        .wait_text("tr[data-queue='fast']", LIVE, |t| t.contains("PAUSED"))
+        .await;
+    let (_, fast) = api("GET", &queue("fast"), None).await;
+    assert_eq!(fast["paused"], true);
+    assert_eq!(fast["concurrency_limit"], 2, "pausing keeps the limit");
+}
+
+/// A focused button keeps the focus when its region is swapped by a live
+/// refresh (it is a new element; the focus moves to it).
+#[tokio::test]
+async fn focus_stays_on_a_button_across_a_live_refresh() {
+    let Some(browser) = Browser::start("focus_stays_on_a_button_across_a_live_refresh").await
+    else {
+        return;
+    };
+    let server = TestServer::start().await;
+    let url = &server.url;
+    pool_and_deployment(url).await;
+    browser.goto(url).await;
+    browser
+        .wait_text("#live-indicator", LIVE, |t| t.contains("live"))
+        .await;
+    let pause = "tr[data-pool='p'] form[action='/ui/pools/p/pause'] button";
+    js(
+        &browser,
+        &format!(
+            "const b = document.querySelector(\"{pause}\"); b.focus(); b.dataset.old = '1'; \
+             document.body.dataset.refreshed = 'before';"
+        ),
+    )
+    .await;
+    // A worker's first heartbeat changes the pool's row.
+    let beat = json!({"name": "w1"});
+    let (status, answer) = api(
+        "POST",
+        &format!("{url}/api/work-pools/p/workers/heartbeat"),
+        Some(beat),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    browser
+        .wait_text("tr[data-pool='p'] .status", LIVE, |t| t == "READY")
+        .await;
+    let focused = js(
+        &browser,
+        "const a = document.activeElement; \
+         return [a.closest('form') && a.closest('form').getAttribute('action'), a.dataset.old || null];",
+    )
+    .await;
+    assert_eq!(
+        focused,
+        json!(["/ui/pools/p/pause", null]),
+        "the fresh row's Pause button has the focus"
+    );
+}
+
+/// At 390 px wide no main page scrolls sideways (wide tables scroll inside
+/// themselves).
+#[tokio::test]
+async fn the_main_pages_fit_a_390px_screen() {
+    let Some(browser) = Browser::start("the_main_pages_fit_a_390px_screen").await else {
+        return;
+    };
+    let server = TestServer::start().await;
+    let url = &server.url;
+    pool_and_deployment(url).await;
+    let id = failed_run(url).await;
+    browser
+        .client
+        .set_window_size(390, 844)
+        .await
+        .expect("window size");
+    for path in [
+        "/".to_string(),
+        "/pools/p".into(),
+        "/pools/p?tab=queues".into(),
+        "/pools/p?tab=runs".into(),
+        "/deployments".into(),
+        "/deployments/f/d".into(),
+        "/runs".into(),
+        format!("/runs/{id}"),
+        "/plugins".into(),
+    ] {
+        browser.goto(&format!("{url}{path}")).await;
+        browser.wait_text("h1", LIVE, |t| !t.is_empty()).await;
+        let widths = js(
+            &browser,
+            "return [window.innerWidth, document.documentElement.scrollWidth];",
+        )
+        .await;
+        let (inner, scroll) = (
+            widths[0].as_u64().expect("w"),
+            widths[1].as_u64().expect("w"),
+        );
+        assert!(inner <= 400, "the window is phone-sized: {inner}");
+        assert!(
+            scroll <= inner,
+            "{path}: {scroll} px wide in a {inner} px window"
+        );
+    }
+}

@@ -4,7 +4,7 @@ use super::view::{self, Nav};
 use super::{Back, Page, PageError};
 use crate::control::{PoolPatch, PoolSpec, PoolView, WorkerView};
 use crate::error::ApiError;
-use crate::model::{StateType, Timestamp};
+use crate::model::Timestamp;
 use crate::server::AppState;
 use crate::store::RunFilter;
 use axum::Router;
@@ -188,7 +188,7 @@ async fn create(
     }
 }
 
-fn parse_limit(text: &str) -> Result<Option<u32>, ApiError> {
+pub(super) fn parse_limit(text: &str) -> Result<Option<u32>, ApiError> {
     let text = text.trim();
     if text.is_empty() {
         return Ok(None);
@@ -306,9 +306,8 @@ async fn pool_page(
         .as_deref()
         .filter(|t| TABS.iter().any(|(id, _)| id == t))
         .unwrap_or("details");
-    let here = format!("/pools/{}", view::segment(&name));
     let content = match tab {
-        "queues" => queues_tab(&s, &name)?,
+        "queues" => super::queues::queues_tab(&s, &name, None)?,
         "workers" => workers_tab(&s, &name)?,
         "runs" => super::runs::runs_table(
             &s,
@@ -321,7 +320,15 @@ async fn pool_page(
         "deployments" => super::deployments::deployments_table(&s, Some(&name))?,
         _ => details_tab(&view),
     };
-    let action_path = format!("/ui/pools/{}", view::segment(&name));
+    Ok(pool_frame(&view, tab, content))
+}
+
+/// A pool's page around one tab's content (also the answer of a tab's
+/// form that the server refused, with the error in `content`).
+pub(super) fn pool_frame(view: &PoolView, tab: &str, content: Markup) -> Markup {
+    let name = &view.pool.name;
+    let here = format!("/pools/{}", view::segment(name));
+    let action_path = format!("/ui/pools/{}", view::segment(name));
     let back = format!("{here}?tab={tab}");
     let body = html! {
         p.crumbs { a href="/" { "Work Pools" } " / " }
@@ -343,8 +350,8 @@ async fn pool_page(
         }
         section #tab data-live { (content) }
     };
-    let events = format!("/api/events?pool={}", view::query_escape(&name));
-    Ok(view::page(&name, Nav::Pools, Some(&events), body))
+    let events = format!("/api/events?pool={}", view::query_escape(name));
+    view::page(name, Nav::Pools, Some(&events), body)
 }
 
 fn details_tab(view: &PoolView) -> Markup {
@@ -367,83 +374,6 @@ fn details_tab(view: &PoolView) -> Markup {
             (view::json(&pool.base_job_template))
         }
     }
-}
-
-fn queues_tab(s: &AppState, pool: &str) -> Result<Markup, ApiError> {
-    let queues = s.control.queues(pool)?;
-    let pending = pending_by_queue(s, pool)?;
-    Ok(html! {
-        table #queues {
-            thead { tr {
-                th { "Name" } th { "Priority" } th { "Status" } th { "Concurrency" }
-                th { "Paused" } th { "Pending runs" } th { "Late runs" } th { "Last polled" }
-            } }
-            tbody {
-                @for q in &queues {
-                    tr data-queue=(q.queue.name) {
-                        td { (q.queue.name) }
-                        td { (q.queue.priority) }
-                        td { (view::queue_status(q.status)) }
-                        td { (view::limit(q.queue.concurrency_limit)) }
-                        td { @if q.queue.paused { "yes" } @else { "no" } }
-                        td { (pending.count(&q.queue.name)) }
-                        td.late { (pending.late(&q.queue.name)) }
-                        td { (view::ago_or_never(q.queue.last_polled)) }
-                    }
-                }
-            }
-        }
-    })
-}
-
-/// SCHEDULED runs per queue, read from the state index (the few waiting
-/// runs, not the pool's whole history).
-struct Pending {
-    counts: BTreeMap<String, usize>,
-    /// Of those, the ones past their time (named Late by the server).
-    late: BTreeMap<String, usize>,
-    capped: bool,
-}
-
-const PENDING_SCAN: usize = 1000;
-
-impl Pending {
-    fn count(&self, queue: &str) -> String {
-        self.show(self.counts.get(queue).copied().unwrap_or(0))
-    }
-
-    fn late(&self, queue: &str) -> String {
-        self.show(self.late.get(queue).copied().unwrap_or(0))
-    }
-
-    fn show(&self, n: usize) -> String {
-        if self.capped {
-            format!("{n}+")
-        } else {
-            n.to_string()
-        }
-    }
-}
-
-fn pending_by_queue(s: &AppState, pool: &str) -> Result<Pending, ApiError> {
-    let filter = RunFilter {
-        state: Some(StateType::Scheduled),
-        ..RunFilter::default()
-    };
-    let page = s.control.runs(&filter, None, PENDING_SCAN)?;
-    let mut counts = BTreeMap::new();
-    let mut late = BTreeMap::new();
-    for run in page.runs.iter().filter(|r| r.pool == pool) {
-        *counts.entry(run.queue.clone()).or_insert(0) += 1;
-        if run.state.name == crate::orchestration::LATE {
-            *late.entry(run.queue.clone()).or_insert(0) += 1;
-        }
-    }
-    Ok(Pending {
-        counts,
-        late,
-        capped: page.next_cursor.is_some(),
-    })
 }
 
 fn workers_tab(s: &AppState, pool: &str) -> Result<Markup, ApiError> {

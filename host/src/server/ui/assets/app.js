@@ -1,7 +1,8 @@
 // The host UI's only script. Pages work without it; it adds:
 // - live updates: one EventSource on the page's feed (`data-events`); news
-//   re-fetches this page and swaps its `data-live` regions, and log lines
-//   are appended straight from their events;
+//   re-fetches this page and swaps its `data-live` regions (keeping focus,
+//   and leaving alone a region whose form is being filled in), and log
+//   lines are appended straight from their events;
 // - "3 s ago" times that keep counting;
 // - a question before destructive actions (`data-confirm`);
 // - copy buttons (`data-copy`).
@@ -61,6 +62,34 @@
   const feed = body.dataset.events;
   if (!feed || !window.EventSource) return;
 
+  // A region is swapped only while nobody is in the middle of it: one with
+  // a field being typed in, or changed and not yet sent, stays as it is
+  // (and is refreshed once the field is left); a focused button or link
+  // gets the focus back on its counterpart in the fresh region.
+  function editing(region) {
+    const active = document.activeElement;
+    if (active && region.contains(active)
+      && active.matches("input:not([type=hidden]), textarea, select")) return true;
+    for (const field of region.querySelectorAll("input:not([type=hidden]), textarea")) {
+      if (field.value !== field.defaultValue) return true;
+    }
+    for (const option of region.querySelectorAll("option")) {
+      if (option.selected !== option.defaultSelected) return true;
+    }
+    return false;
+  }
+  function focusKey(element) {
+    if (element.id) return `#${CSS.escape(element.id)}`;
+    const tag = element.tagName.toLowerCase();
+    const form = element.closest("form[action]");
+    if (form) return `form[action="${CSS.escape(form.getAttribute("action"))}"] ${tag}`;
+    if (element.dataset.copy) return `${tag}[data-copy="${CSS.escape(element.dataset.copy)}"]`;
+    if (element.matches("a[href]")) return `a[href="${CSS.escape(element.getAttribute("href"))}"]`;
+    return null;
+  }
+  let held = false;
+  document.addEventListener("focusout", () => { if (held) { held = false; soon(); } });
+
   let inFlight = false, again = false, timer = null;
   async function refresh() {
     if (inFlight) { again = true; return; }
@@ -71,7 +100,13 @@
         const fresh = new DOMParser().parseFromString(await answer.text(), "text/html");
         for (const region of document.querySelectorAll("[data-live][id]")) {
           const replacement = fresh.getElementById(region.id);
-          if (replacement) region.replaceWith(document.adoptNode(replacement));
+          if (!replacement) continue;
+          if (editing(region)) { held = true; continue; }
+          const active = document.activeElement;
+          const focused = active && region.contains(active) ? focusKey(active) : null;
+          region.replaceWith(document.adoptNode(replacement));
+          const again = focused && replacement.querySelector(focused);
+          if (again) again.focus({ preventScroll: true });
         }
         tick();
         body.dataset.refreshed = String(Date.now());
