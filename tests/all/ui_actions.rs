@@ -223,6 +223,19 @@ async fn late_runs_are_marked_and_counted_per_queue() {
     assert_eq!(list.matches(r#"data-state="SCHEDULED""#).count(), 1);
     let run = page(format!("/runs/{late}")).await;
     assert!(run.contains(r#"data-state="LATE""#));
+    let only_late = page("/runs?state=LATE".into()).await;
+    assert_eq!(only_late.matches("data-run=").count(), 1, "{only_late}");
+    assert!(only_late.contains(&format!(r#"data-run="{late}""#)));
+    let (status, listed) = api("GET", &format!("{url}/api/flow-runs?late=true"), None).await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["runs"].as_array().map(Vec::len), Some(1));
+    assert_eq!(listed["runs"][0]["id"], late.as_str());
+    let (status, refused) = api("GET", &format!("{url}/api/flow-runs?late=maybe"), None).await;
+    assert_eq!(
+        (status, &refused["field"]),
+        (400, &json!("late")),
+        "{refused}"
+    );
     let queues = page("/pools/p?tab=queues".into()).await;
     let row = &queues[queues.find(r#"data-queue="default""#).expect("row")..];
     let late_cell = &row[row.find(r#"class="late""#).expect("late column")..];
@@ -395,4 +408,83 @@ async fn the_main_pages_fit_a_390px_screen() {
             "{path}: {scroll} px wide in a {inner} px window"
         );
     }
+}
+
+/// A long log pages through on the run's page (newest by default, from the
+/// first line on), each line with its time, and downloads whole.
+#[tokio::test]
+async fn a_long_log_pages_from_either_end_and_downloads_whole() {
+    let server = TestServer::start().await;
+    let url = &server.url;
+    pool_and_deployment(url).await;
+    let id = common::create_run(url, "f/d", json!({})).await;
+    let lines: Vec<Value> = (0..2500)
+        .map(|i| json!({"message": format!("line {i}"), "stream": if i % 2 == 0 { "stdout" } else { "stderr" }}))
+        .collect();
+    let (status, answer) = api(
+        "POST",
+        &format!("{url}/api/flow-runs/{id}/logs"),
+        Some(Value::Array(lines)),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let web = common::web_client();
+    let page = |query: &'static str| {
+        let web = web.clone();
+        let address = format!("{url}/runs/{id}{query}");
+        async move {
+            let answer = web.get(address).send().await.expect("get");
+            (answer.status().as_u16(), answer.text().await.expect("page"))
+        }
+    };
+
+    let (_, newest) = page("").await;
+    assert!(newest.contains("Lines 1501–2500 of 2500"), "{newest}");
+    assert!(newest.contains(r#"data-seq="1500""#) && !newest.contains(r#"data-seq="1499""#));
+    assert!(
+        newest.contains("data-follow"),
+        "the newest page follows live lines"
+    );
+    assert!(newest.contains(r#"class="ts""#), "lines have their time");
+    assert!(newest.contains(r#"id="log-first""#) && !newest.contains(r#"id="log-later""#));
+
+    let (_, first) = page("?log_from=0").await;
+    assert!(first.contains("Lines 1–1000 of 2500"), "{first}");
+    assert!(first.contains(">line 0<") && !first.contains(">line 1000<"));
+    assert!(!first.contains("data-follow"), "an older page keeps still");
+    assert!(
+        first.contains("log_from=1000"),
+        "Later goes on from line 1001"
+    );
+    let (_, last) = page("?log_from=2000").await;
+    assert!(last.contains("Lines 2001–2500 of 2500"), "{last}");
+    let (status, bad) = page("?log_from=soon").await;
+    assert_eq!(status, 400, "{bad}");
+
+    let download = web
+        .get(format!("{url}/api/flow-runs/{id}/logs/download"))
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(download.status(), 200);
+    let disposition = download.headers()["content-disposition"]
+        .to_str()
+        .expect("header")
+        .to_string();
+    assert!(disposition.starts_with("attachment;"), "{disposition}");
+    let text = download.text().await.expect("text");
+    let rows: Vec<&str> = text.lines().collect();
+    assert_eq!(rows.len(), 2500, "every line, once");
+    assert!(rows[0].ends_with(" stdout line 0"), "{}", rows[0]);
+    assert!(rows[1].ends_with(" stderr line 1"), "{}", rows[1]);
+    assert!(rows[2499].ends_with(" line 2499"));
+    let time = rows[0].split(' ').next().expect("time");
+    assert!(chrono::DateTime::parse_from_rfc3339(time).is_ok(), "{time}");
+    let (status, _) = api(
+        "GET",
+        &format!("{url}/api/flow-runs/nope/logs/download"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
 }

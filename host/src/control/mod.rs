@@ -22,7 +22,7 @@ pub use deployments::{DeploymentSpec, RunRequest, UpsertOutcome};
 pub use pools::{
     PoolPatch, PoolSpec, PoolView, QueuePatch, QueueSpec, QueueView, WorkerHeartbeat, WorkerView,
 };
-pub use runs::{LogTail, NewLogLine};
+pub use runs::{LogWindow, NewLogLine};
 
 use crate::error::ApiError;
 use crate::store::Store;

@@ -264,6 +264,21 @@ where
     number(deserializer).map(Some)
 }
 
+/// `true` or `false` as query-string text.
+pub fn optional_bool<'de, D>(deserializer: D) -> Result<Option<bool>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let text: String = serde::Deserialize::deserialize(deserializer)?;
+    match text.as_str() {
+        "true" => Ok(Some(true)),
+        "false" => Ok(Some(false)),
+        _ => Err(serde::de::Error::custom(format!(
+            "{text:?} is not true or false"
+        ))),
+    }
+}
+
 /// The session cookie counts only for the UI's own reads (its event stream,
 /// a run's log lines): a browser sends it along with any page's form.
 async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {

@@ -64,7 +64,7 @@ pub enum Errors {
         deployments::list, deployments::upsert, deployments::read, deployments::delete,
         deployments::create_run, deployments::pause, deployments::resume,
         runs::list, runs::read, runs::set_state, runs::cancel, runs::retry, runs::delete,
-        runs::logs, runs::append_logs,
+        runs::logs, runs::append_logs, runs::download_logs,
         events::stream,
     ),
     components(schemas(ErrorBody)),

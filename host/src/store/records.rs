@@ -42,6 +42,8 @@ pub struct RunFilter {
     pub pool: Option<String>,
     pub deployment: Option<String>,
     pub state: Option<StateType>,
+    /// Only SCHEDULED runs the server marked Late (past their time).
+    pub late: bool,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -124,6 +126,8 @@ pub trait Records: Raw {
             (tables::IDX_DEPLOYMENT, format!("{deployment}\0"))
         } else if let Some(pool) = &filter.pool {
             (tables::IDX_POOL, format!("{pool}\0"))
+        } else if filter.late {
+            (tables::IDX_STATE, format!("{}\0", StateType::Scheduled))
         } else if let Some(state) = filter.state {
             (tables::IDX_STATE, format!("{state}\0"))
         } else {
@@ -156,7 +160,10 @@ pub trait Records: Raw {
                         .deployment
                         .as_ref()
                         .is_none_or(|d| *d == run.deployment)
-                    && filter.state.is_none_or(|s| s == run.state.state_type);
+                    && filter.state.is_none_or(|s| s == run.state.state_type)
+                    && (!filter.late
+                        || (run.state.state_type == StateType::Scheduled
+                            && run.state.name == crate::orchestration::LATE));
                 if keep {
                     runs.push(run);
                     if runs.len() == limit {

@@ -128,19 +128,28 @@
     const last = logs && logs.lastElementChild;
     return last ? Number(last.dataset.seq) : -1;
   }
+  // As the server renders a line: its UTC time to the millisecond, then the message.
   function append(line) {
-    if (line.seq <= lastSeq()) return;
+    if (!logs.hasAttribute("data-follow") || line.seq <= lastSeq()) return;
     const stick = logs.scrollTop + logs.clientHeight >= logs.scrollHeight - 4;
     const span = document.createElement("span");
     span.className = `line ${line.stream}`;
     span.dataset.seq = line.seq;
-    span.textContent = `${line.message}\n`;
+    const time = document.createElement("time");
+    time.className = "ts";
+    time.dateTime = line.timestamp;
+    time.textContent = new Date(line.timestamp).toISOString().slice(11, 23);
+    time.title = line.timestamp;
+    const message = document.createElement("span");
+    message.className = "msg";
+    message.textContent = line.message;
+    span.append(time, " ", message, "\n");
     logs.append(span);
     if (stick) logs.scrollTop = logs.scrollHeight;
   }
   // Lines written between the page's rendering and the stream's start.
   async function catchUp() {
-    if (!logs) return;
+    if (!logs || !logs.hasAttribute("data-follow")) return;
     const after = lastSeq();
     const query = after >= 0 ? `?after=${after}` : "";
     try {
