@@ -13,6 +13,37 @@ use std::time::Duration;
 
 const LIVE: Duration = Duration::from_secs(20);
 
+/// Waits until the page's live stream is open and the refresh it starts
+/// with is done: from then on its regions are swapped only on news, so an
+/// element found is the one clicked.
+async fn settled(browser: &Browser) {
+    browser
+        .wait_text("#live-indicator", LIVE, |t| t.contains("live"))
+        .await;
+    let deadline = std::time::Instant::now() + LIVE;
+    while js(browser, "return document.body.dataset.refreshed || '';").await == json!("") {
+        assert!(std::time::Instant::now() < deadline, "the first refresh never came");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Clicks, again while the element was swapped by a live refresh between
+/// finding and clicking it (a click on a stale element does nothing).
+async fn click(browser: &Browser, css: &str) {
+    let deadline = std::time::Instant::now() + LIVE;
+    loop {
+        let clicked = match browser.client.find(fantoccini::Locator::Css(css)).await {
+            Ok(element) => element.click().await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match clicked {
+            Ok(()) => return,
+            Err(e) if std::time::Instant::now() > deadline => panic!("click {css}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
 /// A pool `p` and a deployment `f/d`, through HTTP (the in-process server
 /// shares this test's runtime).
 async fn pool_and_deployment(url: &str) {
@@ -71,9 +102,10 @@ async fn a_failed_run_is_retried_copied_and_deleted_from_its_page() {
     let id = failed_run(url).await;
 
     browser.goto(&format!("{url}/runs/{id}")).await;
+    settled(&browser).await;
     assert!(browser.text("#run-head").await.contains("FAILED"));
     assert_eq!(browser.text("#attempts").await, "1");
-    browser.click("#run-head button[data-copy]").await;
+    click(&browser, "#run-head button[data-copy]").await;
     browser
         .wait_text("#run-head button[data-copy]", LIVE, |t| t == "Copied")
         .await;
@@ -87,8 +119,7 @@ async fn a_failed_run_is_retried_copied_and_deleted_from_its_page() {
         .expect("data-copy");
     assert_eq!(copied, json!(id));
 
-    browser
-        .click("#run-head form[action$='/retry'] button")
+    click(&browser, "#run-head form[action$='/retry'] button")
         .await;
     browser.wait_text("#attempts", LIVE, |t| t == "1").await;
     browser
@@ -107,8 +138,7 @@ async fn a_failed_run_is_retried_copied_and_deleted_from_its_page() {
         "no Retry for a SCHEDULED run"
     );
 
-    browser
-        .click("#run-head form[action$='/delete'] button")
+    click(&browser, "#run-head form[action$='/delete'] button")
         .await;
     browser.client.accept_alert().await.expect("confirm");
     browser.wait_text("h1", LIVE, |t| t == "Flow Runs").await;
@@ -129,9 +159,9 @@ async fn a_deployment_is_paused_resumed_and_deleted_from_its_page() {
     let waiting = common::create_run(url, "f/d", json!({})).await;
 
     browser.goto(&format!("{url}/deployments/f/d")).await;
+    settled(&browser).await;
     assert_eq!(browser.text("#deployment-status").await, "ACTIVE");
-    browser
-        .click("#deployment-head form[action$='/pause'] button")
+    click(&browser, "#deployment-head form[action$='/pause'] button")
         .await;
     browser
         .wait_text("#deployment-status", LIVE, |t| t == "PAUSED")
@@ -139,8 +169,7 @@ async fn a_deployment_is_paused_resumed_and_deleted_from_its_page() {
     assert!(browser.text("#paused-note").await.contains("Paused"));
     let (_, deployment) = api("GET", &format!("{url}/api/deployments/f/d"), None).await;
     assert_eq!(deployment["paused"], true);
-    browser
-        .click("#deployment-head form[action$='/resume'] button")
+    click(&browser, "#deployment-head form[action$='/resume'] button")
         .await;
     browser
         .wait_text("#deployment-status", LIVE, |t| t == "ACTIVE")
@@ -148,8 +177,7 @@ async fn a_deployment_is_paused_resumed_and_deleted_from_its_page() {
     let (_, deployment) = api("GET", &format!("{url}/api/deployments/f/d"), None).await;
     assert_eq!(deployment["paused"], false);
 
-    browser
-        .click("#deployment-head form[action$='/delete'] button")
+    click(&browser, "#deployment-head form[action$='/delete'] button")
         .await;
     browser.client.accept_alert().await.expect("confirm");
     browser.wait_text("h1", LIVE, |t| t == "Deployments").await;
@@ -171,15 +199,15 @@ async fn a_pool_in_use_offers_to_delete_its_deployments_first() {
     pool_and_deployment(url).await;
 
     browser.goto(url).await;
+    settled(&browser).await;
     let delete_pool = "tr[data-pool='p'] form[action$='/delete'] button";
-    browser.click(delete_pool).await;
+    click(&browser, delete_pool).await;
     browser.client.accept_alert().await.expect("confirm");
     browser
         .wait_text("h1", LIVE, |t| t == "Delete work pool p")
         .await;
     assert!(browser.text("p.error").await.contains("f/d"));
-    browser
-        .click("#pool-deployments tr[data-deployment='f/d'] form button")
+    click(&browser, "#pool-deployments tr[data-deployment='f/d'] form button")
         .await;
     browser.client.accept_alert().await.expect("confirm");
     browser.wait_text("h1", LIVE, |t| t == "p").await;
@@ -187,7 +215,7 @@ async fn a_pool_in_use_offers_to_delete_its_deployments_first() {
     assert_eq!(status, 404);
 
     browser.goto(url).await;
-    browser.click(delete_pool).await;
+    click(&browser, delete_pool).await;
     browser.client.accept_alert().await.expect("confirm");
     common::eventually(url, "/api/work-pools", LIVE, |pools| pools == &json!([])).await;
 }
@@ -265,13 +293,15 @@ async fn queues_are_created_edited_and_paused_on_the_pool_page() {
     let queue = |name: &str| format!("{url}/api/work-pools/p/queues/{name}");
 
     browser.goto(&format!("{url}/pools/p?tab=queues")).await;
+    settled(&browser).await;
     browser.fill("#queue-name", "fast").await;
     browser.fill("#queue-priority", "1").await;
     browser.fill("#queue-limit", "2").await;
-    browser.click("#create-queue button[type=submit]").await;
+    click(&browser, "#create-queue button[type=submit]").await;
     browser
         .wait_text("tr[data-queue='fast']", LIVE, |t| t.contains("fast"))
         .await;
+    settled(&browser).await;
     let (_, fast) = api("GET", &queue("fast"), None).await;
     assert_eq!(
         (&fast["priority"], &fast["concurrency_limit"]),
@@ -284,8 +314,7 @@ async fn queues_are_created_edited_and_paused_on_the_pool_page() {
     browser
         .fill(&format!("{row} input[name=concurrency_limit]"), "many")
         .await;
-    browser
-        .click(&format!("{row} form[action$='/update'] button"))
+    click(&browser, &format!("{row} form[action$='/update'] button"))
         .await;
     let error = browser
         .wait_text(&format!("{row} .field-error"), LIVE, |t| !t.is_empty())
@@ -296,16 +325,14 @@ async fn queues_are_created_edited_and_paused_on_the_pool_page() {
     browser
         .fill(&format!("{row} input[name=concurrency_limit]"), "3")
         .await;
-    browser
-        .click(&format!("{row} form[action$='/update'] button"))
+    click(&browser, &format!("{row} form[action$='/update'] button"))
         .await;
     common::eventually(url, "/api/work-pools/p/queues/default", LIVE, |q| {
         q["concurrency_limit"] == 3
     })
     .await;
 
-    browser
-        .click("tr[data-queue='fast'] form[action$='/pause'] button")
+    click(&browser, "tr[data-queue='fast'] form[action$='/pause'] button")
         .await;
     browser
         .wait_text("tr[data-queue='fast']", LIVE, |t| t.contains("PAUSED"))
@@ -327,9 +354,7 @@ async fn focus_stays_on_a_button_across_a_live_refresh() {
     let url = &server.url;
     pool_and_deployment(url).await;
     browser.goto(url).await;
-    browser
-        .wait_text("#live-indicator", LIVE, |t| t.contains("live"))
-        .await;
+    settled(&browser).await;
     let pause = "tr[data-pool='p'] form[action='/ui/pools/p/pause'] button";
     js(
         &browser,
@@ -487,4 +512,41 @@ async fn a_long_log_pages_from_either_end_and_downloads_whole() {
     )
     .await;
     assert_eq!(status, 404);
+}
+
+/// Pages link the stylesheet and script under names holding their
+/// content's hash, served to be kept for a year; the plain names stay,
+/// revalidated each time, for pages of an older build.
+#[tokio::test]
+async fn assets_are_content_hashed_and_cached_for_long() {
+    let server = TestServer::start().await;
+    let url = &server.url;
+    let web = common::web_client();
+    let home = web
+        .get(format!("{url}/"))
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("page");
+    for (plain, extension) in [("/ui/app.css", "css"), ("/ui/app.js", "js")] {
+        let prefix = if extension == "css" { r#"href="/ui/app."# } else { r#"src="/ui/app."# };
+        let at = home.find(prefix).unwrap_or_else(|| panic!("{prefix} in {home}"));
+        let rest = &home[at + prefix.len() - "/ui/app.".len()..];
+        let path = &rest[..rest.find('"').expect("quote")];
+        let hash = path
+            .strip_prefix("/ui/app.")
+            .and_then(|p| p.strip_suffix(&format!(".{extension}")))
+            .unwrap_or_else(|| panic!("{path}"));
+        assert!(hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()), "{path}");
+        let hashed = web.get(format!("{url}{path}")).send().await.expect("get");
+        assert_eq!(hashed.status(), 200, "{path}");
+        let cache = hashed.headers()["cache-control"].to_str().expect("header").to_string();
+        assert!(cache.contains("immutable") && cache.contains("max-age=31536000"), "{cache}");
+        let hashed_body = hashed.text().await.expect("body");
+        let old = web.get(format!("{url}{plain}")).send().await.expect("get");
+        assert_eq!(old.headers()["cache-control"], "no-cache");
+        assert_eq!(old.text().await.expect("body"), hashed_body, "the same content");
+    }
 }

@@ -32,9 +32,33 @@ use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
+use std::sync::LazyLock;
 
 const APP_CSS: &str = include_str!("assets/app.css");
 const APP_JS: &str = include_str!("assets/app.js");
+
+/// The assets under names that carry their content's hash, which pages
+/// link to: a name serves one content forever, so browsers keep it for a
+/// year and a new build's pages name new files. The plain names stay, not
+/// cached, for pages rendered by an older build.
+static CSS_PATH: LazyLock<String> = LazyLock::new(|| hashed_path("app", "css", APP_CSS));
+static JS_PATH: LazyLock<String> = LazyLock::new(|| hashed_path("app", "js", APP_JS));
+
+fn hashed_path(stem: &str, extension: &str, body: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = crate::secret::to_hex(&Sha256::digest(body.as_bytes()));
+    format!("/ui/{stem}.{}.{extension}", &digest[..16])
+}
+
+/// Where pages find the stylesheet.
+pub fn css_path() -> &'static str {
+    &CSS_PATH
+}
+
+/// Where pages find the script.
+pub fn js_path() -> &'static str {
+    &JS_PATH
+}
 
 /// Every page and action; they need the token (cookie) when one is set.
 /// The login form and the two assets, which reveal no data, do not.
@@ -53,9 +77,13 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .merge(pages)
         .merge(auth::routes())
         .route_layer(middleware::from_fn_with_state(state, with_csrf_token))
-        .route("/ui/app.css", get(|| asset("text/css", APP_CSS)))
-        .route("/ui/app.js", get(|| asset("text/javascript", APP_JS)))
+        .route("/ui/app.css", get(|| asset("text/css", APP_CSS, "no-cache")))
+        .route("/ui/app.js", get(|| asset("text/javascript", APP_JS, "no-cache")))
+        .route(css_path(), get(|| asset("text/css", APP_CSS, FOREVER)))
+        .route(js_path(), get(|| asset("text/javascript", APP_JS, FOREVER)))
 }
+
+const FOREVER: &str = "public, max-age=31536000, immutable";
 
 /// Every form rendered for this request carries its session's CSRF token
 /// (the server's `guard` checks it when the form comes back); a scope, so
@@ -68,11 +96,11 @@ async fn with_csrf_token(State(s): State<AppState>, request: Request, next: Next
     view::LOGGED_IN.scope(logged_in, page).await
 }
 
-async fn asset(content_type: &'static str, body: &'static str) -> Response {
+async fn asset(content_type: &'static str, body: &'static str, cache: &'static str) -> Response {
     (
         [
             (header::CONTENT_TYPE, content_type),
-            (header::CACHE_CONTROL, "no-cache"),
+            (header::CACHE_CONTROL, cache),
         ],
         body,
     )

@@ -28,8 +28,8 @@ pub fn page(title: &str, nav: Nav, events: Option<&str>, body: Markup) -> Markup
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · host" }
-                link rel="stylesheet" href="/ui/app.css";
-                script src="/ui/app.js" defer {}
+                link rel="stylesheet" href=(super::css_path());
+                script src=(super::js_path()) defer {}
             }
             body data-events=[events] data-now=(chrono::Utc::now().to_rfc3339()) {
                 header.top {
