@@ -136,7 +136,7 @@ impl ApiError {
     pub fn unauthorized() -> Self {
         ApiError {
             kind: ErrorKind::Unauthorized,
-            message: "missing or wrong API token (set HOST_API_TOKEN)".into(),
+            message: "missing, wrong or revoked API token (set HOST_API_TOKEN)".into(),
             field: None,
         }
     }

@@ -330,3 +330,57 @@ pub struct ClaimedRun {
     /// The pool's job configuration with `job_variables` substituted.
     pub job_configuration: Value,
 }
+
+/// What a named API token may do (`server::access` holds which routes each
+/// role reaches).
+#[derive(
+    Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything: pools, templates, queues, tokens, deployments, runs.
+    Admin,
+    /// Deployments and their runs in its pools: create, run, cancel.
+    Deployer,
+    /// Claims, heartbeats, states and logs in its pools, under its own name.
+    Worker,
+    /// Reads only.
+    Viewer,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Admin, Role::Deployer, Role::Worker, Role::Viewer];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Deployer => "deployer",
+            Role::Worker => "worker",
+            Role::Viewer => "viewer",
+        }
+    }
+
+    /// Whether its tokens name the pools they cover (deployers and workers).
+    pub fn scoped_to_pools(self) -> bool {
+        matches!(self, Role::Deployer | Role::Worker)
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A named API token as stored: never its secret, only a keyed hash of it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ApiToken {
+    pub name: String,
+    pub role: Role,
+    /// The pools a deployer or worker token covers; empty for the others.
+    #[serde(default)]
+    pub pools: Vec<String>,
+    pub created: Timestamp,
+    /// HMAC-SHA256 of the secret under the store's token key, in hex.
+    pub hash: String,
+}

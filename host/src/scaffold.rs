@@ -111,7 +111,7 @@ const CARGO_CONFIG: &str = r#"# Plugins are WASI 0.2 components: `cargo build` b
 target = "wasm32-wasip2"
 
 # A fresh instance serves each call; a small shadow stack keeps the pages a
-# call touches few (see host's docs/ARCHITECTURE.md).
+# call touches few (see host's docs/decisions/2026-11-22-pooling-allocator-and-small-guest-stack.md).
 [target.wasm32-wasip2]
 rustflags = ["-C", "link-arg=-zstack-size=65536"]
 "#;

@@ -250,14 +250,14 @@ impl ClientTls {
     ) -> Result<ClientTls, TlsError> {
         let mut tls = ClientTls::default();
         if let Some(path) = ca_file {
-            // Parsed here first for an error that names the file.
-            read_certificates(path)?;
-            tls.roots = reqwest::Certificate::from_pem_bundle(&read(path)?).map_err(|e| {
-                TlsError::Invalid {
+            tls.roots = read_certificates(path)?
+                .iter()
+                .map(|der| reqwest::Certificate::from_der(der))
+                .collect::<Result<_, _>>()
+                .map_err(|e| TlsError::Invalid {
                     path: path.to_path_buf(),
                     message: e.to_string(),
-                }
-            })?;
+                })?;
         }
         match (client_cert, client_key) {
             (Some(cert), Some(key)) => {

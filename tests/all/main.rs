@@ -23,6 +23,7 @@ mod plugin_runtime;
 mod replicas;
 mod run_actions;
 mod tls;
+mod tokens;
 mod ui;
 mod ui_actions;
 mod whole_runs;

@@ -37,9 +37,12 @@ fn trusting(ca: &Path) -> reqwest::Client {
         .expect("client")
 }
 
-fn curl(args: &[&str]) -> String {
+/// `curl --http2` trusting `ca_file`, printing only `-w`'s `write_out`
+/// (the body goes nowhere).
+fn curl_h2(ca_file: &str, write_out: &str, args: &[&str]) -> String {
     let out = Command::new("curl")
-        .args(["-sS", "--max-time", "10"])
+        .args(["-sS", "--max-time", "10", "--http2", "--cacert", ca_file])
+        .args(["-o", "/dev/null", "-w", write_out])
         .args(args)
         .output()
         .expect("run curl");
@@ -106,50 +109,35 @@ async fn the_walkthrough_runs_over_https() {
         .expect("a chunk");
     assert!(!first.is_empty());
 
-    let version = curl(&[
-        "--http2",
-        "--cacert",
-        ca_file,
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_version}",
-        &format!("{url}/api/health"),
-    ]);
+    let version = curl_h2(ca_file, "%{http_version}", &[&format!("{url}/api/health")]);
     assert_eq!(version, "2", "HTTP/2 by ALPN");
-    let created = curl(&[
-        "--http2",
-        "--cacert",
+    let created = curl_h2(
         ca_file,
-        "-o",
-        "/dev/null",
-        "-w",
         "%{http_code}",
-        "-H",
-        &format!("origin: {url}"),
-        "-H",
-        "content-type: application/json",
-        "--data",
-        r#"{"name": "p2", "type": "process"}"#,
-        &format!("{url}/api/work-pools"),
-    ]);
+        &[
+            "-H",
+            &format!("origin: {url}"),
+            "-H",
+            "content-type: application/json",
+            "--data",
+            r#"{"name": "p2", "type": "process"}"#,
+            &format!("{url}/api/work-pools"),
+        ],
+    );
     assert_eq!(created, "201", "a same-origin write over HTTP/2");
     // Bodiless: a refused request's body is never read, and over HTTP/2
     // the stream is then reset under a client still sending it.
-    let refused = curl(&[
-        "--http2",
-        "--cacert",
+    let refused = curl_h2(
         ca_file,
-        "-o",
-        "/dev/null",
-        "-w",
         "%{http_code}",
-        "-X",
-        "DELETE",
-        "-H",
-        "origin: https://elsewhere.example",
-        &format!("{url}/api/work-pools/p2"),
-    ]);
+        &[
+            "-X",
+            "DELETE",
+            "-H",
+            "origin: https://elsewhere.example",
+            &format!("{url}/api/work-pools/p2"),
+        ],
+    );
     assert_eq!(refused, "403", "a cross-origin write over HTTP/2");
     let still = web
         .get(format!("{url}/api/work-pools/p2"))

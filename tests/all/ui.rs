@@ -2,6 +2,8 @@
 //! then the tutorial's screens in a real headless Chromium against a real
 //! `host serve`, worker and process plugin.
 
+mod transfer;
+
 use crate::common;
 
 use common::browser::Browser;
@@ -71,7 +73,17 @@ async fn with_a_token_pages_and_the_stream_need_the_login_cookie() {
     let (status, _) = http("GET", &format!("{url}/api/events"), None, None).await;
     assert_eq!(status, 401, "the stream without the token");
     // The assets reveal no data, and the login form needs them.
-    for asset in ["/ui/app.css", "/ui/app.js", "/login"] {
+    let login = web
+        .get(format!("{url}/login"))
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("page");
+    let css = transfer::linked_asset(&login, "css");
+    let js = transfer::linked_asset(&login, "js");
+    for asset in [css.as_str(), js.as_str(), "/login"] {
         let answer = web.get(format!("{url}{asset}")).send().await.expect("get");
         assert_eq!(answer.status(), 200, "{asset}");
     }

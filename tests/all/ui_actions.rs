@@ -22,7 +22,10 @@ async fn settled(browser: &Browser) {
         .await;
     let deadline = std::time::Instant::now() + LIVE;
     while js(browser, "return document.body.dataset.refreshed || '';").await == json!("") {
-        assert!(std::time::Instant::now() < deadline, "the first refresh never came");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first refresh never came"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -119,8 +122,7 @@ async fn a_failed_run_is_retried_copied_and_deleted_from_its_page() {
         .expect("data-copy");
     assert_eq!(copied, json!(id));
 
-    click(&browser, "#run-head form[action$='/retry'] button")
-        .await;
+    click(&browser, "#run-head form[action$='/retry'] button").await;
     browser.wait_text("#attempts", LIVE, |t| t == "1").await;
     browser
         .wait_text("#run-head", LIVE, |t| t.contains("SCHEDULED"))
@@ -138,8 +140,7 @@ async fn a_failed_run_is_retried_copied_and_deleted_from_its_page() {
         "no Retry for a SCHEDULED run"
     );
 
-    click(&browser, "#run-head form[action$='/delete'] button")
-        .await;
+    click(&browser, "#run-head form[action$='/delete'] button").await;
     browser.client.accept_alert().await.expect("confirm");
     browser.wait_text("h1", LIVE, |t| t == "Flow Runs").await;
     let (status, _) = api("GET", &format!("{url}/api/flow-runs/{id}"), None).await;
@@ -161,24 +162,21 @@ async fn a_deployment_is_paused_resumed_and_deleted_from_its_page() {
     browser.goto(&format!("{url}/deployments/f/d")).await;
     settled(&browser).await;
     assert_eq!(browser.text("#deployment-status").await, "ACTIVE");
-    click(&browser, "#deployment-head form[action$='/pause'] button")
-        .await;
+    click(&browser, "#deployment-head form[action$='/pause'] button").await;
     browser
         .wait_text("#deployment-status", LIVE, |t| t == "PAUSED")
         .await;
     assert!(browser.text("#paused-note").await.contains("Paused"));
     let (_, deployment) = api("GET", &format!("{url}/api/deployments/f/d"), None).await;
     assert_eq!(deployment["paused"], true);
-    click(&browser, "#deployment-head form[action$='/resume'] button")
-        .await;
+    click(&browser, "#deployment-head form[action$='/resume'] button").await;
     browser
         .wait_text("#deployment-status", LIVE, |t| t == "ACTIVE")
         .await;
     let (_, deployment) = api("GET", &format!("{url}/api/deployments/f/d"), None).await;
     assert_eq!(deployment["paused"], false);
 
-    click(&browser, "#deployment-head form[action$='/delete'] button")
-        .await;
+    click(&browser, "#deployment-head form[action$='/delete'] button").await;
     browser.client.accept_alert().await.expect("confirm");
     browser.wait_text("h1", LIVE, |t| t == "Deployments").await;
     let (status, _) = api("GET", &format!("{url}/api/deployments/f/d"), None).await;
@@ -207,8 +205,11 @@ async fn a_pool_in_use_offers_to_delete_its_deployments_first() {
         .wait_text("h1", LIVE, |t| t == "Delete work pool p")
         .await;
     assert!(browser.text("p.error").await.contains("f/d"));
-    click(&browser, "#pool-deployments tr[data-deployment='f/d'] form button")
-        .await;
+    click(
+        &browser,
+        "#pool-deployments tr[data-deployment='f/d'] form button",
+    )
+    .await;
     browser.client.accept_alert().await.expect("confirm");
     browser.wait_text("h1", LIVE, |t| t == "p").await;
     let (status, _) = api("GET", &format!("{url}/api/deployments/f/d"), None).await;
@@ -314,8 +315,7 @@ async fn queues_are_created_edited_and_paused_on_the_pool_page() {
     browser
         .fill(&format!("{row} input[name=concurrency_limit]"), "many")
         .await;
-    click(&browser, &format!("{row} form[action$='/update'] button"))
-        .await;
+    click(&browser, &format!("{row} form[action$='/update'] button")).await;
     let error = browser
         .wait_text(&format!("{row} .field-error"), LIVE, |t| !t.is_empty())
         .await;
@@ -325,15 +325,17 @@ async fn queues_are_created_edited_and_paused_on_the_pool_page() {
     browser
         .fill(&format!("{row} input[name=concurrency_limit]"), "3")
         .await;
-    click(&browser, &format!("{row} form[action$='/update'] button"))
-        .await;
+    click(&browser, &format!("{row} form[action$='/update'] button")).await;
     common::eventually(url, "/api/work-pools/p/queues/default", LIVE, |q| {
         q["concurrency_limit"] == 3
     })
     .await;
 
-    click(&browser, "tr[data-queue='fast'] form[action$='/pause'] button")
-        .await;
+    click(
+        &browser,
+        "tr[data-queue='fast'] form[action$='/pause'] button",
+    )
+    .await;
     browser
         .wait_text("tr[data-queue='fast']", LIVE, |t| t.contains("PAUSED"))
         .await;
@@ -512,41 +514,4 @@ async fn a_long_log_pages_from_either_end_and_downloads_whole() {
     )
     .await;
     assert_eq!(status, 404);
-}
-
-/// Pages link the stylesheet and script under names holding their
-/// content's hash, served to be kept for a year; the plain names stay,
-/// revalidated each time, for pages of an older build.
-#[tokio::test]
-async fn assets_are_content_hashed_and_cached_for_long() {
-    let server = TestServer::start().await;
-    let url = &server.url;
-    let web = common::web_client();
-    let home = web
-        .get(format!("{url}/"))
-        .send()
-        .await
-        .expect("get")
-        .text()
-        .await
-        .expect("page");
-    for (plain, extension) in [("/ui/app.css", "css"), ("/ui/app.js", "js")] {
-        let prefix = if extension == "css" { r#"href="/ui/app."# } else { r#"src="/ui/app."# };
-        let at = home.find(prefix).unwrap_or_else(|| panic!("{prefix} in {home}"));
-        let rest = &home[at + prefix.len() - "/ui/app.".len()..];
-        let path = &rest[..rest.find('"').expect("quote")];
-        let hash = path
-            .strip_prefix("/ui/app.")
-            .and_then(|p| p.strip_suffix(&format!(".{extension}")))
-            .unwrap_or_else(|| panic!("{path}"));
-        assert!(hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()), "{path}");
-        let hashed = web.get(format!("{url}{path}")).send().await.expect("get");
-        assert_eq!(hashed.status(), 200, "{path}");
-        let cache = hashed.headers()["cache-control"].to_str().expect("header").to_string();
-        assert!(cache.contains("immutable") && cache.contains("max-age=31536000"), "{cache}");
-        let hashed_body = hashed.text().await.expect("body");
-        let old = web.get(format!("{url}{plain}")).send().await.expect("get");
-        assert_eq!(old.headers()["cache-control"], "no-cache");
-        assert_eq!(old.text().await.expect("body"), hashed_body, "the same content");
-    }
 }

@@ -1,9 +1,15 @@
-//! Control-plane benchmark: `cargo bench --bench benches -- control`.
+//! Control-plane benchmark: `cargo bench --bench benches -- control [MODE]`.
 //!
 //! One in-process `host serve` on loopback (real HTTP, real redb file with
 //! durable commits) and 16 concurrent clients: flow-run creation and claim
 //! throughput, claim latency, `flow-run ls` and the web UI's pages with
 //! 100,000 runs stored, and the idle RSS of a real `host serve` process.
+//!
+//! MODE is how requests are authenticated: none (the default, an open
+//! server), `token` (every request with the bootstrap token,
+//! `HOST_API_TOKEN`), or `scoped` (named tokens: creations with a
+//! deployer's, each claiming client with a worker token of its own, reads
+//! and the UI with a viewer's), which the server looks up at every request.
 
 use crate::common;
 
@@ -22,17 +28,52 @@ fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples[((samples.len() as f64 - 1.0) * p) as usize]
 }
 
-pub async fn main(_args: &[String]) {
-    let server = TestServer::start().await;
-    let client = server.client();
+/// The bootstrap token of the `token` and `scoped` modes.
+const BOOTSTRAP: &str = "bench-bootstrap-token";
+
+/// Who sends each kind of request.
+struct Callers {
+    creator: Option<String>,
+    /// One per claiming client, `w0`, `w1`...
+    workers: Vec<Option<String>>,
+    reader: Option<String>,
+}
+
+pub async fn main(args: &[String]) {
+    let mode = args.first().map_or("none", String::as_str);
+    let token = (mode != "none").then_some(BOOTSTRAP);
+    let server = TestServer::start_with(token, Default::default()).await;
+    let client = host::client::Client::new(&server.url, token.map(String::from));
     crate::bench_deployment(&client).await;
+    let callers = match mode {
+        "none" | "token" => Callers {
+            creator: token.map(String::from),
+            workers: vec![token.map(String::from); CLIENTS],
+            reader: token.map(String::from),
+        },
+        "scoped" => {
+            let mut workers = Vec::new();
+            for i in 0..CLIENTS {
+                workers.push(Some(named_token(&client, &format!("w{i}"), "worker").await));
+            }
+            Callers {
+                creator: Some(named_token(&client, "bench-deployer", "deployer").await),
+                workers,
+                reader: Some(named_token(&client, "bench-viewer", "viewer").await),
+            }
+        }
+        other => panic!("control: no mode `{other}` (none, token or scoped)"),
+    };
+    println!("mode: {mode}");
+    let client = host::client::Client::new(&server.url, callers.reader.clone());
 
     // Creation: 16 clients, RUNS in all.
     let started = Instant::now();
     let remaining = Arc::new(AtomicUsize::new(RUNS));
     let mut tasks = Vec::new();
     for _ in 0..CLIENTS {
-        let (client, remaining) = (server.client(), remaining.clone());
+        let client = host::client::Client::new(&server.url, callers.creator.clone());
+        let remaining = remaining.clone();
         tasks.push(tokio::spawn(async move {
             while remaining
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -53,8 +94,8 @@ pub async fn main(_args: &[String]) {
     // Claims: 16 workers taking one run per call until none are left.
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for i in 0..CLIENTS {
-        let client = server.client();
+    for (i, token) in callers.workers.iter().enumerate() {
+        let client = host::client::Client::new(&server.url, token.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             loop {
@@ -117,6 +158,10 @@ pub async fn main(_args: &[String]) {
     }
     // The web UI's pages, rendered from the same 100,000 runs.
     let web = common::web_client();
+    let cookie = match &callers.reader {
+        Some(token) => login(&server.url, token).await,
+        None => String::new(),
+    };
     for (label, path) in [
         ("UI Work Pools page", "/"),
         ("UI Flow Runs page (newest 50)", "/runs"),
@@ -129,6 +174,7 @@ pub async fn main(_args: &[String]) {
             let t = Instant::now();
             let answer = web
                 .get(format!("{}{path}", server.url))
+                .header("cookie", &cookie)
                 .send()
                 .await
                 .expect("page");
@@ -158,4 +204,45 @@ pub async fn main(_args: &[String]) {
     println!(
         "targets: creation and claim >= 1000/s; ls p50 < 50ms; UI pages p50 < 20ms; idle server RSS < 40 MB"
     );
+}
+
+/// A named token (of pool `bench`, for a deployer or worker), made with the
+/// bootstrap token.
+async fn named_token(admin: &host::client::Client, name: &str, role: &str) -> String {
+    let pools = if role == "viewer" {
+        json!([])
+    } else {
+        json!(["bench"])
+    };
+    let body = json!({"name": name, "role": role, "pools": pools});
+    let created: serde_json::Value = admin.post("/api/tokens", &body).await.expect("token");
+    created["secret"].as_str().expect("secret").to_string()
+}
+
+/// The UI's session cookie (`name=value`) after logging in with `token`.
+async fn login(url: &str, token: &str) -> String {
+    let web = crate::common::web_builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let page = web
+        .get(format!("{url}/login"))
+        .send()
+        .await
+        .expect("login page")
+        .text()
+        .await
+        .expect("page");
+    let marker = r#"name="csrf" value=""#;
+    let at = page.find(marker).expect("csrf field") + marker.len();
+    let csrf = &page[at..at + page[at..].find('"').expect("quote")];
+    let answer = web
+        .post(format!("{url}/login"))
+        .form(&[("token", token), ("next", "/"), ("csrf", csrf)])
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(answer.status(), 303, "login");
+    let cookie = answer.headers()["set-cookie"].to_str().expect("cookie");
+    cookie.split(';').next().expect("pair").to_string()
 }

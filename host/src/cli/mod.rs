@@ -7,6 +7,7 @@ mod flow_run;
 mod output;
 mod plugin;
 mod serve;
+mod token;
 mod work_pool;
 mod work_queue;
 mod worker;
@@ -203,6 +204,9 @@ enum Command {
     /// List, inspect and test infrastructure plugins.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Make, list and revoke named API tokens (an admin's token is needed).
+    #[command(subcommand)]
+    Token(token::TokenCommand),
     /// Holds one process run (started by the `process` capability).
     #[command(name = crate::supervisor::SUBCOMMAND, hide = true)]
     Supervise { dir: PathBuf },
@@ -249,6 +253,7 @@ pub fn run() -> ExitCode {
             Command::FlowRun(command) => flow_run::run(command, &cli.api).await,
             Command::Worker(command) => worker::run(command, &cli.api).await,
             Command::Plugin(command) => plugin::run(command).await,
+            Command::Token(command) => token::run(command, &cli.api).await,
             Command::Supervise { .. } => Ok(ExitCode::FAILURE),
         }
     });

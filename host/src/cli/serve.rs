@@ -128,6 +128,13 @@ pub async fn run(args: ServeArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> {
     );
     let scheduler = control.spawn_scheduler();
     let token = api.token()?;
+    // Open beside named tokens, the server would let anybody do what the
+    // tokens were made to restrict.
+    if token.is_none() && control.has_tokens().map_err(|e| anyhow::anyhow!("{e}"))? {
+        anyhow::bail!(
+            "the store holds named API tokens (`host token ls`): without its bootstrap token this server would be open to everyone; set HOST_API_TOKEN or --api-token-file"
+        );
+    }
     if token.is_none() && !local.ip().is_loopback() {
         tracing::warn!(address = %local, "listening beyond loopback without an API token: whoever reaches this address, and any web page through DNS rebinding, can use the API; set --api-token-file");
     }

@@ -34,6 +34,7 @@ pub struct StartArgs {
     #[arg(long, default_value_t = 10)]
     limit: usize,
     /// Defaults to HOSTNAME-POOL, stable across restarts so runs are recovered.
+    /// With a worker token, the token's name (the only one it may act as).
     #[arg(long)]
     name: Option<String>,
     /// Create the pool with this type if it does not exist.
@@ -92,6 +93,50 @@ fn run_as(user: &str) -> anyhow::Result<crate::supervisor::RunAs> {
     Ok(user)
 }
 
+/// The worker's name: `--name`, else HOSTNAME-POOL. A worker token acts
+/// under its own name only, so with one the name is the token's: `--name`
+/// may only repeat it, and `--pool` must be one of the token's pools (said
+/// here, at start, rather than by the server's 403 at the first heartbeat).
+async fn worker_name(
+    client: &crate::client::Client,
+    api: &ApiArgs,
+    args: &StartArgs,
+) -> anyhow::Result<String> {
+    let token = api.token()?;
+    // Only a named token can be a worker's; the others need no question.
+    if token
+        .as_deref()
+        .and_then(crate::control::token_name)
+        .is_some()
+    {
+        let me: crate::server::Whoami =
+            crate::worker::while_unavailable("looking up the API token", || {
+                client.get("/api/whoami")
+            })
+            .await?;
+        if me.role == crate::model::Role::Worker {
+            let own = me.token.unwrap_or_default();
+            if let Some(name) = args.name.as_ref().filter(|name| **name != own) {
+                anyhow::bail!(
+                    "--name {name}: this is worker token `{own}`, which acts as worker `{own}` only; leave --name out"
+                );
+            }
+            if !me.pools.contains(&args.pool) {
+                anyhow::bail!(
+                    "--pool {}: worker token `{own}` covers {} only",
+                    args.pool,
+                    me.pools.join(", ")
+                );
+            }
+            return Ok(own);
+        }
+    }
+    Ok(args
+        .name
+        .clone()
+        .unwrap_or_else(|| default_name(&args.pool)))
+}
+
 pub async fn run(command: WorkerCommand, api: &ApiArgs) -> anyhow::Result<ExitCode> {
     let client = api.client()?;
     match command {
@@ -100,7 +145,7 @@ pub async fn run(command: WorkerCommand, api: &ApiArgs) -> anyhow::Result<ExitCo
                 anyhow::bail!("--limit: must be at least 1");
             }
             super::raise_open_file_limit();
-            let name = args.name.unwrap_or_else(|| default_name(&args.pool));
+            let name = worker_name(&client, api, &args).await?;
             let work_dir = args
                 .work_dir
                 .unwrap_or_else(|| default_work_dir(&args.pool, &name));

@@ -3,7 +3,7 @@
 use super::names::{check_user_name, run_name};
 use super::scheduler::check_schedule;
 use super::schema::validate_job_variables;
-use super::{Control, now};
+use super::{Control, Scope, now};
 use crate::error::ApiError;
 use crate::model::{Deployment, FlowRun, Schedule, State, StateType, Timestamp, WorkQueue};
 use crate::store::{Records, Writer};
@@ -123,7 +123,15 @@ fn clear_auto_scheduled(w: &mut Writer<'_>, deployment_id: &str) -> Result<(), A
 }
 
 impl Control {
-    pub async fn upsert_deployment(&self, spec: DeploymentSpec) -> Result<UpsertOutcome, ApiError> {
+    /// Creates or replaces `spec`'s deployment. Within `scope` only: the
+    /// deployment it replaces must be in a pool the scope covers, and only
+    /// an admin's scope makes a queue the pool lacks (a deployer naming an
+    /// unknown queue is told so, 404 `queue`).
+    pub async fn upsert_deployment(
+        &self,
+        spec: DeploymentSpec,
+        scope: &Scope,
+    ) -> Result<UpsertOutcome, ApiError> {
         check_user_name("flow", &spec.flow)?;
         check_user_name("name", &spec.name)?;
         let queue = spec.queue.clone().unwrap_or_else(|| "default".into());
@@ -152,11 +160,25 @@ impl Control {
         )?;
         check_parameters("parameters", &spec.parameters)?;
         let now = now();
+        let scope = scope.clone();
         let outcome = self
             .write(move |w| {
                 let full_name = format!("{}/{}", spec.flow, spec.name);
+                scope.check_pool(&format!("deployment `{full_name}`"), &spec.pool)?;
                 let existing = w.deployment(&full_name)?;
+                if let Some(existing) = &existing {
+                    scope.check_pool(&format!("deployment `{full_name}`"), &existing.pool)?;
+                }
                 if w.queue(&spec.pool, &queue)?.is_none() {
+                    if scope.pools.is_some() {
+                        return Err(ApiError::not_found_on(
+                            "queue",
+                            format!(
+                                "queue: work pool `{}` has no queue `{queue}`; an admin makes queues",
+                                spec.pool
+                            ),
+                        ));
+                    }
                     let lowest = w
                         .queues(&spec.pool)?
                         .iter()

@@ -16,6 +16,7 @@ mod runs;
 pub mod scheduler;
 pub mod schema;
 pub mod supervise;
+mod tokens;
 
 pub use claim::{ClaimRequest, ClaimResponse};
 pub use deployments::{DeploymentSpec, RunRequest, UpsertOutcome};
@@ -23,6 +24,9 @@ pub use pools::{
     PoolPatch, PoolSpec, PoolView, QueuePatch, QueueSpec, QueueView, WorkerHeartbeat, WorkerView,
 };
 pub use runs::{LogWindow, NewLogLine};
+pub use tokens::{
+    MAX_POOLS as MAX_TOKEN_POOLS, NewToken, Scope, TokenSpec, TokenView, Verified, token_name,
+};
 
 use crate::error::ApiError;
 use crate::store::Store;
@@ -134,6 +138,8 @@ pub struct Control {
     log_changes: Arc<watch::Sender<u64>>,
     sweep_clock: Arc<scheduler::SweepClock>,
     tasks: Arc<supervise::Tasks>,
+    /// The named tokens' HMAC key, once read: made once, never replaced.
+    token_key: Arc<std::sync::OnceLock<[u8; 32]>>,
 }
 
 impl Control {
@@ -183,6 +189,7 @@ impl Control {
             log_changes,
             sweep_clock: Arc::default(),
             tasks: Arc::default(),
+            token_key: Arc::default(),
         }
     }
 

@@ -1,6 +1,6 @@
 //! Flow runs: listing, state transitions, cancellation and logs.
 
-use super::{Control, now};
+use super::{Control, Scope, now};
 use crate::error::ApiError;
 use crate::model::{FlowRun, LogLine, Timestamp};
 use crate::orchestration::{self, Decision, Transition};
@@ -119,7 +119,9 @@ impl Control {
         &self,
         id: &str,
         request: Transition,
+        scope: &Scope,
     ) -> Result<(FlowRun, bool), ApiError> {
+        let scope = scope.clone();
         let id = id.to_string();
         let now = now();
         let forced = request
@@ -130,6 +132,8 @@ impl Control {
                 let run = w.run(&id)?.ok_or_else(|| run_not_found(&id))?;
                 match orchestration::decide(&run, &request, now)? {
                     Decision::Apply(next) => {
+                        // A replay stays a replay (a hand-back let go of the run).
+                        scope.check_holder(&run)?;
                         w.put_run(Some(&run), &next)?;
                         Ok((*next, true))
                     }
@@ -210,7 +214,12 @@ impl Control {
         Ok(())
     }
 
-    pub async fn append_logs(&self, id: &str, lines: Vec<NewLogLine>) -> Result<u64, ApiError> {
+    pub async fn append_logs(
+        &self,
+        id: &str,
+        lines: Vec<NewLogLine>,
+        scope: &Scope,
+    ) -> Result<u64, ApiError> {
         if lines.len() > MAX_LOG_BATCH {
             return Err(ApiError::bad_request(
                 "lines",
@@ -239,9 +248,11 @@ impl Control {
             .collect();
         let id = id.to_string();
         let cap = self.config.max_log_lines_per_run;
+        let scope = scope.clone();
         let next = self
             .write(move |w| {
-                w.run(&id)?.ok_or_else(|| run_not_found(&id))?;
+                let run = w.run(&id)?.ok_or_else(|| run_not_found(&id))?;
+                scope.check_holder(&run)?;
                 let mut lines = lines;
                 let next = w.last_log_seq(&id)?.map_or(0, |s| s + 1);
                 if next > cap {

@@ -1,13 +1,13 @@
 //! `/api/deployments/...`: create-or-update by name, and runs from a deployment.
 
-use super::{AppState, Body};
+use super::{AppState, Body, Caller};
 use crate::control::{DeploymentSpec, RunRequest, UpsertOutcome};
 use crate::error::ApiError;
 use crate::model::{Deployment, FlowRun};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -29,9 +29,10 @@ pub fn routes() -> Router<AppState> {
 )]
 async fn upsert(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Body(spec): Body<DeploymentSpec>,
 ) -> Result<(StatusCode, Json<UpsertOutcome>), ApiError> {
-    let outcome = s.control.upsert_deployment(spec).await?;
+    let outcome = s.control.upsert_deployment(spec, &caller.scope()).await?;
     let status = if outcome.created {
         StatusCode::CREATED
     } else {

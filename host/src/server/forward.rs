@@ -94,8 +94,8 @@ pub(super) async fn writes(State(s): State<AppState>, request: Request, next: Ne
     // The body is buffered to be relayed: only for whoever may write.
     // The leader checks the token again; this check keeps anyone else
     // from making this replica read and hold a body.
-    if !s.authorized(request.headers(), false) {
-        return ApiError::unauthorized().into_response();
+    if let Err(error) = s.caller(request.headers(), false) {
+        return error.into_response();
     }
     let (parts, body) = request.into_parts();
     let body = match axum::body::to_bytes(body, super::MAX_BODY).await {

@@ -14,7 +14,7 @@
 //! - the UI's actions carry the CSRF token of the page they came from.
 //!
 //! The session cookie itself is taken by the API only for the UI's own
-//! reads (`AppState::authorized`).
+//! reads (`AppState::caller`).
 
 use super::AppState;
 use crate::error::ApiError;
@@ -108,8 +108,14 @@ pub(super) async fn guard(State(s): State<AppState>, mut request: Request, next:
     // to wait for, or hold, the body of a form that is refused anyway: one
     // from outside a session goes to the login form unread, and every form
     // is read within a bound of size and time.
-    if request.uri().path() != "/login" && !s.authorized(headers, true) {
-        return Redirect::to("/login?next=/").into_response();
+    if request.uri().path() != "/login" {
+        match s.caller(headers, true) {
+            Ok(_) => {}
+            Err(e) if e.kind == crate::error::ErrorKind::Unauthorized => {
+                return Redirect::to("/login?next=/").into_response();
+            }
+            Err(e) => return refuse_error(api, e),
+        }
     }
     let expected = s.csrf_token(headers);
     let (parts, body) = request.into_parts();

@@ -6,7 +6,11 @@
 //! `error.rs` is the one place an error becomes a status; a 500 tells the
 //! client only an id, under which the whole error is logged. Handlers read
 //! and write through `Control` only, never the store.
+//!
+//! Who may call what is `access`'s table: a token acts only within its
+//! role and pools, checked before any handler runs.
 
+mod access;
 mod deployments;
 mod error;
 mod events;
@@ -17,12 +21,15 @@ mod openapi;
 mod pools;
 mod runs;
 mod sessions;
+mod tokens;
 mod ui;
 
+pub use access::Caller;
 pub use events::limit_event_streams;
 pub use limits::{Limits, MAX_BODY, serve};
 pub use runs::{Appended, LogPage, TransitionResponse};
 pub use sessions::Sessions;
+pub use tokens::Whoami;
 
 use crate::control::Control;
 use crate::error::ApiError;
@@ -31,7 +38,7 @@ use axum::extract::MatchedPath;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
@@ -40,6 +47,8 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct AppState {
     pub control: Control,
+    /// The bootstrap admin token (`HOST_API_TOKEN`); without it the server
+    /// is open to everyone, and makes no named tokens.
     token: Option<Arc<str>>,
     /// The UI's logins (only with a token).
     sessions: Arc<Sessions>,
@@ -89,18 +98,41 @@ impl AppState {
         self
     }
 
-    /// The token in the `Authorization` header, or, where `cookie` allows,
-    /// a live UI session's cookie; always when the server has no token.
-    fn authorized(&self, headers: &HeaderMap, cookie: bool) -> bool {
+    /// Who sends a request: the holder of the bearer token (the bootstrap
+    /// token, or a live named token), or where `cookie` allows, of a live UI
+    /// session whose token is still there; anybody when the server has no
+    /// token. 401 otherwise; a store that cannot be read is its own error
+    /// (a 503 says nothing of the token).
+    fn caller(&self, headers: &HeaderMap, cookie: bool) -> Result<Caller, ApiError> {
         let Some(token) = &self.token else {
-            return true;
+            return Ok(Caller::open());
         };
         let bearer = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        bearer.is_some_and(|given| crate::secret::same_text(given, token))
-            || (cookie && ui::session_cookie(headers).is_some_and(|id| self.sessions.holds(id)))
+        if let Some(given) = bearer {
+            if crate::secret::same_text(given, token) {
+                return Ok(Caller::bootstrap());
+            }
+            if let Some(verified) = self.control.verify_token(given)? {
+                return Ok(Caller::named(verified));
+            }
+        }
+        if cookie
+            && let Some(id) = ui::session_cookie(headers)
+            && let Some(caller) = self.sessions.caller(id)
+        {
+            let holds = match (&caller.token, &caller.hash) {
+                (Some(name), Some(hash)) => self.control.token_holds(name, hash)?,
+                _ => true,
+            };
+            if holds {
+                return Ok(caller);
+            }
+            self.sessions.end(id);
+        }
+        Err(ApiError::unauthorized())
     }
 
     /// The CSRF token of the UI's forms for this request's session (none
@@ -279,17 +311,6 @@ where
     }
 }
 
-/// The session cookie counts only for the UI's own reads (its event stream,
-/// a run's log lines): a browser sends it along with any page's form.
-async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let headers = request.headers();
-    let cookie = guard::is_safe(request.method()) && guard::same_origin(headers).is_ok();
-    if !state.authorized(headers, cookie) {
-        return ApiError::unauthorized().into_response();
-    }
-    next.run(request).await
-}
-
 /// `ok`, or `degraded` with why (reads work, writes are refused).
 #[utoipa::path(
     get,
@@ -382,16 +403,21 @@ async fn not_found() -> ApiError {
 }
 
 /// The whole API and the web UI. Everything but health, the login form and
-/// the UI's two assets needs the token when one is set.
+/// the UI's two assets needs a token when one is set, and each route the
+/// role `access` gives it.
 pub fn router(state: AppState) -> Router {
     let protected = Router::new()
         .merge(pools::routes())
         .merge(deployments::routes())
         .merge(runs::routes())
         .merge(events::routes())
+        .merge(tokens::routes())
         .route("/api/openapi.json", get(openapi::document))
         .route("/metrics", get(metrics))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            access::enforce,
+        ));
     Router::new()
         .route("/api/health", get(health))
         .merge(protected)

@@ -3,7 +3,7 @@
 //! document cannot drift from the code. What only the running server knows
 //! (the installed pool types) is filled in when it is served.
 
-use super::{AppState, deployments, events, pools, runs};
+use super::{AppState, access, deployments, events, pools, runs, tokens};
 use crate::error::ErrorBody;
 use axum::Json;
 use axum::extract::State;
@@ -20,11 +20,14 @@ pub enum Errors {
         description = "Invalid input; `field` names what is wrong"
     )]
     BadRequest(ErrorBody),
-    #[response(status = 401, description = "The API token is missing or wrong")]
+    #[response(
+        status = 401,
+        description = "The API token is missing, wrong, or a revoked named token"
+    )]
     Unauthorized(ErrorBody),
     #[response(
         status = 403,
-        description = "Refused: another site's page (`Origin`, `Sec-Fetch-Site`), or a name other than loopback's while bound to loopback (`Host`)"
+        description = "Refused: outside the token's role (`role`, see `x-host-roles`) or pools (`pool`), a worker token naming another worker (`worker`, `name`) or forcing a state (`force`); another site's page (`Origin`, `Sec-Fetch-Site`), or a name other than loopback's while bound to loopback (`Host`)"
     )]
     Forbidden(ErrorBody),
     #[response(status = 404, description = "No such resource")]
@@ -66,6 +69,7 @@ pub enum Errors {
         runs::list, runs::read, runs::set_state, runs::cancel, runs::retry, runs::delete,
         runs::logs, runs::append_logs, runs::download_logs,
         events::stream,
+        tokens::list, tokens::create, tokens::revoke, tokens::whoami,
     ),
     components(schemas(ErrorBody)),
     modifiers(&TokenSecurity),
@@ -109,7 +113,52 @@ pub fn generated() -> Value {
         schemas[spec]["properties"]["base_job_template"] = base_job_template();
     }
     state_names(&mut schemas["Transition"]);
+    token_rules(&mut schemas["TokenSpec"]);
+    roles(&mut document);
     document
+}
+
+/// Deployer and worker tokens name their pools (one at least); admin and
+/// viewer tokens cover all and name none (`control::tokens`).
+fn token_rules(spec: &mut Value) {
+    let pools = &mut spec["properties"]["pools"];
+    pools["maxItems"] = json!(crate::control::MAX_TOKEN_POOLS);
+    pools["items"] = json!({"type": "string", "minLength": 1, "maxLength": 100, "pattern": NAME});
+    let scoped: Vec<&str> = crate::model::Role::ALL
+        .into_iter()
+        .filter(|r| r.scoped_to_pools())
+        .map(|r| r.as_str())
+        .collect();
+    let unscoped: Vec<&str> = crate::model::Role::ALL
+        .into_iter()
+        .filter(|r| !r.scoped_to_pools())
+        .map(|r| r.as_str())
+        .collect();
+    spec["oneOf"] = json!([
+        {"required": ["pools"], "properties": {"role": {"enum": scoped}, "pools": {"minItems": 1}}},
+        {"properties": {"role": {"enum": unscoped}, "pools": {"maxItems": 0}}},
+    ]);
+}
+
+/// Each operation states the roles that may call it (on pools of their
+/// own): `x-host-roles`, from `access`'s table.
+fn roles(document: &mut Value) {
+    let Some(paths) = document["paths"].as_object_mut() else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for (method, operation) in item.iter_mut() {
+            if path == "/api/health" {
+                continue;
+            }
+            let need = access::need(&method.to_ascii_uppercase(), path);
+            let roles: Vec<&str> = need.roles().iter().map(|r| r.as_str()).collect();
+            operation["x-host-roles"] = json!(roles);
+        }
+    }
 }
 
 pub async fn document(State(s): State<AppState>) -> Json<Value> {
@@ -166,7 +215,7 @@ const NAME: &str = r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$";
 const USER_NAME: &str = r"^(?!host-)[A-Za-z0-9_-][A-Za-z0-9._-]*$";
 
 /// Every name field of a request body, with its rule.
-const NAMES: [(&str, &str, &str); 9] = [
+const NAMES: [(&str, &str, &str); 10] = [
     ("PoolSpec", "name", USER_NAME),
     ("QueueSpec", "name", USER_NAME),
     ("WorkerHeartbeat", "name", NAME),
@@ -176,6 +225,7 @@ const NAMES: [(&str, &str, &str); 9] = [
     ("DeploymentSpec", "pool", NAME),
     ("DeploymentSpec", "queue", USER_NAME),
     ("RunRequest", "name", NAME),
+    ("TokenSpec", "name", USER_NAME),
 ];
 
 /// `format` only annotates in JSON Schema 2020-12, so a client checking the

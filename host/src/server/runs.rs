@@ -1,6 +1,6 @@
 //! `/api/flow-runs/...`: listing, state changes, cancel, retry, delete, logs.
 
-use super::{AppState, Body, List, Params};
+use super::{AppState, Body, Caller, List, Params};
 use crate::control::NewLogLine;
 use crate::error::ApiError;
 use crate::model::{FlowRun, LogLine, StateType, Timestamp};
@@ -8,7 +8,7 @@ use crate::orchestration::Transition;
 use crate::store::{RunFilter, RunPage};
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -141,10 +141,11 @@ pub struct TransitionResponse {
 )]
 async fn set_state(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Body(t): Body<Transition>,
 ) -> Result<Json<TransitionResponse>, ApiError> {
-    let (flow_run, applied) = s.control.transition(&id, t).await?;
+    let (flow_run, applied) = s.control.transition(&id, t, &caller.scope()).await?;
     Ok(Json(TransitionResponse { flow_run, applied }))
 }
 
@@ -338,10 +339,11 @@ pub struct Appended {
 )]
 async fn append_logs(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     List(lines): List<NewLogLine>,
 ) -> Result<Json<Appended>, ApiError> {
     Ok(Json(Appended {
-        next_seq: s.control.append_logs(&id, lines).await?,
+        next_seq: s.control.append_logs(&id, lines, &caller.scope()).await?,
     }))
 }

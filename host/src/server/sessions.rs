@@ -1,5 +1,8 @@
 //! The web UI's sessions: a random id per login, kept by this server in
-//! memory with an absolute expiry, ended by `/logout`.
+//! memory with an absolute expiry and the [`Caller`] who logged in, ended
+//! by `/logout` or with its named token (`AppState::caller` checks the
+//! token is still there at every request, and a revocation here ends its
+//! sessions at once).
 //!
 //! The cookie holds only the id. The server keeps a SHA-256 of it, so a
 //! lookup compares digests (no timing on the id's bytes) and what sits in
@@ -7,6 +10,7 @@
 //! a restart, or another replica behind a load balancer, asks for the
 //! token again.
 
+use super::access::Caller;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -33,8 +37,8 @@ pub struct Sessions {
 
 #[derive(Default)]
 struct Inner {
-    /// When each session began, by the digest of its id.
-    began: HashMap<Digest32, Instant>,
+    /// When each session began and who logged in, by the digest of its id.
+    began: HashMap<Digest32, (Instant, Caller)>,
     /// The same, oldest first: expiry and eviction take from the front.
     by_age: BTreeSet<(Instant, Digest32)>,
 }
@@ -59,11 +63,11 @@ impl Sessions {
     }
 
     /// A new session's id: 256 bits from the OS's CSPRNG, as hex.
-    pub fn begin(&self) -> Result<String, NoRandomness> {
-        self.begin_at(Instant::now())
+    pub fn begin(&self, caller: Caller) -> Result<String, NoRandomness> {
+        self.begin_at(Instant::now(), caller)
     }
 
-    fn begin_at(&self, now: Instant) -> Result<String, NoRandomness> {
+    fn begin_at(&self, now: Instant, caller: Caller) -> Result<String, NoRandomness> {
         let mut id = [0u8; 32];
         getrandom::fill(&mut id).map_err(|e| NoRandomness(e.to_string()))?;
         let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
@@ -76,29 +80,50 @@ impl Sessions {
             inner.began.remove(&oldest);
         }
         let digest = digest(&id);
-        inner.began.insert(digest, now);
+        inner.began.insert(digest, (now, caller));
         inner.by_age.insert((now, digest));
         Ok(id)
     }
 
-    /// Whether `id` is a live session of this server.
-    pub fn holds(&self, id: &str) -> bool {
-        self.holds_at(id, Instant::now())
+    /// Who logged in to `id`, while it is a live session of this server.
+    pub fn caller(&self, id: &str) -> Option<Caller> {
+        self.caller_at(id, Instant::now())
     }
 
-    fn holds_at(&self, id: &str, now: Instant) -> bool {
+    fn caller_at(&self, id: &str, now: Instant) -> Option<Caller> {
         let inner = self.lock();
         inner
             .began
             .get(&digest(id))
-            .is_some_and(|began| now.saturating_duration_since(*began) < self.lifetime)
+            .filter(|(began, _)| now.saturating_duration_since(*began) < self.lifetime)
+            .map(|(_, caller)| caller.clone())
+    }
+
+    #[cfg(test)]
+    fn holds_at(&self, id: &str, now: Instant) -> bool {
+        self.caller_at(id, now).is_some()
     }
 
     /// Ends `id` (logout); an unknown id is no error.
     pub fn end(&self, id: &str) {
         let digest = digest(id);
         let mut inner = self.lock();
-        if let Some(began) = inner.began.remove(&digest) {
+        if let Some((began, _)) = inner.began.remove(&digest) {
+            inner.by_age.remove(&(began, digest));
+        }
+    }
+
+    /// Ends every session of the named token `name` (it was revoked).
+    pub fn end_token(&self, name: &str) {
+        let mut inner = self.lock();
+        let ended: Vec<(Instant, Digest32)> = inner
+            .began
+            .iter()
+            .filter(|(_, (_, caller))| caller.token.as_deref() == Some(name))
+            .map(|(digest, (began, _))| (*began, *digest))
+            .collect();
+        for (began, digest) in ended {
+            inner.began.remove(&digest);
             inner.by_age.remove(&(began, digest));
         }
     }
@@ -143,27 +168,30 @@ mod tests {
     #[test]
     fn ids_are_random_hex_of_256_bits() {
         let sessions = Sessions::default();
-        let (a, b) = (sessions.begin().expect("id"), sessions.begin().expect("id"));
+        let (a, b) = (
+            sessions.begin(Caller::open()).expect("id"),
+            sessions.begin(Caller::open()).expect("id"),
+        );
         assert_ne!(a, b);
         assert_eq!(a.len(), 64);
         assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
-        assert!(sessions.holds(&a) && sessions.holds(&b));
-        assert!(!sessions.holds("00"));
+        assert!(sessions.caller(&a).is_some() && sessions.caller(&b).is_some());
+        assert!(sessions.caller("00").is_none());
     }
 
     #[test]
     fn a_session_ends_at_logout_or_when_its_time_is_up() {
         let sessions = Sessions::new(Duration::from_secs(60), 10);
         let start = Instant::now();
-        let ended = sessions.begin_at(start).expect("id");
-        let expiring = sessions.begin_at(start).expect("id");
+        let ended = sessions.begin_at(start, Caller::open()).expect("id");
+        let expiring = sessions.begin_at(start, Caller::open()).expect("id");
         sessions.end(&ended);
         assert!(!sessions.holds_at(&ended, start));
         assert!(sessions.holds_at(&expiring, start + Duration::from_secs(59)));
         assert!(!sessions.holds_at(&expiring, start + Duration::from_secs(60)));
         // Expired ones are dropped as new ones begin.
         sessions
-            .begin_at(start + Duration::from_secs(61))
+            .begin_at(start + Duration::from_secs(61), Caller::open())
             .expect("id");
         assert_eq!(sessions.len(), 1);
     }
@@ -175,7 +203,7 @@ mod tests {
         let ids: Vec<String> = (0..3)
             .map(|i| {
                 sessions
-                    .begin_at(start + Duration::from_millis(i))
+                    .begin_at(start + Duration::from_millis(i), Caller::open())
                     .expect("id")
             })
             .collect();
@@ -183,5 +211,25 @@ mod tests {
         assert!(!sessions.holds_at(&ids[0], now), "the oldest was evicted");
         assert!(sessions.holds_at(&ids[1], now) && sessions.holds_at(&ids[2], now));
         assert_eq!(sessions.len(), 2);
+    }
+
+    #[test]
+    fn a_revoked_token_takes_its_sessions_along() {
+        let sessions = Sessions::default();
+        let named = |name: &str| Caller {
+            token: Some(name.into()),
+            role: crate::model::Role::Viewer,
+            pools: Vec::new(),
+            hash: Some("h".into()),
+        };
+        let (v1, v1_again, v2) = (
+            sessions.begin(named("v1")).expect("id"),
+            sessions.begin(named("v1")).expect("id"),
+            sessions.begin(named("v2")).expect("id"),
+        );
+        sessions.end_token("v1");
+        assert!(sessions.caller(&v1).is_none() && sessions.caller(&v1_again).is_none());
+        assert_eq!(sessions.caller(&v2), Some(named("v2")));
+        assert_eq!(sessions.len(), 1);
     }
 }

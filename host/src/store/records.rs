@@ -9,7 +9,7 @@ use super::tables::{self, Def, Raw, prefix_end};
 use super::{Writer, storage};
 use crate::events::Change;
 use crate::model::{
-    Deployment, FlowRun, LogLine, StateType, Timestamp, WorkPool, WorkQueue, Worker,
+    ApiToken, Deployment, FlowRun, LogLine, StateType, Timestamp, WorkPool, WorkQueue, Worker,
 };
 use crate::store::StoreError;
 use serde::Serialize;
@@ -17,6 +17,9 @@ use serde::de::DeserializeOwned;
 
 /// Index entries are bounded per scan so one request cannot read the world.
 const MAX_SCAN: usize = 100_000;
+
+/// The entry of [`tables::KEYS`] holding the tokens' HMAC key.
+const TOKEN_KEY: &str = "tokens";
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("corrupt record: {e}")))
@@ -113,6 +116,18 @@ pub trait Records: Raw {
     }
     fn run(&self, id: &str) -> Result<Option<FlowRun>, StoreError> {
         self.get_json(tables::RUNS, id)
+    }
+    fn token(&self, name: &str) -> Result<Option<ApiToken>, StoreError> {
+        self.get_json(tables::TOKENS, name)
+    }
+    fn tokens(&self) -> Result<Vec<ApiToken>, StoreError> {
+        self.all_json(tables::TOKENS, "")
+    }
+    /// The key named API tokens are hashed under, once the first was made.
+    fn token_key(&self) -> Result<Option<[u8; 32]>, StoreError> {
+        Ok(self
+            .raw_get(tables::KEYS, TOKEN_KEY)?
+            .and_then(|bytes| bytes.as_slice().try_into().ok()))
     }
 
     /// Newest first, through the most selective index for the filter.
@@ -439,6 +454,18 @@ impl Writer<'_> {
     }
     pub fn delete_deployment(&mut self, full_name: &str) -> Result<(), StoreError> {
         self.raw_delete(tables::DEPLOYMENTS, full_name)
+    }
+    /// Tokens are kept out of the change feed: its readers are not all admins.
+    pub fn put_token(&mut self, token: &ApiToken) -> Result<(), StoreError> {
+        self.raw_put(tables::TOKENS, &token.name, &encode(token)?)
+    }
+    pub fn delete_token(&mut self, name: &str) -> Result<(), StoreError> {
+        self.raw_delete(tables::TOKENS, name)
+    }
+    /// Sets the tokens' key; made once, never replaced (every stored hash
+    /// is under it).
+    pub fn put_token_key(&mut self, key: &[u8; 32]) -> Result<(), StoreError> {
+        self.raw_put(tables::KEYS, TOKEN_KEY, key)
     }
 
     /// Writes a run and brings its index entries and counters along.

@@ -36,8 +36,12 @@ pub const IDX_WORKER: Def = Def("idx_worker");
 pub const IDX_CANCELLING: Def = Def("idx_cancelling");
 /// SCHEDULED runs the scheduler made, by deployment id and time.
 pub const IDX_AUTO: Def = Def("idx_auto");
+/// Named API tokens by name (their keyed hashes, never the secrets).
+pub const TOKENS: Def = Def("tokens");
+/// Keys the server makes once and every replica shares (the tokens' HMAC key).
+pub const KEYS: Def = Def("keys");
 
-pub const ALL: [Def; 16] = [
+pub const ALL: [Def; 18] = [
     POOLS,
     QUEUES,
     WORKERS,
@@ -54,6 +58,8 @@ pub const ALL: [Def; 16] = [
     IDX_WORKER,
     IDX_CANCELLING,
     IDX_AUTO,
+    TOKENS,
+    KEYS,
 ];
 
 /// Byte-level reads that both snapshots and writers offer: what `records`

@@ -243,7 +243,7 @@ async fn drain(shared: &Shared, abandon: &watch::Sender<bool>) {
 /// Retries while the server answers 503: it is up but cannot reach its
 /// database (a PostgreSQL restart), which passes. Anything else is
 /// returned: an unreachable server or a refusal at start is the user's to fix.
-async fn while_unavailable<T, F, Fut>(what: &str, mut call: F) -> Result<T, ClientError>
+pub(crate) async fn while_unavailable<T, F, Fut>(what: &str, mut call: F) -> Result<T, ClientError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, ClientError>>,

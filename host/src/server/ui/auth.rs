@@ -1,10 +1,14 @@
-//! The token, asked once: `/login` checks it and begins a session (a
-//! random id the server keeps, `server::sessions`) whose cookie (HttpOnly,
-//! SameSite=Strict) the pages, actions and the event stream accept in
-//! place of the `Authorization` header. `/logout` ends it.
+//! The token, asked once: `/login` checks it (the bootstrap token or a
+//! named one) and begins a session (a random id the server keeps with who
+//! logged in, `server::sessions`) whose cookie (HttpOnly, SameSite=Strict)
+//! the pages, actions and the event stream accept in place of the
+//! `Authorization` header. `/logout` ends it, and so does revoking its
+//! token. Pages and actions are the token's role's (`server::access`).
 
 use super::{back_to, view};
+use crate::error::ErrorKind;
 use crate::server::AppState;
+use crate::server::access::{self, Caller};
 use axum::Router;
 use axum::extract::{Form, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -13,7 +17,6 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use maud::html;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 pub const SESSION_COOKIE: &str = "host_session";
 
@@ -35,14 +38,25 @@ pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
         .map(|(_, value)| value)
 }
 
-/// Pages without the token go to the login form, then back.
+/// Pages without the token go to the login form, then back; a page or an
+/// action outside the token's role or pools is refused (403), and a page
+/// offers only what its reader may do (`view::CALLER`).
 pub async fn require_login(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Response {
-    if state.authorized(request.headers(), true) {
-        return next.run(request).await;
+    match state.caller(request.headers(), true) {
+        Ok(caller) => {
+            return match access::admit(&state, &caller, request).await {
+                Ok(request) => view::CALLER.scope(caller, next.run(request)).await,
+                Err(error) => super::PageError::from(error).into_response(),
+            };
+        }
+        Err(error) if error.kind != ErrorKind::Unauthorized => {
+            return super::PageError::from(error).into_response();
+        }
+        Err(_) => {}
     }
     // After logging in the browser GETs `next`: an action's path is no page.
     let wanted = match *request.method() {
@@ -77,7 +91,7 @@ fn login_page(next: &str, error: Option<&str>) -> maud::Markup {
         None,
         html! {
             h1 { "Log in" }
-            p { "This server needs its API token (" code { "HOST_API_TOKEN" } ")." }
+            p { "This server needs an API token: its own (" code { "HOST_API_TOKEN" } "), or one made by " code { "host token create" } "." }
             form.card method="post" action="/login" {
                 input type="hidden" name="next" value=(next);
                 (view::csrf_field())
@@ -106,18 +120,23 @@ async fn login(
     let Some(token) = state.token.as_deref() else {
         return Ok(back_to(Some(next), "/").into_response());
     };
-    // Digests compare in the same time wherever the typed token differs.
-    if Sha256::digest(form.token.as_bytes()) != Sha256::digest(token.as_bytes()) {
+    // Compared in the same time wherever the typed token differs.
+    let caller = if crate::secret::same_text(&form.token, token) {
+        Caller::bootstrap()
+    } else if let Some(verified) = state.control.verify_token(&form.token)? {
+        Caller::named(verified)
+    } else {
         let page = login_page(next, Some("token: not this server's API token"));
         return Ok((StatusCode::UNAUTHORIZED, page).into_response());
-    }
+    };
+    tracing::info!(token = caller.token.as_deref().unwrap_or("HOST_API_TOKEN"), role = %caller.role, "UI login");
     // A session the browser had before is replaced, not kept alongside.
     if let Some(old) = session_cookie(&headers) {
         state.sessions.end(old);
     }
     let id = state
         .sessions
-        .begin()
+        .begin(caller)
         .map_err(|e| super::PageError::from(crate::error::ApiError::internal(e.to_string())))?;
     let cookie = cookie(&state, &id, state.sessions.lifetime().as_secs());
     Ok(([(header::SET_COOKIE, cookie)], back_to(Some(next), "/")).into_response())

@@ -8,7 +8,7 @@ use crate::control::RunRequest;
 use crate::control::schema::host_variables;
 use crate::error::ApiError;
 use crate::model::{Deployment, Schedule};
-use crate::server::AppState;
+use crate::server::{AppState, access};
 use crate::store::RunFilter;
 use axum::Router;
 use axum::extract::{Form, Path, State};
@@ -21,10 +21,10 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/deployments", get(list))
         .route("/deployments/{flow}/{name}", get(detail))
-        .route("/ui/deployments/{flow}/{name}/run", post(run))
-        .route("/ui/deployments/{flow}/{name}/pause", post(pause))
-        .route("/ui/deployments/{flow}/{name}/resume", post(resume))
-        .route("/ui/deployments/{flow}/{name}/delete", post(delete))
+        .route(access::UI_RUN_DEPLOYMENT, post(run))
+        .route(access::UI_PAUSE_DEPLOYMENT, post(pause))
+        .route(access::UI_RESUME_DEPLOYMENT, post(resume))
+        .route(access::UI_DELETE_DEPLOYMENT, post(delete))
 }
 
 async fn list(State(s): State<AppState>) -> Page {
@@ -179,13 +179,15 @@ fn detail_page(
             h1 { (d.full_name()) }
             span #deployment-status { (deployment_status(d)) }
             div.actions {
-                @if d.paused {
+                @if d.paused && view::may(access::UI_RESUME_DEPLOYMENT, Some(&d.pool)) {
                     (view::action(&action("resume"), "Resume", &here, None))
-                } @else {
+                } @else if !d.paused && view::may(access::UI_PAUSE_DEPLOYMENT, Some(&d.pool)) {
                     (view::action(&action("pause"), "Pause", &here, None))
                 }
-                (view::action(&action("delete"), "Delete", "/deployments",
-                    Some(&format!("Delete deployment {} and its scheduled runs? Runs that started stay.", d.full_name()))))
+                @if view::may(access::UI_DELETE_DEPLOYMENT, Some(&d.pool)) {
+                    (view::action(&action("delete"), "Delete", "/deployments",
+                        Some(&format!("Delete deployment {} and its scheduled runs? Runs that started stay.", d.full_name()))))
+                }
             }
         }
         @if d.paused {
@@ -201,6 +203,7 @@ fn detail_page(
             dt { "Schedule" } dd { (schedules(&d.schedules)) }
             dt { "Concurrency limit" } dd { (view::limit(d.concurrency_limit)) }
         }
+        @if view::may(access::UI_RUN_DEPLOYMENT, Some(&d.pool)) {
         section.card #run {
             h2 { "Run" }
             p.muted { "Empty fields keep the deployment's and the pool's values." }
@@ -219,6 +222,7 @@ fn detail_page(
                 }
                 button type="submit" { "Run" }
             }
+        }
         }
         h2 { "Recent runs" }
         div #recent data-live { (recent) }

@@ -33,35 +33,56 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use std::sync::LazyLock;
+use tower_http::compression::CompressionLayer;
 
-const APP_CSS: &str = include_str!("assets/app.css");
-const APP_JS: &str = include_str!("assets/app.js");
-
-/// The assets under names that carry their content's hash, which pages
-/// link to: a name serves one content forever, so browsers keep it for a
-/// year and a new build's pages name new files. The plain names stay, not
-/// cached, for pages rendered by an older build.
-static CSS_PATH: LazyLock<String> = LazyLock::new(|| hashed_path("app", "css", APP_CSS));
-static JS_PATH: LazyLock<String> = LazyLock::new(|| hashed_path("app", "js", APP_JS));
-
-fn hashed_path(stem: &str, extension: &str, body: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = crate::secret::to_hex(&Sha256::digest(body.as_bytes()));
-    format!("/ui/{stem}.{}.{extension}", &digest[..16])
+/// The UI's two assets, each under a name that changes with its content,
+/// so a browser keeps it until the server ships another (no revalidation
+/// on every page).
+pub struct Asset {
+    pub path: String,
+    content_type: &'static str,
+    body: &'static str,
 }
 
-/// Where pages find the stylesheet.
-pub fn css_path() -> &'static str {
-    &CSS_PATH
+impl Asset {
+    fn new(stem: &str, extension: &str, content_type: &'static str, body: &'static str) -> Asset {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(body.as_bytes());
+        let hash: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+        Asset {
+            path: format!("/ui/{stem}.{hash}.{extension}"),
+            content_type,
+            body,
+        }
+    }
+
+    async fn serve(&'static self) -> Response {
+        (
+            [
+                (header::CONTENT_TYPE, self.content_type),
+                (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
+            ],
+            self.body,
+        )
+            .into_response()
+    }
 }
 
-/// Where pages find the script.
-pub fn js_path() -> &'static str {
-    &JS_PATH
-}
+pub static APP_CSS: LazyLock<Asset> =
+    LazyLock::new(|| Asset::new("app", "css", "text/css", include_str!("assets/app.css")));
+pub static APP_JS: LazyLock<Asset> = LazyLock::new(|| {
+    Asset::new(
+        "app",
+        "js",
+        "text/javascript",
+        include_str!("assets/app.js"),
+    )
+});
 
 /// Every page and action; they need the token (cookie) when one is set.
-/// The login form and the two assets, which reveal no data, do not.
+/// The login form and the two assets, which reveal no data, do not. Pages
+/// and assets are compressed for a browser that asks (a run page is
+/// ~150 KB of HTML, re-fetched on its run's events).
 pub fn routes(state: AppState) -> Router<AppState> {
     let pages = Router::new()
         .merge(pools::routes())
@@ -77,13 +98,10 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .merge(pages)
         .merge(auth::routes())
         .route_layer(middleware::from_fn_with_state(state, with_csrf_token))
-        .route("/ui/app.css", get(|| asset("text/css", APP_CSS, "no-cache")))
-        .route("/ui/app.js", get(|| asset("text/javascript", APP_JS, "no-cache")))
-        .route(css_path(), get(|| asset("text/css", APP_CSS, FOREVER)))
-        .route(js_path(), get(|| asset("text/javascript", APP_JS, FOREVER)))
+        .route(&APP_CSS.path, get(|| APP_CSS.serve()))
+        .route(&APP_JS.path, get(|| APP_JS.serve()))
+        .layer(CompressionLayer::new())
 }
-
-const FOREVER: &str = "public, max-age=31536000, immutable";
 
 /// Every form rendered for this request carries its session's CSRF token
 /// (the server's `guard` checks it when the form comes back); a scope, so
@@ -91,20 +109,9 @@ const FOREVER: &str = "public, max-age=31536000, immutable";
 async fn with_csrf_token(State(s): State<AppState>, request: Request, next: Next) -> Response {
     let token = s.csrf_token(request.headers());
     let logged_in = s.token.is_some()
-        && session_cookie(request.headers()).is_some_and(|id| s.sessions.holds(id));
+        && session_cookie(request.headers()).is_some_and(|id| s.sessions.caller(id).is_some());
     let page = view::CSRF_TOKEN.scope(token, next.run(request));
     view::LOGGED_IN.scope(logged_in, page).await
-}
-
-async fn asset(content_type: &'static str, body: &'static str, cache: &'static str) -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, content_type),
-            (header::CACHE_CONTROL, cache),
-        ],
-        body,
-    )
-        .into_response()
 }
 
 /// A page that could not be shown: the API's error, as HTML.

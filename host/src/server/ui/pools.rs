@@ -5,7 +5,7 @@ use super::{Back, Page, PageError};
 use crate::control::{PoolPatch, PoolSpec, PoolView, WorkerView};
 use crate::error::ApiError;
 use crate::model::Timestamp;
-use crate::server::AppState;
+use crate::server::{AppState, access};
 use crate::store::RunFilter;
 use axum::Router;
 use axum::extract::{Form, Path, Query, State};
@@ -18,10 +18,10 @@ use std::collections::BTreeMap;
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/", get(home))
-        .route("/ui/pools", post(create))
-        .route("/ui/pools/{name}/pause", post(pause))
-        .route("/ui/pools/{name}/resume", post(resume))
-        .route("/ui/pools/{name}/delete", post(delete))
+        .route(access::UI_CREATE_POOL, post(create))
+        .route(access::UI_PAUSE_POOL, post(pause))
+        .route(access::UI_RESUME_POOL, post(resume))
+        .route(access::UI_DELETE_POOL, post(delete))
         .route("/pools/{name}", get(pool_page))
 }
 
@@ -73,7 +73,9 @@ fn home_page(
                 }
             }
         }
-        (create_form(s, form, error))
+        @if view::may(access::UI_CREATE_POOL, None) {
+            (create_form(s, form, error))
+        }
     };
     Ok(view::page(
         "Work Pools",
@@ -99,13 +101,15 @@ fn pool_row(view: &PoolView, last_polled: Option<Timestamp>) -> Markup {
             td { (view.workers_online) }
             td { (view::ago_or_never(last_polled)) }
             td.actions {
-                @if pool.paused {
+                @if pool.paused && view::may(access::UI_RESUME_POOL, Some(&pool.name)) {
                     (view::action(&format!("{path}/resume"), "Resume", "/", None))
-                } @else {
+                } @else if !pool.paused && view::may(access::UI_PAUSE_POOL, Some(&pool.name)) {
                     (view::action(&format!("{path}/pause"), "Pause", "/", None))
                 }
-                (view::action(&format!("{path}/delete"), "Delete", "/",
-                    Some(&format!("Delete work pool {}? Its queues and workers go with it.", pool.name))))
+                @if view::may(access::UI_DELETE_POOL, Some(&pool.name)) {
+                    (view::action(&format!("{path}/delete"), "Delete", "/",
+                        Some(&format!("Delete work pool {}? Its queues and workers go with it.", pool.name))))
+                }
             }
         }
     }
@@ -263,8 +267,10 @@ async fn delete(
                         td { a href=(path) { (d.full_name()) } }
                         td { (d.queue) }
                         td.actions {
+                            @if view::may(access::UI_DELETE_DEPLOYMENT, Some(&d.pool)) {
                             (view::action(&format!("/ui{path}/delete"), "Delete", &format!("/pools/{}?tab=deployments", view::segment(&name)),
                                 Some(&format!("Delete deployment {} and its scheduled runs?", d.full_name()))))
+                            }
                         }
                     }
                 }
@@ -317,7 +323,7 @@ async fn pool_page(
             },
             25,
         )?,
-        "deployments" => super::deployments::deployments_table(&s, Some(&name))?,
+        "deployments" => super::deployments::deployments_table(&s, Some(name.as_str()))?,
         _ => details_tab(&view),
     };
     Ok(pool_frame(&view, tab, content))
@@ -336,9 +342,9 @@ pub(super) fn pool_frame(view: &PoolView, tab: &str, content: Markup) -> Markup 
             h1 { (name) }
             div #pool-status data-live { (view::pool_status(view.status)) }
             div.actions {
-                @if view.pool.paused {
+                @if view.pool.paused && view::may(access::UI_RESUME_POOL, Some(name.as_str())) {
                     (view::action(&format!("{action_path}/resume"), "Resume", &back, None))
-                } @else {
+                } @else if !view.pool.paused && view::may(access::UI_PAUSE_POOL, Some(name.as_str())) {
                     (view::action(&format!("{action_path}/pause"), "Pause", &back, None))
                 }
             }

@@ -9,7 +9,7 @@ use super::{Back, PageError};
 use crate::control::{QueuePatch, QueueSpec};
 use crate::error::ApiError;
 use crate::model::StateType;
-use crate::server::AppState;
+use crate::server::{AppState, access};
 use crate::store::RunFilter;
 use axum::Router;
 use axum::extract::{Form, Path, State};
@@ -21,10 +21,10 @@ use std::collections::BTreeMap;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/ui/pools/{pool}/queues", post(create))
-        .route("/ui/pools/{pool}/queues/{queue}/update", post(update))
-        .route("/ui/pools/{pool}/queues/{queue}/pause", post(pause))
-        .route("/ui/pools/{pool}/queues/{queue}/resume", post(resume))
+        .route(access::UI_CREATE_QUEUE, post(create))
+        .route(access::UI_UPDATE_QUEUE, post(update))
+        .route(access::UI_PAUSE_QUEUE, post(pause))
+        .route(access::UI_RESUME_QUEUE, post(resume))
 }
 
 /// What a queue form held: shown again next to its error.
@@ -58,6 +58,9 @@ pub fn queues_tab(
     let pending = pending_by_queue(s, pool)?;
     let refused_for = |queue: Option<&str>| refused.as_ref().filter(|r| r.queue == queue);
     let back = tab_path(pool);
+    // Queues are an admin's to change: others see them read-only.
+    let edit = view::may(access::UI_UPDATE_QUEUE, Some(pool));
+    let pause_resume = view::may(access::UI_PAUSE_QUEUE, Some(pool));
     let create = refused_for(None);
     let create_form = create.map_or_else(QueueForm::default, |r| r.form.clone());
     Ok(html! {
@@ -85,14 +88,16 @@ pub fn queues_tab(
                         td.late { (pending.late(name)) }
                         td { (view::ago_or_never(q.queue.last_polled)) }
                         td.actions {
+                            @if edit {
                             form.inline #(form_id) method="post" action={ (action) "/update" } {
                                 (view::csrf_field())
                                 button type="submit" { "Save" }
                             }
                             " "
-                            @if q.queue.paused {
+                            }
+                            @if q.queue.paused && pause_resume {
                                 (view::action(&format!("{action}/resume"), "Resume", &back, None))
-                            } @else {
+                            } @else if !q.queue.paused && pause_resume {
                                 (view::action(&format!("{action}/pause"), "Pause", &back, None))
                             }
                             @if let Some(r) = mine {
@@ -103,6 +108,7 @@ pub fn queues_tab(
                 }
             }
         }
+        @if view::may(access::UI_CREATE_QUEUE, Some(pool)) {
         section.card #create-queue {
             h2 { "Create a work queue" }
             @if let Some(r) = create { p.error role="alert" data-field=[r.error.field.as_deref()] { (r.error.message) } }
@@ -119,6 +125,7 @@ pub fn queues_tab(
                 }))
                 button type="submit" { "Create queue" }
             }
+        }
         }
     })
 }

@@ -6,7 +6,7 @@ use super::{Back, Page, PageError};
 use crate::error::ApiError;
 use crate::model::{FlowRun, StateType};
 use crate::orchestration;
-use crate::server::AppState;
+use crate::server::{AppState, access};
 use crate::store::RunFilter;
 use axum::Router;
 use axum::extract::{Form, Path, Query, State};
@@ -24,9 +24,9 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/runs", get(list))
         .route("/runs/{id}", get(detail))
-        .route("/ui/runs/{id}/cancel", post(cancel))
-        .route("/ui/runs/{id}/retry", post(retry))
-        .route("/ui/runs/{id}/delete", post(delete))
+        .route(access::UI_CANCEL_RUN, post(cancel))
+        .route(access::UI_RETRY_RUN, post(retry))
+        .route(access::UI_DELETE_RUN, post(delete))
 }
 
 #[derive(Deserialize, Default)]
@@ -203,14 +203,14 @@ async fn detail(
             (view::run_state(&run.state))
             div.actions {
                 (view::copy_button(&run.id, "Copy id"))
-                @if !run.state.state_type.is_terminal() {
+                @if !run.state.state_type.is_terminal() && view::may(access::UI_CANCEL_RUN, Some(&run.pool)) {
                     (view::action(&format!("/ui/runs/{}/cancel", view::segment(&id)), "Cancel", &here,
                         Some(&format!("Cancel flow run {}?", run.name))))
                 }
-                @if retryable {
+                @if retryable && view::may(access::UI_RETRY_RUN, Some(&run.pool)) {
                     (view::action(&format!("/ui/runs/{}/retry", view::segment(&id)), "Retry", &here, None))
                 }
-                @if orchestration::deletable(&run).is_ok() {
+                @if orchestration::deletable(&run).is_ok() && view::may(access::UI_DELETE_RUN, Some(&run.pool)) {
                     (view::action(&format!("/ui/runs/{}/delete", view::segment(&id)), "Delete", "/runs",
                         Some(&format!("Delete flow run {} and its logs?", run.name))))
                 }

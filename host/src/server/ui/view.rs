@@ -28,8 +28,8 @@ pub fn page(title: &str, nav: Nav, events: Option<&str>, body: Markup) -> Markup
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · host" }
-                link rel="stylesheet" href=(super::css_path());
-                script src=(super::js_path()) defer {}
+                link rel="stylesheet" href=(super::APP_CSS.path);
+                script src=(super::APP_JS.path) defer {}
             }
             body data-events=[events] data-now=(chrono::Utc::now().to_rfc3339()) {
                 header.top {
@@ -195,6 +195,18 @@ tokio::task_local! {
     /// Whether the request being answered came with a live session: its
     /// pages offer to end it.
     pub static LOGGED_IN: bool;
+    /// Who the page is for (`ui::auth::require_login`): it offers only the
+    /// actions they may take.
+    pub static CALLER: crate::server::access::Caller;
+}
+
+/// Whether the page's reader may post to the UI route `route` on `pool`
+/// (`server::access`'s table says who may). Outside a request, nobody.
+pub fn may(route: &str, pool: Option<&str>) -> bool {
+    let need = crate::server::access::need("POST", route);
+    CALLER
+        .try_with(|caller| caller.may(need, pool))
+        .unwrap_or(false)
 }
 
 /// The hidden field every form posting to this server carries. Outside a

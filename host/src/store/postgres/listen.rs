@@ -15,8 +15,9 @@ const CATCH_UP_EVERY: Duration = Duration::from_secs(1);
 /// Under load, how often a replica announces its commits at most. Each
 /// notification wakes every listening replica, and a `NOTIFY` inside each
 /// batch (~1,000/s) cost three replicas ~5% of their claims against one
-/// (see docs/ARCHITECTURE.md). The most an announcement waits, far under
-/// the 100 ms a long-poll on another replica may take to wake.
+/// (docs/decisions/2026-11-24-commits-announced-outside-the-batch.md).
+/// The most an announcement waits, far under the 100 ms a long-poll on
+/// another replica may take to wake.
 const ANNOUNCE_EVERY: Duration = Duration::from_millis(10);
 /// How long a server listens on after its last wait for changes ended: a
 /// worker's long-polls follow each other closely.

@@ -146,9 +146,10 @@ fn client_config(mode: Mode, options: &TlsOptions) -> Result<rustls::ClientConfi
                 "sslrootcert: sslmode=verify-ca and verify-full need the CA certificate that signed the database's (sslrootcert=FILE)".into(),
             ));
         }
-        (Mode::Disable | Mode::Prefer | Mode::Require, None) => {
-            Arc::new(EncryptOnly(provider.clone()))
-        }
+        (Mode::Disable | Mode::Prefer | Mode::Require, None) => Arc::new(Lenient {
+            provider: provider.clone(),
+            chain: None,
+        }),
         (mode, Some(path)) => {
             let mut roots = rustls::RootCertStore::empty();
             let certificates =
@@ -163,7 +164,10 @@ fn client_config(mode: Mode, options: &TlsOptions) -> Result<rustls::ClientConfi
             if mode == Mode::VerifyFull {
                 webpki as Arc<dyn ServerCertVerifier>
             } else {
-                Arc::new(AnyName(webpki))
+                Arc::new(Lenient {
+                    provider: provider.clone(),
+                    chain: Some(webpki),
+                })
             }
         }
     };
@@ -192,63 +196,18 @@ fn bad_file(option: &'static str) -> impl Fn(crate::tls::TlsError) -> StoreError
     move |e| StoreError::BadUrl(format!("{option}: {e}"))
 }
 
-/// `prefer`/`require` without a root: the connection is encrypted, whoever
-/// answers (libpq's meaning). The handshake's signatures are still checked.
+/// The modes short of `verify-full` (libpq's meanings): `prefer` and
+/// `require` without a root encrypt whoever answers (`chain` is `None`);
+/// `verify-ca` needs the chain to end at the root, with any name. webpki
+/// checks the chain before the name, so a name error means the chain held.
+/// The handshake's signatures are checked either way.
 #[derive(Debug)]
-struct EncryptOnly(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for EncryptOnly {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+struct Lenient {
+    provider: Arc<CryptoProvider>,
+    chain: Option<Arc<WebPkiServerVerifier>>,
 }
 
-/// `verify-ca`: the chain must end at the root, the name may be any.
-/// webpki checks the chain before the name, so a name error means the
-/// chain held.
-#[derive(Debug)]
-struct AnyName(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for AnyName {
+impl ServerCertVerifier for Lenient {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -257,10 +216,10 @@ impl ServerCertVerifier for AnyName {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -274,7 +233,12 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -283,11 +247,18 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
