@@ -91,7 +91,7 @@ async fn retry_is_a_new_attempt_claimed_and_reported_like_the_first(backend: Bac
             .contains("SCHEDULED")
     );
 
-    assert_eq!(claim(&s, "w1").await, [id.clone()]);
+    assert_eq!(claim(&s, "w1").await, std::slice::from_ref(&id));
     report(&s, &id, "RUNNING", "running").await;
     let lines = json!([{"message": "first attempt"}]);
     assert_eq!(
@@ -117,7 +117,11 @@ async fn retry_is_a_new_attempt_claimed_and_reported_like_the_first(backend: Bac
     assert_eq!(stored.state.state_type, host::model::StateType::Scheduled);
 
     // Claimed again, and the worker's usual keys apply to the new attempt.
-    assert_eq!(claim(&s, "w1").await, [id.clone()], "due at once");
+    assert_eq!(
+        claim(&s, "w1").await,
+        std::slice::from_ref(&id),
+        "due at once"
+    );
     let running = report(&s, &id, "RUNNING", "running").await;
     assert_eq!(running["applied"], true, "not a replay of attempt 1");
     let done = report(&s, &id, "COMPLETED", "final").await;
@@ -158,7 +162,7 @@ async fn delete_is_refused_while_a_worker_holds_the_run(backend: Backend) {
     let s = TestServer::start_on(backend, None, ControlConfig::default()).await;
     setup(&s, Some(1)).await;
     let id = new_run(&s, "f/d", json!({})).await;
-    assert_eq!(claim(&s, "w1").await, [id.clone()]);
+    assert_eq!(claim(&s, "w1").await, std::slice::from_ref(&id));
     report(&s, &id, "RUNNING", "running").await;
     let lines = json!([{"message": "a line"}]);
     assert_eq!(
@@ -250,7 +254,7 @@ async fn deleting_a_deployment_takes_its_scheduled_runs_and_keeps_started_ones(b
     let s = TestServer::start_on(backend, None, ControlConfig::default()).await;
     setup(&s, None).await;
     let started = new_run(&s, "f/d", json!({})).await;
-    assert_eq!(claim(&s, "w1").await, [started.clone()]);
+    assert_eq!(claim(&s, "w1").await, std::slice::from_ref(&started));
     report(&s, &started, "RUNNING", "running").await;
     let due = new_run(&s, "f/d", json!({})).await;
     let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
