@@ -24,11 +24,28 @@ const KEPT_BYTES: usize = 32 << 20;
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Change {
-    Run { flow_run: Box<FlowRun> },
-    Log { flow_run_id: String, line: LogLine },
-    Worker { worker: Worker },
-    Pool { pool: WorkPool },
-    PoolDeleted { name: String },
+    Run {
+        flow_run: Box<FlowRun>,
+    },
+    /// A run and its logs were deleted (by a person, or the scheduler
+    /// dropping its own future runs).
+    RunDeleted {
+        flow_run_id: String,
+        pool: String,
+    },
+    Log {
+        flow_run_id: String,
+        line: LogLine,
+    },
+    Worker {
+        worker: Worker,
+    },
+    Pool {
+        pool: WorkPool,
+    },
+    PoolDeleted {
+        name: String,
+    },
 }
 
 impl Change {
@@ -36,6 +53,7 @@ impl Change {
     pub fn name(&self) -> &'static str {
         match self {
             Change::Run { .. } => "run",
+            Change::RunDeleted { .. } => "run_deleted",
             Change::Log { .. } => "log",
             Change::Worker { .. } => "worker",
             Change::Pool { .. } => "pool",
@@ -46,6 +64,7 @@ impl Change {
     pub fn flow_run_id(&self) -> Option<&str> {
         match self {
             Change::Run { flow_run } => Some(&flow_run.id),
+            Change::RunDeleted { flow_run_id, .. } => Some(flow_run_id),
             Change::Log { flow_run_id, .. } => Some(flow_run_id),
             _ => None,
         }
@@ -54,6 +73,7 @@ impl Change {
     pub fn pool(&self) -> Option<&str> {
         match self {
             Change::Run { flow_run } => Some(&flow_run.pool),
+            Change::RunDeleted { pool, .. } => Some(pool),
             Change::Worker { worker } => Some(&worker.pool),
             Change::Pool { pool } => Some(&pool.name),
             Change::PoolDeleted { name } => Some(name),

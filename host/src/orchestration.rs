@@ -3,7 +3,10 @@
 //!
 //! SCHEDULED (Scheduled | Late) → PENDING (claim only) → RUNNING →
 //! COMPLETED | FAILED | CRASHED; CANCELLING → CANCELLED from any non-terminal
-//! state. Terminal states are final. A transition carrying an idempotency key
+//! state. Terminal states are final to workers and to `decide`; only a
+//! person's [`retry`] starts a FAILED, CRASHED or CANCELLED run again, as a
+//! new attempt that goes back to SCHEDULED and through a claim like any
+//! other. A transition carrying an idempotency key
 //! already applied to the run is a replay: the caller gets the current state.
 //! Only a claim moves SCHEDULED to PENDING, so two workers can never hold
 //! one run.
@@ -95,6 +98,16 @@ pub enum TransitionError {
         to: StateType,
     },
     /// Another worker holds the run (`asking`), or nobody was named.
+    /// Retry is for runs that ended without success.
+    #[error("flow run {run} is {state}; only a FAILED, CRASHED or CANCELLED run can be retried")]
+    NotRetryable { run: String, state: StateType },
+    /// A worker holds the run: its process may be running.
+    #[error("flow run {run} is {state} on worker {}; cancel it, and delete it once it is CANCELLED", worker.as_deref().unwrap_or("(none)"))]
+    StillActive {
+        run: String,
+        state: StateType,
+        worker: Option<String>,
+    },
     #[error("worker: flow run {run} is held by worker {holder}, {}", match asking {
         Some(asking) => format!("not {asking}"),
         None => "which alone reports its states; cancel it, or set `force: true` to override".into(),
@@ -115,7 +128,9 @@ impl TransitionError {
             | TransitionError::NotAllowed { .. } => Some("type"),
             TransitionError::NameNotOfType { .. } => Some("name"),
             TransitionError::HeldByOther { .. } => Some("worker"),
-            TransitionError::Final { .. } => None,
+            TransitionError::Final { .. }
+            | TransitionError::NotRetryable { .. }
+            | TransitionError::StillActive { .. } => None,
         }
     }
 
@@ -269,6 +284,67 @@ pub fn cancel(run: &FlowRun, now: Timestamp) -> Result<Decision, TransitionError
     state.message = Some("cancelled by request".into());
     push_state(&mut next, state, now);
     Ok(Decision::Apply(Box::new(next)))
+}
+
+/// A person retries a run that ended without success: a new attempt of the
+/// same run (Prefect's Retry), SCHEDULED and due at once. The history keeps
+/// every state of the earlier attempts; what belonged to the last attempt
+/// alone goes: its worker and lease, exit code, infrastructure handle, and
+/// the idempotency keys its worker sent (a worker's keys name the run and
+/// the step, `{id}:running`, so the new attempt's reports would otherwise
+/// be taken for replays of the old one's). The run becomes a person's
+/// (`auto_scheduled` false): the scheduler's rescheduling never drops it.
+/// The attempt count is the number of RUNNING states in the history
+/// ([`attempts`]); nothing else is counted.
+pub fn retry(run: &FlowRun, now: Timestamp) -> Result<Decision, TransitionError> {
+    if !matches!(
+        run.state.state_type,
+        StateType::Failed | StateType::Crashed | StateType::Cancelled
+    ) {
+        return Err(TransitionError::NotRetryable {
+            run: run.id.clone(),
+            state: run.state.state_type,
+        });
+    }
+    let mut next = run.clone();
+    let mut state = State::new(StateType::Scheduled, now);
+    state.message = Some(format!(
+        "retried by request after {} (attempt {})",
+        run.state.state_type,
+        attempts(run) + 1
+    ));
+    push_state(&mut next, state, now);
+    next.scheduled_at = now;
+    next.worker = None;
+    next.lease_until = None;
+    next.exit_code = None;
+    next.infrastructure_handle = None;
+    next.transition_keys.clear();
+    next.auto_scheduled = false;
+    Ok(Decision::Apply(Box::new(next)))
+}
+
+/// How many times the run started (entered RUNNING), over all its attempts.
+pub fn attempts(run: &FlowRun) -> usize {
+    run.history
+        .iter()
+        .chain(std::iter::once(&run.state))
+        .filter(|s| s.state_type == StateType::Running && s.name != DISCONNECTED)
+        .count()
+}
+
+/// Whether a run may be deleted: not while a worker holds it (PENDING,
+/// RUNNING, CANCELLING), whose process may be running and would report on
+/// a run that no longer exists. SCHEDULED and final runs may.
+pub fn deletable(run: &FlowRun) -> Result<(), TransitionError> {
+    if run.state.state_type.is_active() {
+        return Err(TransitionError::StillActive {
+            run: run.id.clone(),
+            state: run.state.state_type,
+            worker: run.worker.clone(),
+        });
+    }
+    Ok(())
 }
 
 /// SCHEDULED runs still waiting `late_after` past their time are renamed Late.
@@ -469,6 +545,58 @@ mod tests {
         let back = reconnect(&lost, now).expect("reconnects");
         assert_eq!(back.state.name, "Running");
         assert!(reconnect(&back, now).is_none());
+    }
+
+    #[test]
+    fn retry_is_a_new_attempt_of_an_unsuccessful_run_only() {
+        let now = chrono::Utc::now();
+        for state in [
+            StateType::Scheduled,
+            StateType::Pending,
+            StateType::Running,
+            StateType::Cancelling,
+            StateType::Completed,
+        ] {
+            assert!(
+                matches!(
+                    retry(&run(state), now),
+                    Err(TransitionError::NotRetryable { .. })
+                ),
+                "{state}"
+            );
+        }
+        let mut failed = run(StateType::Running);
+        failed.transition_keys = vec!["r1:running".into(), "r1:final".into()];
+        failed.exit_code = Some(1);
+        failed.infrastructure_handle = Some("{\"pid\":1}".into());
+        failed.auto_scheduled = true;
+        push_state(&mut failed, State::new(StateType::Failed, now), now);
+        assert_eq!(attempts(&failed), 1);
+        let later = now + chrono::Duration::seconds(30);
+        let Ok(Decision::Apply(again)) = retry(&failed, later) else {
+            panic!("a FAILED run is retried");
+        };
+        assert_eq!(again.state.state_type, StateType::Scheduled);
+        assert_eq!(again.state.name, "Scheduled");
+        assert_eq!(again.scheduled_at, later, "due at once");
+        assert_eq!(
+            again.history.len(),
+            failed.history.len() + 1,
+            "history kept"
+        );
+        assert_eq!(again.history.last(), Some(&failed.state));
+        assert!(again.worker.is_none() && again.exit_code.is_none());
+        assert!(again.infrastructure_handle.is_none() && !again.auto_scheduled);
+        // The new attempt's worker reports with the same keys: they apply.
+        let mut running = to(StateType::Running);
+        running.idempotency_key = Some("r1:running".into());
+        let claimed = claim(&again, "w1", later, later).expect("claimable again");
+        let Ok(Decision::Apply(started)) = decide(&claimed, &running, later) else {
+            panic!("the new attempt's RUNNING is not a replay");
+        };
+        assert_eq!(attempts(&started), 2);
+        assert!(deletable(&started).is_err(), "not while it runs");
+        assert!(deletable(&failed).is_ok() && deletable(&again).is_ok());
     }
 
     #[test]

@@ -396,12 +396,29 @@ async fn a_run_from_its_form_streams_states_and_logs() {
         })
         .collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "{timeline}");
-    let logs = browser
+    browser
         .wait_text("#logs", LIVE, |t| t.contains("second-line"))
         .await;
+    // Each line is its time, then its message.
+    let messages = browser
+        .client
+        .execute(
+            "return [...document.querySelectorAll('#logs .line')].map(l => [l.querySelector('.ts').textContent, l.querySelector('.msg').textContent]);",
+            vec![],
+        )
+        .await
+        .expect("lines");
+    let messages: Vec<(String, String)> = serde_json::from_value(messages).expect("pairs");
+    let texts: Vec<&str> = messages.iter().map(|(_, m)| m.as_str()).collect();
     assert!(
-        logs.trim().ends_with("\nhello-from-ui\nsecond-line"),
-        "each line once, in order: {logs}"
+        texts.ends_with(&["hello-from-ui", "second-line"]),
+        "each line once, in order: {texts:?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .all(|(time, _)| time.len() == 12 && time.as_bytes()[2] == b':'),
+        "HH:MM:SS.mmm: {messages:?}"
     );
     assert!(browser.document_is_marked().await, "all of it arrived live");
     assert!(browser.text("#run-head").await.contains("COMPLETED"));

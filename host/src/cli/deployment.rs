@@ -50,8 +50,12 @@ pub enum DeploymentCommand {
         #[arg(long, value_enum, default_value_t)]
         output: OutputFormat,
     },
-    /// Delete a deployment and its scheduled runs.
+    /// Delete a deployment and its scheduled runs (runs that started stay).
     Delete { name: String },
+    /// Pause a deployment: its schedules make no runs and no worker claims its runs.
+    Pause { name: String },
+    /// Resume a paused deployment.
+    Resume { name: String },
     /// Create a flow run now; with --watch, follow it to the end.
     Run {
         name: String,
@@ -183,6 +187,8 @@ pub async fn run(command: DeploymentCommand, api: &ApiArgs) -> anyhow::Result<Ex
                 .await?;
             println!("Deleted deployment `{name}`");
         }
+        DeploymentCommand::Pause { name } => set_paused(&client, &name, true).await?,
+        DeploymentCommand::Resume { name } => set_paused(&client, &name, false).await?,
         DeploymentCommand::Run {
             name,
             params,
@@ -215,4 +221,20 @@ pub async fn run(command: DeploymentCommand, api: &ApiArgs) -> anyhow::Result<Ex
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn set_paused(client: &crate::client::Client, name: &str, pause: bool) -> anyhow::Result<()> {
+    let (flow, deployment) = split_name(name)?;
+    let action = if pause { "pause" } else { "resume" };
+    let _: Deployment = client
+        .post(
+            &format!("/api/deployments/{flow}/{deployment}/{action}"),
+            &serde_json::json!({}),
+        )
+        .await?;
+    println!(
+        "{} deployment `{name}`",
+        if pause { "Paused" } else { "Resumed" }
+    );
+    Ok(())
 }

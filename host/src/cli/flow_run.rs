@@ -42,6 +42,10 @@ pub enum FlowRunCommand {
     },
     /// Cancel a run (SCHEDULED at once; PENDING/RUNNING through its worker).
     Cancel { id: String },
+    /// Retry a FAILED, CRASHED or CANCELLED run: a new attempt, SCHEDULED now.
+    Retry { id: String },
+    /// Delete a SCHEDULED or finished run and its logs.
+    Delete { id: String },
 }
 
 fn encode(text: &str) -> String {
@@ -178,6 +182,26 @@ pub async fn run(command: FlowRunCommand, api: &ApiArgs) -> anyhow::Result<ExitC
                 run.state.state_type
             );
         }
+        FlowRunCommand::Retry { id } => {
+            let run: FlowRun = client
+                .post(
+                    &format!("/api/flow-runs/{}/retry", encode(&id)),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            println!(
+                "Flow run `{}` is {} again (attempt {})",
+                visible(&run.name),
+                run.state.state_type,
+                crate::orchestration::attempts(&run) + 1
+            );
+        }
+        FlowRunCommand::Delete { id } => {
+            client
+                .delete(&format!("/api/flow-runs/{}", encode(&id)))
+                .await?;
+            println!("Deleted flow run {id}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -311,6 +335,7 @@ async fn follow(client: &Client, id: &str, show: Show) -> anyhow::Result<FlowRun
                     let change: LogChange = serde_json::from_str(&event.data)?;
                     printed.log(&change.line, show);
                 }
+                "run_deleted" => anyhow::bail!("flow run {id} was deleted"),
                 "reset" => break,
                 _ => {}
             }

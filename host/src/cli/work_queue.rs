@@ -36,6 +36,22 @@ pub enum WorkQueueCommand {
         #[arg(long, value_enum, default_value_t)]
         output: OutputFormat,
     },
+    /// Change a queue's priority, concurrency limit or description.
+    Update {
+        name: String,
+        #[arg(long)]
+        pool: String,
+        /// 1 is the highest; taking a used priority moves the others down.
+        #[arg(long)]
+        priority: Option<u32>,
+        #[arg(long, conflicts_with = "no_concurrency_limit")]
+        concurrency_limit: Option<u32>,
+        /// Remove the concurrency limit.
+        #[arg(long)]
+        no_concurrency_limit: bool,
+        #[arg(long)]
+        description: Option<String>,
+    },
     Pause {
         name: String,
         #[arg(long)]
@@ -119,6 +135,44 @@ pub async fn run(command: WorkQueueCommand, api: &ApiArgs) -> anyhow::Result<Exi
             println!("status:            {}", enum_text(&queue.status));
             println!(
                 "concurrency limit: {}",
+                queue
+                    .queue
+                    .concurrency_limit
+                    .map_or("none".into(), |l| l.to_string())
+            );
+        }
+        WorkQueueCommand::Update {
+            name,
+            pool,
+            priority,
+            concurrency_limit,
+            no_concurrency_limit,
+            description,
+        } => {
+            let patch = QueuePatch {
+                description,
+                priority,
+                concurrency_limit: if no_concurrency_limit {
+                    Some(None)
+                } else {
+                    concurrency_limit.map(Some)
+                },
+                paused: None,
+            };
+            if patch.description.is_none()
+                && patch.priority.is_none()
+                && patch.concurrency_limit.is_none()
+            {
+                anyhow::bail!(
+                    "nothing to change: give --priority, --concurrency-limit, --no-concurrency-limit or --description"
+                );
+            }
+            let queue: QueueView = client
+                .patch(&format!("/api/work-pools/{pool}/queues/{name}"), &patch)
+                .await?;
+            println!(
+                "Updated work queue `{name}` in `{pool}`: priority {}, concurrency limit {}",
+                queue.queue.priority,
                 queue
                     .queue
                     .concurrency_limit

@@ -243,19 +243,72 @@ impl Control {
             .ok_or_else(|| deployment_not_found(full_name))
     }
 
-    /// Deletes the deployment and its SCHEDULED runs; runs that started keep their history.
-    pub async fn delete_deployment(&self, full_name: &str) -> Result<(), ApiError> {
-        let full_name = full_name.to_string();
-        self.write(move |w| {
-            let deployment = w
-                .deployment(&full_name)?
-                .ok_or_else(|| deployment_not_found(&full_name))?;
-            clear_auto_scheduled(w, &deployment.id)?;
-            Ok(w.delete_deployment(&full_name)?)
-        })
-        .await?;
+    /// Deletes the deployment and every SCHEDULED run of it (the
+    /// scheduler's and people's: with the deployment gone no claim would
+    /// hand them out, they would only turn Late). Runs that started, active
+    /// or final, keep their record and logs: an active one's worker already
+    /// has what it needs and reports its end. Returns how many runs went.
+    pub async fn delete_deployment(&self, full_name: &str) -> Result<usize, ApiError> {
+        let name = full_name.to_string();
+        let dropped = self
+            .write(move |w| {
+                let full_name = name;
+                w.deployment(&full_name)?
+                    .ok_or_else(|| deployment_not_found(&full_name))?;
+                let mut dropped = 0;
+                loop {
+                    let runs = w.deployment_runs_in(&full_name, StateType::Scheduled, 1000)?;
+                    for run in &runs {
+                        w.delete_run(run)?;
+                    }
+                    dropped += runs.len();
+                    if runs.len() < 1000 {
+                        break;
+                    }
+                }
+                w.delete_deployment(&full_name)?;
+                Ok(dropped)
+            })
+            .await?;
+        tracing::info!(deployment = %full_name, scheduled_runs_deleted = dropped, "deployment deleted");
         self.changed();
-        Ok(())
+        Ok(dropped)
+    }
+
+    /// Pauses or resumes a deployment (Prefect's pause/resume). Paused, its
+    /// schedules make no runs (the scheduler's future runs are dropped now
+    /// and made again on resume, as when its schedules change) and no claim
+    /// hands out its SCHEDULED runs; runs made by hand stay SCHEDULED and
+    /// go out once it is resumed. Runs already claimed are not touched.
+    /// Pausing a paused deployment changes nothing.
+    pub async fn set_deployment_paused(
+        &self,
+        full_name: &str,
+        paused: bool,
+    ) -> Result<Deployment, ApiError> {
+        let full_name = full_name.to_string();
+        let now = now();
+        let deployment = self
+            .write(move |w| {
+                let mut deployment = w
+                    .deployment(&full_name)?
+                    .ok_or_else(|| deployment_not_found(&full_name))?;
+                if deployment.paused == paused {
+                    return Ok(deployment);
+                }
+                deployment.paused = paused;
+                deployment.updated = now;
+                if paused {
+                    clear_auto_scheduled(w, &deployment.id)?;
+                }
+                w.put_deployment(&deployment)?;
+                Ok(deployment)
+            })
+            .await?;
+        tracing::info!(deployment = %deployment.full_name(), paused, "deployment paused state set");
+        // Resuming may make runs claimable at once.
+        self.changed();
+        Ok(deployment)
     }
 
     /// `host deployment run`: a new SCHEDULED run, due now unless told otherwise.

@@ -23,7 +23,7 @@ pub use deployments::{DeploymentSpec, RunRequest, UpsertOutcome};
 pub use pools::{
     PoolPatch, PoolSpec, PoolView, QueuePatch, QueueSpec, QueueView, WorkerHeartbeat, WorkerView,
 };
-pub use runs::{LogTail, NewLogLine};
+pub use runs::{LogWindow, NewLogLine};
 pub use tokens::{
     MAX_POOLS as MAX_TOKEN_POOLS, NewToken, Scope, TokenSpec, TokenView, Verified, token_name,
 };

@@ -41,7 +41,13 @@ pub struct PoolPatch {
     pub description: Option<String>,
     #[serde(default)]
     pub base_job_template: Option<Value>,
-    #[serde(default, deserialize_with = "double_option")]
+    /// Absent: unchanged; `null`: no limit. A client leaving it alone must
+    /// not send it at all (`skip_serializing_if`): `null` would clear it.
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub concurrency_limit: Option<Option<u32>>,
     #[serde(default)]
     pub paused: Option<bool>,
@@ -78,7 +84,13 @@ pub struct QueuePatch {
     #[serde(default)]
     #[schema(minimum = 1)]
     pub priority: Option<u32>,
-    #[serde(default, deserialize_with = "double_option")]
+    /// Absent: unchanged; `null`: no limit. A client leaving it alone must
+    /// not send it at all (`skip_serializing_if`): `null` would clear it.
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub concurrency_limit: Option<Option<u32>>,
     #[serde(default)]
     pub paused: Option<bool>,

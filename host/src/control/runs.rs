@@ -24,12 +24,14 @@ pub struct NewLogLine {
     pub message: String,
 }
 
-/// The newest lines of a run's log (see [`Control::log_tail`]).
+/// One page of a run's log (see [`Control::log_window`]).
 #[derive(Debug, Clone)]
-pub struct LogTail {
+pub struct LogWindow {
+    /// Oldest first.
     pub lines: Vec<LogLine>,
-    /// Older lines exist that are not in `lines`.
-    pub cut: bool,
+    /// The sequence number of the run's last line, if it has any: lines are
+    /// numbered from 0 without gaps, so this says how many there are.
+    pub last: Option<u64>,
 }
 
 fn run_not_found(id: &str) -> ApiError {
@@ -69,18 +71,40 @@ impl Control {
         Ok(runs)
     }
 
-    /// The last `count` lines of a run's log (at most 10,000), oldest first.
-    pub fn log_tail(&self, id: &str, count: u64) -> Result<LogTail, ApiError> {
+    /// `count` lines of a run's log (1 to 10,000), oldest first: from
+    /// sequence number `from` on, or the newest when `from` is `None`.
+    pub fn log_window(
+        &self,
+        id: &str,
+        from: Option<u64>,
+        count: u64,
+    ) -> Result<LogWindow, ApiError> {
+        let count = count.clamp(1, 10_000);
         self.read(|r| {
             r.run(id)?.ok_or_else(|| run_not_found(id))?;
-            let after = r.last_log_seq(id)?.and_then(|last| last.checked_sub(count));
-            let limit = usize::try_from(count)
-                .unwrap_or(usize::MAX)
-                .clamp(1, 10_000);
-            Ok(LogTail {
-                lines: r.logs(id, after, limit)?,
-                cut: after.is_some(),
+            let last = r.last_log_seq(id)?;
+            let after = match from {
+                Some(from) => from.checked_sub(1),
+                None => last.and_then(|last| last.checked_sub(count)),
+            };
+            Ok(LogWindow {
+                lines: r.logs(id, after, count as usize)?,
+                last,
             })
+        })
+    }
+
+    /// Up to `limit` lines after `after`, oldest first, without waiting
+    /// (the log download reads the whole log this way, a page at a time).
+    pub fn log_lines(
+        &self,
+        id: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<LogLine>, ApiError> {
+        self.read(|r| {
+            r.run(id)?.ok_or_else(|| run_not_found(id))?;
+            Ok(r.logs(id, after, limit.clamp(1, 10_000))?)
         })
     }
 
@@ -143,6 +167,51 @@ impl Control {
             .await?;
         self.changed();
         Ok(run)
+    }
+
+    /// A new attempt of a FAILED, CRASHED or CANCELLED run
+    /// ([`orchestration::retry`]). Refused (409) when its deployment is gone:
+    /// no claim would hand the run out again. A paused deployment's retried
+    /// run waits, like its other runs, until the deployment is resumed.
+    pub async fn retry(&self, id: &str) -> Result<FlowRun, ApiError> {
+        let id = id.to_string();
+        let now = now();
+        let run = self
+            .write(move |w| {
+                let run = w.run(&id)?.ok_or_else(|| run_not_found(&id))?;
+                let Decision::Apply(next) = orchestration::retry(&run, now)? else {
+                    return Ok(run);
+                };
+                let current = w
+                    .deployment(&run.deployment)?
+                    .filter(|d| d.id == run.deployment_id);
+                if current.is_none() {
+                    return Err(ApiError::conflict(format!(
+                        "flow run {id}: its deployment `{}` was deleted, so no worker would claim it again",
+                        run.deployment
+                    )));
+                }
+                w.put_run(Some(&run), &next)?;
+                Ok(*next)
+            })
+            .await?;
+        tracing::info!(flow_run_id = %run.id, attempt = orchestration::attempts(&run) + 1, "flow run retried");
+        self.changed();
+        Ok(run)
+    }
+
+    /// Deletes a run and its logs; refused (409) while a worker holds it
+    /// ([`orchestration::deletable`]).
+    pub async fn delete_run(&self, id: &str) -> Result<(), ApiError> {
+        let id = id.to_string();
+        self.write(move |w| {
+            let run = w.run(&id)?.ok_or_else(|| run_not_found(&id))?;
+            orchestration::deletable(&run)?;
+            Ok(w.delete_run(&run)?)
+        })
+        .await?;
+        self.changed();
+        Ok(())
     }
 
     pub async fn append_logs(

@@ -211,6 +211,16 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
         "/api/deployments/{flow}/{name}/runs",
         Deploy(Pool::Deployment),
     ),
+    (
+        "POST",
+        "/api/deployments/{flow}/{name}/pause",
+        Deploy(Pool::Deployment),
+    ),
+    (
+        "POST",
+        "/api/deployments/{flow}/{name}/resume",
+        Deploy(Pool::Deployment),
+    ),
     ("GET", "/api/flow-runs", Read),
     ("GET", "/api/flow-runs/{id}", Read),
     (
@@ -219,6 +229,10 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
         Work(Pool::Run, As("worker")),
     ),
     ("POST", "/api/flow-runs/{id}/cancel", Deploy(Pool::Run)),
+    // Retry and delete are a deployer's, like cancel: its pools' runs.
+    ("POST", "/api/flow-runs/{id}/retry", Deploy(Pool::Run)),
+    ("DELETE", "/api/flow-runs/{id}", Deploy(Pool::Run)),
+    ("GET", "/api/flow-runs/{id}/logs/download", Read),
     ("GET", "/api/flow-runs/{id}/logs", Read),
     (
         "POST",
@@ -239,6 +253,16 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
     ("POST", UI_DELETE_POOL, Admin),
     ("POST", UI_RUN_DEPLOYMENT, Deploy(Pool::Deployment)),
     ("POST", UI_CANCEL_RUN, Deploy(Pool::Run)),
+    ("POST", UI_RETRY_RUN, Deploy(Pool::Run)),
+    ("POST", UI_DELETE_RUN, Deploy(Pool::Run)),
+    ("POST", UI_PAUSE_DEPLOYMENT, Deploy(Pool::Deployment)),
+    ("POST", UI_RESUME_DEPLOYMENT, Deploy(Pool::Deployment)),
+    ("POST", UI_DELETE_DEPLOYMENT, Deploy(Pool::Deployment)),
+    // Queues, like their API, are an admin's.
+    ("POST", UI_CREATE_QUEUE, Admin),
+    ("POST", UI_UPDATE_QUEUE, Admin),
+    ("POST", UI_PAUSE_QUEUE, Admin),
+    ("POST", UI_RESUME_QUEUE, Admin),
 ];
 
 pub const UI_CREATE_POOL: &str = "/ui/pools";
@@ -247,6 +271,16 @@ pub const UI_RESUME_POOL: &str = "/ui/pools/{name}/resume";
 pub const UI_DELETE_POOL: &str = "/ui/pools/{name}/delete";
 pub const UI_RUN_DEPLOYMENT: &str = "/ui/deployments/{flow}/{name}/run";
 pub const UI_CANCEL_RUN: &str = "/ui/runs/{id}/cancel";
+pub const UI_RETRY_RUN: &str = "/ui/runs/{id}/retry";
+pub const UI_DELETE_RUN: &str = "/ui/runs/{id}/delete";
+pub const UI_PAUSE_DEPLOYMENT: &str = "/ui/deployments/{flow}/{name}/pause";
+pub const UI_RESUME_DEPLOYMENT: &str = "/ui/deployments/{flow}/{name}/resume";
+pub const UI_DELETE_DEPLOYMENT: &str = "/ui/deployments/{flow}/{name}/delete";
+// `{name}` like the pool routes beside them: one name per path segment.
+pub const UI_CREATE_QUEUE: &str = "/ui/pools/{name}/queues";
+pub const UI_UPDATE_QUEUE: &str = "/ui/pools/{name}/queues/{queue}/update";
+pub const UI_PAUSE_QUEUE: &str = "/ui/pools/{name}/queues/{queue}/pause";
+pub const UI_RESUME_QUEUE: &str = "/ui/pools/{name}/queues/{queue}/resume";
 
 /// What `method` on the route `template` needs; admin for a route the
 /// table forgot (the safe side).

@@ -14,6 +14,8 @@ pub fn routes() -> Router<AppState> {
         .route("/api/deployments", get(list).put(upsert))
         .route("/api/deployments/{flow}/{name}", get(read).delete(delete))
         .route("/api/deployments/{flow}/{name}/runs", post(create_run))
+        .route("/api/deployments/{flow}/{name}/pause", post(pause))
+        .route("/api/deployments/{flow}/{name}/resume", post(resume))
 }
 
 #[utoipa::path(
@@ -73,6 +75,7 @@ async fn read(
     path = "/api/deployments/{flow}/{name}",
     tag = "deployments",
     summary = "Delete a deployment and its scheduled runs",
+    description = "Every SCHEDULED run of the deployment goes with it; runs that started keep their record and logs.",
     params(("flow" = String, Path), ("name" = String, Path)),
     responses((status = 204, description = "Deleted"), crate::server::openapi::Errors)
 )]
@@ -108,5 +111,46 @@ async fn create_run(
                 .create_run(&format!("{flow}/{name}"), request)
                 .await?,
         ),
+    ))
+}
+
+#[utoipa::path(
+    post,
+    operation_id = "deployments_pause",
+    path = "/api/deployments/{flow}/{name}/pause",
+    tag = "deployments",
+    summary = "Pause a deployment: its schedules make no runs and its runs are not claimed",
+    description = "The scheduler's future runs are dropped (made again on resume); runs created by hand stay SCHEDULED until it is resumed; claimed runs go on. Pausing a paused deployment changes nothing.",
+    params(("flow" = String, Path), ("name" = String, Path)),
+    responses((status = 200, description = "OK", body = Deployment), crate::server::openapi::Errors)
+)]
+async fn pause(
+    State(s): State<AppState>,
+    Path((flow, name)): Path<(String, String)>,
+) -> Result<Json<Deployment>, ApiError> {
+    Ok(Json(
+        s.control
+            .set_deployment_paused(&format!("{flow}/{name}"), true)
+            .await?,
+    ))
+}
+
+#[utoipa::path(
+    post,
+    operation_id = "deployments_resume",
+    path = "/api/deployments/{flow}/{name}/resume",
+    tag = "deployments",
+    summary = "Resume a paused deployment",
+    params(("flow" = String, Path), ("name" = String, Path)),
+    responses((status = 200, description = "OK", body = Deployment), crate::server::openapi::Errors)
+)]
+async fn resume(
+    State(s): State<AppState>,
+    Path((flow, name)): Path<(String, String)>,
+) -> Result<Json<Deployment>, ApiError> {
+    Ok(Json(
+        s.control
+            .set_deployment_paused(&format!("{flow}/{name}"), false)
+            .await?,
     ))
 }

@@ -1,6 +1,6 @@
 //! `GET /api/events`: the change feed as Server-Sent Events. Each event's
-//! `data` is the changed record (`run`, `log`, `worker`, `pool`,
-//! `pool_deleted`); a reconnecting client sends `Last-Event-ID` and gets what
+//! `data` is the changed record (`run`, `run_deleted`, `log`, `worker`,
+//! `pool`, `pool_deleted`); a reconnecting client sends `Last-Event-ID` and gets what
 //! it missed, or a `reset` event when that is gone (reload, then go on).
 
 use super::{AppState, Params};

@@ -296,6 +296,21 @@ where
     number(deserializer).map(Some)
 }
 
+/// `true` or `false` as query-string text.
+pub fn optional_bool<'de, D>(deserializer: D) -> Result<Option<bool>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let text: String = serde::Deserialize::deserialize(deserializer)?;
+    match text.as_str() {
+        "true" => Ok(Some(true)),
+        "false" => Ok(Some(false)),
+        _ => Err(serde::de::Error::custom(format!(
+            "{text:?} is not true or false"
+        ))),
+    }
+}
+
 /// `ok`, or `degraded` with why (reads work, writes are refused).
 #[utoipa::path(
     get,

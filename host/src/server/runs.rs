@@ -1,4 +1,4 @@
-//! `/api/flow-runs/...`: listing, state changes, cancel, logs.
+//! `/api/flow-runs/...`: listing, state changes, cancel, retry, delete, logs.
 
 use super::{AppState, Body, Caller, List, Params};
 use crate::control::NewLogLine;
@@ -18,10 +18,12 @@ const MAX_WAIT_MS: u64 = 60_000;
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/flow-runs", get(list))
-        .route("/api/flow-runs/{id}", get(read))
+        .route("/api/flow-runs/{id}", get(read).delete(delete))
         .route("/api/flow-runs/{id}/state", post(set_state))
         .route("/api/flow-runs/{id}/cancel", post(cancel))
+        .route("/api/flow-runs/{id}/retry", post(retry))
         .route("/api/flow-runs/{id}/logs", get(logs).post(append_logs))
+        .route("/api/flow-runs/{id}/logs/download", get(download_logs))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -35,6 +37,10 @@ struct ListParams {
     #[serde(default)]
     #[param(value_type = Option<StateType>)]
     state: Option<String>,
+    /// `true`: only SCHEDULED runs past their time (their state is named `Late`).
+    #[serde(default, deserialize_with = "super::optional_bool")]
+    #[param(value_type = Option<bool>)]
+    late: Option<bool>,
     #[serde(default = "default_limit", deserialize_with = "super::number")]
     #[param(minimum = 1, maximum = 1000)]
     limit: usize,
@@ -72,6 +78,7 @@ async fn list(
         pool: p.pool,
         deployment: p.deployment,
         state: p.state.as_deref().map(state_param).transpose()?,
+        late: p.late.unwrap_or(false),
     };
     Ok(Json(s.control.runs(
         &filter,
@@ -158,6 +165,41 @@ async fn cancel(
     Ok(Json(s.control.cancel(&id).await?))
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "runs_retry",
+    path = "/api/flow-runs/{id}/retry",
+    tag = "flow-runs",
+    summary = "Retry a FAILED, CRASHED or CANCELLED run",
+    description = "A new attempt of the same run, as Prefect's Retry: SCHEDULED and due now, claimed like any other run. The state history keeps the earlier attempts; the worker, exit code, infrastructure handle and idempotency keys of the last attempt are cleared. 409 for a run in any other state, or whose deployment was deleted.",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "The run, SCHEDULED again", body = FlowRun), crate::server::openapi::Errors)
+)]
+async fn retry(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<FlowRun>, ApiError> {
+    Ok(Json(s.control.retry(&id).await?))
+}
+
+#[utoipa::path(
+    delete,
+    operation_id = "runs_delete",
+    path = "/api/flow-runs/{id}",
+    tag = "flow-runs",
+    summary = "Delete a run and its logs",
+    description = "SCHEDULED and final runs only: 409 while a worker holds it (PENDING, RUNNING, CANCELLING); cancel it first.",
+    params(("id" = String, Path)),
+    responses((status = 204, description = "Deleted"), crate::server::openapi::Errors)
+)]
+async fn delete(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    s.control.delete_run(&id).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
@@ -201,6 +243,83 @@ async fn logs(
         lines,
         state: run.state.state_type,
     }))
+}
+
+/// Lines read per page of a download.
+const DOWNLOAD_PAGE: usize = 1000;
+
+#[utoipa::path(
+    get,
+    operation_id = "runs_download_logs",
+    path = "/api/flow-runs/{id}/logs/download",
+    tag = "flow-runs",
+    summary = "The whole log as text, one line each: time (RFC 3339), stream, message",
+    description = "Streamed a page at a time from the first line to the last there is when the reading gets there; a log the server cut ends with its notice.",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "OK", content_type = "text/plain", body = String), crate::server::openapi::Errors)
+)]
+async fn download_logs(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::http::header;
+    use axum::response::IntoResponse;
+    // The first page before the answer: an unknown run is a 404, not an empty file.
+    let first = s.control.log_lines(&id, None, DOWNLOAD_PAGE)?;
+    let filename = format!(
+        "flow-run-{}.log",
+        id.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_")
+    );
+    let pages = futures_util::stream::unfold(
+        (s.control.clone(), id, Some(first)),
+        |(control, id, page)| async move {
+            let lines = match page {
+                Some(lines) => lines,
+                None => return None,
+            };
+            if lines.is_empty() {
+                return None;
+            }
+            let after = lines.last().map(|l| l.seq);
+            let mut text = String::new();
+            for line in &lines {
+                text.push_str(&format!(
+                    "{} {} {}\n",
+                    line.timestamp
+                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    line.stream,
+                    line.message
+                ));
+            }
+            // A read that fails ends the file early; the error is logged.
+            let next = match control.log_lines(&id, after, DOWNLOAD_PAGE) {
+                Ok(next) if lines.len() == DOWNLOAD_PAGE => Some(next),
+                Ok(_) => Some(Vec::new()),
+                Err(error) => {
+                    tracing::warn!(flow_run_id = %id, error = %error.message, "log download cut short");
+                    None
+                }
+            };
+            Some((
+                Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(text)),
+                (control, id, next),
+            ))
+        },
+    );
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                "text/plain; charset=utf-8".to_string(),
+            ),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{filename}\""),
+            ),
+        ],
+        axum::body::Body::from_stream(pages),
+    )
+        .into_response())
 }
 
 #[derive(Serialize, Deserialize, utoipa::ToSchema)]

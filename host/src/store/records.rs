@@ -45,6 +45,8 @@ pub struct RunFilter {
     pub pool: Option<String>,
     pub deployment: Option<String>,
     pub state: Option<StateType>,
+    /// Only SCHEDULED runs the server marked Late (past their time).
+    pub late: bool,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -139,6 +141,8 @@ pub trait Records: Raw {
             (tables::IDX_DEPLOYMENT, format!("{deployment}\0"))
         } else if let Some(pool) = &filter.pool {
             (tables::IDX_POOL, format!("{pool}\0"))
+        } else if filter.late {
+            (tables::IDX_STATE, format!("{}\0", StateType::Scheduled))
         } else if let Some(state) = filter.state {
             (tables::IDX_STATE, format!("{state}\0"))
         } else {
@@ -171,7 +175,10 @@ pub trait Records: Raw {
                         .deployment
                         .as_ref()
                         .is_none_or(|d| *d == run.deployment)
-                    && filter.state.is_none_or(|s| s == run.state.state_type);
+                    && filter.state.is_none_or(|s| s == run.state.state_type)
+                    && (!filter.late
+                        || (run.state.state_type == StateType::Scheduled
+                            && run.state.name == crate::orchestration::LATE));
                 if keep {
                     runs.push(run);
                     if runs.len() == limit {
@@ -489,6 +496,7 @@ impl Writer<'_> {
         Ok(())
     }
 
+    /// Deletes a run with its index entries, counters and log lines.
     pub fn delete_run(&mut self, run: &FlowRun) -> Result<(), StoreError> {
         for (def, key) in run_index_entries(run) {
             self.raw_delete(def, &key)?;
@@ -496,7 +504,38 @@ impl Writer<'_> {
         for key in run_counters(run) {
             self.add_to_counter(&key, -1)?;
         }
-        self.raw_delete(tables::RUNS, &run.id)
+        let prefix = format!("{}\0", run.id);
+        let end = prefix_end(&prefix);
+        loop {
+            let lines = self.raw_range(tables::LOGS, &prefix, &end, false, 10_000)?;
+            if lines.is_empty() {
+                break;
+            }
+            for (key, _) in lines {
+                self.raw_delete(tables::LOGS, &key)?;
+            }
+        }
+        self.raw_delete(tables::RUNS, &run.id)?;
+        self.changes.push(Change::RunDeleted {
+            flow_run_id: run.id.clone(),
+            pool: run.pool.clone(),
+        });
+        Ok(())
+    }
+
+    /// Up to `limit` of a deployment's runs in `state`, newest first.
+    pub fn deployment_runs_in(
+        &self,
+        deployment: &str,
+        state: StateType,
+        limit: usize,
+    ) -> Result<Vec<FlowRun>, StoreError> {
+        let filter = RunFilter {
+            deployment: Some(deployment.to_string()),
+            state: Some(state),
+            ..RunFilter::default()
+        };
+        Ok(self.runs_page(&filter, None, limit)?.runs)
     }
 
     fn add_to_counter(&mut self, key: &str, delta: i64) -> Result<(), StoreError> {

@@ -1,9 +1,9 @@
-//! Deployments: the list, a deployment's page, and its Run form (generated
-//! from the pool's variables schema).
+//! Deployments: the list, a deployment's page with Pause/Resume and Delete,
+//! and its Run form (generated from the pool's variables schema).
 
 use super::form::{self, Submitted};
 use super::view::{self, Nav};
-use super::{Page, PageError};
+use super::{Back, Page, PageError};
 use crate::control::RunRequest;
 use crate::control::schema::host_variables;
 use crate::error::ApiError;
@@ -22,6 +22,9 @@ pub fn routes() -> Router<AppState> {
         .route("/deployments", get(list))
         .route("/deployments/{flow}/{name}", get(detail))
         .route(access::UI_RUN_DEPLOYMENT, post(run))
+        .route(access::UI_PAUSE_DEPLOYMENT, post(pause))
+        .route(access::UI_RESUME_DEPLOYMENT, post(resume))
+        .route(access::UI_DELETE_DEPLOYMENT, post(delete))
 }
 
 async fn list(State(s): State<AppState>) -> Page {
@@ -53,18 +56,26 @@ pub fn deployments_table(s: &AppState, pool: Option<&str>) -> Result<Markup, Api
                 thead { tr { th { "Deployment" } th { "Pool" } th { "Queue" } th { "Schedule" } th { "Status" } } }
                 tbody {
                     @for d in &deployments {
-                        tr {
+                        tr data-deployment=(d.full_name()) {
                             td { a href=(deployment_path(d)) { (d.full_name()) } }
                             td { a href={ "/pools/" (view::segment(&d.pool)) } { (d.pool) } }
                             td { (d.queue) }
                             td { (schedules(&d.schedules)) }
-                            td { @if d.paused { "paused" } @else { "active" } }
+                            td.deployment-status { (deployment_status(d)) }
                         }
                     }
                 }
             }
         }
     })
+}
+
+fn deployment_status(d: &Deployment) -> Markup {
+    if d.paused {
+        html! { span.status.paused { span.dot aria-hidden="true" {} "PAUSED" } }
+    } else {
+        html! { span.status.ok { span.dot aria-hidden="true" {} "ACTIVE" } }
+    }
 }
 
 pub fn deployment_path(d: &Deployment) -> String {
@@ -154,9 +165,34 @@ fn detail_page(
         view::segment(&d.flow),
         view::segment(&d.name)
     );
+    let action = |verb: &str| {
+        format!(
+            "/ui/deployments/{}/{}/{verb}",
+            view::segment(&d.flow),
+            view::segment(&d.name)
+        )
+    };
+    let here = deployment_path(d);
     let body = html! {
         p.crumbs { a href="/deployments" { "Deployments" } " / " }
-        h1 { (d.full_name()) }
+        div.title-row #deployment-head {
+            h1 { (d.full_name()) }
+            span #deployment-status { (deployment_status(d)) }
+            div.actions {
+                @if d.paused && view::may(access::UI_RESUME_DEPLOYMENT, Some(&d.pool)) {
+                    (view::action(&action("resume"), "Resume", &here, None))
+                } @else if !d.paused && view::may(access::UI_PAUSE_DEPLOYMENT, Some(&d.pool)) {
+                    (view::action(&action("pause"), "Pause", &here, None))
+                }
+                @if view::may(access::UI_DELETE_DEPLOYMENT, Some(&d.pool)) {
+                    (view::action(&action("delete"), "Delete", "/deployments",
+                        Some(&format!("Delete deployment {} and its scheduled runs? Runs that started stay.", d.full_name()))))
+                }
+            }
+        }
+        @if d.paused {
+            p.muted #paused-note { "Paused: its schedules make no runs and workers claim none of its runs until it is resumed." }
+        }
         dl.details {
             dt { "Pool" } dd { a href={ "/pools/" (view::segment(&d.pool)) } { (d.pool) } }
             dt { "Queue" } dd { (d.queue) }
@@ -235,4 +271,41 @@ async fn run(
                 .into_response())
         }
     }
+}
+
+async fn set_paused(
+    s: &AppState,
+    full_name: &str,
+    paused: bool,
+    back: Back,
+) -> Result<Response, PageError> {
+    let deployment = s.control.set_deployment_paused(full_name, paused).await?;
+    Ok(back.redirect(&deployment_path(&deployment)).into_response())
+}
+
+async fn pause(
+    State(s): State<AppState>,
+    Path((flow, name)): Path<(String, String)>,
+    Form(back): Form<Back>,
+) -> Result<Response, PageError> {
+    set_paused(&s, &format!("{flow}/{name}"), true, back).await
+}
+
+async fn resume(
+    State(s): State<AppState>,
+    Path((flow, name)): Path<(String, String)>,
+    Form(back): Form<Back>,
+) -> Result<Response, PageError> {
+    set_paused(&s, &format!("{flow}/{name}"), false, back).await
+}
+
+async fn delete(
+    State(s): State<AppState>,
+    Path((flow, name)): Path<(String, String)>,
+    Form(back): Form<Back>,
+) -> Result<Response, PageError> {
+    s.control
+        .delete_deployment(&format!("{flow}/{name}"))
+        .await?;
+    Ok(back.redirect("/deployments").into_response())
 }

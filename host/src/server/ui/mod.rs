@@ -10,13 +10,15 @@
 //! - `auth`: the login form and the session cookie.
 //! - `view`: the shared page frame and the small pieces every page uses.
 //! - `form`: variables schema → form fields, and the typed values back.
-//! - one file per page group: `pools`, `deployments`, `runs`, `plugins`.
+//! - one file per page group: `pools`, `queues` (a pool's Work Queues
+//!   tab), `deployments`, `runs`, `plugins`.
 
 mod auth;
 mod deployments;
 mod form;
 mod plugins;
 mod pools;
+mod queues;
 mod runs;
 mod view;
 
@@ -84,6 +86,7 @@ pub static APP_JS: LazyLock<Asset> = LazyLock::new(|| {
 pub fn routes(state: AppState) -> Router<AppState> {
     let pages = Router::new()
         .merge(pools::routes())
+        .merge(queues::routes())
         .merge(deployments::routes())
         .merge(runs::routes())
         .merge(plugins::routes())

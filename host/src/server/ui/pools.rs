@@ -4,7 +4,7 @@ use super::view::{self, Nav};
 use super::{Back, Page, PageError};
 use crate::control::{PoolPatch, PoolSpec, PoolView, WorkerView};
 use crate::error::ApiError;
-use crate::model::{StateType, Timestamp};
+use crate::model::Timestamp;
 use crate::server::{AppState, access};
 use crate::store::RunFilter;
 use axum::Router;
@@ -192,7 +192,7 @@ async fn create(
     }
 }
 
-fn parse_limit(text: &str) -> Result<Option<u32>, ApiError> {
+pub(super) fn parse_limit(text: &str) -> Result<Option<u32>, ApiError> {
     let text = text.trim();
     if text.is_empty() {
         return Ok(None);
@@ -235,12 +235,56 @@ async fn resume(
     set_paused(&s, &name, false, back).await
 }
 
+/// A pool its deployments still use is not deleted: the answer says so and
+/// lists them, each with its own Delete, then offers the pool's again.
 async fn delete(
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, PageError> {
-    s.control.delete_pool(&name).await?;
-    Ok(Redirect::to("/").into_response())
+    let error = match s.control.delete_pool(&name).await {
+        Ok(()) => return Ok(Redirect::to("/").into_response()),
+        Err(error) if error.kind == crate::error::ErrorKind::Conflict => error,
+        Err(error) => return Err(error.into()),
+    };
+    let here = format!("/ui/pools/{}/delete", view::segment(&name));
+    let deployments: Vec<_> = s
+        .control
+        .deployments()?
+        .into_iter()
+        .filter(|d| d.pool == name)
+        .collect();
+    let body = html! {
+        p.crumbs { a href="/" { "Work Pools" } " / " a href={ "/pools/" (view::segment(&name)) } { (name) } " / " }
+        h1 { "Delete work pool " (name) }
+        p.error role="alert" { (error.message) }
+        p { "Delete these deployments first (each with its scheduled runs; runs that started stay), then the pool:" }
+        table #pool-deployments {
+            thead { tr { th { "Deployment" } th { "Queue" } th {} } }
+            tbody {
+                @for d in &deployments {
+                    @let path = super::deployments::deployment_path(d);
+                    tr data-deployment=(d.full_name()) {
+                        td { a href=(path) { (d.full_name()) } }
+                        td { (d.queue) }
+                        td.actions {
+                            @if view::may(access::UI_DELETE_DEPLOYMENT, Some(&d.pool)) {
+                            (view::action(&format!("/ui{path}/delete"), "Delete", &format!("/pools/{}?tab=deployments", view::segment(&name)),
+                                Some(&format!("Delete deployment {} and its scheduled runs?", d.full_name()))))
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        p { (view::action(&here, "Delete the pool", "/",
+            Some(&format!("Delete work pool {name}? Its queues and workers go with it.")))) }
+    };
+    let status = crate::server::error::status(error.kind);
+    Ok((
+        status,
+        view::page(&format!("Delete {name}"), Nav::Pools, None, body),
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]
@@ -268,9 +312,8 @@ async fn pool_page(
         .as_deref()
         .filter(|t| TABS.iter().any(|(id, _)| id == t))
         .unwrap_or("details");
-    let here = format!("/pools/{}", view::segment(&name));
     let content = match tab {
-        "queues" => queues_tab(&s, &name)?,
+        "queues" => super::queues::queues_tab(&s, &name, None)?,
         "workers" => workers_tab(&s, &name)?,
         "runs" => super::runs::runs_table(
             &s,
@@ -280,10 +323,18 @@ async fn pool_page(
             },
             25,
         )?,
-        "deployments" => super::deployments::deployments_table(&s, Some(&name))?,
+        "deployments" => super::deployments::deployments_table(&s, Some(name.as_str()))?,
         _ => details_tab(&view),
     };
-    let action_path = format!("/ui/pools/{}", view::segment(&name));
+    Ok(pool_frame(&view, tab, content))
+}
+
+/// A pool's page around one tab's content (also the answer of a tab's
+/// form that the server refused, with the error in `content`).
+pub(super) fn pool_frame(view: &PoolView, tab: &str, content: Markup) -> Markup {
+    let name = &view.pool.name;
+    let here = format!("/pools/{}", view::segment(name));
+    let action_path = format!("/ui/pools/{}", view::segment(name));
     let back = format!("{here}?tab={tab}");
     let body = html! {
         p.crumbs { a href="/" { "Work Pools" } " / " }
@@ -291,9 +342,9 @@ async fn pool_page(
             h1 { (name) }
             div #pool-status data-live { (view::pool_status(view.status)) }
             div.actions {
-                @if view.pool.paused && view::may(access::UI_RESUME_POOL, Some(&name)) {
+                @if view.pool.paused && view::may(access::UI_RESUME_POOL, Some(name.as_str())) {
                     (view::action(&format!("{action_path}/resume"), "Resume", &back, None))
-                } @else if !view.pool.paused && view::may(access::UI_PAUSE_POOL, Some(&name)) {
+                } @else if !view.pool.paused && view::may(access::UI_PAUSE_POOL, Some(name.as_str())) {
                     (view::action(&format!("{action_path}/pause"), "Pause", &back, None))
                 }
             }
@@ -305,8 +356,8 @@ async fn pool_page(
         }
         section #tab data-live { (content) }
     };
-    let events = format!("/api/events?pool={}", view::query_escape(&name));
-    Ok(view::page(&name, Nav::Pools, Some(&events), body))
+    let events = format!("/api/events?pool={}", view::query_escape(name));
+    view::page(name, Nav::Pools, Some(&events), body)
 }
 
 fn details_tab(view: &PoolView) -> Markup {
@@ -329,68 +380,6 @@ fn details_tab(view: &PoolView) -> Markup {
             (view::json(&pool.base_job_template))
         }
     }
-}
-
-fn queues_tab(s: &AppState, pool: &str) -> Result<Markup, ApiError> {
-    let queues = s.control.queues(pool)?;
-    let pending = pending_by_queue(s, pool)?;
-    Ok(html! {
-        table #queues {
-            thead { tr {
-                th { "Name" } th { "Priority" } th { "Status" } th { "Concurrency" }
-                th { "Paused" } th { "Pending runs" } th { "Last polled" }
-            } }
-            tbody {
-                @for q in &queues {
-                    tr data-queue=(q.queue.name) {
-                        td { (q.queue.name) }
-                        td { (q.queue.priority) }
-                        td { (view::queue_status(q.status)) }
-                        td { (view::limit(q.queue.concurrency_limit)) }
-                        td { @if q.queue.paused { "yes" } @else { "no" } }
-                        td { (pending.count(&q.queue.name)) }
-                        td { (view::ago_or_never(q.queue.last_polled)) }
-                    }
-                }
-            }
-        }
-    })
-}
-
-/// SCHEDULED runs per queue, read from the state index (the few waiting
-/// runs, not the pool's whole history).
-struct Pending {
-    counts: BTreeMap<String, usize>,
-    capped: bool,
-}
-
-const PENDING_SCAN: usize = 1000;
-
-impl Pending {
-    fn count(&self, queue: &str) -> String {
-        let n = self.counts.get(queue).copied().unwrap_or(0);
-        if self.capped {
-            format!("{n}+")
-        } else {
-            n.to_string()
-        }
-    }
-}
-
-fn pending_by_queue(s: &AppState, pool: &str) -> Result<Pending, ApiError> {
-    let filter = RunFilter {
-        state: Some(StateType::Scheduled),
-        ..RunFilter::default()
-    };
-    let page = s.control.runs(&filter, None, PENDING_SCAN)?;
-    let mut counts = BTreeMap::new();
-    for run in page.runs.iter().filter(|r| r.pool == pool) {
-        *counts.entry(run.queue.clone()).or_insert(0) += 1;
-    }
-    Ok(Pending {
-        counts,
-        capped: page.next_cursor.is_some(),
-    })
 }
 
 fn workers_tab(s: &AppState, pool: &str) -> Result<Markup, ApiError> {

@@ -92,6 +92,20 @@ pub fn state(state: StateType) -> Markup {
     html! { span.state.(class) data-state=(state.as_str()) { (state.as_str()) } }
 }
 
+/// A run's state: LATE for a SCHEDULED run the server marked past its
+/// time (the word as well as the colour), else its type.
+pub fn run_state(state: &crate::model::State) -> Markup {
+    if state.state_type == StateType::Scheduled && state.name == crate::orchestration::LATE {
+        return html! { span.state.bad data-state="LATE" title="SCHEDULED, past its time" { "LATE" } };
+    }
+    self::state(state.state_type)
+}
+
+/// A button that copies `text` to the clipboard (`app.js`).
+pub fn copy_button(text: &str, label: &str) -> Markup {
+    html! { button.copy type="button" data-copy=(text) { (label) } }
+}
+
 /// A time as "3 s ago", kept current by `app.js`; the exact time on hover.
 pub fn ago(time: Timestamp) -> Markup {
     let now = chrono::Utc::now();

@@ -1,9 +1,11 @@
 // The host UI's only script. Pages work without it; it adds:
 // - live updates: one EventSource on the page's feed (`data-events`); news
-//   re-fetches this page and swaps its `data-live` regions, and log lines
-//   are appended straight from their events;
+//   re-fetches this page and swaps its `data-live` regions (keeping focus,
+//   and leaving alone a region whose form is being filled in), and log
+//   lines are appended straight from their events;
 // - "3 s ago" times that keep counting;
-// - a question before destructive actions (`data-confirm`).
+// - a question before destructive actions (`data-confirm`);
+// - copy buttons (`data-copy`).
 (() => {
   "use strict";
   const body = document.body;
@@ -29,8 +31,64 @@
     if (question && !window.confirm(question)) event.preventDefault();
   });
 
+  // The Clipboard API needs a secure context (https, or a loopback
+  // address); elsewhere the old `execCommand` path still works.
+  async function copy(text) {
+    try {
+      await navigator.clipboard.writeText(text);
+      return true;
+    } catch (_) {
+      const area = document.createElement("textarea");
+      area.value = text;
+      area.setAttribute("readonly", "");
+      area.style.position = "fixed";
+      area.style.opacity = "0";
+      document.body.append(area);
+      area.select();
+      const done = document.execCommand("copy");
+      area.remove();
+      return done;
+    }
+  }
+  document.addEventListener("click", async (event) => {
+    const button = event.target.closest("button[data-copy]");
+    if (!button) return;
+    const label = button.dataset.label || button.textContent;
+    button.dataset.label = label;
+    button.textContent = (await copy(button.dataset.copy)) ? "Copied" : "Copy failed";
+    setTimeout(() => { button.textContent = label; }, 2000);
+  });
+
   const feed = body.dataset.events;
   if (!feed || !window.EventSource) return;
+
+  // A region is swapped only while nobody is in the middle of it: one with
+  // a field being typed in, or changed and not yet sent, stays as it is
+  // (and is refreshed once the field is left); a focused button or link
+  // gets the focus back on its counterpart in the fresh region.
+  function editing(region) {
+    const active = document.activeElement;
+    if (active && region.contains(active)
+      && active.matches("input:not([type=hidden]), textarea, select")) return true;
+    for (const field of region.querySelectorAll("input:not([type=hidden]), textarea")) {
+      if (field.value !== field.defaultValue) return true;
+    }
+    for (const option of region.querySelectorAll("option")) {
+      if (option.selected !== option.defaultSelected) return true;
+    }
+    return false;
+  }
+  function focusKey(element) {
+    if (element.id) return `#${CSS.escape(element.id)}`;
+    const tag = element.tagName.toLowerCase();
+    const form = element.closest("form[action]");
+    if (form) return `form[action="${CSS.escape(form.getAttribute("action"))}"] ${tag}`;
+    if (element.dataset.copy) return `${tag}[data-copy="${CSS.escape(element.dataset.copy)}"]`;
+    if (element.matches("a[href]")) return `a[href="${CSS.escape(element.getAttribute("href"))}"]`;
+    return null;
+  }
+  let held = false;
+  document.addEventListener("focusout", () => { if (held) { held = false; soon(); } });
 
   let inFlight = false, again = false, timer = null;
   async function refresh() {
@@ -42,7 +100,13 @@
         const fresh = new DOMParser().parseFromString(await answer.text(), "text/html");
         for (const region of document.querySelectorAll("[data-live][id]")) {
           const replacement = fresh.getElementById(region.id);
-          if (replacement) region.replaceWith(document.adoptNode(replacement));
+          if (!replacement) continue;
+          if (editing(region)) { held = true; continue; }
+          const active = document.activeElement;
+          const focused = active && region.contains(active) ? focusKey(active) : null;
+          region.replaceWith(document.adoptNode(replacement));
+          const again = focused && replacement.querySelector(focused);
+          if (again) again.focus({ preventScroll: true });
         }
         tick();
         body.dataset.refreshed = String(Date.now());
@@ -64,19 +128,28 @@
     const last = logs && logs.lastElementChild;
     return last ? Number(last.dataset.seq) : -1;
   }
+  // As the server renders a line: its UTC time to the millisecond, then the message.
   function append(line) {
-    if (line.seq <= lastSeq()) return;
+    if (!logs.hasAttribute("data-follow") || line.seq <= lastSeq()) return;
     const stick = logs.scrollTop + logs.clientHeight >= logs.scrollHeight - 4;
     const span = document.createElement("span");
     span.className = `line ${line.stream}`;
     span.dataset.seq = line.seq;
-    span.textContent = `${line.message}\n`;
+    const time = document.createElement("time");
+    time.className = "ts";
+    time.dateTime = line.timestamp;
+    time.textContent = new Date(line.timestamp).toISOString().slice(11, 23);
+    time.title = line.timestamp;
+    const message = document.createElement("span");
+    message.className = "msg";
+    message.textContent = line.message;
+    span.append(time, " ", message, "\n");
     logs.append(span);
     if (stick) logs.scrollTop = logs.scrollHeight;
   }
   // Lines written between the page's rendering and the stream's start.
   async function catchUp() {
-    if (!logs) return;
+    if (!logs || !logs.hasAttribute("data-follow")) return;
     const after = lastSeq();
     const query = after >= 0 ? `?after=${after}` : "";
     try {
@@ -91,7 +164,7 @@
     source = new EventSource(feed);
     source.onopen = () => { indicator.hidden = false; soon(); catchUp(); };
     source.onerror = () => { indicator.hidden = true; };
-    for (const name of ["run", "worker", "pool", "pool_deleted"]) source.addEventListener(name, soon);
+    for (const name of ["run", "run_deleted", "worker", "pool", "pool_deleted"]) source.addEventListener(name, soon);
     source.addEventListener("reset", () => { soon(); catchUp(); });
     source.addEventListener("log", (event) => {
       if (logs) append(JSON.parse(event.data).line);
