@@ -7,7 +7,8 @@
 //! # Layout
 //! - [`Plugin`]: the one trait; typed configuration and handles through serde.
 //! - [`Error`]: what a call may fail with; retryable or fatal.
-//! - [`template`]: builds the default base job template and its JSON Schema.
+//! - [`template`]: builds the default base job template and its JSON Schema,
+//!   and splits a `command` variable given as one line.
 //! - [`log`], [`capabilities`]: the host interfaces a plugin may call.
 //! - [`http`]: a small client over the standard `wasi:http` (JSON, retries),
 //!   for plugins granted `http`.

@@ -115,6 +115,55 @@ fn with_default(mut schema: Value, default: Option<Value>) -> Value {
     schema
 }
 
+/// Splits a `command` job variable given as one line into argv, with
+/// shell-like quoting ('..', "..", \); an unclosed quote or an empty line
+/// is a fatal error naming `command`.
+pub fn split_command(command: &str) -> crate::Result<Vec<String>> {
+    let mut argv = Vec::new();
+    let mut current = String::new();
+    let mut in_word = false;
+    let mut quote: Option<char> = None;
+    let mut chars = command.chars();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some('"'), '\\') | (None, '\\') => {
+                if let Some(next) = chars.next() {
+                    current.push(next);
+                    in_word = true;
+                }
+            }
+            (Some(_), c) => current.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if in_word {
+                    argv.push(std::mem::take(&mut current));
+                    in_word = false;
+                }
+            }
+            (None, c) => {
+                current.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if quote.is_some() {
+        return Err(crate::Error::fatal(format!(
+            "command: unclosed quote in {command:?}"
+        )));
+    }
+    if in_word {
+        argv.push(current);
+    }
+    if argv.is_empty() {
+        return Err(crate::Error::fatal("command: must not be empty"));
+    }
+    Ok(argv)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,5 +184,13 @@ mod tests {
         );
         assert_eq!(template["job_configuration"]["binds"], json!("{{ binds }}"));
         assert_eq!(string_list("Any", None)["items"], json!({"type": "string"}));
+    }
+
+    #[test]
+    fn a_command_line_splits_as_a_shell_would_quote_it() {
+        let argv = split_command(r#"sh -c 'echo "a b"; exit 3' x\ y"#).expect("argv");
+        assert_eq!(argv, ["sh", "-c", r#"echo "a b"; exit 3"#, "x y"]);
+        assert!(split_command("echo 'open").is_err());
+        assert!(split_command("  ").is_err());
     }
 }

@@ -112,7 +112,7 @@ impl Plugin for DockerPlugin {
             parse_memory(limit)?;
         }
         if let Some(command) = &config.command {
-            split_command(command)?;
+            template::split_command(command)?;
         }
         Ok(())
     }
@@ -128,7 +128,7 @@ impl Plugin for DockerPlugin {
                 .unwrap_or("IfNotPresent"),
         )?;
         let command = match &config.command {
-            Some(command) => split_command(command)?,
+            Some(command) => template::split_command(command)?,
             None => job.command.clone(),
         };
         let env = host_plugin_sdk::local::merge_env(
@@ -325,53 +325,6 @@ fn parse_memory(limit: &Value) -> Result<u64> {
         }
         _ => Err(invalid()),
     }
-}
-
-/// Splits a command line into argv with shell-like quoting ('..', "..", \).
-fn split_command(command: &str) -> Result<Vec<String>> {
-    let mut argv = Vec::new();
-    let mut current = String::new();
-    let mut in_word = false;
-    let mut quote: Option<char> = None;
-    let mut chars = command.chars();
-    while let Some(c) = chars.next() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some('"'), '\\') | (None, '\\') => {
-                if let Some(next) = chars.next() {
-                    current.push(next);
-                    in_word = true;
-                }
-            }
-            (Some(_), c) => current.push(c),
-            (None, '\'' | '"') => {
-                quote = Some(c);
-                in_word = true;
-            }
-            (None, c) if c.is_whitespace() => {
-                if in_word {
-                    argv.push(std::mem::take(&mut current));
-                    in_word = false;
-                }
-            }
-            (None, c) => {
-                current.push(c);
-                in_word = true;
-            }
-        }
-    }
-    if quote.is_some() {
-        return Err(Error::fatal(format!(
-            "command: unclosed quote in {command:?}"
-        )));
-    }
-    if in_word {
-        argv.push(current);
-    }
-    if argv.is_empty() {
-        return Err(Error::fatal("command: must not be empty"));
-    }
-    Ok(argv)
 }
 
 export_plugin!(DockerPlugin);

@@ -227,7 +227,7 @@ impl Config {
             )));
         }
         if let Some(command) = &self.command {
-            split_command(command)?;
+            template::split_command(command)?;
         }
         // Not the endpoints: they come from the worker's environment, and
         // the server that validates a deployment need not have it.
@@ -301,51 +301,4 @@ pub fn same_definition(wanted: &Value, existing: &Value) -> bool {
         && keys.iter().all(|k| {
             wanted.get(*k).unwrap_or(&Value::Null) == existing.get(*k).unwrap_or(&Value::Null)
         })
-}
-
-/// Splits a command line into argv with shell-like quoting ('..', "..", \).
-pub fn split_command(command: &str) -> Result<Vec<String>> {
-    let mut argv = Vec::new();
-    let mut current = String::new();
-    let mut in_word = false;
-    let mut quote: Option<char> = None;
-    let mut chars = command.chars();
-    while let Some(c) = chars.next() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some('"'), '\\') | (None, '\\') => {
-                if let Some(next) = chars.next() {
-                    current.push(next);
-                    in_word = true;
-                }
-            }
-            (Some(_), c) => current.push(c),
-            (None, '\'' | '"') => {
-                quote = Some(c);
-                in_word = true;
-            }
-            (None, c) if c.is_whitespace() => {
-                if in_word {
-                    argv.push(std::mem::take(&mut current));
-                    in_word = false;
-                }
-            }
-            (None, c) => {
-                current.push(c);
-                in_word = true;
-            }
-        }
-    }
-    if quote.is_some() {
-        return Err(Error::fatal(format!(
-            "command: unclosed quote in {command:?}"
-        )));
-    }
-    if in_word {
-        argv.push(current);
-    }
-    if argv.is_empty() {
-        return Err(Error::fatal("command: must not be empty"));
-    }
-    Ok(argv)
 }

@@ -86,7 +86,7 @@ impl Plugin for EcsPlugin {
             create_log_group(&Api::logs(&endpoints.logs), group);
         }
         let command = match &config.command {
-            Some(command) => config::split_command(command)?,
+            Some(command) => host_plugin_sdk::template::split_command(command)?,
             None => job.command.clone(),
         };
         let env = host_plugin_sdk::local::merge_env(
