@@ -220,8 +220,12 @@ async fn a_container_killed_from_outside_or_cancelled_is_reported() {
     setup.ok(&["flow-run", "cancel", &id]);
     let run = setup.final_state(&id).await;
     assert_eq!(run["state"]["type"], "CANCELLED", "{run}");
+    // The worker reports the state first and removes the container after.
     assert!(
-        docker::containers_with_label("host.flow-run-id", &id).is_empty(),
+        common::wait_until(Duration::from_secs(30), || {
+            docker::containers_with_label("host.flow-run-id", &id).is_empty()
+        })
+        .await,
         "stopped and removed"
     );
 }
