@@ -6,7 +6,7 @@
 //! nothing behind" are checked against those records, and the capabilities
 //! `describe` lists against the component's real imports.
 
-use crate::capabilities::OutputSink;
+use crate::capabilities::{OutputSink, SentRequest};
 use crate::contract::OutputStream;
 use crate::runtime::{CallError, Capability, ErrorKind, Job, LoadedPlugin, RunStatus};
 use crate::template;
@@ -39,14 +39,24 @@ impl Check {
     }
 }
 
+/// The suite with the plugin's own examples.
 pub async fn run(plugin: &LoadedPlugin) -> Vec<Check> {
+    run_with(plugin, &Map::new()).await
+}
+
+/// The suite with `variables` over the plugin's examples (say, an endpoint
+/// of the author's own to run against).
+pub async fn run_with(plugin: &LoadedPlugin, variables: &Map<String, Value>) -> Vec<Check> {
     let mut checks = vec![
         check("describe", describe(plugin)).await,
         check("capabilities", capabilities_match_imports(plugin)).await,
     ];
     let info = plugin.info();
-    let configuration =
-        example_configuration(&info.default_base_job_template, &info.example_variables);
+    let configuration = example_configuration(
+        &info.default_base_job_template,
+        &info.example_variables,
+        variables,
+    );
     checks.push(
         check("template", async {
             configuration.clone().map(|c| format!("renders to {c}"))
@@ -59,7 +69,7 @@ pub async fn run(plugin: &LoadedPlugin) -> Vec<Check> {
     checks.push(check("validate-example", validate_example(plugin, &configuration)).await);
     checks.push(check("reject-bad-configuration", reject_bad_configuration(plugin)).await);
     checks.extend(example_run(plugin, &configuration).await);
-    checks.push(stop_check(plugin).await);
+    checks.push(stop_check(plugin, variables).await);
     checks.push(check("foreign-handle", foreign_handle(plugin)).await);
     checks
 }
@@ -153,6 +163,7 @@ async fn example_run(plugin: &LoadedPlugin, configuration: &str) -> Vec<Check> {
             return checks;
         }
     };
+    checks.push(start_tags(&run, &plugin.sent_requests(&run)));
     let output = Arc::new(TailOutput::default());
     let mut waited = check(
         "start-wait",
@@ -203,6 +214,44 @@ async fn example_run(plugin: &LoadedPlugin, configuration: &str) -> Vec<Check> {
     checks
 }
 
+/// What `start` made remotely must carry the flow run id (as a tag, a
+/// label, a name), or a successor worker's `recover` could not find it and
+/// nobody could tell whose it is. The host cannot see what a request makes,
+/// so the rule it holds a plugin to: of the writes `start` sent over
+/// `http`, at least one carried the run id in its URL, headers or body.
+fn start_tags(run: &str, sent: &[SentRequest]) -> Check {
+    let writes: Vec<&SentRequest> = sent.iter().filter(|r| r.writes()).collect();
+    let untagged: Vec<String> = writes
+        .iter()
+        .filter(|r| !r.carries_run_id)
+        .map(|r| format!("{} {} did not carry it", r.method, r.url))
+        .collect();
+    let outcome = if writes.is_empty() {
+        Ok("start sent no HTTP writes: nothing remote to tag".to_string())
+    } else if untagged.len() < writes.len() {
+        Ok(format!(
+            "{} of {} HTTP write(s) of start carried the flow run id",
+            writes.len() - untagged.len(),
+            writes.len()
+        ))
+    } else {
+        Err(format!(
+            "start sent {} HTTP write(s) and none carried the flow run id {run}: tag what start makes with it (the contract: recover finds remote resources by it)",
+            writes.len()
+        ))
+    };
+    let notes = if outcome.is_err() {
+        untagged
+    } else {
+        Vec::new()
+    };
+    Check {
+        name: "start-tags",
+        outcome,
+        notes,
+    }
+}
+
 async fn wait_for_success(
     plugin: &LoadedPlugin,
     run: &str,
@@ -240,7 +289,10 @@ async fn destroy_leaves_nothing(
 }
 
 /// `stop` on a job that is still running, checked through the capabilities.
-async fn stop_a_running_job(plugin: &LoadedPlugin) -> Result<String, (String, Vec<String>)> {
+async fn stop_a_running_job(
+    plugin: &LoadedPlugin,
+    variables: &Map<String, Value>,
+) -> Result<String, (String, Vec<String>)> {
     let info = plugin.info();
     if info.long_running_variables.trim().is_empty() {
         return Err((
@@ -252,6 +304,7 @@ async fn stop_a_running_job(plugin: &LoadedPlugin) -> Result<String, (String, Ve
     let configuration = example_configuration(
         &info.default_base_job_template,
         &info.long_running_variables,
+        variables,
     )
     .map_err(|e| (format!("long-running example: {e}"), Vec::new()))?;
     let job = job(&configuration, "stop");
@@ -304,8 +357,8 @@ async fn stop_a_running_job(plugin: &LoadedPlugin) -> Result<String, (String, Ve
 }
 
 /// The `stop` check, with what the host released after it as notes.
-async fn stop_check(plugin: &LoadedPlugin) -> Check {
-    let outcome = tokio::time::timeout(CHECK_TIMEOUT, stop_a_running_job(plugin)).await;
+async fn stop_check(plugin: &LoadedPlugin, variables: &Map<String, Value>) -> Check {
+    let outcome = tokio::time::timeout(CHECK_TIMEOUT, stop_a_running_job(plugin, variables)).await;
     let (outcome, notes) = match outcome {
         Ok(Ok(detail)) => (Ok(detail), Vec::new()),
         Ok(Err((reason, left))) => (Err(reason), host_report("then the host", left)),
@@ -408,12 +461,18 @@ async fn check(name: &'static str, body: impl Future<Output = Result<String, Str
     }
 }
 
-/// The default template rendered with its defaults and `example_json`.
-fn example_configuration(template_json: &str, example_json: &str) -> Result<String, String> {
+/// The default template rendered with its defaults, `example_json` and
+/// `over` (the caller's, over the example).
+fn example_configuration(
+    template_json: &str,
+    example_json: &str,
+    over: &Map<String, Value>,
+) -> Result<String, String> {
     let template: Value = serde_json::from_str(template_json)
         .map_err(|e| format!("default template is not JSON: {e}"))?;
-    let example: Map<String, Value> = serde_json::from_str(example_json)
+    let mut example: Map<String, Value> = serde_json::from_str(example_json)
         .map_err(|e| format!("example variables are not a JSON object: {e}"))?;
+    example.extend(over.clone());
     let job_configuration = &template["job_configuration"];
     let variables = &template["variables"];
     let undeclared = template::undeclared(job_configuration, variables);

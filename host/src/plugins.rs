@@ -96,7 +96,7 @@ impl Registry {
     pub async fn load(runtime: &Runtime, plugin_dir: Option<&Path>) -> anyhow::Result<Registry> {
         let mut registry = Registry::default();
         let grants = match plugin_dir {
-            Some(dir) => read_grants(dir, &mut registry.warnings)?,
+            Some(dir) => read_grants(&dir.join(GRANTS_FILE), true, &mut registry.warnings)?,
             None => HashMap::new(),
         };
         for builtin in BUILTINS {
@@ -253,14 +253,55 @@ pub fn parse_grants<S: AsRef<str>>(names: &[S]) -> anyhow::Result<Grants> {
     Ok(Grants::new(capabilities))
 }
 
+/// The grants of a plugin file tested or inspected on its own: the
+/// capabilities `names` gives, and its section (by file stem) of
+/// `grants_file` when one is given, with what in that file looks wrong.
+pub fn file_grants<S: AsRef<str>>(
+    plugin: &Path,
+    names: &[S],
+    grants_file: Option<&Path>,
+) -> anyhow::Result<(Grants, Vec<String>)> {
+    let mut warnings = Vec::new();
+    let named = parse_grants(names)?;
+    let Some(grants_file) = grants_file else {
+        if named.iter().any(|c| c == Capability::Http) {
+            warnings.push(
+                "`http` is granted with no origins: every request will be refused (list them in a grants file, --grants FILE)"
+                    .to_string(),
+            );
+        }
+        return Ok((named, warnings));
+    };
+    let stem = plugin
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let mut entries = read_grants(grants_file, false, &mut warnings)?;
+    let Some(entry) = entries.remove(&stem) else {
+        anyhow::bail!(
+            "{}: has no [{stem}] section for {}",
+            grants_file.display(),
+            plugin.display()
+        );
+    };
+    let grants = Grants::new(entry.capabilities.iter().copied().chain(named.iter()))
+        .with_container_policy(entry.container)
+        .with_http_policy(entry.http);
+    Ok((grants, warnings))
+}
+
+/// `grants.toml`'s sections by plugin file stem; a missing file is no
+/// grants when `missing_ok`.
 fn read_grants(
-    dir: &Path,
+    path: &Path,
+    missing_ok: bool,
     warnings: &mut Vec<String>,
 ) -> anyhow::Result<HashMap<String, GrantEntry>> {
-    let path = dir.join(GRANTS_FILE);
-    let text = match std::fs::read_to_string(&path) {
+    let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) if missing_ok && e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(HashMap::new());
+        }
         Err(e) => anyhow::bail!("{}: {e}", path.display()),
     };
     let table: toml::Table =

@@ -310,10 +310,16 @@ fn the_ecs_plugin_passes_the_conformance_suite() {
         .envs(ministack.env())
         .output()
         .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
+        "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // RunTask carried the run id as a tag: what a successor recovers it by.
+    let tags = stdout
+        .lines()
+        .find(|line| line.contains("start-tags"))
+        .unwrap_or_default();
+    assert!(tags.contains("carried the flow run id"), "{stdout}");
 }

@@ -26,16 +26,16 @@ const AWS_TOKEN: &str = "hostTestSessionToken";
 
 /// What one server saw.
 #[derive(Debug, Clone)]
-struct Seen {
-    port: u16,
-    method: String,
-    path_and_query: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
+pub(crate) struct Seen {
+    pub port: u16,
+    pub method: String,
+    pub path_and_query: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
 }
 
 impl Seen {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n == name)
@@ -43,14 +43,14 @@ impl Seen {
     }
 }
 
-type Recorder = Arc<Mutex<Vec<Seen>>>;
+pub(crate) type Recorder = Arc<Mutex<Vec<Seen>>>;
 
-fn seen(recorder: &Recorder) -> Vec<Seen> {
+pub(crate) fn seen(recorder: &Recorder) -> Vec<Seen> {
     recorder.lock().expect("recorder").clone()
 }
 
 /// A server on `ip` that records every request and answers by path.
-async fn server(ip: &str, recorder: &Recorder, redirect_to: String) -> SocketAddr {
+pub(crate) async fn server(ip: &str, recorder: &Recorder, redirect_to: String) -> SocketAddr {
     use axum::body::{Body, Bytes};
     use axum::response::Response;
     use futures_util::StreamExt;

@@ -18,6 +18,7 @@ mod events;
 mod faults;
 mod fresh_setup;
 mod http_capability;
+mod http_grants;
 mod no_run_lost;
 mod plugin_cli;
 mod plugin_runtime;

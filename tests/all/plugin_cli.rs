@@ -208,7 +208,7 @@ fn plugin_test_names_each_failed_check() {
     assert!(text.contains("ok      describe"), "{text}");
     assert_eq!(
         stderr(&out).trim_end(),
-        "error: 2 of 12 checks failed: start-wait, stop"
+        "error: 2 of 13 checks failed: start-wait, stop"
     );
     assert_eq!(host.runs_left(), Vec::<std::path::PathBuf>::new());
 }
@@ -328,7 +328,7 @@ fn new_plugin_builds_and_passes(host: &Host, name: &str, capability: &str) {
     ]);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     assert!(
-        stdout(&out).contains("12 checks passed"),
+        stdout(&out).contains("13 checks passed"),
         "{}",
         stdout(&out)
     );

@@ -37,6 +37,7 @@ mod process;
 
 pub use self::http::{
     Auth, AwsEndpoints, Endpoint, HOST_HELD_HEADERS, HttpGrantError, HttpPolicy, HttpScope,
+    SentRequest,
 };
 pub use container_runtime::{ContainerHost, ContainerPolicy, ContainerTable, SCOPE_LABEL};
 pub use log::{

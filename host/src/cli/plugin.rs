@@ -23,9 +23,8 @@ pub enum PluginCommand {
     Inspect {
         /// A plugin name, or a path to a component file.
         plugin: String,
-        /// Capabilities to grant a plugin given as a file (repeatable).
-        #[arg(long = "grant")]
-        grants: Vec<String>,
+        #[command(flatten)]
+        grants: FileGrants,
         #[arg(long, value_enum, default_value_t)]
         output: OutputFormat,
         #[command(flatten)]
@@ -35,9 +34,12 @@ pub enum PluginCommand {
     Test {
         /// A plugin name, or a path to a component file.
         plugin: String,
-        /// Capabilities to grant a plugin given as a file (repeatable).
-        #[arg(long = "grant")]
-        grants: Vec<String>,
+        #[command(flatten)]
+        grants: FileGrants,
+        /// Job variables (a JSON object) over the plugin's examples, say an
+        /// endpoint of your own for the runs to reach.
+        #[arg(long, value_name = "JSON")]
+        variables: Option<String>,
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
@@ -55,6 +57,19 @@ pub enum PluginCommand {
         #[arg(long)]
         sdk: Option<PathBuf>,
     },
+}
+
+/// What a plugin given as a file is granted (a named plugin has its
+/// plugin directory's `grants.toml`).
+#[derive(clap::Args)]
+pub struct FileGrants {
+    /// A capability to grant (repeatable).
+    #[arg(long = "grant")]
+    names: Vec<String>,
+    /// A grants file (as a plugin directory's grants.toml): the section
+    /// named after the file's stem, with its allowed origins and policies.
+    #[arg(long = "grants", value_name = "FILE")]
+    file: Option<PathBuf>,
 }
 
 pub async fn run(command: PluginCommand) -> anyhow::Result<ExitCode> {
@@ -77,17 +92,28 @@ pub async fn run(command: PluginCommand) -> anyhow::Result<ExitCode> {
             output,
             runtime,
         } => {
-            let found = find(&runtime, &plugin, &grants).await?;
+            let found = find(&runtime.runtime()?, &runtime, &plugin, &grants).await?;
             inspect(&found, output)?;
             Ok(ExitCode::SUCCESS)
         }
         PluginCommand::Test {
             plugin,
             grants,
-            runtime,
+            variables,
+            runtime: args,
         } => {
-            let found = find(&runtime, &plugin, &grants).await?;
-            test(&found).await
+            let variables = match variables {
+                Some(json) => serde_json::from_str(&json)
+                    .map_err(|e| anyhow::anyhow!("--variables: not a JSON object: {e}"))?,
+                None => serde_json::Map::new(),
+            };
+            // The suite checks what the example run sends over `http`.
+            let runtime = crate::runtime::Runtime::new(crate::runtime::RuntimeConfig {
+                record_http: true,
+                ..args.config_in(None)?
+            })?;
+            let found = find(&runtime, &args, &plugin, &grants).await?;
+            test(&found, &variables).await
         }
         PluginCommand::New {
             name,
@@ -112,13 +138,17 @@ pub async fn run(command: PluginCommand) -> anyhow::Result<ExitCode> {
 /// A plugin by name (built-in or from the plugin directory), or a component
 /// file with the given grants.
 async fn find(
+    runtime: &crate::runtime::Runtime,
     args: &RuntimeArgs,
     plugin: &str,
-    grants: &[String],
+    grants: &FileGrants,
 ) -> anyhow::Result<std::sync::Arc<LoadedPlugin>> {
-    let runtime = &args.runtime()?;
     if plugin.ends_with(".wasm") || Path::new(plugin).is_file() {
-        let grants = plugins::parse_grants(grants)?;
+        let (grants, warnings) =
+            plugins::file_grants(Path::new(plugin), &grants.names, grants.file.as_deref())?;
+        for warning in warnings {
+            eprintln!("warning: {warning}");
+        }
         let loaded = plugins::load_file(runtime, Path::new(plugin), grants).await?;
         return Ok(std::sync::Arc::new(loaded));
     }
@@ -197,9 +227,12 @@ fn inspect(plugin: &LoadedPlugin, output: OutputFormat) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn test(plugin: &LoadedPlugin) -> anyhow::Result<ExitCode> {
+async fn test(
+    plugin: &LoadedPlugin,
+    variables: &serde_json::Map<String, Value>,
+) -> anyhow::Result<ExitCode> {
     println!("testing plugin `{}` ({})", plugin.name(), plugin.source());
-    let checks = crate::conformance::run(plugin).await;
+    let checks = crate::conformance::run_with(plugin, variables).await;
     let mut failed = Vec::new();
     for check in &checks {
         match &check.outcome {

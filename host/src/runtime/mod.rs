@@ -64,6 +64,9 @@ pub struct RuntimeConfig {
     /// The user process runs' workloads run as (`--run-as`); this
     /// process's own when `None`.
     pub run_as: Option<RunAs>,
+    /// Keep what each run's calls send over `http` (for `host plugin
+    /// test`'s checks; a worker does not).
+    pub record_http: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -79,6 +82,7 @@ impl Default for RuntimeConfig {
             supervisor: None,
             output_limits: OutputLimits::default(),
             run_as: None,
+            record_http: false,
         }
     }
 }

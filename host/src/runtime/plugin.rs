@@ -309,6 +309,17 @@ impl LoadedPlugin {
         running
     }
 
+    /// What `run`'s calls have sent over `http` so far, in order, when the
+    /// runtime records it (`RuntimeConfig::record_http`); empty otherwise.
+    pub fn sent_requests(&self, run: &str) -> Vec<crate::capabilities::SentRequest> {
+        self.runtime
+            .tables()
+            .http
+            .as_ref()
+            .map(|journal| journal.sent(run))
+            .unwrap_or_default()
+    }
+
     /// Kills what of `run` still runs, when the plugin's `stop` did not; says
     /// what that was.
     pub async fn kill_leftovers(&self, run: &str) -> Vec<String> {

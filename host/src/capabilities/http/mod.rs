@@ -10,15 +10,18 @@
 //! The credentials never enter the guest: the headers that carry them are
 //! forbidden to it both ways, so it can neither set nor read them.
 //!
-//! `policy` is what a grant says, `tls` an entry's trust, `aws` SigV4.
+//! `policy` is what a grant says, `tls` an entry's trust, `aws` SigV4,
+//! `journal` what a run sent (for `host plugin test`).
 
 mod aws;
 mod aws_env;
+mod journal;
 mod policy;
 mod send;
 mod tls;
 
 pub use aws_env::AwsEndpoints;
+pub use journal::{Journal, SentRequest};
 pub use policy::{Auth, Endpoint, HttpGrantError, HttpPolicy};
 
 use super::{CallScope, HostCapability, Setup};
@@ -47,18 +50,19 @@ pub(crate) struct Http;
 impl HostCapability for Http {
     const INTERFACE: &'static str = "http";
     const STANDARD_PACKAGE: Option<&'static str> = Some("wasi:http");
-    type Shared = ();
+    /// What runs sent, when the runtime records it.
+    type Shared = Option<Arc<Journal>>;
     type Scoped = HttpScope;
 
-    fn init(_setup: &Setup<'_>) -> anyhow::Result<()> {
-        Ok(())
+    fn init(setup: &Setup<'_>) -> anyhow::Result<Option<Arc<Journal>>> {
+        Ok(setup.config.record_http.then(Arc::default))
     }
 
     fn link(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)
     }
 
-    fn scope(_shared: &(), call: &CallScope<'_>) -> HttpScope {
+    fn scope(journal: &Option<Arc<Journal>>, call: &CallScope<'_>) -> HttpScope {
         let policy = call.grants.http_policy().clone();
         HttpScope {
             ctx: WasiHttpCtx::new(),
@@ -67,8 +71,16 @@ impl HostCapability for Http {
                 run: call.run.map(String::from),
                 in_flight: Arc::new(Semaphore::new(policy.max_concurrent)),
                 policy,
+                journal: journal.clone(),
             },
         }
+    }
+
+    async fn release(journal: &Option<Arc<Journal>>, run: &str) -> Vec<String> {
+        if let Some(journal) = journal {
+            journal.forget(run);
+        }
+        Vec::new()
     }
 }
 
@@ -97,6 +109,7 @@ struct Hooks {
     /// Requests of this call in flight (a permit lives until the response
     /// body is read or dropped).
     in_flight: Arc<Semaphore>,
+    journal: Option<Arc<Journal>>,
 }
 
 type SendResult = wasmtime_wasi_http::Result<(
@@ -147,6 +160,19 @@ impl WasiHttpHooks for Hooks {
             );
             return refuse(Error::ConnectionLimitReached);
         };
-        Box::new(send::send(endpoint, request, options, permit, span.clone()).instrument(span))
+        let (journal, run) = (self.journal.clone(), self.run.clone().unwrap_or_default());
+        let reports_to = span.clone();
+        let sent = async move {
+            let request = match journal {
+                Some(journal) => {
+                    journal
+                        .record(&run, request, endpoint.max_request_bytes)
+                        .await?
+                }
+                None => request,
+            };
+            send::send(endpoint, request, options, permit, reports_to).await
+        };
+        Box::new(sent.instrument(span))
     }
 }

@@ -5,7 +5,8 @@
 //! "follow_redirects": n, "attempts": n}]}` gives the handle
 //! `{"results": [{"status", "headers", "body", "error", "redirects": [url]}]}`, bodies cut
 //! to 512 bytes. Following a redirect is the guest's own new request, which
-//! the grant judges like any other.
+//! the grant judges like any other. `{flow_run_id}` in a URL, header value or
+//! body becomes the job's run id (a plugin tagging what it makes).
 use host_plugin_sdk::http::{self, Client, Request};
 use host_plugin_sdk::{Exit, Info, Job, Plugin, Result, Status, export_plugin};
 use serde::{Deserialize, Serialize};
@@ -51,13 +52,18 @@ pub struct Got {
     redirects: Vec<String>,
 }
 
-fn one(wanted: &Wanted) -> Got {
+fn one(wanted: &Wanted, run: &str) -> Got {
+    let tagged = |text: &str| text.replace("{flow_run_id}", run);
     let mut got = Got::default();
-    let mut url = wanted.url.clone();
+    let mut url = tagged(&wanted.url);
     let mut hops = 0;
     loop {
-        let mut request = Request::new(&wanted.method, &url).body(wanted.body.as_bytes());
-        request.headers = wanted.headers.clone();
+        let mut request = Request::new(&wanted.method, &url).body(tagged(&wanted.body).as_bytes());
+        request.headers = wanted
+            .headers
+            .iter()
+            .map(|(name, value)| (name.clone(), tagged(value)))
+            .collect();
         let outcome = match wanted.attempts {
             Some(attempts) => {
                 let mut client = Client::new(&url);
@@ -97,12 +103,27 @@ impl Plugin for HttpClient {
     type Handle = Results;
 
     fn info() -> Info {
-        guest_common::info("http-client", &["http"])
+        use host_plugin_sdk::template::Template;
+        let mut info = guest_common::info("http-client", &["http"]);
+        // `requests` is a variable so `host plugin test --variables` can give
+        // the example run some.
+        info.default_base_job_template = Template::new()
+            .variable(
+                "requests",
+                serde_json::json!({"type": "array", "description": "The requests start makes", "default": []}),
+            )
+            .build();
+        info
     }
 
     fn start(job: Job<Config>) -> Result<Results> {
         Ok(Results {
-            results: job.config.requests.iter().map(one).collect(),
+            results: job
+                .config
+                .requests
+                .iter()
+                .map(|wanted| one(wanted, &job.flow_run_id))
+                .collect(),
         })
     }
 
