@@ -179,17 +179,39 @@ fn method(name: &str) -> Method {
 
 /// One attempt, no retries: any status is an `Ok`.
 pub fn send(request: &Request) -> Result<Response, HttpError> {
-    let url = request.url.as_str();
-    let transport = |message: String| HttpError::Transport {
+    start(request)?.finish()
+}
+
+/// A request sent, its response not yet read: [`start`] several, then
+/// [`InFlight::finish`] each, and they run at once (up to the grant's
+/// `max_concurrent_requests`; past it a request fails with
+/// `ConnectionLimitReached`).
+pub struct InFlight {
+    url: String,
+    pending: wasip2::http::types::FutureIncomingResponse,
+}
+
+fn transport(url: &str, message: String) -> HttpError {
+    HttpError::Transport {
         url: url.to_string(),
         message,
-    };
-    let failed = |code: ErrorCode| match code {
+    }
+}
+
+fn failed(url: &str, code: ErrorCode) -> HttpError {
+    match code {
         ErrorCode::HttpRequestDenied => HttpError::Denied {
             url: url.to_string(),
         },
-        other => transport(format!("{other:?}")),
-    };
+        other => transport(url, format!("{other:?}")),
+    }
+}
+
+/// Sends `request` (head and body) without waiting for the response.
+pub fn start(request: &Request) -> Result<InFlight, HttpError> {
+    let url = request.url.as_str();
+    let transport = |message: String| transport(url, message);
+    let failed = |code: ErrorCode| failed(url, code);
     let (scheme, authority, path) = split_url(url)?;
     let headers = Fields::new();
     for (name, value) in &request.headers {
@@ -242,6 +264,26 @@ pub fn send(request: &Request) -> Result<Response, HttpError> {
         }
     }
     OutgoingBody::finish(body, None).map_err(failed)?;
+    Ok(InFlight {
+        url: url.to_string(),
+        pending,
+    })
+}
+
+impl InFlight {
+    /// Waits for the response and reads its body whole.
+    pub fn finish(self) -> Result<Response, HttpError> {
+        let InFlight { url, pending } = self;
+        read_response(&url, pending)
+    }
+}
+
+fn read_response(
+    url: &str,
+    pending: wasip2::http::types::FutureIncomingResponse,
+) -> Result<Response, HttpError> {
+    let transport = |message: String| transport(url, message);
+    let failed = |code: ErrorCode| failed(url, code);
     pending.subscribe().block();
     let response = match pending.get() {
         Some(Ok(Ok(response))) => response,

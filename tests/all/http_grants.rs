@@ -316,3 +316,55 @@ client_key_file = "{client_key}"
         );
     }
 }
+
+#[tokio::test]
+async fn requests_past_the_in_flight_cap_fail_and_the_cap_is_per_call() {
+    let recorder = Recorder::default();
+    let origin = server("127.0.0.1", &recorder, String::new()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).expect("dir");
+    std::fs::copy(guests::HTTP_CLIENT, plugins.join("http-client.wasm")).expect("copy");
+    std::fs::write(
+        plugins.join("grants.toml"),
+        format!(
+            "[http-client]\ncapabilities = [\"http\"]\n\n[http-client.http]\nmax_concurrent_requests = 2\n\n[[http-client.http.allow]]\nurl = \"http://{origin}\"\n"
+        ),
+    )
+    .expect("grants");
+    let runtime = common::runtime(&dir.path().join("cache"));
+    let registry = host::plugins::Registry::load(&runtime, Some(&plugins))
+        .await
+        .expect("registry");
+    let plugin = registry.get("http-client").expect("loaded");
+    let all_at_once = |run: &'static str, count: usize| {
+        let plugin = plugin.clone();
+        let requests: Vec<_> = (0..count)
+            .map(|i| serde_json::json!({"url": format!("http://{origin}/ok?{run}-{i}")}))
+            .collect();
+        async move {
+            let handle = plugin
+                .start(common::job(
+                    run,
+                    serde_json::json!({"requests": requests, "concurrent": true}),
+                ))
+                .await
+                .expect("start");
+            let handle: serde_json::Value = serde_json::from_str(&handle).expect("handle");
+            handle["results"].as_array().cloned().expect("results")
+        }
+    };
+    // Three sent before any answer is read: the third is past the cap.
+    let got = all_at_once("44444444-5555-4666-8777-888888888888", 3).await;
+    assert_eq!(got[0]["status"], 200, "{got:?}");
+    assert_eq!(got[1]["status"], 200, "{got:?}");
+    assert!(
+        got[2]["error"].as_str().unwrap_or_default().contains("ConnectionLimitReached"),
+        "{got:?}"
+    );
+    assert_eq!(seen(&recorder).len(), 2, "the refused request never left");
+    // The next call has a cap of its own.
+    let got = all_at_once("55555555-6666-4777-8888-999999999999", 2).await;
+    assert!(got.iter().all(|g| g["status"] == 200), "{got:?}");
+    assert_eq!(seen(&recorder).len(), 4);
+}

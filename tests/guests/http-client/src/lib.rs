@@ -16,6 +16,9 @@ use std::time::Duration;
 pub struct Config {
     #[serde(default)]
     requests: Vec<Wanted>,
+    /// All sent before any response is read (no redirects, no retries).
+    #[serde(default)]
+    concurrent: bool,
 }
 
 #[derive(Deserialize)]
@@ -96,6 +99,26 @@ fn one(wanted: &Wanted, run: &str) -> Got {
     }
 }
 
+fn all_at_once(wanted: &[Wanted]) -> Vec<Got> {
+    let sent: Vec<_> = wanted
+        .iter()
+        .map(|w| http::start(&Request::new(&w.method, &w.url).body(w.body.as_bytes())))
+        .collect();
+    sent.into_iter()
+        .map(|sent| {
+            let mut got = Got::default();
+            match sent.and_then(http::InFlight::finish) {
+                Ok(response) => {
+                    got.status = Some(response.status);
+                    got.body = response.text();
+                }
+                Err(error) => got.error = Some(error.to_string()),
+            }
+            got
+        })
+        .collect()
+}
+
 pub struct HttpClient;
 
 impl Plugin for HttpClient {
@@ -117,6 +140,11 @@ impl Plugin for HttpClient {
     }
 
     fn start(job: Job<Config>) -> Result<Results> {
+        if job.config.concurrent {
+            return Ok(Results {
+                results: all_at_once(&job.config.requests),
+            });
+        }
         Ok(Results {
             results: job
                 .config
