@@ -323,3 +323,42 @@ fn the_ecs_plugin_passes_the_conformance_suite() {
         .unwrap_or_default();
     assert!(tags.contains("carried the flow run id"), "{stdout}");
 }
+
+/// A RunTask whose answer is lost on the way back (ECS ran the task; the
+/// plugin saw a 503) fails `start` retryably and the worker starts again:
+/// that try takes up the task the first one ran, so the run has one task.
+#[tokio::test]
+async fn a_lost_run_task_answer_does_not_start_a_second_task() {
+    let Some(setup) = Setup::new(
+        "a_lost_run_task_answer_does_not_start_a_second_task",
+        "lost/ecs",
+        &["sh", "-c", "echo begin; sleep 2; echo end"],
+    ) else {
+        return;
+    };
+    let front = Front::start(&setup.ministack.url, "RunTask").await;
+    front.lose_next(1);
+    let _worker = setup.ministack.worker_via(
+        setup.url(),
+        &setup.dir.path().join("cache"),
+        &["--pool", POOL, "--name", "ecs-worker"],
+        &front.url,
+    );
+    let id = setup.run("lost/ecs", json!({})).await;
+    let run = setup.final_state(&id).await;
+    assert_eq!(front.failed(), 1, "the front lost RunTask's answer: {run}");
+    assert_eq!(run["state"]["type"], "COMPLETED", "{run}");
+    let tasks: Vec<Value> = ["RUNNING", "STOPPED"]
+        .iter()
+        .flat_map(|desired| {
+            setup.ministack.ecs(
+                "ListTasks",
+                &json!({"startedBy": id, "desiredStatus": desired}),
+            )["taskArns"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(tasks.len(), 1, "one task for the run: {tasks:?}");
+}

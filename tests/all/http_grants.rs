@@ -359,7 +359,10 @@ async fn requests_past_the_in_flight_cap_fail_and_the_cap_is_per_call() {
     assert_eq!(got[0]["status"], 200, "{got:?}");
     assert_eq!(got[1]["status"], 200, "{got:?}");
     assert!(
-        got[2]["error"].as_str().unwrap_or_default().contains("ConnectionLimitReached"),
+        got[2]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ConnectionLimitReached"),
         "{got:?}"
     );
     assert_eq!(seen(&recorder).len(), 2, "the refused request never left");

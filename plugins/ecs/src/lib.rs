@@ -79,6 +79,15 @@ impl Plugin for EcsPlugin {
         let endpoints = config.endpoints()?;
         let ecs = Api::ecs(&endpoints.ecs);
         let container = config.container_name();
+        // The worker retries `start` after a retryable error, and a RunTask
+        // whose answer was lost may still have started a task: a task of this
+        // run that is still meant to run is taken up, never a second one.
+        let earlier = RunTasks {
+            cluster: config.cluster.as_deref(),
+            flow_run_id: &job.flow_run_id,
+            task_arn: None,
+        }
+        .listed(&ecs, "RUNNING")?;
         let (definition_arn, registered, definition) = task_definition(&ecs, &config, &endpoints)?;
         let (log_group, log_prefix) = awslogs(&definition, &container);
         let streaming = config.stream_output() && log_group.is_some();
@@ -124,41 +133,50 @@ impl Plugin for EcsPlugin {
                 }
             }
         }
-        let mut request = json!({
-            "taskDefinition": definition_arn,
-            "count": 1,
-            "launchType": config.launch_type(),
-            // 36 characters at most, a UUID's length: found again by it.
-            "startedBy": truncate(&job.flow_run_id, 36),
-            "tags": tags.iter().map(|(k, v)| json!({"key": truncate(k, 128), "value": truncate(v, 256)})).collect::<Vec<_>>(),
-            "overrides": overrides,
-        });
-        if let Some(cluster) = &config.cluster {
-            request["cluster"] = json!(cluster);
-        }
-        if let Some(network) = &config.network_configuration {
-            request["networkConfiguration"] = network.clone();
-        }
-        // Never retried here: RunTask is not idempotent, and a second task
-        // for one run is worse than a retry by the worker after an error.
-        let answer = ecs
-            .call_once("RunTask", &request)
-            .map_err(|e| e.during("RunTask"));
-        let answer = match answer {
-            Ok(answer) => answer,
-            Err(error) => {
-                deregister(&ecs, registered.as_deref());
-                return Err(error);
+        let task_arn = if let Some(arn) = earlier.as_ref().and_then(|t| t["taskArn"].as_str()) {
+            log::info(&format!(
+                "flow run {} already has ECS task {arn} (an earlier try of start ran it): taken up",
+                job.flow_run_id
+            ));
+            arn.to_string()
+        } else {
+            let mut request = json!({
+                "taskDefinition": definition_arn,
+                "count": 1,
+                "launchType": config.launch_type(),
+                // 36 characters at most, a UUID's length: found again by it.
+                "startedBy": truncate(&job.flow_run_id, 36),
+                "tags": tags.iter().map(|(k, v)| json!({"key": truncate(k, 128), "value": truncate(v, 256)})).collect::<Vec<_>>(),
+                "overrides": overrides,
+            });
+            if let Some(cluster) = &config.cluster {
+                request["cluster"] = json!(cluster);
             }
-        };
-        let Some(task_arn) = answer["tasks"][0]["taskArn"].as_str().map(String::from) else {
-            deregister(&ecs, registered.as_deref());
-            let failure = &answer["failures"][0];
-            return Err(Error::fatal(format!(
-                "RunTask started no task: {} {}",
-                failure["reason"].as_str().unwrap_or("(no reason given)"),
-                failure["detail"].as_str().unwrap_or("")
-            )));
+            if let Some(network) = &config.network_configuration {
+                request["networkConfiguration"] = network.clone();
+            }
+            // Never retried here: RunTask is not idempotent. The worker's
+            // retry of `start` looks for a task of the run first (above).
+            let answer = ecs
+                .call_once("RunTask", &request)
+                .map_err(|e| e.during("RunTask"));
+            let answer = match answer {
+                Ok(answer) => answer,
+                Err(error) => {
+                    deregister(&ecs, registered.as_deref());
+                    return Err(error);
+                }
+            };
+            let Some(task_arn) = answer["tasks"][0]["taskArn"].as_str().map(String::from) else {
+                deregister(&ecs, registered.as_deref());
+                let failure = &answer["failures"][0];
+                return Err(Error::fatal(format!(
+                    "RunTask started no task: {} {}",
+                    failure["reason"].as_str().unwrap_or("(no reason given)"),
+                    failure["detail"].as_str().unwrap_or("")
+                )));
+            };
+            task_arn
         };
         let task_id = task_arn.rsplit('/').next().unwrap_or(&task_arn).to_string();
         log::info(&format!(
@@ -365,13 +383,35 @@ fn create_log_group(logs: &Api, group: &str) {
 /// The task by its ARN or, when ECS no longer knows the ARN, by the run's
 /// `startedBy` and tag. `None`: ECS knows no task of this run.
 fn describe(ecs: &Api, handle: &Handle) -> Result<Option<Value>> {
-    if let Some(task) = describe_arns(ecs, handle, std::slice::from_ref(&handle.task_arn))? {
+    let run = RunTasks {
+        cluster: handle.cluster.as_deref(),
+        flow_run_id: &handle.flow_run_id,
+        task_arn: Some(&handle.task_arn),
+    };
+    if let Some(task) = run.describe(ecs, std::slice::from_ref(&handle.task_arn))? {
         return Ok(Some(task));
     }
     for desired in ["RUNNING", "STOPPED"] {
+        if let Some(task) = run.listed(ecs, desired)? {
+            return Ok(Some(task));
+        }
+    }
+    Ok(None)
+}
+
+/// Finds a run's tasks: by ARN, or by `startedBy` and the run's tag.
+struct RunTasks<'a> {
+    cluster: Option<&'a str>,
+    flow_run_id: &'a str,
+    task_arn: Option<&'a str>,
+}
+
+impl RunTasks<'_> {
+    /// The first task of the run whose desired status is `desired`.
+    fn listed(&self, ecs: &Api, desired: &str) -> Result<Option<Value>> {
         let mut request =
-            json!({"startedBy": truncate(&handle.flow_run_id, 36), "desiredStatus": desired});
-        if let Some(cluster) = &handle.cluster {
+            json!({"startedBy": truncate(self.flow_run_id, 36), "desiredStatus": desired});
+        if let Some(cluster) = self.cluster {
             request["cluster"] = json!(cluster);
         }
         let listed = ecs
@@ -385,36 +425,34 @@ fn describe(ecs: &Api, handle: &Handle) -> Result<Option<Value>> {
                     .collect()
             })
             .unwrap_or_default();
-        if !arns.is_empty()
-            && let Some(task) = describe_arns(ecs, handle, &arns)?
-        {
-            return Ok(Some(task));
+        if arns.is_empty() {
+            return Ok(None);
         }
+        self.describe(ecs, &arns)
     }
-    Ok(None)
-}
 
-/// The first of `arns` that carries this run's tag.
-fn describe_arns(ecs: &Api, handle: &Handle, arns: &[String]) -> Result<Option<Value>> {
-    let mut request = json!({"tasks": arns, "include": ["TAGS"]});
-    if let Some(cluster) = &handle.cluster {
-        request["cluster"] = json!(cluster);
+    /// The first of `arns` that is the run's task or carries its tag.
+    fn describe(&self, ecs: &Api, arns: &[String]) -> Result<Option<Value>> {
+        let mut request = json!({"tasks": arns, "include": ["TAGS"]});
+        if let Some(cluster) = self.cluster {
+            request["cluster"] = json!(cluster);
+        }
+        let answer = ecs
+            .call("DescribeTasks", &request)
+            .map_err(|e| e.during("DescribeTasks"))?;
+        Ok(answer["tasks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|task| {
+                self.task_arn.is_some_and(|arn| task["taskArn"] == arn)
+                    || task["tags"].as_array().is_some_and(|tags| {
+                        tags.iter()
+                            .any(|t| t["key"] == RUN_TAG && t["value"] == self.flow_run_id)
+                    })
+            })
+            .cloned())
     }
-    let answer = ecs
-        .call("DescribeTasks", &request)
-        .map_err(|e| e.during("DescribeTasks"))?;
-    Ok(answer["tasks"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|task| {
-            task["taskArn"] == handle.task_arn.as_str()
-                || task["tags"].as_array().is_some_and(|tags| {
-                    tags.iter()
-                        .any(|t| t["key"] == RUN_TAG && t["value"] == handle.flow_run_id.as_str())
-                })
-        })
-        .cloned())
 }
 
 fn status(task: &Value, container: &str) -> Status {

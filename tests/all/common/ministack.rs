@@ -198,7 +198,9 @@ impl Drop for Ministack {
 
 /// An HTTP front to the emulator that answers the next `fail_next(n)` calls
 /// of one operation with a 503 (ServiceUnavailableException), as AWS does in
-/// a blip, and passes everything else on.
+/// a blip, or passes the next `lose_next(n)` on and answers them with a 503
+/// all the same (the answer lost on the way back), and passes everything
+/// else on.
 pub struct Front {
     pub url: String,
     state: Arc<FrontState>,
@@ -209,6 +211,7 @@ struct FrontState {
     target: String,
     operation: String,
     to_fail: AtomicU32,
+    to_lose: AtomicU32,
     failed: AtomicU32,
     client: reqwest::Client,
 }
@@ -220,6 +223,7 @@ impl Front {
             target: format!("{target}/"),
             operation: format!(".{operation}"),
             to_fail: AtomicU32::new(0),
+            to_lose: AtomicU32::new(0),
             failed: AtomicU32::new(0),
             client: super::web_client(),
         });
@@ -242,6 +246,10 @@ impl Front {
 
     pub fn fail_next(&self, calls: u32) {
         self.state.to_fail.store(calls, Ordering::SeqCst);
+    }
+
+    pub fn lose_next(&self, calls: u32) {
+        self.state.to_lose.store(calls, Ordering::SeqCst);
     }
 
     /// The 503s answered so far.
@@ -267,20 +275,25 @@ async fn forward(
         .get("x-amz-target")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    if target.ends_with(&front.operation)
-        && front
-            .to_fail
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-    {
+    let take = |counter: &AtomicU32| {
+        target.ends_with(&front.operation)
+            && counter
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+    };
+    let unavailable = || {
         front.failed.fetch_add(1, Ordering::SeqCst);
-        return (
+        (
             StatusCode::SERVICE_UNAVAILABLE,
             [("content-type", "application/x-amz-json-1.1")],
             r#"{"__type":"ServiceUnavailableException","message":"injected by the test's front"}"#,
         )
-            .into_response();
+            .into_response()
+    };
+    if take(&front.to_fail) {
+        return unavailable();
     }
+    let lose = take(&front.to_lose);
     let mut request = front.client.post(&front.target).body(body.to_vec());
     for (name, value) in &headers {
         if name != "host" && name != "content-length" {
@@ -298,6 +311,9 @@ async fn forward(
                 .unwrap_or("application/x-amz-json-1.1")
                 .to_string();
             let bytes = answer.bytes().await.unwrap_or_default();
+            if lose {
+                return unavailable();
+            }
             (status, [("content-type", kind)], bytes).into_response()
         }
         Err(error) => (StatusCode::BAD_GATEWAY, error.to_string()).into_response(),
