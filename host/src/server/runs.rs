@@ -38,7 +38,7 @@ struct ListParams {
     /// parameter repeated (`state=FAILED,CRASHED`). `LATE` stands for
     /// SCHEDULED runs past their time.
     #[serde(default)]
-    #[param(value_type = Option<String>, example = "FAILED,CRASHED")]
+    #[param(value_type = Option<String>, example = "FAILED,CRASHED", pattern = r"^(SCHEDULED|LATE|PENDING|RUNNING|COMPLETED|FAILED|CRASHED|CANCELLING|CANCELLED)(,(SCHEDULED|LATE|PENDING|RUNNING|COMPLETED|FAILED|CRASHED|CANCELLING|CANCELLED))*$")]
     state: Option<String>,
     /// `true`: also SCHEDULED runs past their time (their state is named
     /// `Late`); without `state`, only those.
@@ -59,8 +59,8 @@ struct ListParams {
     /// `expected` (the default): by expected start time, newest first, so
     /// runs scheduled for later come first; `created`: by creation, newest first.
     #[serde(default)]
-    #[param(value_type = Option<String>, example = "expected")]
-    sort: Option<String>,
+    #[param(inline)]
+    sort: Option<RunSort>,
     #[serde(default = "default_limit", deserialize_with = "super::number")]
     #[param(minimum = 1, maximum = 1000)]
     limit: usize,
@@ -80,10 +80,7 @@ pub(super) fn states_param<'a>(
     texts: impl IntoIterator<Item = &'a str>,
 ) -> Result<(Vec<StateType>, bool), ApiError> {
     let (mut states, mut late) = (Vec::new(), false);
-    for text in texts.into_iter().flat_map(|t| t.split(',')).map(str::trim) {
-        if text.is_empty() {
-            continue;
-        }
+    for text in texts.into_iter().flat_map(|t| t.split(',')) {
         if text.eq_ignore_ascii_case("LATE") {
             late = true;
             continue;
@@ -100,7 +97,7 @@ pub(super) fn states_param<'a>(
 
 /// An RFC 3339 time of a run listing's `since` or `until`.
 pub(super) fn time_param(field: &str, text: &str) -> Result<Timestamp, ApiError> {
-    chrono::DateTime::parse_from_rfc3339(text.trim())
+    chrono::DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&chrono::Utc))
         .map_err(|e| {
             ApiError::bad_request(
@@ -137,6 +134,7 @@ async fn list(
     Params(p): Params<ListParams>,
 ) -> Result<Json<RunPage>, ApiError> {
     let (states, late) = states_param(p.state.as_deref())?;
+    // Text fields may be empty (no filter); a time may not.
     let blank = |v: Option<String>| v.filter(|v| !v.trim().is_empty());
     let filter = RunFilter {
         pool: blank(p.pool),
@@ -144,17 +142,12 @@ async fn list(
         states,
         late: late || p.late.unwrap_or(false),
         name: blank(p.name),
-        since: blank(p.since)
-            .map(|t| time_param("since", &t))
-            .transpose()?,
-        until: blank(p.until)
-            .map(|t| time_param("until", &t))
-            .transpose()?,
+        since: p.since.map(|t| time_param("since", &t)).transpose()?,
+        until: p.until.map(|t| time_param("until", &t)).transpose()?,
     };
-    let sort = blank(p.sort).map(|t| sort_param(&t)).transpose()?;
     Ok(Json(s.control.find_runs(
         &filter,
-        sort.unwrap_or_default(),
+        p.sort.unwrap_or_default(),
         p.cursor.as_deref().filter(|c| !c.is_empty()),
         p.limit,
     )?))

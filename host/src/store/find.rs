@@ -23,7 +23,8 @@ const MAX_SUMMARIES: usize = 200_000;
 const SUMMARIES_DONE: &str = "run_summaries";
 
 /// The order of a run listing, newest first either way.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum RunSort {
     /// By expected start (the scheduled time), as Prefect lists runs: a
     /// run scheduled for later sits above the runs that already ran.
