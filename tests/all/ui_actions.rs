@@ -16,7 +16,7 @@ const LIVE: Duration = Duration::from_secs(20);
 /// Waits until the page's live stream is open and the refresh it starts
 /// with is done: from then on its regions are swapped only on news, so an
 /// element found is the one clicked.
-async fn settled(browser: &Browser) {
+pub(crate) async fn settled(browser: &Browser) {
     browser
         .wait_text("#live-indicator", LIVE, |t| t.contains("live"))
         .await;
@@ -32,7 +32,7 @@ async fn settled(browser: &Browser) {
 
 /// Clicks, again while the element was swapped by a live refresh between
 /// finding and clicking it (a click on a stale element does nothing).
-async fn click(browser: &Browser, css: &str) {
+pub(crate) async fn click(browser: &Browser, css: &str) {
     let deadline = std::time::Instant::now() + LIVE;
     loop {
         let clicked = match browser.client.find(fantoccini::Locator::Css(css)).await {

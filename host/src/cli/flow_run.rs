@@ -86,6 +86,7 @@ async fn list_runs(
             return Ok(RunPage {
                 runs,
                 next_cursor: cursor,
+                total: None,
             });
         }
     }

@@ -104,6 +104,13 @@ pub async fn run(args: ServeArgs, api: &ApiArgs) -> anyhow::Result<ExitCode> {
         }
     }
     .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let indexed = store
+        .upgrade_indexes()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if indexed > 0 {
+        tracing::info!(runs = indexed, "indexed the runs an older build stored");
+    }
     let location = store.location();
     // The server only needs each plugin's description; the runtime is dropped
     // after loading so it costs no memory while serving.

@@ -4,7 +4,7 @@ use super::{Control, Scope, now};
 use crate::error::ApiError;
 use crate::model::{FlowRun, LogLine, Timestamp};
 use crate::orchestration::{self, Decision, Transition};
-use crate::store::{Records, RunFilter, RunPage};
+use crate::store::{FindRuns, Records, RunFilter, RunPage, RunSort};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -54,11 +54,29 @@ impl Control {
         self.read(|r| Ok(r.runs_page(filter, cursor, limit)?))
     }
 
+    /// What a person looks for: one page of the runs `filter` keeps, in
+    /// `sort`'s order, with how many match in all.
+    pub fn find_runs(
+        &self,
+        filter: &RunFilter,
+        sort: RunSort,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<RunPage, ApiError> {
+        if limit == 0 || limit > 1000 {
+            return Err(ApiError::bad_request(
+                "limit",
+                "limit: must be between 1 and 1000",
+            ));
+        }
+        self.read(|r| Ok(r.find_runs(filter, sort, cursor, limit)?))
+    }
+
     /// A pool's SCHEDULED runs, soonest first, at most `limit` (1 to 1000).
     pub fn upcoming(&self, pool: &str, limit: usize) -> Result<Vec<FlowRun>, ApiError> {
         let filter = RunFilter {
             pool: Some(pool.to_string()),
-            state: Some(crate::model::StateType::Scheduled),
+            states: vec![crate::model::StateType::Scheduled],
             ..RunFilter::default()
         };
         let mut runs = self.read(|r| {

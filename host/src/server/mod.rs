@@ -260,13 +260,16 @@ impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for
 }
 
 /// Query values stay strings; numeric fields parse them with [`number`].
-fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
+pub(super) fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
     let mut object = serde_json::Map::new();
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-        object.insert(
-            key.into_owned(),
-            serde_json::Value::String(value.into_owned()),
-        );
+        // A repeated key is its values joined by commas (`state=A&state=B`
+        // is `state=A,B`), not the last one alone.
+        let value = match object.remove(key.as_ref()) {
+            Some(serde_json::Value::String(earlier)) => format!("{earlier},{value}"),
+            _ => value.into_owned(),
+        };
+        object.insert(key.into_owned(), serde_json::Value::String(value));
     }
     serde_path_to_error::deserialize(serde_json::Value::Object(object)).map_err(|e| {
         let field = e.path().to_string();

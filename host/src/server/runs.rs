@@ -5,7 +5,7 @@ use crate::control::NewLogLine;
 use crate::error::ApiError;
 use crate::model::{FlowRun, LogLine, StateType, Timestamp};
 use crate::orchestration::Transition;
-use crate::store::{RunFilter, RunPage};
+use crate::store::{RunFilter, RunPage, RunSort};
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
@@ -34,13 +34,33 @@ struct ListParams {
     pool: Option<String>,
     #[serde(default)]
     deployment: Option<String>,
+    /// Runs in any of these states: a comma-separated list, or the
+    /// parameter repeated (`state=FAILED,CRASHED`). `LATE` stands for
+    /// SCHEDULED runs past their time.
     #[serde(default)]
-    #[param(value_type = Option<StateType>)]
+    #[param(value_type = Option<String>, example = "FAILED,CRASHED", pattern = r"^(SCHEDULED|LATE|PENDING|RUNNING|COMPLETED|FAILED|CRASHED|CANCELLING|CANCELLED)(,(SCHEDULED|LATE|PENDING|RUNNING|COMPLETED|FAILED|CRASHED|CANCELLING|CANCELLED))*$")]
     state: Option<String>,
-    /// `true`: only SCHEDULED runs past their time (their state is named `Late`).
+    /// `true`: also SCHEDULED runs past their time (their state is named
+    /// `Late`); without `state`, only those.
     #[serde(default, deserialize_with = "super::optional_bool")]
     #[param(value_type = Option<bool>)]
     late: Option<bool>,
+    /// Runs whose name contains this, ignoring case.
+    #[serde(default)]
+    name: Option<String>,
+    /// Runs expected to start (scheduled) at or after this time (RFC 3339).
+    #[serde(default)]
+    #[param(value_type = Option<String>, format = DateTime)]
+    since: Option<String>,
+    /// Runs expected to start at or before this time (RFC 3339).
+    #[serde(default)]
+    #[param(value_type = Option<String>, format = DateTime)]
+    until: Option<String>,
+    /// `expected` (the default): by expected start time, newest first, so
+    /// runs scheduled for later come first; `created`: by creation, newest first.
+    #[serde(default)]
+    #[param(inline)]
+    sort: Option<RunSort>,
     #[serde(default = "default_limit", deserialize_with = "super::number")]
     #[param(minimum = 1, maximum = 1000)]
     limit: usize,
@@ -54,10 +74,48 @@ fn default_limit() -> usize {
     100
 }
 
-/// The `state` filter of a run listing (the API's and the UI's).
-pub(super) fn state_param(text: &str) -> Result<StateType, ApiError> {
-    StateType::parse(text).ok_or_else(|| {
-        ApiError::bad_request("state", format!("state: unknown state {text:?} (one of SCHEDULED, PENDING, RUNNING, COMPLETED, FAILED, CRASHED, CANCELLING, CANCELLED)"))
+/// The `state` filter of a run listing (the API's and the UI's): the
+/// states, and whether LATE was among them.
+pub(super) fn states_param<'a>(
+    texts: impl IntoIterator<Item = &'a str>,
+) -> Result<(Vec<StateType>, bool), ApiError> {
+    let (mut states, mut late) = (Vec::new(), false);
+    for text in texts.into_iter().flat_map(|t| t.split(',')) {
+        if text.eq_ignore_ascii_case("LATE") {
+            late = true;
+            continue;
+        }
+        let state = StateType::parse(text).ok_or_else(|| {
+            ApiError::bad_request("state", format!("state: unknown state {text:?} (one of SCHEDULED, LATE, PENDING, RUNNING, COMPLETED, FAILED, CRASHED, CANCELLING, CANCELLED)"))
+        })?;
+        if !states.contains(&state) {
+            states.push(state);
+        }
+    }
+    Ok((states, late))
+}
+
+/// An RFC 3339 time of a run listing's `since` or `until`.
+pub(super) fn time_param(field: &str, text: &str) -> Result<Timestamp, ApiError> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| {
+            ApiError::bad_request(
+                field,
+                format!(
+                    "{field}: {text:?} is not an RFC 3339 time (like 2026-01-31T12:00:00Z): {e}"
+                ),
+            )
+        })
+}
+
+/// The `sort` of a run listing.
+pub(super) fn sort_param(text: &str) -> Result<RunSort, ApiError> {
+    RunSort::parse(text.trim()).ok_or_else(|| {
+        ApiError::bad_request(
+            "sort",
+            format!("sort: unknown order {text:?} (expected or created)"),
+        )
     })
 }
 
@@ -66,7 +124,8 @@ pub(super) fn state_param(text: &str) -> Result<StateType, ApiError> {
     operation_id = "runs_list",
     path = "/api/flow-runs",
     tag = "flow-runs",
-    summary = "List flow runs, newest first, a page at a time",
+    summary = "Find flow runs, newest first, a page at a time, with how many match",
+    description = "Filters combine: name substring, states, expected start range, pool, deployment. Every page carries `total`, the number of runs that match in all.",
     params(ListParams),
     responses((status = 200, description = "OK", body = RunPage), crate::server::openapi::Errors)
 )]
@@ -74,14 +133,21 @@ async fn list(
     State(s): State<AppState>,
     Params(p): Params<ListParams>,
 ) -> Result<Json<RunPage>, ApiError> {
+    let (states, late) = states_param(p.state.as_deref())?;
+    // Text fields may be empty (no filter); a time may not.
+    let blank = |v: Option<String>| v.filter(|v| !v.trim().is_empty());
     let filter = RunFilter {
-        pool: p.pool,
-        deployment: p.deployment,
-        state: p.state.as_deref().map(state_param).transpose()?,
-        late: p.late.unwrap_or(false),
+        pool: blank(p.pool),
+        deployment: blank(p.deployment),
+        states,
+        late: late || p.late.unwrap_or(false),
+        name: blank(p.name),
+        since: p.since.map(|t| time_param("since", &t)).transpose()?,
+        until: p.until.map(|t| time_param("until", &t)).transpose()?,
     };
-    Ok(Json(s.control.runs(
+    Ok(Json(s.control.find_runs(
         &filter,
+        p.sort.unwrap_or_default(),
         p.cursor.as_deref().filter(|c| !c.is_empty()),
         p.limit,
     )?))

@@ -25,11 +25,13 @@
 
 mod embedded;
 mod error;
+mod find;
 mod postgres;
 mod records;
 mod tables;
 
 pub use error::StoreError;
+pub use find::{FindRuns, RunSort};
 pub use records::{Records, RunFilter, RunPage, Slots, time_key};
 pub use tables::Raw;
 
@@ -247,6 +249,13 @@ impl Store {
     /// This server as a replica of a shared database; `None` for redb.
     pub fn replica(&self) -> Option<Replica> {
         self.backend.replica()
+    }
+
+    /// Gives the runs an older build wrote the index entries this one
+    /// added (once per database; later calls find nothing to do). Returns
+    /// how many runs it indexed.
+    pub async fn upgrade_indexes(&self) -> Result<u64, StoreError> {
+        self.write(|w| w.index_run_summaries()).await
     }
 
     /// Whether this server leads the once-per-database upkeep; always true

@@ -44,9 +44,17 @@ fn pool_member_key(pool: &str, name: &str) -> String {
 pub struct RunFilter {
     pub pool: Option<String>,
     pub deployment: Option<String>,
-    pub state: Option<StateType>,
-    /// Only SCHEDULED runs the server marked Late (past their time).
+    /// Runs in any of these states.
+    pub states: Vec<StateType>,
+    /// Also SCHEDULED runs the server marked Late (past their time); alone,
+    /// only those.
     pub late: bool,
+    /// Runs whose name holds this, ignoring case.
+    pub name: Option<String>,
+    /// Runs expected to start at or after this (their scheduled time).
+    pub since: Option<Timestamp>,
+    /// Runs expected to start at or before this.
+    pub until: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -54,6 +62,9 @@ pub struct RunPage {
     pub runs: Vec<FlowRun>,
     /// Pass back to get the next (older) page; none when this was the last.
     pub next_cursor: Option<String>,
+    /// How many runs match the filter in all (the API's listing says).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
 }
 
 /// Reads, for snapshots and writers alike.
@@ -141,9 +152,9 @@ pub trait Records: Raw {
             (tables::IDX_DEPLOYMENT, format!("{deployment}\0"))
         } else if let Some(pool) = &filter.pool {
             (tables::IDX_POOL, format!("{pool}\0"))
-        } else if filter.late {
+        } else if filter.late && filter.states.is_empty() {
             (tables::IDX_STATE, format!("{}\0", StateType::Scheduled))
-        } else if let Some(state) = filter.state {
+        } else if let ([state], false) = (filter.states.as_slice(), filter.late) {
             (tables::IDX_STATE, format!("{state}\0"))
         } else {
             (tables::IDX_CREATED, String::new())
@@ -163,6 +174,7 @@ pub trait Records: Raw {
                 return Ok(RunPage {
                     runs,
                     next_cursor: None,
+                    total: None,
                 });
             };
             end = last_key.clone();
@@ -170,15 +182,14 @@ pub trait Records: Raw {
             for (i, (key, id)) in chunk.iter().enumerate() {
                 let id = String::from_utf8_lossy(id);
                 let Some(run) = self.run(&id)? else { continue };
-                let keep = filter.pool.as_ref().is_none_or(|p| *p == run.pool)
-                    && filter
-                        .deployment
-                        .as_ref()
-                        .is_none_or(|d| *d == run.deployment)
-                    && filter.state.is_none_or(|s| s == run.state.state_type)
-                    && (!filter.late
-                        || (run.state.state_type == StateType::Scheduled
-                            && run.state.name == crate::orchestration::LATE));
+                let keep = filter.keeps(
+                    &run.pool,
+                    &run.deployment,
+                    run.state.state_type,
+                    super::find::is_late(&run),
+                    &run.name,
+                ) && filter.since.is_none_or(|since| run.scheduled_at >= since)
+                    && filter.until.is_none_or(|until| run.scheduled_at <= until);
                 if keep {
                     runs.push(run);
                     if runs.len() == limit {
@@ -188,6 +199,7 @@ pub trait Records: Raw {
                         return Ok(RunPage {
                             runs,
                             next_cursor: older.then(|| encode_cursor(key)),
+                            total: None,
                         });
                     }
                 }
@@ -196,6 +208,7 @@ pub trait Records: Raw {
         Ok(RunPage {
             runs,
             next_cursor: Some(encode_cursor(&end)),
+            total: None,
         })
     }
 
@@ -363,8 +376,17 @@ fn run_counters(run: &FlowRun) -> Vec<String> {
     ]
 }
 
-/// Every index entry a run should have in its current state.
-fn run_index_entries(run: &FlowRun) -> Vec<(Def, String)> {
+/// Every index entry a run should have in its current state: the table,
+/// the key and the value (the run's id, but for the run list's summary).
+fn run_index_entries(run: &FlowRun) -> Result<Vec<(Def, String, Vec<u8>)>, StoreError> {
+    let id_value = |(def, key): (Def, String)| (def, key, run.id.clone().into_bytes());
+    let mut entries: Vec<_> = run_id_entries(run).into_iter().map(id_value).collect();
+    entries.push(super::find::summary_entry(run)?);
+    Ok(entries)
+}
+
+/// The index entries whose value is the run's id.
+fn run_id_entries(run: &FlowRun) -> Vec<(Def, String)> {
     let created = time_key(run.created);
     let scheduled = time_key(run.scheduled_at);
     let id = &run.id;
@@ -470,16 +492,14 @@ impl Writer<'_> {
 
     /// Writes a run and brings its index entries and counters along.
     pub fn put_run(&mut self, old: Option<&FlowRun>, new: &FlowRun) -> Result<(), StoreError> {
-        let before = old.map(run_index_entries).unwrap_or_default();
-        let after = run_index_entries(new);
-        let contains = |list: &[(Def, String)], (def, key): &(Def, String)| {
-            list.iter().any(|(d, k)| *d == *def && k == key)
-        };
-        for entry in before.iter().filter(|e| !contains(&after, e)) {
+        let before = old.map(run_index_entries).transpose()?.unwrap_or_default();
+        let after = run_index_entries(new)?;
+        // An entry whose value changed is deleted, then written anew.
+        for entry in before.iter().filter(|e| !after.contains(e)) {
             self.raw_delete(entry.0, &entry.1)?;
         }
-        for entry in after.iter().filter(|e| !contains(&before, e)) {
-            self.raw_put(entry.0, &entry.1, new.id.as_bytes())?;
+        for entry in after.iter().filter(|e| !before.contains(e)) {
+            self.raw_put(entry.0, &entry.1, &entry.2)?;
         }
         let old_counters = old.map(run_counters).unwrap_or_default();
         let new_counters = run_counters(new);
@@ -498,7 +518,7 @@ impl Writer<'_> {
 
     /// Deletes a run with its index entries, counters and log lines.
     pub fn delete_run(&mut self, run: &FlowRun) -> Result<(), StoreError> {
-        for (def, key) in run_index_entries(run) {
+        for (def, key, _) in run_index_entries(run)? {
             self.raw_delete(def, &key)?;
         }
         for key in run_counters(run) {
@@ -532,7 +552,7 @@ impl Writer<'_> {
     ) -> Result<Vec<FlowRun>, StoreError> {
         let filter = RunFilter {
             deployment: Some(deployment.to_string()),
-            state: Some(state),
+            states: vec![state],
             ..RunFilter::default()
         };
         Ok(self.runs_page(&filter, None, limit)?.runs)
@@ -569,13 +589,13 @@ impl Writer<'_> {
 
 /// Cursors are index keys, which hold NUL separators: hex keeps them opaque
 /// and safe in a URL, a shell argument and JSON.
-fn encode_cursor(key: &str) -> String {
+pub(super) fn encode_cursor(key: &str) -> String {
     key.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Any pairs of hex digits are a position; bytes that are not UTF-8 sort
 /// where their replacement character does.
-fn decode_cursor(cursor: &str) -> Result<String, StoreError> {
+pub(super) fn decode_cursor(cursor: &str) -> Result<String, StoreError> {
     let bytes = cursor
         .as_bytes()
         .chunks(2)

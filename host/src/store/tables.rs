@@ -36,12 +36,15 @@ pub const IDX_WORKER: Def = Def("idx_worker");
 pub const IDX_CANCELLING: Def = Def("idx_cancelling");
 /// SCHEDULED runs the scheduler made, by deployment id and time.
 pub const IDX_AUTO: Def = Def("idx_auto");
+/// Every run by expected start (scheduled time), with the summary the run
+/// list filters on as the value (`find`).
+pub const IDX_EXPECTED: Def = Def("idx_expected");
 /// Named API tokens by name (their keyed hashes, never the secrets).
 pub const TOKENS: Def = Def("tokens");
 /// Keys the server makes once and every replica shares (the tokens' HMAC key).
 pub const KEYS: Def = Def("keys");
 
-pub const ALL: [Def; 18] = [
+pub const ALL: [Def; 19] = [
     POOLS,
     QUEUES,
     WORKERS,
@@ -58,6 +61,7 @@ pub const ALL: [Def; 18] = [
     IDX_WORKER,
     IDX_CANCELLING,
     IDX_AUTO,
+    IDX_EXPECTED,
     TOKENS,
     KEYS,
 ];

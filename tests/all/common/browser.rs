@@ -23,6 +23,12 @@ impl Browser {
     /// A fresh browser (own profile: no cookies from other tests), or `None`
     /// with the reason printed.
     pub async fn start(test: &str) -> Option<Browser> {
+        Self::start_in_zone(test, None).await
+    }
+
+    /// A fresh browser whose time zone is `zone` (an IANA name such as
+    /// `Asia/Kolkata`; `None`: the machine's).
+    pub async fn start_in_zone(test: &str, zone: Option<&str>) -> Option<Browser> {
         for path in [CHROMIUM, CHROMEDRIVER] {
             if !std::path::Path::new(path).exists() {
                 eprintln!(
@@ -34,7 +40,12 @@ impl Browser {
         let turn = ONE_AT_A_TIME.lock().await;
         let port = free_port();
         // Its own process group: the browsers it starts go with it.
-        let driver = Command::new(CHROMEDRIVER)
+        let mut driver = Command::new(CHROMEDRIVER);
+        if let Some(zone) = zone {
+            // Chromium takes its zone from the environment it inherits.
+            driver.env("TZ", zone);
+        }
+        let driver = driver
             .arg(format!("--port={port}"))
             .process_group(0)
             .stdout(Stdio::null())

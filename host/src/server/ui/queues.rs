@@ -277,7 +277,7 @@ impl Pending {
 
 fn pending_by_queue(s: &AppState, pool: &str) -> Result<Pending, ApiError> {
     let filter = RunFilter {
-        state: Some(StateType::Scheduled),
+        states: vec![StateType::Scheduled],
         ..RunFilter::default()
     };
     let page = s.control.runs(&filter, None, PENDING_SCAN)?;

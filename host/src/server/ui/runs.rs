@@ -4,12 +4,12 @@
 use super::view::{self, Nav};
 use super::{Back, Page, PageError};
 use crate::error::ApiError;
-use crate::model::{FlowRun, StateType};
+use crate::model::{FlowRun, StateType, Timestamp};
 use crate::orchestration;
 use crate::server::{AppState, access};
-use crate::store::RunFilter;
+use crate::store::{RunFilter, RunSort};
 use axum::Router;
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Form, Path, Query, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use maud::{Markup, html};
@@ -29,8 +29,11 @@ pub fn routes() -> Router<AppState> {
         .route(access::UI_DELETE_RUN, post(delete))
 }
 
+/// The list's filters as the page's URL holds them (a GET form, so a
+/// filtered list can be bookmarked and live refreshes keep the filter).
 #[derive(Deserialize, Default)]
 struct ListQuery {
+    /// States, comma-separated (the form's checkboxes repeat the key).
     #[serde(default)]
     state: Option<String>,
     #[serde(default)]
@@ -38,65 +41,153 @@ struct ListQuery {
     #[serde(default)]
     deployment: Option<String>,
     #[serde(default)]
+    name: Option<String>,
+    /// A day (`2026-01-31`, in the zone of `tz`) or an RFC 3339 time.
+    #[serde(default)]
+    since: Option<String>,
+    #[serde(default)]
+    until: Option<String>,
+    #[serde(default)]
+    sort: Option<String>,
+    /// The browser's offset from UTC in minutes (east positive), which
+    /// `app.js` adds to the form: days are the reader's days.
+    #[serde(default)]
+    tz: Option<String>,
+    #[serde(default)]
     cursor: Option<String>,
 }
 
-/// `/runs` with these filters and, for a later page, the cursor.
-fn runs_link(filter: &RunFilter, cursor: Option<&str>) -> String {
-    let state = if filter.late {
-        Some("LATE")
-    } else {
-        filter.state.map(StateType::as_str)
-    };
-    let pairs = [
-        ("state", state),
-        ("pool", filter.pool.as_deref()),
-        ("deployment", filter.deployment.as_deref()),
-        ("cursor", cursor),
-    ];
-    let query: Vec<String> = pairs
-        .iter()
-        .filter_map(|(key, value)| Some(format!("{key}={}", view::query_escape((*value)?))))
-        .collect();
-    format!("/runs?{}", query.join("&"))
+impl ListQuery {
+    fn get(value: &Option<String>) -> Option<&str> {
+        value.as_deref().map(str::trim).filter(|v| !v.is_empty())
+    }
+
+    fn filter(&self) -> Result<(RunFilter, RunSort), ApiError> {
+        use crate::server::runs::{sort_param, states_param};
+        let (states, late) = states_param(Self::get(&self.state))?;
+        let offset = match Self::get(&self.tz) {
+            None => chrono::FixedOffset::east_opt(0),
+            Some(text) => text
+                .parse::<i32>()
+                .ok()
+                .and_then(|minutes| chrono::FixedOffset::east_opt(minutes * 60)),
+        }
+        .ok_or_else(|| ApiError::bad_request("tz", "tz: not an offset in minutes"))?;
+        let day_or_time = |field: &str, end_of_day: bool| {
+            let value = if field == "since" {
+                &self.since
+            } else {
+                &self.until
+            };
+            Self::get(value)
+                .map(|text| day_or_time(field, text, offset, end_of_day))
+                .transpose()
+        };
+        let filter = RunFilter {
+            pool: Self::get(&self.pool).map(String::from),
+            deployment: Self::get(&self.deployment).map(String::from),
+            states,
+            late,
+            name: Self::get(&self.name).map(String::from),
+            since: day_or_time("since", false)?,
+            until: day_or_time("until", true)?,
+        };
+        let sort = Self::get(&self.sort).map(sort_param).transpose()?;
+        Ok((filter, sort.unwrap_or_default()))
+    }
+
+    /// This list's URL, at `cursor` (none: the first page).
+    fn link(&self, cursor: Option<&str>) -> String {
+        let pairs = [
+            ("name", Self::get(&self.name)),
+            ("state", Self::get(&self.state)),
+            ("since", Self::get(&self.since)),
+            ("until", Self::get(&self.until)),
+            ("tz", Self::get(&self.tz)),
+            ("pool", Self::get(&self.pool)),
+            ("deployment", Self::get(&self.deployment)),
+            ("sort", Self::get(&self.sort)),
+            ("cursor", cursor),
+        ];
+        let query: Vec<String> = pairs
+            .iter()
+            .filter_map(|(key, value)| Some(format!("{key}={}", view::query_escape((*value)?))))
+            .collect();
+        format!("/runs?{}", query.join("&"))
+    }
 }
 
-async fn list(State(s): State<AppState>, Query(query): Query<ListQuery>) -> Page {
-    let blank = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
-    // LATE is offered with the states: SCHEDULED runs past their time.
-    let late = blank(&query.state).is_some_and(|s| s.eq_ignore_ascii_case("LATE"));
-    let filter = RunFilter {
-        pool: blank(&query.pool),
-        deployment: blank(&query.deployment),
-        state: blank(&query.state)
-            .filter(|_| !late)
-            .as_deref()
-            .map(crate::server::runs::state_param)
-            .transpose()?,
-        late,
+/// A date input's day (its first or last instant in `offset`'s zone), or an
+/// RFC 3339 time as the API takes.
+fn day_or_time(
+    field: &str,
+    text: &str,
+    offset: chrono::FixedOffset,
+    end_of_day: bool,
+) -> Result<Timestamp, ApiError> {
+    let Ok(day) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") else {
+        return crate::server::runs::time_param(field, text);
     };
-    let state = filter.state;
-    let page = s.control.runs(
-        &filter,
-        query.cursor.as_deref().filter(|c| !c.is_empty()),
-        PAGE_SIZE,
-    )?;
+    let start = day
+        .and_hms_opt(0, 0, 0)
+        .and_then(|t| t.and_local_timezone(offset).single());
+    let start =
+        start.ok_or_else(|| ApiError::bad_request(field, format!("{field}: no such day")))?;
+    let instant = if end_of_day {
+        start + chrono::TimeDelta::days(1) - chrono::TimeDelta::microseconds(1)
+    } else {
+        start
+    };
+    Ok(instant.with_timezone(&chrono::Utc))
+}
+
+/// `/runs` filtered as `filter` (the pool and deployment pages link there).
+fn runs_link(filter: &RunFilter) -> String {
+    let mut states: Vec<&str> = filter.states.iter().map(|s| s.as_str()).collect();
+    if filter.late {
+        states.push("LATE");
+    }
+    let query = ListQuery {
+        state: Some(states.join(",")),
+        pool: filter.pool.clone(),
+        deployment: filter.deployment.clone(),
+        sort: Some(RunSort::Created.as_str().into()),
+        ..ListQuery::default()
+    };
+    query.link(None)
+}
+
+async fn list(State(s): State<AppState>, RawQuery(raw): RawQuery) -> Page {
+    let query: ListQuery = crate::server::parse_query(raw.as_deref().unwrap_or(""))?;
+    let (filter, sort) = query.filter()?;
+    let cursor = ListQuery::get(&query.cursor);
+    let page = s.control.find_runs(&filter, sort, cursor, PAGE_SIZE)?;
     let pools = s.control.pools()?;
     let deployments = s.control.deployments()?;
-    let paged = query.cursor.as_deref().is_some_and(|c| !c.is_empty());
+    let total = page.total.unwrap_or(0);
+    let checked = |state: StateType| filter.states.contains(&state);
     let body = html! {
         h1 { "Flow Runs" }
-        form.filters method="get" action="/runs" {
-            label { "State "
-                select name="state" {
-                    option value="" { "any" }
-                    @for st in StateType::ALL {
-                        option value=(st.as_str()) selected[state == Some(st)] { (st.as_str()) }
-                        @if st == StateType::Scheduled {
-                            option value="LATE" selected[filter.late] { "LATE (scheduled, past its time)" }
+        form.filters #run-filters method="get" action="/runs" {
+            label { "Name "
+                input type="search" name="name" value=[ListQuery::get(&query.name)] placeholder="contains…";
+            }
+            fieldset.states {
+                legend { "State" }
+                @for st in StateType::ALL {
+                    label.check { input type="checkbox" name="state" value=(st.as_str()) checked[checked(st)]; (st.as_str()) }
+                    @if st == StateType::Scheduled {
+                        label.check title="SCHEDULED, past its time" {
+                            input type="checkbox" name="state" value="LATE" checked[filter.late]; "LATE"
                         }
                     }
                 }
+            }
+            label { "Expected start from "
+                input type="date" name="since" value=[ListQuery::get(&query.since)];
+            }
+            label { "to "
+                input type="date" name="until" value=[ListQuery::get(&query.until)];
             }
             label { "Pool "
                 select name="pool" {
@@ -115,16 +206,25 @@ async fn list(State(s): State<AppState>, Query(query): Query<ListQuery>) -> Page
                     }
                 }
             }
+            label { "Sort "
+                select name="sort" {
+                    option value="expected" selected[sort == RunSort::Expected] { "Expected start, newest first" }
+                    option value="created" selected[sort == RunSort::Created] { "Created, newest first" }
+                }
+            }
+            input type="hidden" name="tz" value=[ListQuery::get(&query.tz)];
             button type="submit" { "Filter" }
+            a.clear href="/runs" { "Clear" }
         }
         // A later page keeps still while runs come in; the first follows them.
-        div #runs data-live=[(!paged).then_some("")] {
+        div #runs data-live=[cursor.is_none().then_some("")] {
+            p.count #run-count { (total) @if total == 1 { " run" } @else { " runs" } }
             (table(&page.runs))
         }
         nav.pager aria-label="Pages" {
-            @if paged { a #first-page href=(runs_link(&filter, None)) { "← Newest" } }
+            @if cursor.is_some() { a #first-page href=(query.link(None)) { "← Newest" } }
             @if let Some(next) = &page.next_cursor {
-                a #next-page href=(runs_link(&filter, Some(next))) { "Older →" }
+                a #next-page href=(query.link(Some(next))) { "Older →" }
             }
         }
     };
@@ -141,8 +241,45 @@ pub fn runs_table(s: &AppState, filter: &RunFilter, limit: usize) -> Result<Mark
     let page = s.control.runs(filter, None, limit)?;
     Ok(html! {
         (table(&page.runs))
-        @if page.next_cursor.is_some() { p { a href=(runs_link(filter, None)) { "All runs →" } } }
+        @if page.next_cursor.is_some() { p { a href=(runs_link(filter)) { "All runs →" } } }
     })
+}
+
+/// When the run's latest attempt started running and, once it is over,
+/// when it ended; `None` for a run that never ran.
+fn ran(run: &FlowRun) -> Option<(Timestamp, Option<Timestamp>)> {
+    let states: Vec<&crate::model::State> = run.history.iter().chain([&run.state]).collect();
+    let start = states
+        .iter()
+        .rposition(|s| s.state_type == StateType::Running)?;
+    // A retried run is SCHEDULED again: its last attempt is not running now.
+    if states[start + 1..]
+        .iter()
+        .any(|s| s.state_type == StateType::Scheduled)
+    {
+        return None;
+    }
+    let end = run
+        .state
+        .state_type
+        .is_terminal()
+        .then_some(run.state.timestamp);
+    Some((states[start].timestamp, end))
+}
+
+/// How long the run ran, or "running for …" (kept counting by `app.js`).
+fn run_duration(run: &FlowRun) -> Markup {
+    match ran(run) {
+        None => html! { span.muted { "—" } },
+        Some((start, Some(end))) => html! {
+            span.duration title={ "from " (view::exact(start)) " to " (view::exact(end)) } { (view::duration(end - start)) }
+        },
+        Some((start, None)) => html! {
+            span.duration data-running=(view::utc(start)) title={ "since " (view::exact(start)) } {
+                "running for " (view::duration(chrono::Utc::now() - start))
+            }
+        },
+    }
 }
 
 fn table(runs: &[FlowRun]) -> Markup {
@@ -151,7 +288,7 @@ fn table(runs: &[FlowRun]) -> Markup {
             p.empty { "No flow runs." }
         } @else {
             table.runs {
-                thead { tr { th { "Run" } th { "State" } th { "Deployment" } th { "Pool" } th { "Scheduled" } th { "Updated" } } }
+                thead { tr { th { "Run" } th { "State" } th { "Deployment" } th { "Pool" } th { "Expected start" } th { "Duration" } th { "Updated" } } }
                 tbody {
                     @for run in runs {
                         tr data-run=(run.id) {
@@ -159,7 +296,8 @@ fn table(runs: &[FlowRun]) -> Markup {
                             td { (view::run_state(&run.state)) }
                             td { a href={ "/deployments/" (deployment_path(&run.deployment)) } { (run.deployment) } }
                             td { (run.pool) }
-                            td { (view::ago(run.scheduled_at)) }
+                            td { (view::local_time(run.scheduled_at)) " " span.muted { "(" (view::ago(run.scheduled_at)) ")" } }
+                            td { (run_duration(run)) }
                             td { (view::ago(run.updated)) }
                         }
                     }
@@ -174,7 +312,46 @@ struct DetailQuery {
     /// The log page starting at this line (0 is the first); none: the newest.
     #[serde(default)]
     log_from: Option<String>,
+    /// Only lines of this stream (`stdout`, `stderr`, `worker`...).
+    #[serde(default)]
+    stream: Option<String>,
+    /// Only lines holding this text, ignoring case.
+    #[serde(default)]
+    q: Option<String>,
 }
+
+/// Which of a log page's lines are shown (the filter of the run page's
+/// log, kept in its URL and applied by `app.js` to live lines too).
+struct LogFilter<'a> {
+    stream: Option<&'a str>,
+    text: Option<String>,
+}
+
+impl LogFilter<'_> {
+    fn shows(&self, line: &crate::model::LogLine) -> bool {
+        self.stream.is_none_or(|s| s == line.stream)
+            && self
+                .text
+                .as_ref()
+                .is_none_or(|t| line.message.to_lowercase().contains(t))
+    }
+
+    /// The query parameters that carry the filter to another log page.
+    fn query(&self, raw_text: Option<&str>) -> String {
+        let mut query = String::new();
+        if let Some(stream) = self.stream {
+            query.push_str(&format!("&stream={}", view::query_escape(stream)));
+        }
+        if let Some(text) = raw_text {
+            query.push_str(&format!("&q={}", view::query_escape(text)));
+        }
+        query
+    }
+}
+
+/// The streams a log is usually made of; the filter offers these and any
+/// other a page's lines carry.
+const STREAMS: [&str; 3] = ["stdout", "stderr", "worker"];
 
 async fn detail(
     State(s): State<AppState>,
@@ -192,6 +369,23 @@ async fn detail(
         })?),
     };
     let window = s.control.log_window(&id, from, SHOWN_LOG_LINES)?;
+    let raw_text = query.q.as_deref().filter(|q| !q.trim().is_empty());
+    let log_filter = LogFilter {
+        stream: query.stream.as_deref().filter(|s| !s.is_empty()),
+        text: raw_text.map(str::to_lowercase),
+    };
+    let mut streams: Vec<&str> = STREAMS.to_vec();
+    for line in &window.lines {
+        if !streams.contains(&line.stream.as_str()) {
+            streams.push(&line.stream);
+        }
+    }
+    let shown: Vec<&crate::model::LogLine> = window
+        .lines
+        .iter()
+        .filter(|l| log_filter.shows(l))
+        .collect();
+    let filtered = log_filter.stream.is_some() || raw_text.is_some();
     let here = format!("/runs/{}", view::segment(&id));
     let timeline = run.history.iter().chain(std::iter::once(&run.state));
     let retryable = orchestration::retry(&run, chrono::Utc::now()).is_ok();
@@ -225,7 +419,12 @@ async fn detail(
                     dt { "Attempts" } dd #attempts { (orchestration::attempts(&run)) }
                     dt { "Pool / queue" } dd { a href={ "/pools/" (view::segment(&run.pool)) } { (run.pool) } " / " (run.queue) }
                     dt { "Worker" } dd { @if let Some(w) = &run.worker { (w) } @else { span.muted { "none" } } }
-                    dt { "Scheduled" } dd { (view::ago(run.scheduled_at)) }
+                    dt { "Expected start" } dd { (view::local_time(run.scheduled_at)) " " span.muted { "(" (view::ago(run.scheduled_at)) ")" } }
+                    @if let Some((start, end)) = ran(&run) {
+                        dt { "Started" } dd { (view::local_time(start)) }
+                        @if let Some(end) = end { dt { "Ended" } dd { (view::local_time(end)) } }
+                    }
+                    dt { "Duration" } dd #duration { (run_duration(&run)) }
                     dt { "Exit code" } dd { @if let Some(code) = run.exit_code { (code) } @else { span.muted { "—" } } }
                     dt { "Infrastructure" } dd { @if let Some(h) = &run.infrastructure_handle { code { (h) } } @else { span.muted { "—" } } }
                     dt { "Parameters" } dd { (view::json(&serde_json::Value::Object(run.parameters.clone()))) }
@@ -239,18 +438,38 @@ async fn detail(
                         li data-state=(state.state_type.as_str()) {
                             (view::state(state.state_type))
                             @if state.name != state.state_type.default_name() { " " (state.name) }
-                            " " time datetime=(state.timestamp.to_rfc3339()) { (view::exact(state.timestamp)) }
-                            @if let Some(message) = &state.message { p.message { (message) } }
+                            " " (view::local_time(state.timestamp))
+                            @if let Some(message) = &state.message { p.message { (view::message(message)) } }
                         }
                     }
                 }
             }
         }
         h2 { "Logs" }
-        (log_pager(&here, &window))
-        // Live lines are added only to the newest page.
-        pre.logs #logs data-run=(run.id) data-follow=[newest.then_some("")] aria-live="polite" {
-            @for line in &window.lines { (log_line(line)) }
+        form.filters.log-filters #log-filters method="get" action=(here) {
+            @if let Some(from) = from { input type="hidden" name="log_from" value=(from); }
+            label { "Stream "
+                select name="stream" {
+                    option value="" { "any" }
+                    @for stream in &streams {
+                        option value=(stream) selected[log_filter.stream == Some(*stream)] { (stream) }
+                    }
+                }
+            }
+            label { "Search this page "
+                input type="search" name="q" value=[raw_text] placeholder="text in the line";
+            }
+            button type="submit" { "Filter" }
+            @if filtered {
+                a.clear href={ (here) @if let Some(from) = from { "?log_from=" (from) } "#logs" } { "Clear" }
+                span.muted #log-shown { (shown.len()) " of " (window.lines.len()) " lines on this page match" }
+            }
+        }
+        (log_pager(&here, &window, &log_filter.query(raw_text)))
+        // Live lines are added only to the newest page, filtered alike.
+        pre.logs #logs data-run=(run.id) data-follow=[newest.then_some("")]
+            data-stream=[log_filter.stream] data-q=[log_filter.text.as_deref()] aria-live="polite" {
+            @for line in &shown { (log_line(line)) }
         }
     };
     let events = format!("/api/events?flow_run={}", view::query_escape(&id));
@@ -296,13 +515,13 @@ async fn delete(
     Ok(back.redirect("/runs").into_response())
 }
 
-/// One log line as `app.js` writes live ones too: its time (UTC, to the
-/// millisecond; the whole time on hover), then the message; its stream
-/// colours it.
+/// One log line as `app.js` writes live ones too: its time (to the
+/// millisecond, in the reader's zone once `app.js` rewrote it; the whole
+/// UTC time on hover), then the message; its stream colours it.
 fn log_line(line: &crate::model::LogLine) -> Markup {
     html! {
         span.line.(line.stream) data-seq=(line.seq) {
-            time.ts datetime=(line.timestamp.to_rfc3339()) title=(view::exact(line.timestamp)) {
+            time.ts datetime=(view::utc(line.timestamp)) title=(view::exact(line.timestamp)) data-local="clock" {
                 (line.timestamp.format("%H:%M:%S%.3f"))
             }
             " " span.msg { (line.message) } "\n"
@@ -312,7 +531,7 @@ fn log_line(line: &crate::model::LogLine) -> Markup {
 
 /// Where this page of the log is among all its lines, the links to the
 /// first, earlier, later and newest pages, and the whole log's download.
-fn log_pager(here: &str, window: &crate::control::LogWindow) -> Markup {
+fn log_pager(here: &str, window: &crate::control::LogWindow, filter: &str) -> Markup {
     let (Some(first), Some(shown_last), Some(last)) = (
         window.lines.first().map(|l| l.seq),
         window.lines.last().map(|l| l.seq),
@@ -320,7 +539,7 @@ fn log_pager(here: &str, window: &crate::control::LogWindow) -> Markup {
     ) else {
         return html! { p.muted #log-pager { "No log lines yet." } };
     };
-    let at = |from: u64| format!("{here}?log_from={from}#logs");
+    let at = |from: u64| format!("{here}?log_from={from}{filter}#logs");
     let download = format!(
         "/api/flow-runs/{}/logs/download",
         here.trim_start_matches("/runs/")
@@ -334,7 +553,7 @@ fn log_pager(here: &str, window: &crate::control::LogWindow) -> Markup {
             }
             @if shown_last < last {
                 a #log-later href=(at(shown_last + 1)) { "Later →" }
-                a #log-newest href={ (here) "#logs" } { "Newest ⇥" }
+                a #log-newest href={ (here) @if !filter.is_empty() { "?" (filter.trim_start_matches('&')) } "#logs" } { "Newest ⇥" }
             }
             a #log-download href=(download) download { "Download all" }
         }

@@ -144,6 +144,71 @@ pub fn exact(time: Timestamp) -> String {
     time.format("%Y-%m-%d %H:%M:%S%.3f UTC").to_string()
 }
 
+/// A time as a date and clock time in the reader's time zone: rendered in
+/// UTC, rewritten by `app.js` to the browser's zone, UTC on hover.
+pub fn local_time(time: Timestamp) -> Markup {
+    html! {
+        time datetime=(utc(time)) title=(exact(time)) data-local {
+            (time.format("%Y-%m-%d %H:%M:%S UTC"))
+        }
+    }
+}
+
+/// RFC 3339 in UTC, to the microsecond: what `datetime` attributes hold.
+pub fn utc(time: Timestamp) -> String {
+    time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// A length of time for people: "850 ms", "42 s", "3 min 5 s", "2 h 10 min",
+/// "3 d 4 h" (the same words `app.js` writes for a running run).
+pub fn duration(length: chrono::TimeDelta) -> String {
+    let ms = length.num_milliseconds().max(0);
+    let s = ms / 1000;
+    match s {
+        _ if ms < 1000 => format!("{ms} ms"),
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min {} s", s / 60, s % 60),
+        3600..86_400 => format!("{} h {} min", s / 3600, s % 3600 / 60),
+        _ => format!("{} d {} h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// A message the server wrote (a state's reason): `backticked` names as
+/// code, RFC 3339 times as [`local_time`]s, the rest as text.
+pub fn message(text: &str) -> Markup {
+    static TIME: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})")
+            .expect("a valid pattern")
+    });
+    let plain = |part: &str| {
+        let mut pieces = Vec::new();
+        let mut at = 0;
+        for found in TIME.find_iter(part) {
+            pieces.push(html! { (&part[at..found.start()]) });
+            pieces.push(match chrono::DateTime::parse_from_rfc3339(found.as_str()) {
+                Ok(time) => local_time(time.with_timezone(&chrono::Utc)),
+                Err(_) => html! { (found.as_str()) },
+            });
+            at = found.end();
+        }
+        pieces.push(html! { (&part[at..]) });
+        html! { @for piece in pieces { (piece) } }
+    };
+    // Between backticks (odd parts) is code; an unpaired backtick stays text.
+    let parts: Vec<&str> = text.split('`').collect();
+    let paired = parts.len() % 2 == 1;
+    html! {
+        @for (i, part) in parts.iter().enumerate() {
+            @if i % 2 == 1 && (paired || i + 1 < parts.len()) {
+                code { (part) }
+            } @else {
+                @if i % 2 == 1 { "`" }
+                (plain(part))
+            }
+        }
+    }
+}
+
 pub fn json(value: &serde_json::Value) -> Markup {
     let text = serde_json::to_string_pretty(value).unwrap_or_default();
     html! { pre.json { (text) } }

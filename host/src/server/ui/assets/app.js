@@ -3,7 +3,10 @@
 //   re-fetches this page and swaps its `data-live` regions (keeping focus,
 //   and leaving alone a region whose form is being filled in), and log
 //   lines are appended straight from their events;
-// - "3 s ago" times that keep counting;
+// - "3 s ago" times that keep counting, and "running for" durations;
+// - times in the reader's time zone (`data-local`: the server writes UTC);
+// - the browser's UTC offset in the run list's filter form (its days);
+// - log filters (stream, text) applied to live lines too;
 // - a question before destructive actions (`data-confirm`);
 // - copy buttons (`data-copy`).
 (() => {
@@ -18,13 +21,50 @@
       : a < 86400 ? `${Math.trunc(a / 3600)} h` : `${Math.trunc(a / 86400)} d`;
     return s < 0 ? `in ${text}` : `${text} ago`;
   }
+  // As the server's `view::duration` words it.
+  function duration(ms) {
+    ms = Math.max(0, ms);
+    const s = Math.trunc(ms / 1000);
+    return ms < 1000 ? `${ms} ms` : s < 60 ? `${s} s`
+      : s < 3600 ? `${Math.trunc(s / 60)} min ${s % 60} s`
+      : s < 86400 ? `${Math.trunc(s / 3600)} h ${Math.trunc(s % 3600 / 60)} min`
+      : `${Math.trunc(s / 86400)} d ${Math.trunc(s % 86400 / 3600)} h`;
+  }
   function tick() {
     const now = Date.now() + skew;
     for (const t of document.querySelectorAll("time[data-ago]")) {
       t.textContent = relative(now - Date.parse(t.dateTime));
     }
+    for (const d of document.querySelectorAll("[data-running]")) {
+      d.textContent = `running for ${duration(now - Date.parse(d.dataset.running))}`;
+    }
   }
   setInterval(tick, 1000);
+
+  // Local times: "2026-01-31 13:00:05 GMT+1", or a log line's clock
+  // "13:00:05.123"; the title keeps the UTC time the server wrote.
+  const pad = (n, width = 2) => String(n).padStart(width, "0");
+  const zone = (date) => {
+    const part = new Intl.DateTimeFormat(undefined, { timeZoneName: "short" })
+      .formatToParts(date).find((p) => p.type === "timeZoneName");
+    return part ? part.value : "";
+  };
+  function localText(date, clock) {
+    const time = `${pad(date.getHours())}:${pad(date.getMinutes())}:${pad(date.getSeconds())}`;
+    if (clock) return `${time}.${pad(date.getMilliseconds(), 3)}`;
+    return `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())} ${time} ${zone(date)}`;
+  }
+  function localize(root) {
+    for (const t of root.querySelectorAll("time[data-local]")) {
+      const date = new Date(t.dateTime);
+      if (!isNaN(date)) t.textContent = localText(date, t.dataset.local === "clock");
+    }
+  }
+  localize(document);
+  // The run list's days are the reader's days: the form says whose.
+  for (const tz of document.querySelectorAll("form#run-filters input[name=tz]")) {
+    if (!tz.value) tz.value = String(-new Date().getTimezoneOffset());
+  }
 
   document.addEventListener("submit", (event) => {
     const question = event.target.dataset.confirm;
@@ -105,6 +145,7 @@
           const active = document.activeElement;
           const focused = active && region.contains(active) ? focusKey(active) : null;
           region.replaceWith(document.adoptNode(replacement));
+          localize(replacement);
           const again = focused && replacement.querySelector(focused);
           if (again) again.focus({ preventScroll: true });
         }
@@ -128,9 +169,15 @@
     const last = logs && logs.lastElementChild;
     return last ? Number(last.dataset.seq) : -1;
   }
-  // As the server renders a line: its UTC time to the millisecond, then the message.
+  // The page's log filter, as the server applied it to the page's lines.
+  function shown(line) {
+    const stream = logs.dataset.stream, text = logs.dataset.q;
+    return (!stream || line.stream === stream)
+      && (!text || line.message.toLowerCase().includes(text));
+  }
+  // As the server renders a line: its local time to the millisecond, then the message.
   function append(line) {
-    if (!logs.hasAttribute("data-follow") || line.seq <= lastSeq()) return;
+    if (!logs.hasAttribute("data-follow") || line.seq <= lastSeq() || !shown(line)) return;
     const stick = logs.scrollTop + logs.clientHeight >= logs.scrollHeight - 4;
     const span = document.createElement("span");
     span.className = `line ${line.stream}`;
@@ -138,7 +185,8 @@
     const time = document.createElement("time");
     time.className = "ts";
     time.dateTime = line.timestamp;
-    time.textContent = new Date(line.timestamp).toISOString().slice(11, 23);
+    time.dataset.local = "clock";
+    time.textContent = localText(new Date(line.timestamp), true);
     time.title = line.timestamp;
     const message = document.createElement("span");
     message.className = "msg";
