@@ -1,12 +1,12 @@
 //! `/api/deployments/...`: create-or-update by name, and runs from a deployment.
 
 use super::{AppState, Body, Caller};
-use crate::control::{DeploymentSpec, RunRequest, UpsertOutcome};
+use crate::control::{DeploymentSpec, RunRequest, ScheduleUpdate, UpsertOutcome};
 use crate::error::ApiError;
 use crate::model::{Deployment, FlowRun};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::{Extension, Json, Router};
 
 pub fn routes() -> Router<AppState> {
@@ -16,6 +16,10 @@ pub fn routes() -> Router<AppState> {
         .route("/api/deployments/{flow}/{name}/runs", post(create_run))
         .route("/api/deployments/{flow}/{name}/pause", post(pause))
         .route("/api/deployments/{flow}/{name}/resume", post(resume))
+        .route(
+            "/api/deployments/{flow}/{name}/schedules/{index}",
+            patch(update_schedule),
+        )
 }
 
 #[utoipa::path(
@@ -151,6 +155,29 @@ async fn resume(
     Ok(Json(
         s.control
             .set_deployment_paused(&format!("{flow}/{name}"), false)
+            .await?,
+    ))
+}
+
+#[utoipa::path(
+    patch,
+    operation_id = "deployments_update_schedule",
+    path = "/api/deployments/{flow}/{name}/schedules/{index}",
+    tag = "deployments",
+    summary = "Turn one schedule of a deployment on or off, or change its cron, interval or time zone",
+    description = "`index` counts the deployment's schedules from 0. An inactive schedule makes no runs; any change drops the scheduler's future SCHEDULED runs of the deployment, which are made again from the schedules as they now are. A cron replaces an interval and an interval a cron.",
+    params(("flow" = String, Path), ("name" = String, Path), ("index" = usize, Path)),
+    request_body = ScheduleUpdate,
+    responses((status = 200, description = "OK", body = Deployment), crate::server::openapi::Errors)
+)]
+async fn update_schedule(
+    State(s): State<AppState>,
+    Path((flow, name, index)): Path<(String, String, usize)>,
+    Body(update): Body<ScheduleUpdate>,
+) -> Result<Json<Deployment>, ApiError> {
+    Ok(Json(
+        s.control
+            .update_schedule(&format!("{flow}/{name}"), index, update)
             .await?,
     ))
 }

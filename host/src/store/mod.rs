@@ -23,12 +23,14 @@
 //! nothing of HTTP. Active-run counters, like index entries, are kept by
 //! [`Writer::put_run`] and read by [`Slots`]; no caller builds their keys.
 
+mod dashboard;
 mod embedded;
 mod error;
 mod postgres;
 mod records;
 mod tables;
 
+pub use dashboard::{Dashboard, RunCounts};
 pub use error::StoreError;
 pub use records::{Records, RunFilter, RunPage, Slots, time_key};
 pub use tables::Raw;
