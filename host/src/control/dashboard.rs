@@ -7,13 +7,14 @@ use super::{Control, now};
 use crate::error::ApiError;
 use chrono::DurationRound;
 use crate::model::{StateType, Timestamp};
-use crate::store::{Dashboard, Records, RunCounts, RunFilter};
+use crate::store::{Dashboard, Records, RunCounts};
 use std::collections::BTreeMap;
 
 /// The window the dashboard covers, in hourly buckets.
 pub const HOURS: usize = 24;
-/// Late or failed runs loaded at most for the per-deployment lists.
-const MAX_LOADED: usize = 1000;
+/// Late or failed runs loaded at most for the per-deployment lists (the
+/// Late count itself is exact, from index keys).
+const MAX_LOADED: usize = 200;
 
 #[derive(Debug, Clone)]
 pub struct DashboardView {
@@ -23,7 +24,8 @@ pub struct DashboardView {
     /// SCHEDULED runs past their time (Late), all of them.
     pub late: usize,
     /// Per deployment: its Late runs, and its FAILED/CRASHED runs of the
-    /// last day; only deployments with one or the other.
+    /// last day; only deployments with one or the other. Counted over at
+    /// most `MAX_LOADED` runs of each kind.
     pub troubled: BTreeMap<String, Trouble>,
 }
 
@@ -44,14 +46,12 @@ impl Control {
         let since = this_hour - hour * (HOURS as i32 - 1);
         self.read(|r| {
             let counts = r.runs_by_state_and_hour(since, hour, HOURS)?;
-            let late_filter = RunFilter {
-                late: true,
-                ..RunFilter::default()
-            };
-            let late_runs = r.runs_page(&late_filter, None, MAX_LOADED)?.runs;
+            let (late, some_late) = r.late_runs(MAX_LOADED)?;
             let mut troubled: BTreeMap<String, Trouble> = BTreeMap::new();
-            for run in &late_runs {
-                troubled.entry(run.deployment.clone()).or_default().late += 1;
+            for id in some_late {
+                if let Some(run) = r.run(&id)? {
+                    troubled.entry(run.deployment).or_default().late += 1;
+                }
             }
             for state in [StateType::Failed, StateType::Crashed] {
                 for id in r.run_ids_since(state, since, MAX_LOADED)? {
@@ -63,7 +63,7 @@ impl Control {
             Ok(DashboardView {
                 since,
                 counts,
-                late: late_runs.len(),
+                late,
                 troubled,
             })
         })

@@ -87,6 +87,31 @@ pub trait Dashboard: Raw {
             .map(|(_, id)| String::from_utf8_lossy(&id).into_owned())
             .collect())
     }
+
+    /// How many SCHEDULED runs are Late, and the ids of at most `limit` of
+    /// them: a SCHEDULED run is named either `Scheduled`, and then in the
+    /// late-candidates index, or `Late`. Two key scans; no run loaded.
+    fn late_runs(&self, limit: usize) -> Result<(usize, Vec<String>), StoreError> {
+        let ids = |def, prefix: &str| -> Result<Vec<Vec<u8>>, StoreError> {
+            Ok(self
+                .raw_range(def, prefix, &prefix_end(prefix), true, MAX_KEYS)?
+                .into_iter()
+                .map(|(_, id)| id)
+                .collect())
+        };
+        let on_time: std::collections::HashSet<Vec<u8>> =
+            ids(tables::IDX_LATE, "")?.into_iter().collect();
+        let late: Vec<Vec<u8>> = ids(tables::IDX_STATE, &format!("{}\0", StateType::Scheduled))?
+            .into_iter()
+            .filter(|id| !on_time.contains(id))
+            .collect();
+        let some = late
+            .iter()
+            .take(limit)
+            .map(|id| String::from_utf8_lossy(id).into_owned())
+            .collect();
+        Ok((late.len(), some))
+    }
 }
 
 impl<T: Raw> Dashboard for T {}
