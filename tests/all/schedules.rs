@@ -61,7 +61,12 @@ async fn a_schedule_turned_off_makes_no_runs_and_on_again_makes_them(backend: Ba
         both.iter().any(|t| t.ends_with(":05Z")),
         "the interval's runs: {both:?}"
     );
-    let by_hand = common::create_run(&s.url, "f/d", json!({"scheduled_at": "2099-01-01T00:00:00Z"})).await;
+    let by_hand = common::create_run(
+        &s.url,
+        "f/d",
+        json!({"scheduled_at": "2099-01-01T00:00:00Z"}),
+    )
+    .await;
 
     let (status, answer) = patch_schedule(&s, 1, json!({"active": false})).await;
     assert_eq!(status, 200, "{answer}");
@@ -92,19 +97,36 @@ async fn a_schedule_turned_off_makes_no_runs_and_on_again_makes_them(backend: Ba
     );
 
     let (status, answer) = patch_schedule(&s, 1, json!({"active": true})).await;
-    assert_eq!((status, &answer["schedules"][1]["active"]), (200, &json!(true)));
+    assert_eq!(
+        (status, &answer["schedules"][1]["active"]),
+        (200, &json!(true))
+    );
     s.control.upkeep().await.expect("upkeep");
     assert!(
-        scheduled_times(&s).await.iter().any(|t| t.ends_with(":05Z")),
+        scheduled_times(&s)
+            .await
+            .iter()
+            .any(|t| t.ends_with(":05Z")),
         "on again: its runs are made again"
     );
     let (status, answer) = patch_schedule(&s, 2, json!({"active": true})).await;
     assert_eq!(status, 404, "{answer}");
     assert_eq!(answer["field"], "index", "{answer}");
+    let (status, answer) = s
+        .patch("/api/deployments/f/d/schedules/x", json!({"active": true}))
+        .await;
     assert_eq!(
-        s.patch("/api/deployments/f/none/schedules/0", json!({"active": true}))
-            .await
-            .0,
+        (status, &answer["field"]),
+        (400, &json!("index")),
+        "a JSON error naming the field: {answer}"
+    );
+    assert_eq!(
+        s.patch(
+            "/api/deployments/f/none/schedules/0",
+            json!({"active": true})
+        )
+        .await
+        .0,
         404
     );
 }
@@ -114,7 +136,10 @@ async fn an_edited_schedule_replaces_its_runs_and_a_bad_cron_changes_nothing(bac
     setup(&s, json!([{"cron": "0 9 * * *", "timezone": "UTC"}])).await;
     s.control.upkeep().await.expect("upkeep");
     assert!(
-        scheduled_times(&s).await.iter().all(|t| t.contains("T09:00:00")),
+        scheduled_times(&s)
+            .await
+            .iter()
+            .all(|t| t.contains("T09:00:00")),
         "daily at nine"
     );
 
@@ -143,7 +168,10 @@ async fn an_edited_schedule_replaces_its_runs_and_a_bad_cron_changes_nothing(bac
     let (status, answer) = patch_schedule(&s, 0, json!({"bogus": 1})).await;
     assert_eq!(status, 400, "unknown fields are refused: {answer}");
     let (_, deployment) = s.get("/api/deployments/f/d").await;
-    assert_eq!(deployment["schedules"][0]["cron"], "30 17 * * *", "unchanged");
+    assert_eq!(
+        deployment["schedules"][0]["cron"], "30 17 * * *",
+        "unchanged"
+    );
     assert_eq!(scheduled_times(&s).await, times, "its runs untouched");
 
     // An interval replaces the cron.
@@ -163,7 +191,10 @@ async fn the_dashboard_counts_runs_by_state_from_the_index(backend: Backend) {
         ids.push(common::create_run(&s.url, "f/d", json!({})).await);
     }
     let (status, claim) = s
-        .post("/api/work-pools/p/claim", json!({"worker": "w1", "limit": 3}))
+        .post(
+            "/api/work-pools/p/claim",
+            json!({"worker": "w1", "limit": 3}),
+        )
         .await;
     assert_eq!(status, 200, "{claim}");
     let claimed: Vec<String> = claim["runs"]
@@ -216,7 +247,15 @@ async fn the_cli_lists_pauses_resumes_and_sets_a_schedule() {
     host_ok(url, &["work-pool", "create", "--type", "process", "p"]);
     host_ok(
         url,
-        &["deployment", "create", "f/d", "--pool", "p", "--cron", "0 9 * * 1"],
+        &[
+            "deployment",
+            "create",
+            "f/d",
+            "--pool",
+            "p",
+            "--cron",
+            "0 9 * * 1",
+        ],
     );
     let listed = host_ok(url, &["deployment", "schedule", "ls", "f/d"]);
     assert!(listed.contains("At 09:00 on Monday (UTC)"), "{listed}");
@@ -224,7 +263,10 @@ async fn the_cli_lists_pauses_resumes_and_sets_a_schedule() {
 
     let out = host_ok(url, &["deployment", "schedule", "pause", "f/d", "0"]);
     assert!(out.contains("inactive"), "{out}");
-    let listed = host_ok(url, &["deployment", "schedule", "ls", "f/d", "--output", "json"]);
+    let listed = host_ok(
+        url,
+        &["deployment", "schedule", "ls", "f/d", "--output", "json"],
+    );
     let schedules: Value = serde_json::from_str(&listed).expect("json");
     assert_eq!(schedules[0]["active"], false, "{schedules}");
     let out = host_ok(url, &["deployment", "schedule", "resume", "f/d", "0"]);
@@ -232,12 +274,28 @@ async fn the_cli_lists_pauses_resumes_and_sets_a_schedule() {
 
     let out = host_ok(
         url,
-        &["deployment", "schedule", "set", "f/d", "0", "--cron", "*/15 * * * *"],
+        &[
+            "deployment",
+            "schedule",
+            "set",
+            "f/d",
+            "0",
+            "--cron",
+            "*/15 * * * *",
+        ],
     );
     assert!(out.contains("Every 15 minutes"), "{out}");
     let (code, _, stderr) = host_cli(
         url,
-        &["deployment", "schedule", "set", "f/d", "0", "--cron", "nope"],
+        &[
+            "deployment",
+            "schedule",
+            "set",
+            "f/d",
+            "0",
+            "--cron",
+            "nope",
+        ],
     );
     assert!(code != 0 && stderr.contains("cron"), "{stderr}");
     let (code, _, stderr) = host_cli(url, &["deployment", "schedule", "pause", "f/d", "3"]);

@@ -96,7 +96,11 @@ async fn a_schedule_is_turned_off_and_on_and_its_cron_edited() {
     assert_eq!(words, "At 09:00 on Monday (UTC)");
     let next = browser.text("#schedule-0 ul.next-runs").await;
     assert_eq!(next.lines().count(), 5, "{next}");
-    assert!(next.lines().all(|l| l.starts_with("Mon ") && l.contains("09:00")), "{next}");
+    assert!(
+        next.lines()
+            .all(|l| l.starts_with("Mon ") && l.contains("09:00")),
+        "{next}"
+    );
 
     click(&browser, "#schedule-0 button[role=switch]").await;
     browser
@@ -115,7 +119,11 @@ async fn a_schedule_is_turned_off_and_on_and_its_cron_edited() {
     settled(&browser).await;
     click(&browser, "#schedule-0 details.edit-schedule summary").await;
     browser.fill("#schedule-0-cron", "99 9 * * 1").await;
-    click(&browser, "#schedule-0 details.edit-schedule button[type=submit]").await;
+    click(
+        &browser,
+        "#schedule-0 details.edit-schedule button[type=submit]",
+    )
+    .await;
     let error = browser
         .wait_text("#schedule-0-cron-error", LIVE, |t| !t.is_empty())
         .await;
@@ -124,7 +132,11 @@ async fn a_schedule_is_turned_off_and_on_and_its_cron_edited() {
     assert_eq!(schedule(&d)["cron"], "0 9 * * 1", "nothing saved");
 
     browser.fill("#schedule-0-cron", "30 17 * * 1-5").await;
-    click(&browser, "#schedule-0 details.edit-schedule button[type=submit]").await;
+    click(
+        &browser,
+        "#schedule-0 details.edit-schedule button[type=submit]",
+    )
+    .await;
     browser
         .wait_text("#schedule-0 .schedule-words", LIVE, |t| {
             t == "At 17:30 on Monday through Friday (UTC)"
@@ -136,10 +148,8 @@ async fn a_schedule_is_turned_off_and_on_and_its_cron_edited() {
 
 #[tokio::test]
 async fn a_run_for_later_is_upcoming_and_a_refused_run_form_is_summarised_in_view() {
-    let Some(browser) = start(
-        "a_run_for_later_is_upcoming_and_a_refused_run_form_is_summarised_in_view",
-    )
-    .await
+    let Some(browser) =
+        start("a_run_for_later_is_upcoming_and_a_refused_run_form_is_summarised_in_view").await
     else {
         return;
     };
@@ -153,9 +163,15 @@ async fn a_run_for_later_is_upcoming_and_a_refused_run_form_is_summarised_in_vie
     click(&browser, "#run input[name=start][value=later]").await;
     click(&browser, "#run form button[type=submit]").await;
     browser
-        .wait_text("#run-errors", LIVE, |t| t.contains("The run was not created"))
+        .wait_text("#run-errors", LIVE, |t| {
+            t.contains("The run was not created")
+        })
         .await;
-    let focused = js(&browser, "return document.activeElement && document.activeElement.id;").await;
+    let focused = js(
+        &browser,
+        "return document.activeElement && document.activeElement.id;",
+    )
+    .await;
     assert_eq!(focused, "run-errors", "the summary has the focus");
     let in_view = js(
         &browser,
@@ -180,7 +196,11 @@ async fn a_run_for_later_is_upcoming_and_a_refused_run_form_is_summarised_in_vie
         &format!("document.getElementById('scheduled_at').value = '{local}';"),
     )
     .await;
-    let expected = js(&browser, &format!("return new Date('{local}').toISOString();")).await;
+    let expected = js(
+        &browser,
+        &format!("return new Date('{local}').toISOString();"),
+    )
+    .await;
     click(&browser, "#run input[name=start][value=later]").await;
     click(&browser, "#run form button[type=submit]").await;
     let deadline = std::time::Instant::now() + LIVE;
@@ -195,7 +215,8 @@ async fn a_run_for_later_is_upcoming_and_a_refused_run_form_is_summarised_in_vie
     let (_, run) = api("GET", &format!("{url}/api/flow-runs/{id}"), None).await;
     let scheduled = chrono::DateTime::parse_from_rfc3339(run["scheduled_at"].as_str().expect("at"))
         .expect("time");
-    let wanted = chrono::DateTime::parse_from_rfc3339(expected.as_str().expect("iso")).expect("iso");
+    let wanted =
+        chrono::DateTime::parse_from_rfc3339(expected.as_str().expect("iso")).expect("iso");
     assert_eq!(scheduled, wanted, "{run}");
 
     browser.goto(&format!("{url}/deployments/f/d")).await;
@@ -230,7 +251,9 @@ async fn a_pool_is_edited_and_a_bad_template_refused_with_nothing_saved() {
     // The variables schema is a readable table.
     assert!(browser.text("table.variables").await.contains("command"));
     click(&browser, "#edit-pool summary").await;
-    browser.fill("#pool-description", "The team's laptops").await;
+    browser
+        .fill("#pool-description", "The team's laptops")
+        .await;
     browser.fill("#pool-concurrency_limit", "7").await;
     click(&browser, "#edit-pool button[type=submit]").await;
     browser
@@ -245,14 +268,19 @@ async fn a_pool_is_edited_and_a_bad_template_refused_with_nothing_saved() {
     settled(&browser).await;
     click(&browser, "#edit-pool summary").await;
     browser.fill("#pool-description", "not saved").await;
-    let bad = r#"{"job_configuration": {"command": "{{ nope }}"}, "variables": {"properties": {}}}"#;
+    let bad =
+        r#"{"job_configuration": {"command": "{{ nope }}"}, "variables": {"properties": {}}}"#;
     browser.fill("#pool-base_job_template", bad).await;
     click(&browser, "#edit-pool button[type=submit]").await;
     let error = browser
         .wait_text("#pool-base_job_template-error", LIVE, |t| !t.is_empty())
         .await;
     assert!(error.contains("not declared"), "{error}");
-    let kept = js(&browser, "return document.getElementById('pool-base_job_template').value;").await;
+    let kept = js(
+        &browser,
+        "return document.getElementById('pool-base_job_template').value;",
+    )
+    .await;
     assert_eq!(kept, bad, "the refused text is kept to fix");
     let (_, pool) = api("GET", &format!("{url}/api/work-pools/p"), None).await;
     assert_eq!(pool["description"], "The team's laptops", "nothing saved");
@@ -275,7 +303,12 @@ async fn the_dashboard_counts_the_runs_made() {
         common::create_run(url, "f/d", json!({})).await;
     }
     let claim = json!({"worker": "w1", "limit": 3});
-    let (status, claimed) = api("POST", &format!("{url}/api/work-pools/p/claim"), Some(claim)).await;
+    let (status, claimed) = api(
+        "POST",
+        &format!("{url}/api/work-pools/p/claim"),
+        Some(claim),
+    )
+    .await;
     assert_eq!(status, 200, "{claimed}");
     let ids: Vec<&str> = claimed["runs"]
         .as_array()
@@ -286,7 +319,12 @@ async fn the_dashboard_counts_the_runs_made() {
     for (id, end) in ids.iter().zip(["COMPLETED", "COMPLETED", "FAILED"]) {
         for state in ["RUNNING", end] {
             let body = json!({"type": state, "worker": "w1"});
-            let (status, answer) = api("POST", &format!("{url}/api/flow-runs/{id}/state"), Some(body)).await;
+            let (status, answer) = api(
+                "POST",
+                &format!("{url}/api/flow-runs/{id}/state"),
+                Some(body),
+            )
+            .await;
             assert_eq!(status, 200, "{answer}");
         }
     }
@@ -321,9 +359,14 @@ async fn the_dashboard_counts_the_runs_made() {
     .await
     .as_u64()
     .expect("a number");
-    assert_eq!(bars, 3, "the chart's bars: the runs that started (not the waiting one)");
     assert_eq!(
-        browser.text("#pool-health tr[data-pool='p'] td.online").await,
+        bars, 3,
+        "the chart's bars: the runs that started (not the waiting one)"
+    );
+    assert_eq!(
+        browser
+            .text("#pool-health tr[data-pool='p'] td.online")
+            .await,
         "1",
         "w1 heartbeats"
     );

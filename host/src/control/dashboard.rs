@@ -5,9 +5,9 @@
 
 use super::{Control, now};
 use crate::error::ApiError;
-use chrono::DurationRound;
 use crate::model::{StateType, Timestamp};
 use crate::store::{Dashboard, Records, RunCounts};
+use chrono::DurationRound;
 use std::collections::BTreeMap;
 
 /// The window the dashboard covers, in hourly buckets.
@@ -40,9 +40,7 @@ impl Control {
         let now = now();
         // Whole hours, so a bar is the same hour from one render to the next.
         let hour = chrono::Duration::hours(1);
-        let this_hour = now
-            .duration_trunc(hour)
-            .unwrap_or(now);
+        let this_hour = now.duration_trunc(hour).unwrap_or(now);
         let since = this_hour - hour * (HOURS as i32 - 1);
         self.read(|r| {
             let counts = r.runs_by_state_and_hour(since, hour, HOURS)?;

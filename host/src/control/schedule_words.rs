@@ -42,7 +42,12 @@ pub fn describe(schedule: &Schedule) -> String {
 
 /// "Every 15 minutes", "Every 2 hours", "Every 90 seconds".
 pub fn describe_interval(seconds: u64) -> String {
-    let units = [(86_400, "day"), (3_600, "hour"), (60, "minute"), (1, "second")];
+    let units = [
+        (86_400, "day"),
+        (3_600, "hour"),
+        (60, "minute"),
+        (1, "second"),
+    ];
     let (size, unit) = units
         .into_iter()
         .find(|(size, _)| seconds % size == 0 && seconds >= *size)
@@ -154,14 +159,19 @@ pub fn describe_cron(cron: &str) -> Option<String> {
     match &day {
         Field::Any => {}
         Field::Values(days) => {
-            words += &format!(" on day {} of the month", names(days, |d| Some(d.to_string()))?);
+            words += &format!(
+                " on day {} of the month",
+                names(days, |d| Some(d.to_string()))?
+            );
         }
         Field::Step(_) => return None,
     }
     match &month {
         Field::Any => {}
         Field::Values(months) => {
-            let text = names(months, |m| MONTHS.get(m as usize - 1).map(|s| s.to_string()))?;
+            let text = names(months, |m| {
+                MONTHS.get(m as usize - 1).map(|s| s.to_string())
+            })?;
             words += &format!(" in {text}");
         }
         Field::Step(_) => return None,
@@ -208,10 +218,7 @@ mod tests {
             ("0 0 1 * *", "At 00:00 on day 1 of the month"),
             ("0 6 1 1 *", "At 06:00 on day 1 of the month in January"),
             ("0 8 * 6-8 *", "At 08:00 in June through August"),
-            (
-                "0 9 13 * 5",
-                "At 09:00 on day 13 of the month or on Friday",
-            ),
+            ("0 9 13 * 5", "At 09:00 on day 13 of the month or on Friday"),
         ] {
             assert_eq!(describe_cron(cron).as_deref(), Some(words), "{cron}");
         }

@@ -172,12 +172,24 @@ async fn resume(
 )]
 async fn update_schedule(
     State(s): State<AppState>,
-    Path((flow, name, index)): Path<(String, String, usize)>,
+    Path((flow, name, index)): Path<(String, String, String)>,
     Body(update): Body<ScheduleUpdate>,
 ) -> Result<Json<Deployment>, ApiError> {
+    let index = schedule_index(&index)?;
     Ok(Json(
         s.control
             .update_schedule(&format!("{flow}/{name}"), index, update)
             .await?,
     ))
+}
+
+/// A schedule's place in the path, refused as JSON naming `index` (axum's
+/// own rejection would be plain text).
+pub(super) fn schedule_index(text: &str) -> Result<usize, ApiError> {
+    text.parse().map_err(|_| {
+        ApiError::bad_request(
+            "index",
+            format!("index: {text:?} is not a schedule's number (0, 1, ...)"),
+        )
+    })
 }

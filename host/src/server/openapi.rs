@@ -262,7 +262,11 @@ fn schedule_update_rules(update: &mut Value) {
     let mut schedule = json!({});
     schedule_rules(&mut schedule);
     for field in ["interval_seconds", "cron", "timezone"] {
-        for (rule, value) in schedule["properties"][field].as_object().into_iter().flatten() {
+        for (rule, value) in schedule["properties"][field]
+            .as_object()
+            .into_iter()
+            .flatten()
+        {
             update["properties"][field][rule] = value.clone();
         }
     }

@@ -22,7 +22,11 @@ const GROUPS: [(&str, &str, &[StateType]); 4] = [
     (
         "running",
         "Pending or running",
-        &[StateType::Pending, StateType::Running, StateType::Cancelling],
+        &[
+            StateType::Pending,
+            StateType::Running,
+            StateType::Cancelling,
+        ],
     ),
     ("other", "Cancelled", &[StateType::Cancelled]),
 ];

@@ -159,7 +159,12 @@ fn detail_page(
             e,
             &[("parameters", &parameters), ("job_variables", &variables)],
         );
-        shown.then(|| form::input_of(field, &[("parameters", &parameters), ("job_variables", &variables)]))?
+        shown.then(|| {
+            form::input_of(
+                field,
+                &[("parameters", &parameters), ("job_variables", &variables)],
+            )
+        })?
     });
     let recent = super::runs::runs_table(
         s,
@@ -374,16 +379,15 @@ fn start_time(submitted: &Submitted) -> Result<Option<Timestamp>, ApiError> {
                 "utc_offset_minutes: not a time zone offset in minutes",
             )
         })?;
-    Ok(Some(
-        local.and_utc() + chrono::Duration::minutes(offset),
-    ))
+    Ok(Some(local.and_utc() + chrono::Duration::minutes(offset)))
 }
 
 async fn update_schedule(
     State(s): State<AppState>,
-    Path((flow, name, index)): Path<(String, String, usize)>,
+    Path((flow, name, index)): Path<(String, String, String)>,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> Result<Response, PageError> {
+    let index = crate::server::deployments::schedule_index(&index)?;
     let full_name = format!("{flow}/{name}");
     let submitted: Submitted = pairs.into_iter().collect();
     let attempt = async {

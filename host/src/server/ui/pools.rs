@@ -364,7 +364,10 @@ pub(super) fn pool_frame(view: &PoolView, tab: &str, content: Markup) -> Markup 
 }
 
 /// The Details tab; with the edit form for an admin (`pool_edit`).
-pub(super) fn details_tab(view: &PoolView, refused: Option<&super::pool_edit::Refused<'_>>) -> Markup {
+pub(super) fn details_tab(
+    view: &PoolView,
+    refused: Option<&super::pool_edit::Refused<'_>>,
+) -> Markup {
     let pool = &view.pool;
     let variables = &pool.base_job_template["variables"];
     html! {

@@ -122,13 +122,19 @@ fn edit_form(d: &Deployment, i: usize, s: &Schedule, refused: Option<&Refused<'_
     let (label, value) = if field == "cron" {
         ("Cron", submitted("cron", &current))
     } else {
-        ("Interval (seconds)", submitted("interval_seconds", &current))
+        (
+            "Interval (seconds)",
+            submitted("interval_seconds", &current),
+        )
     };
     let timezone = submitted("timezone", &s.timezone);
     // An error no field shows (a race, a vanished deployment) goes above.
-    let general = refused
-        .map(|r| r.error)
-        .filter(|e| !matches!(e.field.as_deref(), Some("cron" | "interval_seconds" | "timezone")));
+    let general = refused.map(|r| r.error).filter(|e| {
+        !matches!(
+            e.field.as_deref(),
+            Some("cron" | "interval_seconds" | "timezone")
+        )
+    });
     html! {
         details.edit-schedule #{ "edit-schedule-" (i) } open[refused.is_some()] {
             summary { "Edit schedule" }
