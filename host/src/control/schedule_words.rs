@@ -50,7 +50,7 @@ pub fn describe_interval(seconds: u64) -> String {
     ];
     let (size, unit) = units
         .into_iter()
-        .find(|(size, _)| seconds % size == 0 && seconds >= *size)
+        .find(|(size, _)| seconds.is_multiple_of(*size) && seconds >= *size)
         .unwrap_or((1, "second"));
     match seconds / size {
         1 => format!("Every {unit}"),
