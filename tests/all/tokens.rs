@@ -54,6 +54,7 @@ const OPERATIONS: &[(&str, Needs)] = &[
     ("deployments_create_run", Needs::Deploy),
     ("deployments_pause", Needs::Deploy),
     ("deployments_resume", Needs::Deploy),
+    ("deployments_update_schedule", Needs::Deploy),
     ("runs_list", Needs::Read),
     ("runs_read", Needs::Read),
     ("runs_set_state", Needs::Work),
@@ -196,7 +197,11 @@ impl Fixture {
         }
         if path.contains("{flow}/{name}") {
             let name = self.fresh("d-");
-            let body = json!({"flow": "f", "name": name, "pool": pool});
+            let mut body = json!({"flow": "f", "name": name, "pool": pool});
+            if operation == "deployments_update_schedule" {
+                body["schedules"] = json!([{"interval_seconds": 3600}]);
+                path = path.replace("{index}", "0");
+            }
             self.admin("PUT", "/api/deployments", body).await;
             path = path.replace("{flow}/{name}", &format!("f/{name}"));
         }
@@ -239,6 +244,7 @@ impl Fixture {
             "pools_claim" => json!({"worker": "w1", "limit": 1}),
             "deployments_upsert" => json!({"flow": "f", "name": self.fresh("up-"), "pool": pool}),
             "deployments_create_run" => json!({}),
+            "deployments_update_schedule" => json!({"active": false}),
             "runs_set_state" => json!({"type": "RUNNING", "worker": "w1"}),
             "runs_append_logs" => json!([{"message": "hello"}]),
             "tokens_create" => json!({"name": self.fresh("made-"), "role": "viewer"}),

@@ -269,7 +269,7 @@ async fn a_pool_turns_ready_live_when_its_worker_starts() {
     let url = server.url.as_str();
 
     browser.goto(url).await;
-    assert!(browser.text("h1").await.contains("Work Pools"));
+    assert!(browser.text("h2#work-pools").await.contains("Work Pools"));
     browser.fill("#name", "my-pool").await;
     browser
         .client
@@ -624,6 +624,8 @@ async fn screenshots() {
             "hello/my-deployment",
             "--pool",
             "my-pool",
+            "--cron",
+            "0 9 * * 1-5",
             "--",
             "sh",
             "-c",

@@ -3,7 +3,8 @@
 use super::flow_run::watch;
 use super::output::{parse_pairs, print_json, print_table};
 use super::{ApiArgs, OutputFormat};
-use crate::control::{DeploymentSpec, RunRequest, UpsertOutcome};
+use crate::control::schedule_words;
+use crate::control::{DeploymentSpec, RunRequest, ScheduleUpdate, UpsertOutcome};
 use crate::model::{Deployment, FlowRun, Schedule};
 use clap::Subcommand;
 use std::process::ExitCode;
@@ -56,6 +57,9 @@ pub enum DeploymentCommand {
     Pause { name: String },
     /// Resume a paused deployment.
     Resume { name: String },
+    /// A deployment's schedules: list them, turn one on or off, change one.
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
     /// Create a flow run now; with --watch, follow it to the end.
     Run {
         name: String,
@@ -68,6 +72,34 @@ pub enum DeploymentCommand {
         watch: bool,
         #[arg(long, value_enum, default_value_t)]
         output: OutputFormat,
+    },
+}
+
+/// `host deployment schedule ...` (Prefect's `prefect deployment schedule`).
+/// Schedules are named by their index in `ls`, from 0.
+#[derive(Subcommand)]
+pub enum ScheduleCommand {
+    /// List a deployment's schedules, in words, with whether each is active.
+    Ls {
+        name: String,
+        #[arg(long, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+    /// Turn a schedule off: it makes no runs, and its future scheduled runs go.
+    Pause { name: String, index: usize },
+    /// Turn a schedule back on.
+    Resume { name: String, index: usize },
+    /// Change a schedule's cron, interval or time zone.
+    Set {
+        name: String,
+        index: usize,
+        #[arg(long, conflicts_with = "interval")]
+        cron: Option<String>,
+        /// Seconds between scheduled runs.
+        #[arg(long)]
+        interval: Option<u64>,
+        #[arg(long)]
+        timezone: Option<String>,
     },
 }
 
@@ -189,6 +221,7 @@ pub async fn run(command: DeploymentCommand, api: &ApiArgs) -> anyhow::Result<Ex
         }
         DeploymentCommand::Pause { name } => set_paused(&client, &name, true).await?,
         DeploymentCommand::Resume { name } => set_paused(&client, &name, false).await?,
+        DeploymentCommand::Schedule(command) => schedule(&client, command).await?,
         DeploymentCommand::Run {
             name,
             params,
@@ -236,5 +269,88 @@ async fn set_paused(client: &crate::client::Client, name: &str, pause: bool) -> 
         "{} deployment `{name}`",
         if pause { "Paused" } else { "Resumed" }
     );
+    Ok(())
+}
+
+async fn schedule(client: &crate::client::Client, command: ScheduleCommand) -> anyhow::Result<()> {
+    let (name, index, update) = match command {
+        ScheduleCommand::Ls { name, output } => {
+            let (flow, deployment) = split_name(&name)?;
+            let deployment: Deployment = client
+                .get(&format!("/api/deployments/{flow}/{deployment}"))
+                .await?;
+            if output == OutputFormat::Json {
+                return print_json(&deployment.schedules);
+            }
+            let rows: Vec<Vec<String>> = deployment
+                .schedules
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let expression = match (&s.cron, s.interval_seconds) {
+                        (Some(cron), _) => cron.clone(),
+                        (None, Some(seconds)) => format!("{seconds}s"),
+                        _ => "-".into(),
+                    };
+                    vec![
+                        i.to_string(),
+                        if s.active { "yes" } else { "no" }.into(),
+                        expression,
+                        schedule_words::describe(s),
+                    ]
+                })
+                .collect();
+            print_table(&["INDEX", "ACTIVE", "SCHEDULE", "DESCRIPTION"], &rows);
+            return Ok(());
+        }
+        ScheduleCommand::Pause { name, index } => (
+            name,
+            index,
+            ScheduleUpdate {
+                active: Some(false),
+                ..ScheduleUpdate::default()
+            },
+        ),
+        ScheduleCommand::Resume { name, index } => (
+            name,
+            index,
+            ScheduleUpdate {
+                active: Some(true),
+                ..ScheduleUpdate::default()
+            },
+        ),
+        ScheduleCommand::Set {
+            name,
+            index,
+            cron,
+            interval,
+            timezone,
+        } => {
+            if cron.is_none() && interval.is_none() && timezone.is_none() {
+                anyhow::bail!("give --cron, --interval or --timezone");
+            }
+            let update = ScheduleUpdate {
+                active: None,
+                cron,
+                interval_seconds: interval,
+                timezone,
+            };
+            (name, index, update)
+        }
+    };
+    let (flow, deployment) = split_name(&name)?;
+    let updated: Deployment = client
+        .patch(
+            &format!("/api/deployments/{flow}/{deployment}/schedules/{index}"),
+            &update,
+        )
+        .await?;
+    if let Some(s) = updated.schedules.get(index) {
+        let state = if s.active { "active" } else { "inactive" };
+        println!(
+            "Schedule {index} of `{name}`: {} ({state})",
+            schedule_words::describe(s)
+        );
+    }
     Ok(())
 }

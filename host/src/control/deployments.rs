@@ -55,6 +55,60 @@ pub struct RunRequest {
     pub name: Option<String>,
 }
 
+/// A change to one schedule of a deployment (Prefect's schedule toggle and
+/// edit): what is given changes, the rest stays. A cron replaces an
+/// interval and an interval a cron.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleUpdate {
+    #[serde(default)]
+    pub active: Option<bool>,
+    #[serde(default)]
+    pub cron: Option<String>,
+    #[serde(default)]
+    pub interval_seconds: Option<u64>,
+    #[serde(default)]
+    pub timezone: Option<String>,
+}
+
+impl ScheduleUpdate {
+    /// `schedule` with the change applied, checked; an error names the
+    /// field of the update (`cron`), as the form that sent it calls it.
+    fn apply(&self, schedule: &Schedule, index: usize) -> Result<Schedule, ApiError> {
+        if self.cron.is_some() && self.interval_seconds.is_some() {
+            return Err(ApiError::bad_request(
+                "cron",
+                "cron: give either cron or interval_seconds, not both",
+            ));
+        }
+        let mut next = schedule.clone();
+        if let Some(cron) = &self.cron {
+            next.cron = Some(cron.trim().to_string());
+            next.interval_seconds = None;
+        }
+        if let Some(seconds) = self.interval_seconds {
+            next.interval_seconds = Some(seconds);
+            next.cron = None;
+        }
+        if let Some(timezone) = &self.timezone {
+            next.timezone = timezone.clone();
+        }
+        if let Some(active) = self.active {
+            next.active = active;
+        }
+        let prefix = format!("schedules[{index}]");
+        check_schedule(&prefix, &next).map_err(|mut e| {
+            e.field = e.field.map(|f| {
+                f.strip_prefix(&format!("{prefix}."))
+                    .map_or_else(|| "cron".to_string(), str::to_string)
+            });
+            e.message = e.message.replacen(&format!("{prefix}."), "", 1);
+            e
+        })?;
+        Ok(next)
+    }
+}
+
 /// The most a run's parameters may take as JSON. They reach the flow in
 /// the `HOST_PARAMETERS` environment variable, and Linux refuses to start a
 /// process with one environment string over 128 KiB ("Argument list too
@@ -307,6 +361,46 @@ impl Control {
             .await?;
         tracing::info!(deployment = %deployment.full_name(), paused, "deployment paused state set");
         // Resuming may make runs claimable at once.
+        self.changed();
+        Ok(deployment)
+    }
+
+    /// Turns one schedule on or off, or changes its cron, interval or time
+    /// zone. Any change drops the scheduler's future runs of the deployment,
+    /// which makes them again from the schedules as they are now (none for
+    /// an inactive schedule), as pausing the deployment does.
+    pub async fn update_schedule(
+        &self,
+        full_name: &str,
+        index: usize,
+        update: ScheduleUpdate,
+    ) -> Result<Deployment, ApiError> {
+        let full_name = full_name.to_string();
+        let now = now();
+        let deployment = self
+            .write(move |w| {
+                let mut deployment = w
+                    .deployment(&full_name)?
+                    .ok_or_else(|| deployment_not_found(&full_name))?;
+                let count = deployment.schedules.len();
+                let schedule = deployment.schedules.get_mut(index).ok_or_else(|| {
+                    ApiError::not_found_on(
+                        "index",
+                        format!("index: deployment `{full_name}` has {count} schedule(s), no schedule {index}"),
+                    )
+                })?;
+                let next = update.apply(schedule, index)?;
+                if *schedule == next {
+                    return Ok(deployment);
+                }
+                *schedule = next;
+                deployment.updated = now;
+                clear_auto_scheduled(w, &deployment.id)?;
+                w.put_deployment(&deployment)?;
+                Ok(deployment)
+            })
+            .await?;
+        tracing::info!(deployment = %deployment.full_name(), index, "deployment schedule updated");
         self.changed();
         Ok(deployment)
     }

@@ -9,17 +9,19 @@
 //! leaves nothing behind.
 
 mod claim;
+pub mod dashboard;
 mod deployments;
 pub mod names;
 mod pools;
 mod runs;
+pub mod schedule_words;
 pub mod scheduler;
 pub mod schema;
 pub mod supervise;
 mod tokens;
 
 pub use claim::{ClaimRequest, ClaimResponse};
-pub use deployments::{DeploymentSpec, RunRequest, UpsertOutcome};
+pub use deployments::{DeploymentSpec, RunRequest, ScheduleUpdate, UpsertOutcome};
 pub use pools::{
     PoolPatch, PoolSpec, PoolView, QueuePatch, QueueSpec, QueueView, WorkerHeartbeat, WorkerView,
 };

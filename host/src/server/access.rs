@@ -221,6 +221,11 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
         "/api/deployments/{flow}/{name}/resume",
         Deploy(Pool::Deployment),
     ),
+    (
+        "PATCH",
+        "/api/deployments/{flow}/{name}/schedules/{index}",
+        Deploy(Pool::Deployment),
+    ),
     ("GET", "/api/flow-runs", Read),
     ("GET", "/api/flow-runs/{id}", Read),
     (
@@ -258,6 +263,8 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
     ("POST", UI_PAUSE_DEPLOYMENT, Deploy(Pool::Deployment)),
     ("POST", UI_RESUME_DEPLOYMENT, Deploy(Pool::Deployment)),
     ("POST", UI_DELETE_DEPLOYMENT, Deploy(Pool::Deployment)),
+    ("POST", UI_UPDATE_SCHEDULE, Deploy(Pool::Deployment)),
+    ("POST", UI_UPDATE_POOL, Admin),
     // Queues, like their API, are an admin's.
     ("POST", UI_CREATE_QUEUE, Admin),
     ("POST", UI_UPDATE_QUEUE, Admin),
@@ -276,6 +283,8 @@ pub const UI_DELETE_RUN: &str = "/ui/runs/{id}/delete";
 pub const UI_PAUSE_DEPLOYMENT: &str = "/ui/deployments/{flow}/{name}/pause";
 pub const UI_RESUME_DEPLOYMENT: &str = "/ui/deployments/{flow}/{name}/resume";
 pub const UI_DELETE_DEPLOYMENT: &str = "/ui/deployments/{flow}/{name}/delete";
+pub const UI_UPDATE_SCHEDULE: &str = "/ui/deployments/{flow}/{name}/schedules/{index}";
+pub const UI_UPDATE_POOL: &str = "/ui/pools/{name}/update";
 // `{name}` like the pool routes beside them: one name per path segment.
 pub const UI_CREATE_QUEUE: &str = "/ui/pools/{name}/queues";
 pub const UI_UPDATE_QUEUE: &str = "/ui/pools/{name}/queues/{queue}/update";

@@ -1,12 +1,12 @@
 //! `/api/deployments/...`: create-or-update by name, and runs from a deployment.
 
 use super::{AppState, Body, Caller};
-use crate::control::{DeploymentSpec, RunRequest, UpsertOutcome};
+use crate::control::{DeploymentSpec, RunRequest, ScheduleUpdate, UpsertOutcome};
 use crate::error::ApiError;
 use crate::model::{Deployment, FlowRun};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::{Extension, Json, Router};
 
 pub fn routes() -> Router<AppState> {
@@ -16,6 +16,10 @@ pub fn routes() -> Router<AppState> {
         .route("/api/deployments/{flow}/{name}/runs", post(create_run))
         .route("/api/deployments/{flow}/{name}/pause", post(pause))
         .route("/api/deployments/{flow}/{name}/resume", post(resume))
+        .route(
+            "/api/deployments/{flow}/{name}/schedules/{index}",
+            patch(update_schedule),
+        )
 }
 
 #[utoipa::path(
@@ -153,4 +157,39 @@ async fn resume(
             .set_deployment_paused(&format!("{flow}/{name}"), false)
             .await?,
     ))
+}
+
+#[utoipa::path(
+    patch,
+    operation_id = "deployments_update_schedule",
+    path = "/api/deployments/{flow}/{name}/schedules/{index}",
+    tag = "deployments",
+    summary = "Turn one schedule of a deployment on or off, or change its cron, interval or time zone",
+    description = "`index` counts the deployment's schedules from 0. An inactive schedule makes no runs; any change drops the scheduler's future SCHEDULED runs of the deployment, which are made again from the schedules as they now are. A cron replaces an interval and an interval a cron.",
+    params(("flow" = String, Path), ("name" = String, Path), ("index" = usize, Path)),
+    request_body = ScheduleUpdate,
+    responses((status = 200, description = "OK", body = Deployment), crate::server::openapi::Errors)
+)]
+async fn update_schedule(
+    State(s): State<AppState>,
+    Path((flow, name, index)): Path<(String, String, String)>,
+    Body(update): Body<ScheduleUpdate>,
+) -> Result<Json<Deployment>, ApiError> {
+    let index = schedule_index(&index)?;
+    Ok(Json(
+        s.control
+            .update_schedule(&format!("{flow}/{name}"), index, update)
+            .await?,
+    ))
+}
+
+/// A schedule's place in the path, refused as JSON naming `index` (axum's
+/// own rejection would be plain text).
+pub(super) fn schedule_index(text: &str) -> Result<usize, ApiError> {
+    text.parse().map_err(|_| {
+        ApiError::bad_request(
+            "index",
+            format!("index: {text:?} is not a schedule's number (0, 1, ...)"),
+        )
+    })
 }

@@ -66,6 +66,7 @@ pub enum Errors {
         pools::claim, pools::pool_types, pools::default_template,
         deployments::list, deployments::upsert, deployments::read, deployments::delete,
         deployments::create_run, deployments::pause, deployments::resume,
+        deployments::update_schedule,
         runs::list, runs::read, runs::set_state, runs::cancel, runs::retry, runs::delete,
         runs::logs, runs::append_logs, runs::download_logs,
         events::stream,
@@ -100,6 +101,7 @@ pub fn generated() -> Value {
     });
     let schemas = &mut document["components"]["schemas"];
     schedule_rules(&mut schemas["Schedule"]);
+    schedule_update_rules(&mut schemas["ScheduleUpdate"]);
     for (schema, property, rule) in NAMES {
         let field = &mut schemas[schema]["properties"][property];
         field["minLength"] = json!(1);
@@ -253,6 +255,29 @@ fn schedule_rules(schedule: &mut Value) {
         {"required": ["interval_seconds"], "properties": {"interval_seconds": {"type": "integer"}}},
         {"required": ["cron"], "properties": {"cron": {"type": "string"}}},
     ]);
+}
+
+/// The same ranges as a schedule's; a cron and an interval not both.
+fn schedule_update_rules(update: &mut Value) {
+    let mut schedule = json!({});
+    schedule_rules(&mut schedule);
+    for field in ["interval_seconds", "cron", "timezone"] {
+        for (rule, value) in schedule["properties"][field]
+            .as_object()
+            .into_iter()
+            .flatten()
+        {
+            update["properties"][field][rule] = value.clone();
+        }
+    }
+    // Absent and `null` both leave a field as it is.
+    if let Some(zones) = update["properties"]["timezone"]["enum"].as_array_mut() {
+        zones.push(Value::Null);
+    }
+    update["not"] = json!({
+        "required": ["cron", "interval_seconds"],
+        "properties": {"cron": {"type": "string"}, "interval_seconds": {"type": "integer"}},
+    });
 }
 
 /// A transition's `name` fits its `type` (`orchestration::state_names`).

@@ -23,6 +23,7 @@
 //! nothing of HTTP. Active-run counters, like index entries, are kept by
 //! [`Writer::put_run`] and read by [`Slots`]; no caller builds their keys.
 
+mod dashboard;
 mod embedded;
 mod error;
 mod find;
@@ -30,6 +31,7 @@ mod postgres;
 mod records;
 mod tables;
 
+pub use dashboard::{Dashboard, RunCounts};
 pub use error::StoreError;
 pub use find::{FindRuns, RunSort};
 pub use records::{Records, RunFilter, RunPage, Slots, time_key};

@@ -1,13 +1,15 @@
 //! Deployments: the list, a deployment's page with Pause/Resume and Delete,
-//! and its Run form (generated from the pool's variables schema).
+//! its schedules (`schedules`), its upcoming runs, and its Run form
+//! (generated from the pool's variables schema, now or at a later time).
 
 use super::form::{self, Submitted};
+use super::schedules;
 use super::view::{self, Nav};
 use super::{Back, Page, PageError};
 use crate::control::RunRequest;
 use crate::control::schema::host_variables;
 use crate::error::ApiError;
-use crate::model::{Deployment, Schedule};
+use crate::model::{Deployment, Schedule, StateType, Timestamp};
 use crate::server::{AppState, access};
 use crate::store::RunFilter;
 use axum::Router;
@@ -25,6 +27,7 @@ pub fn routes() -> Router<AppState> {
         .route(access::UI_PAUSE_DEPLOYMENT, post(pause))
         .route(access::UI_RESUME_DEPLOYMENT, post(resume))
         .route(access::UI_DELETE_DEPLOYMENT, post(delete))
+        .route(access::UI_UPDATE_SCHEDULE, post(update_schedule))
 }
 
 async fn list(State(s): State<AppState>) -> Page {
@@ -91,8 +94,7 @@ fn schedules(schedules: &[Schedule]) -> Markup {
         @if schedules.is_empty() { span.muted { "none" } }
         @for (i, s) in schedules.iter().enumerate() {
             @if i > 0 { br; }
-            @if let Some(seconds) = s.interval_seconds { "every " (seconds) " s" }
-            @if let Some(cron) = &s.cron { code { (cron) } " (" (s.timezone) ")" }
+            span title=[s.cron.as_deref()] { (crate::control::schedule_words::describe(s)) }
             @if !s.active { " (inactive)" }
         }
     }
@@ -135,7 +137,7 @@ fn run_variables(s: &AppState, d: &Deployment) -> Result<Value, ApiError> {
 
 async fn detail(State(s): State<AppState>, Path((flow, name)): Path<(String, String)>) -> Page {
     let deployment = s.control.deployment(&format!("{flow}/{name}"))?;
-    Ok(detail_page(&s, &deployment, &Submitted::new(), None)?)
+    Ok(detail_page(&s, &deployment, &Submitted::new(), None, None)?)
 }
 
 fn detail_page(
@@ -143,19 +145,40 @@ fn detail_page(
     d: &Deployment,
     submitted: &Submitted,
     error: Option<&ApiError>,
+    schedule_refused: Option<&schedules::Refused<'_>>,
 ) -> Result<Markup, ApiError> {
     let variables = run_variables(s, d)?;
     let parameters = form::parameters_schema(&d.parameters);
-    let general = error.filter(|e| {
-        !form::shown_by_an_input(
+    // The field an input shows the error beside, for the summary's link.
+    let error_input = error.and_then(|e| {
+        let field = e.field.as_deref()?;
+        if field == "scheduled_at" {
+            return Some(field.to_string());
+        }
+        let shown = form::shown_by_an_input(
             e,
             &[("parameters", &parameters), ("job_variables", &variables)],
-        )
+        );
+        shown.then(|| {
+            form::input_of(
+                field,
+                &[("parameters", &parameters), ("job_variables", &variables)],
+            )
+        })?
     });
     let recent = super::runs::runs_table(
         s,
         &RunFilter {
             deployment: Some(d.full_name()),
+            ..RunFilter::default()
+        },
+        10,
+    )?;
+    let upcoming = super::runs::runs_table(
+        s,
+        &RunFilter {
+            deployment: Some(d.full_name()),
+            states: vec![StateType::Scheduled],
             ..RunFilter::default()
         },
         10,
@@ -200,16 +223,30 @@ fn detail_page(
             dt { "Image" } dd { @if let Some(image) = &d.image { code { (image) } } @else { span.muted { "none" } } }
             dt { "Parameters" } dd { (view::json(&Value::Object(d.parameters.clone()))) }
             dt { "Job variables" } dd { (view::json(&Value::Object(d.job_variables.clone()))) }
-            dt { "Schedule" } dd { (schedules(&d.schedules)) }
             dt { "Concurrency limit" } dd { (view::limit(d.concurrency_limit)) }
         }
+        div #schedules-live data-live { (schedules::section(d, schedule_refused)) }
         @if view::may(access::UI_RUN_DEPLOYMENT, Some(&d.pool)) {
         section.card #run {
             h2 { "Run" }
             p.muted { "Empty fields keep the deployment's and the pool's values." }
-            @if let Some(e) = general { p.error role="alert" data-field=[e.field.as_deref()] { (e.message) } }
             form method="post" action=(run_action) {
+                @if let Some(e) = error {
+                    // At the top of the form and focused (app.js): a refusal
+                    // is read at once, not left below the fold.
+                    div.error-summary #run-errors role="alert" tabindex="-1" data-focus {
+                        h3 { "The run was not created" }
+                        ul {
+                            @if let Some(input) = &error_input {
+                                li { a href={ "#" (input) } data-field=(input) { (e.message) } }
+                            } @else {
+                                li data-field=[e.field.as_deref()] { (e.message) }
+                            }
+                        }
+                    }
+                }
                 (view::csrf_field())
+                (start_fields(submitted, error))
                 @if !d.parameters.is_empty() {
                     fieldset {
                         legend { "Parameters" }
@@ -224,6 +261,9 @@ fn detail_page(
             }
         }
         }
+        h2 #upcoming-runs { "Upcoming" }
+        p.muted { "Its runs waiting for their time (SCHEDULED, Late included)." }
+        div #upcoming data-live { (upcoming) }
         h2 { "Recent runs" }
         div #recent data-live { (recent) }
     };
@@ -254,7 +294,7 @@ async fn run(
                 &run_variables(&s, &deployment)?,
                 &submitted,
             )?,
-            scheduled_at: None,
+            scheduled_at: start_time(&submitted)?,
             name: None,
         };
         s.control.create_run(&deployment.full_name(), request).await
@@ -266,9 +306,110 @@ async fn run(
             let status = crate::server::error::status(error.kind);
             Ok((
                 status,
-                detail_page(&s, &deployment, &submitted, Some(&error))?,
+                detail_page(&s, &deployment, &submitted, Some(&error), None)?,
             )
                 .into_response())
+        }
+    }
+}
+
+/// The Run form's start: now, or a date and time in the browser's zone.
+fn start_fields(submitted: &Submitted, error: Option<&ApiError>) -> Markup {
+    let later = submitted.get("start").map(String::as_str) == Some("later");
+    let value = submitted
+        .get("scheduled_at")
+        .map(String::as_str)
+        .unwrap_or("");
+    let message = error
+        .filter(|e| e.field.as_deref() == Some("scheduled_at"))
+        .map(|e| e.message.as_str());
+    html! {
+        fieldset.start {
+            legend { "Start" }
+            label.choice { input type="radio" name="start" value="now" checked[!later]; " Now" }
+            label.choice { input type="radio" name="start" value="later" checked[later]; " Later, at:" }
+            (view::field_error_wrap("scheduled_at", "Start time (your time zone)", message, html! {
+                input #scheduled_at name="scheduled_at" type="datetime-local" value=(value)
+                    data-local-time="utc_offset_minutes"
+                    aria-invalid=[message.map(|_| "true")]
+                    aria-describedby=[message.map(|_| "scheduled_at-error")];
+                // Filled in by app.js as the form is sent; without it, UTC.
+                input type="hidden" name="utc_offset_minutes" value="";
+            }))
+        }
+    }
+}
+
+/// The run's time from the form: none for now; else the local date and time
+/// made UTC with the browser's offset (minutes behind UTC, as
+/// `Date.getTimezoneOffset` gives it).
+fn start_time(submitted: &Submitted) -> Result<Option<Timestamp>, ApiError> {
+    if submitted.get("start").map(String::as_str) != Some("later") {
+        return Ok(None);
+    }
+    let text = submitted
+        .get("scheduled_at")
+        .map(|t| t.trim())
+        .unwrap_or("");
+    if text.is_empty() {
+        return Err(ApiError::bad_request(
+            "scheduled_at",
+            "scheduled_at: give the date and time to start at, or choose Now",
+        ));
+    }
+    let local = ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"]
+        .iter()
+        .find_map(|f| chrono::NaiveDateTime::parse_from_str(text, f).ok())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "scheduled_at",
+                format!("scheduled_at: {text:?} is not a date and time (YYYY-MM-DDTHH:MM)"),
+            )
+        })?;
+    let offset = submitted
+        .get("utc_offset_minutes")
+        .map(|t| t.trim())
+        .filter(|t| !t.is_empty())
+        .map_or(Ok(0), str::parse::<i64>)
+        .ok()
+        .filter(|m| m.abs() <= 24 * 60)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "utc_offset_minutes",
+                "utc_offset_minutes: not a time zone offset in minutes",
+            )
+        })?;
+    Ok(Some(local.and_utc() + chrono::Duration::minutes(offset)))
+}
+
+async fn update_schedule(
+    State(s): State<AppState>,
+    Path((flow, name, index)): Path<(String, String, String)>,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Result<Response, PageError> {
+    let index = crate::server::deployments::schedule_index(&index)?;
+    let full_name = format!("{flow}/{name}");
+    let submitted: Submitted = pairs.into_iter().collect();
+    let attempt = async {
+        let update = schedules::read(&submitted)?;
+        s.control.update_schedule(&full_name, index, update).await
+    };
+    match attempt.await {
+        Ok(deployment) => {
+            let here = format!("{}#schedule-{index}", deployment_path(&deployment));
+            Ok(Redirect::to(&here).into_response())
+        }
+        Err(error) => {
+            let deployment = s.control.deployment(&full_name)?;
+            let error = crate::server::error::disclosed(error);
+            let status = crate::server::error::status(error.kind);
+            let refused = schedules::Refused {
+                index,
+                submitted: &submitted,
+                error: &error,
+            };
+            let page = detail_page(&s, &deployment, &Submitted::new(), None, Some(&refused))?;
+            Ok((status, page).into_response())
         }
     }
 }

@@ -266,6 +266,13 @@ pub fn shown_by_an_input(error: &ApiError, schemas: &[(&str, &Value)]) -> bool {
         .any(|(prefix, schema)| owner(field, schema, prefix).is_some())
 }
 
+/// The input (its id) of these schemas that shows an error on `field`.
+pub fn input_of(field: &str, schemas: &[(&str, &Value)]) -> Option<String> {
+    schemas
+        .iter()
+        .find_map(|(prefix, schema)| owner(field, schema, prefix))
+}
+
 /// Typed values of the filled-in inputs; an empty input leaves the variable
 /// unset. Text that cannot be the input's type is passed on as text so the
 /// server's validation names it; JSON that does not parse is refused here.

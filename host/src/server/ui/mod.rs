@@ -10,16 +10,23 @@
 //! - `auth`: the login form and the session cookie.
 //! - `view`: the shared page frame and the small pieces every page uses.
 //! - `form`: variables schema → form fields, and the typed values back.
-//! - one file per page group: `pools`, `queues` (a pool's Work Queues
-//!   tab), `deployments`, `runs`, `plugins`.
+//! - `dashboard`: the top of the home page (runs by hour, Late runs,
+//!   pool health).
+//! - one file per page group: `pools`, `pool_edit` (a pool's Details tab
+//!   edited), `queues` (a pool's Work Queues
+//!   tab), `deployments`, `schedules` (a deployment's schedules), `runs`,
+//!   `plugins`.
 
 mod auth;
+mod dashboard;
 mod deployments;
 mod form;
 mod plugins;
+mod pool_edit;
 mod pools;
 mod queues;
 mod runs;
+mod schedules;
 mod view;
 
 pub use auth::session_cookie;
@@ -87,6 +94,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
     let pages = Router::new()
         .merge(pools::routes())
         .merge(queues::routes())
+        .merge(pool_edit::routes())
         .merge(deployments::routes())
         .merge(runs::routes())
         .merge(plugins::routes())

@@ -1,4 +1,5 @@
-//! Work Pools (the home page) and a pool's page with its tabs.
+//! The home page (the dashboard, then the Work Pools) and a pool's page
+//! with its tabs.
 
 use super::view::{self, Nav};
 use super::{Back, Page, PageError};
@@ -54,7 +55,9 @@ fn home_page(
         last_polled.insert(view.pool.name.clone(), latest_heartbeat(&workers));
     }
     let body = html! {
-        h1 { "Work Pools" }
+        h1 { "Dashboard" }
+        div #dashboard-live data-live { (super::dashboard::section(s, &pools)?) }
+        h2 #work-pools { "Work Pools" }
         div #pools data-live {
             @if pools.is_empty() {
                 p.empty { "No work pools yet. Create one below, or run "
@@ -324,7 +327,7 @@ async fn pool_page(
             25,
         )?,
         "deployments" => super::deployments::deployments_table(&s, Some(name.as_str()))?,
-        _ => details_tab(&view),
+        _ => details_tab(&view, None),
     };
     Ok(pool_frame(&view, tab, content))
 }
@@ -360,7 +363,11 @@ pub(super) fn pool_frame(view: &PoolView, tab: &str, content: Markup) -> Markup 
     view::page(name, Nav::Pools, Some(&events), body)
 }
 
-fn details_tab(view: &PoolView) -> Markup {
+/// The Details tab; with the edit form for an admin (`pool_edit`).
+pub(super) fn details_tab(
+    view: &PoolView,
+    refused: Option<&super::pool_edit::Refused<'_>>,
+) -> Markup {
     let pool = &view.pool;
     let variables = &pool.base_job_template["variables"];
     html! {
@@ -375,9 +382,13 @@ fn details_tab(view: &PoolView) -> Markup {
         h2 { "Job variables" }
         p.muted { "What each deployment and run may set; the base job template turns them into the plugin's configuration." }
         (super::form::variables_table(variables))
-        details {
-            summary { "Base job template (JSON)" }
-            (view::json(&pool.base_job_template))
+        @if view::may(access::UI_UPDATE_POOL, Some(&pool.name)) {
+            (super::pool_edit::edit_form(view, refused))
+        } @else {
+            details {
+                summary { "Base job template (JSON)" }
+                (view::json(&pool.base_job_template))
+            }
         }
     }
 }

@@ -8,7 +8,9 @@
 // - the browser's UTC offset in the run list's filter form (its days);
 // - log filters (stream, text) applied to live lines too;
 // - a question before destructive actions (`data-confirm`);
-// - copy buttons (`data-copy`).
+// - copy buttons (`data-copy`);
+// - the browser's time zone offset sent with a local start time, and the
+//   focus on a refused form's error summary (`data-focus`).
 (() => {
   "use strict";
   const body = document.body;
@@ -99,6 +101,19 @@
     setTimeout(() => { button.textContent = label; }, 2000);
   });
 
+  // A start time typed in the browser's zone (`data-local-time`) goes with
+  // that zone's offset on its date, for the server to make it UTC.
+  document.addEventListener("submit", (event) => {
+    for (const input of event.target.querySelectorAll("input[data-local-time]")) {
+      const offset = event.target.querySelector(`input[name="${input.dataset.localTime}"]`);
+      if (offset && input.value) offset.value = String(new Date(input.value).getTimezoneOffset());
+    }
+  });
+
+  // A refused form's error summary takes the focus: read at once, in view.
+  const summary = document.querySelector("[data-focus]");
+  if (summary) summary.focus();
+
   const feed = body.dataset.events;
   if (!feed || !window.EventSource) return;
 
@@ -144,8 +159,14 @@
           if (editing(region)) { held = true; continue; }
           const active = document.activeElement;
           const focused = active && region.contains(active) ? focusKey(active) : null;
+          // A section someone opened (Edit schedule, Edit pool) stays open.
+          const opened = [...region.querySelectorAll("details[open][id]")].map((d) => d.id);
           region.replaceWith(document.adoptNode(replacement));
           localize(replacement);
+          for (const id of opened) {
+            const details = document.getElementById(id);
+            if (details) details.open = true;
+          }
           const again = focused && replacement.querySelector(focused);
           if (again) again.focus({ preventScroll: true });
         }
