@@ -30,7 +30,7 @@ mod tls;
 mod tokens;
 mod ui;
 mod ui_actions;
-mod ui_find;
 mod ui_deploy;
+mod ui_find;
 mod whole_runs;
 mod worker_e2e;
