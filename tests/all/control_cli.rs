@@ -149,6 +149,33 @@ fn the_seed_story_up_to_a_scheduled_run() {
             .any(|l| l.contains("hello/demo") && l.contains("SCHEDULED")),
         "{runs}"
     );
+    // Found by its name in capitals and one of several states, with the total.
+    let name = runs
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().nth(1))
+        .expect("run name")
+        .to_uppercase();
+    let found = ok(
+        url,
+        &[
+            "flow-run",
+            "ls",
+            "--name",
+            &name,
+            "--state",
+            "FAILED,SCHEDULED",
+            "--sort",
+            "created",
+        ],
+    );
+    assert!(
+        found.contains("hello/demo") && found.contains("1 run(s) match"),
+        "{found}"
+    );
+    let none = ok(url, &["flow-run", "ls", "--name", "no-such-run"]);
+    assert!(none.contains("0 run(s) match"), "{none}");
+    assert!(fails(url, &["flow-run", "ls", "--sort", "sideways"]).contains("sort"));
     let preview = ok(url, &["work-pool", "preview", "my-pool"]);
     assert_eq!(preview.lines().count(), 2, "{preview}");
     let id = runs

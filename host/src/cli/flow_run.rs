@@ -13,6 +13,7 @@ use std::process::ExitCode;
 pub enum FlowRunCommand {
     /// List flow runs, newest first.
     Ls {
+        /// One state or several, comma-separated (FAILED,CRASHED; LATE too).
         #[arg(long)]
         state: Option<String>,
         #[arg(long)]
@@ -20,6 +21,18 @@ pub enum FlowRunCommand {
         /// FLOW/NAME
         #[arg(long)]
         deployment: Option<String>,
+        /// Runs whose name holds this (any case).
+        #[arg(long)]
+        name: Option<String>,
+        /// Expected to start at or after this (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Expected to start at or before this (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+        /// `expected` (expected start, newest first; the default) or `created`.
+        #[arg(long)]
+        sort: Option<String>,
         #[arg(long, default_value_t = 20)]
         limit: usize,
         /// The cursor printed by a previous page.
@@ -86,7 +99,7 @@ async fn list_runs(
             return Ok(RunPage {
                 runs,
                 next_cursor: cursor,
-                total: None,
+                total: page.total,
             });
         }
     }
@@ -99,6 +112,10 @@ pub async fn run(command: FlowRunCommand, api: &ApiArgs) -> anyhow::Result<ExitC
             state,
             pool,
             deployment,
+            name,
+            since,
+            until,
+            sort,
             limit,
             cursor,
             output,
@@ -106,7 +123,15 @@ pub async fn run(command: FlowRunCommand, api: &ApiArgs) -> anyhow::Result<ExitC
             if limit == 0 {
                 anyhow::bail!("--limit: must be at least 1");
             }
-            let filters = [("state", state), ("pool", pool), ("deployment", deployment)];
+            let filters = [
+                ("state", state),
+                ("pool", pool),
+                ("deployment", deployment),
+                ("name", name),
+                ("since", since),
+                ("until", until),
+                ("sort", sort),
+            ];
             let page = list_runs(&client, &filters, limit, cursor).await?;
             if output == OutputFormat::Json {
                 return print_json(&page).map(|()| ExitCode::SUCCESS);
@@ -125,6 +150,9 @@ pub async fn run(command: FlowRunCommand, api: &ApiArgs) -> anyhow::Result<ExitC
                 })
                 .collect();
             print_table(&["ID", "NAME", "DEPLOYMENT", "STATE", "SCHEDULED"], &rows);
+            if let Some(total) = page.total {
+                println!("{total} run(s) match");
+            }
             if let Some(cursor) = &page.next_cursor {
                 println!("more: --cursor {}", encode(cursor));
             }

@@ -129,7 +129,9 @@ pub fn describe_cron(cron: &str) -> Option<String> {
     let weekday = field(weekday, 7)?;
     let time = match (&minute, &hour) {
         (Field::Any, Field::Any) => "Every minute".to_string(),
-        (Field::Step(n), Field::Any) => format!("Every {n} minutes"),
+        // `*/45` starts again each hour (:00, :45, :00): evenly spaced only
+        // when the step divides the hour.
+        (Field::Step(n), Field::Any) if 60 % n == 0 => format!("Every {n} minutes"),
         (Field::Values(m), Field::Any) if single(m).is_some() => {
             let m = single(m)?;
             if m == 0 {
@@ -138,7 +140,7 @@ pub fn describe_cron(cron: &str) -> Option<String> {
                 format!("At {m} minutes past every hour")
             }
         }
-        (Field::Values(m), Field::Step(n)) if single(m).is_some() => {
+        (Field::Values(m), Field::Step(n)) if single(m).is_some() && 24 % n == 0 => {
             format!("At minute {} past every {n} hours", single(m)?)
         }
         (Field::Values(m), Field::Values(h)) if single(m).is_some() => {
@@ -155,6 +157,11 @@ pub fn describe_cron(cron: &str) -> Option<String> {
         }
         _ => return None,
     };
+    // With both a day of the month and a weekday, cron runs on either: no
+    // short sentence says that without misleading.
+    if day != Field::Any && weekday != Field::Any {
+        return None;
+    }
     let mut words = time;
     match &day {
         Field::Any => {}
@@ -179,10 +186,12 @@ pub fn describe_cron(cron: &str) -> Option<String> {
     match &weekday {
         Field::Any => {}
         Field::Values(days) => {
+            // A range ending at 7 (`0-7`, `5-7`) wraps past Sunday.
+            if days.iter().any(|&(low, high)| high == 7 && low != high) {
+                return None;
+            }
             let text = names(days, |d| Some(DAYS[(d % 7) as usize].to_string()))?;
-            // Cron runs on either a day of the month or a weekday when both are given.
-            let joint = if day == Field::Any { " on" } else { " or on" };
-            words += &format!("{joint} {text}");
+            words += &format!(" on {text}");
         }
         Field::Step(_) => return None,
     }
@@ -218,7 +227,6 @@ mod tests {
             ("0 0 1 * *", "At 00:00 on day 1 of the month"),
             ("0 6 1 1 *", "At 06:00 on day 1 of the month in January"),
             ("0 8 * 6-8 *", "At 08:00 in June through August"),
-            ("0 9 13 * 5", "At 09:00 on day 13 of the month or on Friday"),
         ] {
             assert_eq!(describe_cron(cron).as_deref(), Some(words), "{cron}");
         }
@@ -235,6 +243,15 @@ mod tests {
             "0 9 * * MON",
             "61 * * * *",
             "0 9 * * 8",
+            // Not evenly spaced: :00 and :45 of every hour; 20:00 then 00:00.
+            "*/45 * * * *",
+            "0 */5 * * *",
+            // Both a day and a weekday: cron runs on either.
+            "0 9 13 * 5",
+            "0 0 29 2 1",
+            // Ranges wrapping past Sunday.
+            "* * * * 0-7",
+            "0 12 * * 5-7",
         ] {
             assert_eq!(describe_cron(cron), None, "{cron}");
         }

@@ -2,7 +2,8 @@
 //! from the keys of the state index alone (`{state}\0{created}\0{id}`), so
 //! that ten thousand runs cost a key scan, not ten thousand records.
 
-use super::records::time_key;
+use super::find::{FindRuns, RunSort};
+use super::records::{RunFilter, time_key};
 use super::tables::{self, Raw, prefix_end};
 use crate::model::{StateType, Timestamp};
 use crate::store::StoreError;
@@ -29,7 +30,7 @@ impl RunCounts {
     }
 }
 
-pub trait Dashboard: Raw {
+pub trait Dashboard: FindRuns + Sized {
     /// Runs created in `[since, since + buckets * width)`, by state, in
     /// `buckets` buckets of `width`.
     fn runs_by_state_and_hour(
@@ -89,28 +90,16 @@ pub trait Dashboard: Raw {
     }
 
     /// How many SCHEDULED runs are Late, and the ids of at most `limit` of
-    /// them: a SCHEDULED run is named either `Scheduled`, and then in the
-    /// late-candidates index, or `Late`. Two key scans; no run loaded.
+    /// them (the latest expected first), counted exactly from the run
+    /// summaries (`find`), however many runs there are.
     fn late_runs(&self, limit: usize) -> Result<(usize, Vec<String>), StoreError> {
-        let ids = |def, prefix: &str| -> Result<Vec<Vec<u8>>, StoreError> {
-            Ok(self
-                .raw_range(def, prefix, &prefix_end(prefix), true, MAX_KEYS)?
-                .into_iter()
-                .map(|(_, id)| id)
-                .collect())
+        let late = RunFilter {
+            late: true,
+            ..RunFilter::default()
         };
-        let on_time: std::collections::HashSet<Vec<u8>> =
-            ids(tables::IDX_LATE, "")?.into_iter().collect();
-        let late: Vec<Vec<u8>> = ids(tables::IDX_STATE, &format!("{}\0", StateType::Scheduled))?
-            .into_iter()
-            .filter(|id| !on_time.contains(id))
-            .collect();
-        let some = late
-            .iter()
-            .take(limit)
-            .map(|id| String::from_utf8_lossy(id).into_owned())
-            .collect();
-        Ok((late.len(), some))
+        let page = self.find_runs(&late, RunSort::Expected, None, limit)?;
+        let total = usize::try_from(page.total.unwrap_or_default()).unwrap_or(usize::MAX);
+        Ok((total, page.runs.into_iter().map(|run| run.id).collect()))
     }
 }
 

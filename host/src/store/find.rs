@@ -14,9 +14,11 @@ use super::tables::{self, Def, Raw, prefix_end};
 use super::{StoreError, Writer, storage};
 use crate::model::{FlowRun, StateType};
 use serde::{Deserialize, Serialize};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 
-/// Summaries read for one listing at most (a total past it counts no further).
-const MAX_SUMMARIES: usize = 200_000;
+/// Summaries read from the store at a time while a listing scans them.
+const SCAN_CHUNK: usize = 4096;
 
 /// The entry of [`tables::KEYS`] saying every run has its summary (runs an
 /// older build wrote get theirs from [`Writer::index_run_summaries`]).
@@ -128,40 +130,53 @@ pub trait FindRuns: Raw + super::Records {
             Some(until) => prefix_end(&time_key(until)),
             None => prefix_end(""),
         };
-        let entries = self.raw_range(tables::IDX_EXPECTED, &start, &end, true, MAX_SUMMARIES)?;
-        let mut matches = Vec::new();
-        for (key, value) in &entries {
-            let summary: RunSummary = serde_json::from_slice(value)
-                .map_err(|e| StoreError::Corrupt(format!("corrupt run summary: {e}")))?;
-            if !filter.keeps(
-                &summary.pool,
-                &summary.deployment,
-                summary.state,
-                summary.late,
-                &summary.name,
-            ) {
-                continue;
+        let cursor = cursor.map(decode_cursor).transpose()?;
+        // Every summary of the range is read (the total counts them all), a
+        // chunk at a time; of the matches only the page is kept: the
+        // `limit + 1` highest positions below the cursor (the one past the
+        // page says whether there is more), so memory stays the page's.
+        let mut total: u64 = 0;
+        let mut highest: BinaryHeap<Reverse<(String, String)>> = BinaryHeap::new();
+        let mut end = end;
+        loop {
+            let chunk = self.raw_range(tables::IDX_EXPECTED, &start, &end, true, SCAN_CHUNK)?;
+            for (key, value) in &chunk {
+                let summary: RunSummary = serde_json::from_slice(value)
+                    .map_err(|e| StoreError::Corrupt(format!("corrupt run summary: {e}")))?;
+                if !filter.keeps(
+                    &summary.pool,
+                    &summary.deployment,
+                    summary.state,
+                    summary.late,
+                    &summary.name,
+                ) {
+                    continue;
+                }
+                total += 1;
+                let id = key.rsplit('\0').next().unwrap_or_default();
+                let position = match sort {
+                    RunSort::Expected => key.clone(),
+                    RunSort::Created => format!("{}\0{id}", summary.created),
+                };
+                if cursor.as_ref().is_some_and(|cursor| position >= *cursor) {
+                    continue;
+                }
+                highest.push(Reverse((position, id.to_string())));
+                if highest.len() > limit + 1 {
+                    highest.pop();
+                }
             }
-            let id = key.rsplit('\0').next().unwrap_or_default();
-            let position = match sort {
-                RunSort::Expected => key.clone(),
-                RunSort::Created => format!("{}\0{id}", summary.created),
-            };
-            matches.push((position, id.to_string()));
+            match chunk.last() {
+                Some((last, _)) if chunk.len() == SCAN_CHUNK => end = last.clone(),
+                _ => break,
+            }
         }
-        if sort == RunSort::Created {
-            matches.sort_unstable_by(|a, b| b.0.cmp(&a.0));
-        }
-        let total = matches.len() as u64;
-        // Positions descend: the page starts at the first one below the cursor.
-        let skip = match cursor.map(decode_cursor).transpose()? {
-            Some(cursor) => matches.partition_point(|(position, _)| *position >= cursor),
-            None => 0,
-        };
-        let page = &matches[skip..matches.len().min(skip + limit)];
-        let more = skip + page.len() < matches.len();
+        let mut page: Vec<(String, String)> = highest.into_iter().map(|Reverse(m)| m).collect();
+        page.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        let more = page.len() > limit;
+        page.truncate(limit);
         let mut runs = Vec::with_capacity(page.len());
-        for (_, id) in page {
+        for (_, id) in &page {
             runs.extend(self.run(id)?);
         }
         Ok(RunPage {

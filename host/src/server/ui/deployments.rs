@@ -379,7 +379,17 @@ fn start_time(submitted: &Submitted) -> Result<Option<Timestamp>, ApiError> {
                 "utc_offset_minutes: not a time zone offset in minutes",
             )
         })?;
-    Ok(Some(local.and_utc() + chrono::Duration::minutes(offset)))
+    // At the ends of what chrono holds an offset overflows: refused, not a panic.
+    let at = local
+        .and_utc()
+        .checked_add_signed(chrono::Duration::minutes(offset))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "scheduled_at",
+                format!("scheduled_at: {text:?} is out of range"),
+            )
+        })?;
+    Ok(Some(at))
 }
 
 async fn update_schedule(
@@ -449,4 +459,37 @@ async fn delete(
         .delete_deployment(&format!("{flow}/{name}"))
         .await?;
     Ok(back.redirect("/deployments").into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn later(at: &str, offset: &str) -> Result<Option<Timestamp>, ApiError> {
+        let submitted: Submitted = [
+            ("start", "later"),
+            ("scheduled_at", at),
+            ("utc_offset_minutes", offset),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        start_time(&submitted)
+    }
+
+    #[test]
+    fn a_later_start_is_made_utc_and_the_ends_of_time_are_refused() {
+        let at = later("2026-12-07T09:30", "-60")
+            .expect("a time")
+            .expect("later");
+        assert_eq!(at.to_rfc3339(), "2026-12-07T08:30:00+00:00");
+        // Past what chrono holds once the offset is applied: refused, no panic.
+        for (at, offset) in [
+            ("+262142-12-31T23:59", "1440"),
+            ("-262143-01-01T00:00", "-1"),
+        ] {
+            let refused = later(at, offset).expect_err(at);
+            assert!(refused.to_string().contains("scheduled_at"), "{refused}");
+        }
+    }
 }

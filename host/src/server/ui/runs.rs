@@ -67,10 +67,11 @@ impl ListQuery {
         let (states, late) = states_param(Self::get(&self.state))?;
         let offset = match Self::get(&self.tz) {
             None => chrono::FixedOffset::east_opt(0),
-            Some(text) => text
-                .parse::<i32>()
-                .ok()
-                .and_then(|minutes| chrono::FixedOffset::east_opt(minutes * 60)),
+            Some(text) => text.parse::<i32>().ok().and_then(|minutes| {
+                minutes
+                    .checked_mul(60)
+                    .and_then(chrono::FixedOffset::east_opt)
+            }),
         }
         .ok_or_else(|| ApiError::bad_request("tz", "tz: not an offset in minutes"))?;
         let day_or_time = |field: &str, end_of_day: bool| {
@@ -134,7 +135,11 @@ fn day_or_time(
     let start =
         start.ok_or_else(|| ApiError::bad_request(field, format!("{field}: no such day")))?;
     let instant = if end_of_day {
-        start + chrono::TimeDelta::days(1) - chrono::TimeDelta::microseconds(1)
+        // The last day chrono can hold has no next one: checked, not a panic.
+        start
+            .checked_add_signed(chrono::TimeDelta::days(1))
+            .and_then(|next| next.checked_sub_signed(chrono::TimeDelta::microseconds(1)))
+            .ok_or_else(|| ApiError::bad_request(field, format!("{field}: no such day")))?
     } else {
         start
     };
