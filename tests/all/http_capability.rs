@@ -122,6 +122,22 @@ pub(crate) async fn server(ip: &str, recorder: &Recorder, redirect_to: String) -
     address
 }
 
+/// The http-client guest alone in a plugin directory under `dir` whose
+/// grants.toml is `grants`, loaded with no failure or warning.
+pub(crate) async fn http_client_granted(dir: &Path, grants: &str) -> Arc<LoadedPlugin> {
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).expect("dir");
+    std::fs::copy(guests::HTTP_CLIENT, plugins.join("http-client.wasm")).expect("copy");
+    std::fs::write(plugins.join("grants.toml"), grants).expect("grants");
+    let runtime = common::runtime(&dir.join("cache"));
+    let registry = Registry::load(&runtime, Some(&plugins))
+        .await
+        .expect("registry");
+    assert!(registry.failures().is_empty(), "{:?}", registry.failures());
+    assert!(registry.warnings().is_empty(), "{:?}", registry.warnings());
+    registry.get("http-client").expect("loaded")
+}
+
 struct Setup {
     _dir: tempfile::TempDir,
     plugin: Arc<LoadedPlugin>,
@@ -159,13 +175,8 @@ async fn setup() -> Setup {
             "[test]\naws_access_key_id = {AWS_ID}\naws_secret_access_key = {AWS_SECRET}\naws_session_token = {AWS_TOKEN}\n"
         ),
     );
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir_all(&plugins).expect("dir");
-    std::fs::copy(guests::HTTP_CLIENT, plugins.join("http-client.wasm")).expect("copy");
-    std::fs::write(
-        plugins.join("grants.toml"),
-        format!(
-            r#"
+    let grants = format!(
+        r#"
 [http-client]
 capabilities = ["http"]
 
@@ -193,16 +204,8 @@ timeout_seconds = 1
 between_bytes_timeout_seconds = 1
 max_response_bytes = 1048576
 "#
-        ),
-    )
-    .expect("grants");
-    let runtime = common::runtime(&dir.path().join("cache"));
-    let registry = Registry::load(&runtime, Some(&plugins))
-        .await
-        .expect("registry");
-    assert!(registry.failures().is_empty(), "{:?}", registry.failures());
-    assert!(registry.warnings().is_empty(), "{:?}", registry.warnings());
-    let plugin = registry.get("http-client").expect("loaded");
+    );
+    let plugin = http_client_granted(dir.path(), &grants).await;
     Setup {
         _dir: dir,
         plugin,

@@ -6,7 +6,7 @@
 //! CA and a client certificate against a real TLS server that demands one.
 
 use crate::common;
-use crate::http_capability::{Recorder, seen, server};
+use crate::http_capability::{Recorder, http_client_granted, seen, server};
 
 use common::certs::{Ca, LOCAL_NAMES};
 use common::guests;
@@ -253,14 +253,9 @@ async fn an_allow_entry_trusts_its_own_ca_and_presents_its_client_certificate() 
     let full = mutual_tls_server(&cert, &key, &client_ca.cert).await;
     let no_client_cert = mutual_tls_server(&cert, &key, &client_ca.cert).await;
     let no_ca = mutual_tls_server(&cert, &key, &client_ca.cert).await;
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir_all(&plugins).expect("dir");
-    std::fs::copy(guests::HTTP_CLIENT, plugins.join("http-client.wasm")).expect("copy");
     let path = |p: &PathBuf| p.display().to_string();
-    std::fs::write(
-        plugins.join("grants.toml"),
-        format!(
-            r#"
+    let grants = format!(
+        r#"
 [http-client]
 capabilities = ["http"]
 
@@ -279,18 +274,11 @@ url = "https://localhost:{no_ca}"
 client_cert_file = "{client_cert}"
 client_key_file = "{client_key}"
 "#,
-            ca = path(&server_ca.cert),
-            client_cert = path(&client_cert),
-            client_key = path(&client_key),
-        ),
-    )
-    .expect("grants");
-    let runtime = common::runtime(&dir.path().join("cache"));
-    let registry = host::plugins::Registry::load(&runtime, Some(&plugins))
-        .await
-        .expect("registry");
-    assert!(registry.failures().is_empty(), "{:?}", registry.failures());
-    let plugin = registry.get("http-client").expect("loaded");
+        ca = path(&server_ca.cert),
+        client_cert = path(&client_cert),
+        client_key = path(&client_key),
+    );
+    let plugin = http_client_granted(dir.path(), &grants).await;
     let handle = plugin
         .start(common::job(
             "33333333-4444-4555-8666-777777777777",
@@ -322,21 +310,10 @@ async fn requests_past_the_in_flight_cap_fail_and_the_cap_is_per_call() {
     let recorder = Recorder::default();
     let origin = server("127.0.0.1", &recorder, String::new()).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir_all(&plugins).expect("dir");
-    std::fs::copy(guests::HTTP_CLIENT, plugins.join("http-client.wasm")).expect("copy");
-    std::fs::write(
-        plugins.join("grants.toml"),
-        format!(
-            "[http-client]\ncapabilities = [\"http\"]\n\n[http-client.http]\nmax_concurrent_requests = 2\n\n[[http-client.http.allow]]\nurl = \"http://{origin}\"\n"
-        ),
-    )
-    .expect("grants");
-    let runtime = common::runtime(&dir.path().join("cache"));
-    let registry = host::plugins::Registry::load(&runtime, Some(&plugins))
-        .await
-        .expect("registry");
-    let plugin = registry.get("http-client").expect("loaded");
+    let grants = format!(
+        "[http-client]\ncapabilities = [\"http\"]\n\n[http-client.http]\nmax_concurrent_requests = 2\n\n[[http-client.http.allow]]\nurl = \"http://{origin}\"\n"
+    );
+    let plugin = http_client_granted(dir.path(), &grants).await;
     let all_at_once = |run: &'static str, count: usize| {
         let plugin = plugin.clone();
         let requests: Vec<_> = (0..count)
