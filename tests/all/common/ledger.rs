@@ -238,5 +238,20 @@ pub async fn every_run_exactly_once(url: &str, ledger: &Path, acknowledged: &[St
         stuck.first(),
         lines_lost.first()
     );
+    // The list found the runs through their summaries, written with each
+    // run; filtered by state, it must see each one's last state too (a
+    // summary left behind by the fault would list it as it was).
+    let (_, completed) = super::http(
+        "GET",
+        &format!("{url}/api/flow-runs?limit=1&deployment=f/count&state=COMPLETED"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        completed["total"].as_u64(),
+        Some(states.len() as u64),
+        "COMPLETED as listed by summary vs as stored: {counts}"
+    );
     counts
 }
